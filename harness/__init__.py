@@ -1,0 +1,55 @@
+"""bnbench: a plugin-based benchmark harness for studying batch normalization.
+
+The names a plugin author needs are importable from here.
+"""
+
+from harness.api import (
+    BatchTransform,
+    BuildContext,
+    DataBundle,
+    DataInfo,
+    EpochContext,
+    EvalResult,
+    NoOptions,
+    NormSite,
+    Options,
+    RunContext,
+    SiteInfo,
+    SiteKind,
+    SiteRole,
+    find_sites,
+)
+from harness.errors import (
+    BnbenchError,
+    DatasetError,
+    DatasetNotFoundError,
+    ManifestError,
+    PluginError,
+)
+from harness.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchTransform",
+    "BnbenchError",
+    "BuildContext",
+    "DataBundle",
+    "DataInfo",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "EpochContext",
+    "EvalResult",
+    "ManifestError",
+    "NoOptions",
+    "NormSite",
+    "Options",
+    "PluginError",
+    "RunContext",
+    "SiteInfo",
+    "SiteKind",
+    "SiteRole",
+    "__version__",
+    "find_sites",
+    "hookimpl",
+]

@@ -1,0 +1,208 @@
+"""The types a plugin author works with: sites, options, data bundles and run contexts.
+
+Everything a plugin needs from the core is importable from here (or from ``harness``);
+plugins never reach into the runner or the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+if TYPE_CHECKING:
+    from harness.spec import RunSpec
+
+SiteKind = Literal["conv", "fc"]
+"""``conv``: the site sees ``(N, C, H, W)`` tensors; ``fc``: ``(N, C)`` tensors."""
+
+SiteRole = Literal["hidden", "output"]
+"""``hidden``: after an intermediate layer; ``output``: on the logits, before the softmax."""
+
+
+class Options(BaseModel):
+    """Base class for a plugin's options model: unknown fields are errors, values immutable.
+
+    A plugin declares its options as a subclass; the manifest's keys beside ``name`` are
+    validated through it and the plugin's factory receives the validated instance.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(Options):
+    """The options model of a plugin that takes no options."""
+
+
+class NormSite(nn.Module):
+    """A place in a model where a normalizer may be inserted.
+
+    A model puts one ``NormSite`` wherever a normalization layer could go and never knows
+    which normalizer it gets: a placement plugin chooses which sites are used and the core
+    attaches the configured normalizer to them. An unused site is the identity.
+    """
+
+    def __init__(self, num_features: int, kind: SiteKind, role: SiteRole = "hidden") -> None:
+        super().__init__()
+        if kind not in ("conv", "fc"):
+            raise ValueError(f"NormSite kind must be 'conv' or 'fc', got {kind!r}")
+        if role not in ("hidden", "output"):
+            raise ValueError(f"NormSite role must be 'hidden' or 'output', got {role!r}")
+        self.num_features = num_features
+        self.kind: SiteKind = kind
+        self.role: SiteRole = role
+        self.norm: nn.Module = nn.Identity()
+
+    def attach(self, normalizer: nn.Module) -> None:
+        """Use ``normalizer`` at this site."""
+        self.norm = normalizer
+
+    @property
+    def is_normalized(self) -> bool:
+        return not isinstance(self.norm, nn.Identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, kind={self.kind}, role={self.role}"
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What a placement sees of one site: its module path, size, kind, role and order."""
+
+    name: str
+    num_features: int
+    kind: SiteKind
+    role: SiteRole
+    index: int
+
+
+def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
+    """Every ``NormSite`` of ``model`` in registration order, with its description."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, NormSite):
+            info = SiteInfo(name, module.num_features, module.kind, module.role, len(found))
+            found.append((info, module))
+    return found
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model factory knows of its data: input shape ``(C, H, W)`` and class count."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""A transform of a whole batch of ``[0, 1]`` images on the training device (augmentation).
+
+It receives the batch and the run's data generator (on the same device) and returns the
+transformed batch; it runs before per-channel normalization.
+"""
+
+
+@dataclass
+class DataBundle:
+    """A dataset held as tensors: images ``(N, C, H, W)`` as uint8 (0..255) or float in [0, 1].
+
+    The core moves the tensors to the training device once, draws batches by a permutation
+    on that device, applies ``train_transform`` to training batches, then normalizes each
+    batch with ``mean`` and ``std`` (per channel, in [0, 1] units).
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_transform: BatchTransform | None = None
+    description: str = ""
+
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(tuple(self.train_images.shape[1:]), self.num_classes)
+
+    def check(self, source: str) -> None:
+        """Raise ``ValueError`` naming ``source`` if the bundle is inconsistent."""
+        problems = []
+        for split in ("train", "test"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            if images.dim() != 4:
+                problems.append(f"{split}_images must be (N, C, H, W), got {tuple(images.shape)}")
+            if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+                problems.append(f"{split}_labels must be (N,) matching {split}_images, got {tuple(labels.shape)}")
+            if images.dtype not in (torch.uint8, torch.float32, torch.float16, torch.bfloat16):
+                problems.append(f"{split}_images must be uint8 or float, got {images.dtype}")
+        channels = self.train_images.shape[1] if self.train_images.dim() == 4 else None
+        if channels is not None and not (len(self.mean) == len(self.std) == channels):
+            problems.append(f"mean and std need {channels} values (one per channel)")
+        if problems:
+            raise ValueError(f"dataset {source!r} returned an invalid DataBundle: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a dataset factory may use besides its options."""
+
+    base_dir: Path
+    """Directory of the manifest: relative paths in options are resolved against it."""
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` made absolute relative to the manifest's directory (``~`` expanded)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss and accuracy of the model on one split, over the whole split."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class RunContext:
+    """The live state of one run, handed to lifecycle hooks and metrics."""
+
+    run_id: str
+    spec: RunSpec
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    data: DataBundle
+    steps_per_epoch: int
+    total_steps: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Scratch space where plugins may keep per-run state between hook calls."""
+
+
+@dataclass
+class EpochContext:
+    """What a metric sees at the end of an epoch."""
+
+    run: RunContext
+    epoch: int
+    step: int
+    train_loss: float
+    """Mean training loss over the epoch's steps (in training mode, augmented batches)."""
+    train_accuracy: float
+    """Share of training examples of the epoch classified correctly while training."""
+    evaluate: Callable[[str], EvalResult]
+    """``evaluate("test")`` or ``evaluate("train")``: one pass in eval mode, cached per epoch."""
+
+
+MetricValue = float | Mapping[str, float]
+"""A metric returns one number (stored under the metric's name) or several named numbers."""

@@ -1,0 +1,162 @@
+"""The ``bnbench`` command: run, plan, report, plugins. Errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tabulate import tabulate
+
+import harness
+from harness import report as reporting
+from harness.errors import BnbenchError
+from harness.manifest import Manifest, load_manifest
+from harness.registry import KINDS, load_registry
+from harness.store import Store
+from harness.sweep import run_manifest, unique_runs
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", type=Path, help="manifest TOML file (e.g. benchmarks.toml)")
+    parser.add_argument("--profile", "-p", help="overlay this named profile (e.g. smoke)")
+    parser.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnbench", description="Benchmark harness for normalization studies.")
+    parser.add_argument("--version", action="version", version=f"bnbench {harness.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run every pending run of a manifest, then print the report")
+    _add_manifest_args(run)
+    run.add_argument("--rerun", action="store_true", help="run again runs that already have a result")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override [harness] device")
+    run.add_argument("--format", choices=reporting.FORMATS, default="github", help="report table format")
+    run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
+
+    plan = commands.add_parser("plan", help="list every run of a manifest and whether it has a result")
+    _add_manifest_args(plan)
+
+    rep = commands.add_parser("report", help="print comparison tables from a manifest or a results store")
+    rep.add_argument("source", type=Path, help="manifest TOML or results SQLite file")
+    rep.add_argument("--profile", "-p", help="with a manifest: the profile it was run with")
+    rep.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
+    rep.add_argument("--format", "-f", choices=reporting.FORMATS, default="github")
+
+    plugins = commands.add_parser("plugins", help="list registered plugins by kind")
+    plugins.add_argument("--kind", choices=KINDS, action="append", help="only this kind (repeatable)")
+    plugins.add_argument("--manifest", type=Path, help="also load the plugins this manifest names")
+    return parser
+
+
+def _print_report(manifest: Manifest, fmt: str) -> None:
+    with Store(manifest.results_path) as store:
+        print(reporting.render(reporting.from_manifest(manifest, store), fmt), end="")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest, args.profile, studies=args.study)
+    summary = run_manifest(manifest, rerun=args.rerun, device=args.device)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
+    print(
+        f"{summary.planned} runs planned, {summary.skipped} already had results; {counts}. "
+        f"Results: {manifest.results_path}",
+        file=sys.stderr,
+    )
+    if not args.no_report:
+        _print_report(manifest, args.format)
+    if summary.interrupted:
+        print("Interrupted: run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest, args.profile, studies=args.study)
+    runs = manifest.runs()
+    path = manifest.results_path
+    statuses: dict[str, str] = {}
+    if path.is_file():
+        with Store(path) as store:
+            statuses = store.statuses(r.run_id for r in runs)
+    rows = [
+        [
+            r.run_id,
+            r.study,
+            ", ".join(f"{k}={v}" for k, v in r.axes.items()) or "—",
+            r.spec.seed,
+            statuses.get(r.run_id, "pending"),
+        ]
+        for r in runs
+    ]
+    print(tabulate(rows, headers=["run id", "study", "axes", "seed", "status"], tablefmt="github"))
+    pending = sum(1 for r in unique_runs(runs) if statuses.get(r.run_id) not in ("done", "diverged"))
+    print(f"\n{len(unique_runs(runs))} runs, {pending} to run. Results store: {path}")
+    return 0
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if _is_sqlite(args.source):
+        with Store(args.source, create=False) as store:
+            studies = reporting.from_store(store)
+        if args.study:
+            studies = [s for s in studies if s.name in args.study]
+        if not studies:
+            raise BnbenchError(f"results store {args.source} holds no studies")
+        print(reporting.render(studies, args.format), end="")
+        return 0
+    manifest = load_manifest(args.source, args.profile, studies=args.study)
+    if not manifest.results_path.is_file():
+        raise BnbenchError(
+            f"no results yet at {manifest.results_path}; run `bnbench run {args.source}"
+            f"{' --profile ' + args.profile if args.profile else ''}` first"
+        )
+    _print_report(manifest, args.format)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.manifest:
+        manifest = load_manifest(args.manifest)
+        registry = manifest.registry
+    else:
+        registry = load_registry()
+    for kind in args.kind or KINDS:
+        rows = [[e.name, str(e.plugin), e.description] for e in registry.entries(kind)]
+        print(f"{kind}s:")
+        print(tabulate(rows, headers=["name", "plugin", "description"], tablefmt="simple"))
+        print()
+    for plugin, why in registry.broken.items():
+        print(f"warning: plugin {plugin} failed to register: {why}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BnbenchError as exc:
+        print(f"bnbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bnbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

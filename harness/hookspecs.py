@@ -1,0 +1,122 @@
+"""The whole plugin contract of bnbench, hook by hook.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose names are hooks
+below. It is loaded from the ``bnbench`` entry-point group of an installed package, or named
+in a manifest's ``[harness] plugins`` list. Built-in plugins load the same way.
+
+Registration hooks receive a ``register`` callback::
+
+    register(name, factory, *, options=NoOptions, description=None)
+
+``name`` is what a manifest writes; ``options`` is a pydantic model (subclass
+``harness.Options``) validating the keys a manifest gives beside ``name``; ``description``
+defaults to the first line of the factory's docstring. Two plugins registering the same
+name for the same kind is an error naming both. What ``factory`` must be differs by kind
+and is documented on each hook.
+
+Lifecycle hooks observe a run; they must not change its results unless that is their
+documented purpose. They run in the training process, on every step for
+``bnbench_step_end``: keep them cheap (no host synchronisation on the GPU).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.api import RunContext
+    from harness.runner import RunResult
+
+PROJECT = "bnbench"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The callback registration hooks receive."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Any,
+        *,
+        options: Any = None,
+        description: str | None = None,
+    ) -> None: ...
+
+
+@hookspec
+def bnbench_register_models(register: Register) -> None:
+    """Register model factories.
+
+    ``factory(options, data: DataInfo) -> torch.nn.Module``. The model returns logits of
+    shape ``(N, data.num_classes)`` for inputs of shape ``(N, *data.input_shape)`` and puts a
+    ``harness.NormSite`` wherever a normalizer may go (role ``"output"`` for one on the
+    logits). It never builds a normalizer itself.
+    """
+
+
+@hookspec
+def bnbench_register_normalizers(register: Register) -> None:
+    """Register normalizer factories (a normalizer named by a string, as in timm).
+
+    ``factory(num_features: int, kind: "conv" | "fc", options) -> torch.nn.Module``. The
+    module maps a tensor of the site's shape (``(N, C, H, W)`` for ``conv``, ``(N, C)`` for
+    ``fc``) to a tensor of the same shape.
+    """
+
+
+@hookspec
+def bnbench_register_placements(register: Register) -> None:
+    """Register placements: which of a model's sites receive the normalizer.
+
+    ``factory(sites: Sequence[SiteInfo], options) -> Iterable[str]``: the names of the chosen
+    sites (a subset of ``[s.name for s in sites]``).
+    """
+
+
+@hookspec
+def bnbench_register_datasets(register: Register) -> None:
+    """Register datasets.
+
+    ``factory(options, context: BuildContext) -> DataBundle``. Relative paths in options are
+    resolved with ``context.resolve``. A dataset whose files are missing raises
+    ``harness.DatasetNotFoundError`` naming the directory and the expected files. Bundles are
+    cached by the core across the runs of a sweep that use the same dataset options.
+    """
+
+
+@hookspec
+def bnbench_register_metrics(register: Register) -> None:
+    """Register per-epoch metrics.
+
+    ``factory(context: EpochContext, options) -> float | Mapping[str, float]``, called at
+    the end of each epoch; a single number is stored under the metric's registered name,
+    a mapping key by key under ``"<name>.<key>"``. Use
+    ``context.evaluate(split)`` for evaluation passes: they are shared between metrics.
+    """
+
+
+@hookspec
+def bnbench_run_start(run: RunContext) -> None:
+    """Called once the model, normalizer, data and optimizer of a run are built."""
+
+
+@hookspec
+def bnbench_step_end(run: RunContext, step: int, loss: torch.Tensor) -> None:
+    """Called after each optimizer step. ``loss`` is a detached 0-d tensor on the device."""
+
+
+@hookspec
+def bnbench_epoch_end(run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+    """Called after the metrics of an epoch are computed (before they are stored)."""
+
+
+@hookspec
+def bnbench_run_end(run: RunContext, result: RunResult) -> None:
+    """Called when a run ends: finished, diverged or failed (``result.status``)."""

@@ -1,0 +1,469 @@
+"""Manifest loading: TOML → validated settings, profile overlays, sweep expansion, run ids.
+
+Sweep rule: in a study, a field given as a list is a sweep axis and the study expands to the
+Cartesian product of its axes. A field whose own type is a list (``schedule.milestones``,
+``metrics``, an MLP's ``widths``) is swept by a list of lists. ``seeds`` lists the replicates
+of every configuration. A component (``model``, ``dataset``, ``normalizer``, ``placement``)
+is swept by a list of names or tables, and its options are swept like any other field.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from harness.errors import BnbenchError, ManifestError, did_you_mean
+from harness.registry import Entry, Registry, load_registry
+from harness.spec import (
+    COMPONENT_FIELDS,
+    STUDY_ONLY_FIELDS,
+    HarnessSettings,
+    ManifestFile,
+    OptimizerSpec,
+    RunSpec,
+    ScheduleSpec,
+)
+
+MAX_RUNS_PER_STUDY = 100_000
+"""A study that expands to more runs than this is rejected before anything is built."""
+
+ALL_STUDIES = "*"
+"""Key of a profile's overlay that applies to every study."""
+
+SUBMODELS: dict[str, type[BaseModel]] = {"optimizer": OptimizerSpec, "schedule": ScheduleSpec}
+STUDY_FIELDS = tuple(sorted((set(RunSpec.model_fields) - {"seed"}) | set(STUDY_ONLY_FIELDS)))
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study: its id, resolved spec, and the values of the study's axes."""
+
+    run_id: str
+    study: str
+    spec: RunSpec
+    axes: dict[str, Any]
+    """Swept field (dotted path) → value, for this run; the seed is ``spec.seed``."""
+
+
+@dataclass
+class Study:
+    name: str
+    description: str
+    axes: list[str]
+    runs: list[PlannedRun]
+
+
+@dataclass
+class Manifest:
+    path: Path
+    settings: HarnessSettings
+    profile: str | None
+    studies: list[Study]
+    registry: Registry = field(repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def results_path(self) -> Path:
+        """The SQLite store of this manifest, resolved relative to the manifest."""
+        if self.settings.results:
+            p = Path(self.settings.results).expanduser()
+            return p if p.is_absolute() else (self.base_dir / p).resolve()
+        return self.base_dir / "results" / f"{self.path.stem}.sqlite"
+
+    def runs(self) -> list[PlannedRun]:
+        return [run for study in self.studies for run in study.runs]
+
+
+# -- reading --------------------------------------------------------------------------------
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every problem into a ``ManifestError`` naming the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError("file not found", file=str(path)) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ManifestError("not a TOML file: it is not UTF-8 text", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"invalid TOML: {exc}", file=str(path)) from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model at ``loc`` inside ``model``, if it can be found."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        current = _model_in(info.annotation)
+    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``list[X]``), else it."""
+    for arg in (annotation, *typing.get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def validation_error(
+    exc: ValidationError,
+    model: type[BaseModel],
+    *,
+    file: str | None,
+    study: str | None,
+    prefix: str = "",
+) -> ManifestError:
+    """The first error of ``exc`` as a ``ManifestError`` with its dotted field path."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(err["loc"])
+    path = ".".join(part for part in (prefix, *map(str, loc)) if part)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        message = f"unknown field {loc[-1]!s}; allowed fields: {', '.join(allowed)}."
+        message += did_you_mean(str(loc[-1]), allowed)
+    elif err["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in err and not isinstance(err["input"], dict | list):
+        message += f" (got {err['input']!r})"
+    if len(errors) > 1:
+        message += f" [and {len(errors) - 1} more problem(s)]"
+    return ManifestError(message, file=file, study=study, field=path or None)
+
+
+# -- profile overlays -----------------------------------------------------------------------
+def _as_component_table(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _overlay_component(base: Any, over: Any) -> Any:
+    """A profile's component over a study's: merge options of the same plugin, else replace."""
+    over = _as_component_table(over)
+    if not isinstance(over, dict) or not isinstance(base, str | dict | list):
+        return over
+    if isinstance(base, list):
+        return [_overlay_component(b, over) for b in base]
+    base = _as_component_table(base)
+    if "name" in over and over["name"] != base.get("name"):
+        return over
+    return {**base, **over}
+
+
+def overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``: tables merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in over.items():
+        if key in COMPONENT_FIELDS and key in merged:
+            merged[key] = _overlay_component(merged[key], value)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_profile(
+    studies: list[dict[str, Any]], profiles: dict[str, dict[str, dict[str, Any]]], profile: str, file: str
+) -> list[dict[str, Any]]:
+    if profile not in profiles:
+        known = sorted(profiles)
+        raise ManifestError(
+            f"unknown profile {profile!r}; profiles in this manifest: {', '.join(known) or '(none)'}."
+            + did_you_mean(profile, known),
+            file=file,
+        )
+    tables = profiles[profile]
+    names = [s.get("name") for s in studies]
+    for key in tables:
+        if key != ALL_STUDIES and key not in names:
+            known = [str(n) for n in names]
+            raise ManifestError(
+                f"profile {profile!r} overlays study {key!r}, which does not exist; studies: "
+                f'{", ".join(known)} (or "*" for all).' + did_you_mean(key, known),
+                file=file,
+                field=f"profiles.{profile}.{key}",
+            )
+    result = []
+    for study in studies:
+        study = overlay(study, tables.get(ALL_STUDIES, {}))
+        study = overlay(study, tables.get(str(study.get("name")), {}))
+        result.append(study)
+    return result
+
+
+# -- sweep expansion ------------------------------------------------------------------------
+def _is_list_type(annotation: Any) -> bool:
+    """Whether a field's type is a list (so a list value is one value, not an axis)."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple, set, frozenset):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list_type(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _is_list_type(typing.get_args(annotation)[0])
+    return False
+
+
+def _axis(value: Any, list_typed: bool) -> list[Any] | None:
+    """The values of the axis ``value`` defines, or ``None`` if it is a single value."""
+    if not isinstance(value, list):
+        return None
+    if list_typed:
+        return value if value and all(isinstance(v, list) for v in value) else None
+    return value
+
+
+def _field_annotation(model: type[BaseModel], name: str) -> Any:
+    info = model.model_fields.get(name)
+    return info.annotation if info is not None else None
+
+
+def _component_label(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    name = value.get("name", "?")
+    options = {k: v for k, v in value.items() if k != "name"}
+    if not options:
+        return str(name)
+    return f"{name}(" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
+
+
+@dataclass
+class _Expander:
+    registry: Registry
+    file: str
+    study: str
+
+    def error(self, message: str, field: str | None = None) -> ManifestError:
+        return ManifestError(message, file=self.file, study=self.study, field=field)
+
+    def axes(self, raw: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+        """Stage 1: axes among the core fields (components, sub-tables, scalars)."""
+        found: list[tuple[str, list[Any]]] = []
+        for key, value in raw.items():
+            if key in STUDY_ONLY_FIELDS:
+                continue
+            if key in SUBMODELS:
+                if not isinstance(value, dict):
+                    raise self.error("must be a table of settings", key)
+                for sub, subvalue in value.items():
+                    annotation = _field_annotation(SUBMODELS[key], sub)
+                    values = _axis(subvalue, _is_list_type(annotation))
+                    if values is not None:
+                        found.append((f"{key}.{sub}", values))
+                continue
+            annotation = _field_annotation(RunSpec, key)
+            values = _axis(value, key not in COMPONENT_FIELDS and _is_list_type(annotation))
+            if values is not None:
+                found.append((key, values))
+        for path, values in found:
+            if not values:
+                raise self.error("an empty list sweeps nothing: give at least one value", path)
+        return found
+
+    def entry(self, kind: str, field_name: str, name: str) -> Entry:
+        """The registered plugin ``name``, or an error located at ``field_name``."""
+        try:
+            return self.registry.get(kind, name)
+        except ManifestError as exc:
+            raise exc.located(file=self.file, study=self.study, field_prefix=field_name) from None
+
+    def option_axes(self, kind: str, field_name: str, component: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+        """Stage 2: axes among a component's options, typed by the plugin's options model."""
+        entry = self.entry(kind, field_name, component["name"])
+        found = []
+        for key, value in component.items():
+            if key == "name":
+                continue
+            values = _axis(value, _is_list_type(_field_annotation(entry.options, key)))
+            if values is not None:
+                if not values:
+                    raise self.error("an empty list sweeps nothing", f"{field_name}.{key}")
+                found.append((f"{field_name}.{key}", values))
+        return found
+
+    def component(self, field_name: str, value: Any) -> dict[str, Any]:
+        value = _as_component_table(value)
+        if not isinstance(value, dict):
+            raise self.error(f"must be a plugin name or a table with a name, got {value!r}", field_name)
+        if not isinstance(value.get("name"), str) or not value["name"]:
+            raise self.error('a plugin table needs name = "..."', f"{field_name}.name")
+        return value
+
+    def resolve_component(self, kind: str, field_name: str, table: dict[str, Any]) -> dict[str, Any]:
+        """Validate a component's options through its plugin → ``{"name", "options"}``."""
+        entry = self.entry(kind, field_name, table["name"])
+        options = {k: v for k, v in table.items() if k != "name"}
+        try:
+            validated = entry.options.model_validate(options)
+        except ValidationError as exc:
+            raise validation_error(exc, entry.options, file=self.file, study=self.study, prefix=field_name) from None
+        return {"name": entry.name, "options": validated.model_dump(mode="json")}
+
+    def expand(self, raw: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Yield ``(run fields, axis values)`` for every point of the study's sweep."""
+        core_axes = self.axes(raw)
+        for core_point in itertools.product(*(values for _, values in core_axes)):
+            point = copy.deepcopy({k: v for k, v in raw.items() if k not in STUDY_ONLY_FIELDS})
+            labels: dict[str, Any] = {}
+            for (path, _), value in zip(core_axes, core_point, strict=True):
+                _set_path(point, path, value)
+                labels[path] = _component_label(value) if path in COMPONENT_FIELDS else value
+            option_axes = []
+            for field_name, kind in COMPONENT_FIELDS.items():
+                if field_name in point:
+                    point[field_name] = self.component(field_name, point[field_name])
+                    option_axes += self.option_axes(kind, field_name, point[field_name])
+            for option_point in itertools.product(*(values for _, values in option_axes)):
+                run = copy.deepcopy(point)
+                run_labels = dict(labels)
+                for (path, _), value in zip(option_axes, option_point, strict=True):
+                    _set_path(run, path, value)
+                    run_labels[path] = value
+                yield run, run_labels
+
+    def resolve(self, run: dict[str, Any], seed: int) -> RunSpec:
+        run = dict(run)
+        for field_name, kind in COMPONENT_FIELDS.items():
+            if field_name in run:
+                run[field_name] = self.resolve_component(kind, field_name, run[field_name])
+        if "metrics" in run:
+            if not isinstance(run["metrics"], list):
+                raise self.error("must be a list of metric names", "metrics")
+            run["metrics"] = [
+                self.resolve_component("metric", f"metrics.{i}", self.component(f"metrics.{i}", m))
+                for i, m in enumerate(run["metrics"])
+            ]
+        run["seed"] = seed
+        try:
+            return RunSpec.model_validate(run)
+        except ValidationError as exc:
+            raise validation_error(exc, RunSpec, file=self.file, study=self.study) from None
+
+
+def _set_path(target: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        target = target[part]
+    target[last] = value
+
+
+def _sweep_size(raw_axes: list[tuple[str, list[Any]]]) -> int:
+    return math.prod(len(values) for _, values in raw_axes)
+
+
+def _seeds(raw: dict[str, Any], expander: _Expander) -> list[int]:
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+    ):
+        raise expander.error(f"must be a non-empty list of non-negative integers, got {seeds!r}", "seeds")
+    if len(set(seeds)) != len(seeds):
+        raise expander.error(f"seeds repeat: {seeds!r}", "seeds")
+    return seeds
+
+
+def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int) -> Study:
+    """Validate one study table and expand it into its runs."""
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ManifestError(
+            'every study needs name = "..." (a non-empty string)', file=file, field=f"studies[{index}].name"
+        )
+    expander = _Expander(registry, file, name)
+    for key in raw:
+        if key not in STUDY_FIELDS:
+            raise expander.error(
+                f"unknown field; allowed fields: {', '.join(STUDY_FIELDS)}." + did_you_mean(key, STUDY_FIELDS),
+                key,
+            )
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise expander.error("must be a string", "description")
+    seeds = _seeds(raw, expander)
+    core_axes = expander.axes(raw)
+    if _sweep_size(core_axes) * len(seeds) > MAX_RUNS_PER_STUDY:
+        raise expander.error(
+            f"expands to {_sweep_size(core_axes) * len(seeds)} runs, more than the limit of "
+            f"{MAX_RUNS_PER_STUDY}; split the study or shorten its axes"
+        )
+    runs: list[PlannedRun] = []
+    axes: list[str] = []
+    for point, labels in expander.expand(raw):
+        for path in labels:
+            if path not in axes:
+                axes.append(path)
+        for seed in seeds:
+            spec = expander.resolve(point, seed)
+            runs.append(PlannedRun(spec.run_id(), name, spec, dict(labels)))
+            if len(runs) > MAX_RUNS_PER_STUDY:
+                raise expander.error(f"expands to more than {MAX_RUNS_PER_STUDY} runs")
+    return Study(name=name, description=description, axes=axes, runs=runs)
+
+
+def load_manifest(
+    path: str | Path,
+    profile: str | None = None,
+    *,
+    registry: Registry | None = None,
+    studies: list[str] | None = None,
+) -> Manifest:
+    """Read, overlay, validate and expand a manifest. Every problem is a ``ManifestError``."""
+    path = Path(path).expanduser().resolve()
+    file = str(path)
+    data = read_toml(path)
+    try:
+        parsed = ManifestFile.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, ManifestFile, file=file, study=None) from None
+    raw_studies = parsed.studies
+    if profile is not None:
+        raw_studies = apply_profile(raw_studies, parsed.profiles, profile, file)
+    if registry is None:
+        try:
+            registry = load_registry(parsed.harness.plugins, base_dir=path.parent)
+        except BnbenchError as exc:
+            raise ManifestError(f"[harness] plugins: {exc}", file=file, field="harness.plugins") from exc
+    expanded = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_studies):
+        study = expand_study(raw, registry, file, index)
+        if study.name in seen:
+            raise ManifestError("two studies have this name; study names must be unique", file=file, study=study.name)
+        seen.add(study.name)
+        expanded.append(study)
+    if studies:
+        known = [s.name for s in expanded]
+        for wanted in studies:
+            if wanted not in known:
+                raise ManifestError(
+                    f"no study named {wanted!r}; studies: {', '.join(known)}." + did_you_mean(wanted, known),
+                    file=file,
+                )
+        expanded = [s for s in expanded if s.name in studies]
+    return Manifest(path=path, settings=parsed.harness, profile=profile, studies=expanded, registry=registry)

@@ -1,0 +1,67 @@
+"""Progress display: tqdm bars on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+class Progress:
+    """One bar for the sweep and one for the current run (loss and accuracy in its postfix)."""
+
+    def __init__(self, total_runs: int, *, stream: TextIO | None = None, bars: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.bars = self.stream.isatty() if bars is None else bars
+        self.total_runs = total_runs
+        self.done = 0
+        self._sweep = (
+            tqdm(total=total_runs, desc="sweep", unit="run", position=0, file=self.stream) if self.bars else None
+        )
+        self._run: tqdm | None = None
+        self._label = ""
+
+    def log(self, message: str) -> None:
+        if self.bars:
+            tqdm.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def start_run(self, label: str, total_steps: int) -> None:
+        self._label = label
+        if self.bars:
+            self._run = tqdm(total=total_steps, desc=label, unit="step", position=1, leave=False, file=self.stream)
+        else:
+            self.log(f"[{self.done + 1}/{self.total_runs}] {label}: {total_steps} steps")
+
+    def advance(self, steps: int, loss: float) -> None:
+        if self._run is not None:
+            self._run.update(steps)
+            self._run.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        if self._run is not None:
+            short = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("train_loss", "test_accuracy")}
+            self._run.set_postfix(epoch=f"{epoch}/{epochs}", **short)
+        else:
+            self.log(f"  {self._label} epoch {epoch}/{epochs} {_fmt(metrics)}")
+
+    def end_run(self, status: str, summary: str) -> None:
+        self.done += 1
+        if self._run is not None:
+            self._run.close()
+            self._run = None
+        if self._sweep is not None:
+            self._sweep.update(1)
+        self.log(f"{self._label}: {status}{' — ' + summary if summary else ''}")
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.close()
+        if self._sweep is not None:
+            self._sweep.close()

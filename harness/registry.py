@@ -1,0 +1,237 @@
+"""The plugin manager: loads plugins and holds name → factory tables, one per kind."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from harness import hookspecs
+from harness.api import NoOptions, Options
+from harness.errors import PluginError, UnknownNameError
+
+ENTRY_POINT_GROUP = "bnbench"
+
+REGISTRATION_HOOKS: dict[str, str] = {
+    "model": "bnbench_register_models",
+    "normalizer": "bnbench_register_normalizers",
+    "placement": "bnbench_register_placements",
+    "dataset": "bnbench_register_datasets",
+    "metric": "bnbench_register_metrics",
+}
+"""Kind of component → the hook through which plugins register it."""
+
+KINDS: tuple[str, ...] = tuple(REGISTRATION_HOOKS)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a plugin came from: its name in the manager, package and version if installed."""
+
+    name: str
+    package: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.package:
+            return f"{self.name} ({self.package} {self.version})"
+        return self.name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: type[BaseModel]
+    description: str
+    plugin: PluginInfo
+
+
+def _strict(options: type[BaseModel]) -> type[BaseModel]:
+    """``options`` itself if it forbids unknown fields, else a subclass that does."""
+    if options.model_config.get("extra") == "forbid":
+        return options
+    config = ConfigDict(**{**options.model_config, "extra": "forbid"})
+    return type(options.__name__, (options,), {"model_config": config, "__module__": options.__module__})
+
+
+def _first_line(text: str | None) -> str:
+    return inspect.cleandoc(text).splitlines()[0] if text else ""
+
+
+class Registry:
+    """Registered components by kind, and the plugin manager whose hooks observe runs."""
+
+    def __init__(self, manager: pluggy.PluginManager, plugin_info: dict[str, PluginInfo]) -> None:
+        self.manager = manager
+        self.hook = manager.hook
+        self._plugin_info = plugin_info
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.broken: dict[str, str] = {}
+        """Plugin name → why its registration failed; its other components stay usable."""
+        self._collect()
+
+    # -- building the tables -------------------------------------------------------------
+    def _collect(self) -> None:
+        for kind, hook_name in REGISTRATION_HOOKS.items():
+            caller = getattr(self.manager.hook, hook_name)
+            for impl in reversed(caller.get_hookimpls()):
+                info = self._plugin_info.get(impl.plugin_name, PluginInfo(impl.plugin_name))
+                if info.name in self.broken:
+                    continue
+                try:
+                    impl.function(register=self._registrar(kind, info))
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    self.broken[info.name] = f"{hook_name} raised {type(exc).__name__}: {exc}"
+
+    def _registrar(self, kind: str, plugin: PluginInfo) -> Callable[..., None]:
+        table = self._entries[kind]
+
+        def register(
+            name: str,
+            factory: Callable[..., Any],
+            *,
+            options: type[BaseModel] | None = None,
+            description: str | None = None,
+        ) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {plugin} registered a {kind} with an invalid name {name!r}")
+            if not callable(factory):
+                raise PluginError(f"plugin {plugin} registered {kind} {name!r} with a non-callable factory")
+            options = NoOptions if options is None else options
+            if not (isinstance(options, type) and issubclass(options, BaseModel)):
+                raise PluginError(
+                    f"plugin {plugin} registered {kind} {name!r} with options {options!r}; "
+                    "options must be a pydantic model class (subclass harness.Options)"
+                )
+            if name in table:
+                other = table[name].plugin
+                raise PluginError(f"{kind} {name!r} is registered twice: by plugin {other} and by plugin {plugin}")
+            table[name] = Entry(
+                kind=kind,
+                name=name,
+                factory=factory,
+                options=_strict(options),
+                description=description or _first_line(factory.__doc__),
+                plugin=plugin,
+            )
+
+        return register
+
+    # -- lookups -------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def entries(self, kind: str) -> list[Entry]:
+        return [self._entries[kind][name] for name in self.names(kind)]
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._entries[kind]
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry registered as ``name``, or ``UnknownNameError`` listing the known names."""
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            note = "; ".join(f"plugin {p} failed to load: {why}" for p, why in self.broken.items())
+            raise UnknownNameError(kind, name, self._entries[kind], note) from None
+
+
+def _module_from_file(path: Path) -> ModuleType:
+    name = f"bnbench_manifest_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot load plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_plugin(reference: str, base_dir: Path | None) -> tuple[str, ModuleType]:
+    """Import a plugin named by module path (``pkg.mod``) or by ``.py`` file path."""
+    try:
+        if reference.endswith(".py"):
+            path = Path(reference).expanduser()
+            if not path.is_absolute():
+                path = (base_dir or Path.cwd()) / path
+            if not path.is_file():
+                raise PluginError(f"plugin file {path} does not exist")
+            return str(path), _module_from_file(path)
+        return reference, importlib.import_module(reference)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"cannot import plugin {reference!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_registry(
+    modules: Sequence[str] = (),
+    *,
+    base_dir: Path | None = None,
+    entry_points: bool = True,
+    objects: Iterable[tuple[str, object]] = (),
+) -> Registry:
+    """Load plugins and build the registry.
+
+    ``entry_points``: load every installed plugin of the ``bnbench`` group (built-ins
+    included); ``modules``: extra plugins by module name or ``.py`` path (relative to
+    ``base_dir``), as a manifest's ``[harness] plugins`` lists them; ``objects``: already
+    imported plugin objects as ``(name, object)``, for tests and embedding.
+    """
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    info: dict[str, PluginInfo] = {}
+
+    def add(name: str, plugin: object, package: str | None = None, version: str | None = None) -> None:
+        if manager.is_registered(plugin):
+            return
+        try:
+            manager.register(plugin, name=name)
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
+        info[name] = PluginInfo(name, package, version)
+
+    if entry_points:
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value):
+            dist = ep.dist
+            package = dist.metadata["Name"] if dist is not None else None
+            version = dist.version if dist is not None else None
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"cannot load plugin {ep.name!r} ({ep.value}) from package {package}: {type(exc).__name__}: {exc}"
+                ) from exc
+            add(f"{package}:{ep.name}" if package else ep.name, plugin, package, version)
+    for reference in modules:
+        name, module = _import_plugin(reference, base_dir)
+        add(name, module)
+    for name, plugin in objects:
+        add(name, plugin)
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {exc.plugin_name!r} implements a hook bnbench does not define: {exc}. "
+            f"Known hooks: {', '.join(sorted(h for h in dir(hookspecs) if h.startswith('bnbench_')))}"
+        ) from exc
+    return Registry(manager, info)
+
+
+__all__ = ["KINDS", "Entry", "Options", "PluginInfo", "Registry", "load_registry"]

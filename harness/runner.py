@@ -1,0 +1,351 @@
+"""One run: build it from plugins, train it, record per-epoch metrics, detect divergence."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import socket
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import harness
+from harness.api import EpochContext, EvalResult, RunContext, find_sites
+from harness.data import DataCache, DeviceData
+from harness.errors import BnbenchError
+from harness.manifest import PlannedRun
+from harness.progress import Progress
+from harness.registry import Registry
+from harness.spec import RunSpec
+
+Status = Literal["done", "diverged", "failed"]
+FINISHED: tuple[str, ...] = ("done", "diverged")
+"""Statuses of a run whose result is final: a re-run of the manifest skips them."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    """What a run produced. Only ``done`` and ``diverged`` results are final."""
+
+    run_id: str
+    status: Status
+    epochs: list[EpochRecord] = field(default_factory=list)
+    diverged_step: int | None = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts about the built run: parameter count, normalized sites, steps per epoch."""
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"{what} is not finite at step {step}")
+        self.step = step
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BnbenchError('device = "cuda" but no CUDA device is available; use "auto" or "cpu"')
+    return torch.device(device)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import torchvision
+
+    env = {
+        "bnbench": harness.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+@contextmanager
+def determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of a run, restoring the previous settings."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1:]
+
+
+class Runner:
+    """Executes resolved runs. Holds the dataset cache shared by the runs of a sweep."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        base_dir: Path,
+        device: str = "auto",
+        divergence_check_every: int = 0,
+    ) -> None:
+        self.registry = registry
+        self.device = resolve_device(device)
+        self.data = DataCache(registry, base_dir)
+        self.check_every = divergence_check_every or (1 if self.device.type == "cpu" else 25)
+
+    # -- building ------------------------------------------------------------------------
+    def build_model(self, spec: RunSpec, data: DeviceData) -> tuple[nn.Module, dict[str, Any]]:
+        """Model from its plugin, with the normalizer attached at the placement's sites."""
+        model_entry = self.registry.get("model", spec.model.name)
+        model = model_entry.factory(model_entry.options.model_validate(spec.model.options), data.bundle.info)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model plugin {spec.model.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        sites = find_sites(model)
+        placement = self.registry.get("placement", spec.placement.name)
+        chosen = set(
+            placement.factory([info for info, _ in sites], placement.options.model_validate(spec.placement.options))
+        )
+        unknown = chosen - {info.name for info, _ in sites}
+        if unknown:
+            raise ValueError(f"placement {spec.placement.name!r} chose sites the model lacks: {sorted(unknown)}")
+        normalizer = self.registry.get("normalizer", spec.normalizer.name)
+        norm_options = normalizer.options.model_validate(spec.normalizer.options)
+        for info, site in sites:
+            if info.name in chosen:
+                module = normalizer.factory(info.num_features, info.kind, norm_options)
+                if not isinstance(module, nn.Module):
+                    raise TypeError(
+                        f"normalizer plugin {spec.normalizer.name!r} returned {type(module).__name__}, "
+                        "not a torch.nn.Module"
+                    )
+                site.attach(module)
+        info = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "sites": len(sites),
+            "normalized_sites": sorted(chosen),
+        }
+        return model.to(self.device), info
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, planned: PlannedRun, progress: Progress | None = None) -> RunResult:
+        """Train one run. Divergence and exceptions become results; Ctrl-C propagates."""
+        result = RunResult(planned.run_id, "done", started_at=time.time(), environment=environment(self.device))
+        built: list[RunContext] = []
+        try:
+            with determinism(planned.spec.deterministic):
+                self._train(planned, result, progress, built)
+        except Diverged as exc:
+            result.status = "diverged"
+            result.diverged_step = exc.step
+            result.error = str(exc)
+        except Exception as exc:
+            result.status = "failed"
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            result.error = f"{detail}\n\n{traceback.format_exc()}"
+        result.finished_at = time.time()
+        if built:
+            self.registry.hook.bnbench_run_end(run=built[0], result=result)
+        return result
+
+    def _train(
+        self, planned: PlannedRun, result: RunResult, progress: Progress | None, built: list[RunContext]
+    ) -> None:
+        spec = planned.spec
+        seed_everything(spec.seed)
+        data = self.data.get(spec.dataset, self.device)
+        model, info = self.build_model(spec, data)
+        result.info.update(info)
+        steps_per_epoch = data.train_size // spec.batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {spec.batch_size} is larger than the training set ({data.train_size} examples)"
+            )
+        total_steps = spec.steps or spec.epochs * steps_per_epoch
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        result.info.update(steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=epochs)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=spec.optimizer.lr,
+            momentum=spec.optimizer.momentum,
+            weight_decay=spec.optimizer.weight_decay,
+            nesterov=spec.optimizer.nesterov,
+        )
+        context = RunContext(
+            planned.run_id, spec, model, optimizer, self.device, data.bundle, steps_per_epoch, total_steps
+        )
+        built.append(context)
+        hook = self.registry.hook
+        hook.bnbench_run_start(run=context)
+        step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
+        metrics = [(m, self.registry.get("metric", m.name)) for m in spec.metrics]
+        generator = torch.Generator(device=self.device).manual_seed(spec.seed)
+        check_every = self.check_every
+        losses = torch.zeros(check_every, device=self.device)
+        schedule, base_lr = spec.schedule, spec.optimizer.lr
+        if progress:
+            progress.start_run(_label(planned), total_steps)
+
+        step = 0
+        for epoch in range(1, epochs + 1):
+            model.train()
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            seen = batches = 0
+            for images, labels in data.train_batches(spec.batch_size, generator):
+                if step >= total_steps:
+                    break
+                lr = base_lr * schedule.factor(step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits = model(images)
+                if step == 0:
+                    _check_logits(logits, images.shape[0], data.bundle.num_classes, spec.model.name)
+                loss = F.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                detached = loss.detach()
+                losses[step % check_every] = detached
+                loss_sum += detached
+                correct += (logits.detach().argmax(1) == labels).sum()
+                seen += labels.shape[0]
+                batches += 1
+                step += 1
+                if step_hook is not None:
+                    step_hook(run=context, step=step, loss=detached)
+                if step % check_every == 0 or step == total_steps:
+                    _check_finite(losses, step, check_every)
+                    if progress:
+                        progress.advance(step % check_every or check_every, float(detached))
+            evaluations: dict[str, EvalResult] = {}
+
+            def evaluate(split: str, _cache: dict[str, EvalResult] = evaluations) -> EvalResult:
+                if split not in ("train", "test"):
+                    raise ValueError(f"evaluate() takes 'train' or 'test', not {split!r}")
+                if split not in _cache:
+                    _cache[split] = _evaluate(model, data, split, spec.eval_batch_size)
+                return _cache[split]
+
+            epoch_context = EpochContext(
+                run=context,
+                epoch=epoch,
+                step=step,
+                train_loss=float(loss_sum) / max(1, batches),
+                train_accuracy=float(correct) / max(1, seen),
+                evaluate=evaluate,
+            )
+            values = _compute_metrics(metrics, epoch_context)
+            for name, value in values.items():
+                if not math.isfinite(value) and name.endswith("loss"):
+                    raise Diverged(step, f"{name} ({value})")
+            hook.bnbench_epoch_end(run=context, epoch=epoch, metrics=values)
+            result.epochs.append(EpochRecord(epoch, step, values))
+            if progress:
+                progress.epoch(epoch, epochs, values)
+
+
+def _label(planned: PlannedRun) -> str:
+    axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in planned.axes.items())
+    return f"{planned.study} {axes} seed={planned.spec.seed}".replace("  ", " ")
+
+
+def _check_logits(logits: Any, batch: int, classes: int, model: str) -> None:
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (batch, classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model {model!r} returned {shape}; expected logits of shape ({batch}, {classes})")
+
+
+def _check_finite(losses: torch.Tensor, step: int, check_every: int) -> None:
+    """Raise ``Diverged`` at the first non-finite loss since the last check.
+
+    Checks happen every ``check_every`` steps (and at the last step), so the losses since the
+    last check fill ``losses[:count]`` in order.
+    """
+    count = step % check_every or check_every
+    finite = torch.isfinite(losses[:count])
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise Diverged(step - count + bad + 1, f"training loss ({float(losses[bad])})")
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data: DeviceData, split: str, batch_size: int) -> EvalResult:
+    model.eval()
+    total_loss = torch.zeros((), device=data.mean.device)
+    correct = torch.zeros((), device=data.mean.device, dtype=torch.long)
+    count = 0
+    for images, labels in data.eval_batches(split, batch_size):
+        logits = model(images)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.shape[0]
+    model.train()
+    return EvalResult(loss=float(total_loss) / max(1, count), accuracy=float(correct) / max(1, count))
+
+
+def _compute_metrics(metrics: list[tuple[Any, Any]], context: EpochContext) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for component, entry in metrics:
+        try:
+            value = entry.factory(context, entry.options.model_validate(component.options))
+        except Exception as exc:
+            raise RuntimeError(
+                f"metric {component.name!r} ({entry.plugin}) raised {type(exc).__name__}: {exc}"
+            ) from exc
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for key, number in items:
+            name = component.name if key is None else f"{component.name}.{key}"
+            try:
+                values[name] = float(number)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"metric {component.name!r} returned {number!r} for {name!r}; metrics return numbers"
+                ) from None
+    return values

@@ -1,0 +1,179 @@
+"""Pydantic models of a manifest and of one fully resolved run.
+
+A manifest's study may give any field as a list to sweep it (see ``harness.manifest``); the
+models here describe one value of each field, which is what a resolved ``RunSpec`` holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(StrictModel):
+    """A plugin component by registered name, with its validated options.
+
+    In a manifest, write ``normalizer = "batchnorm"`` or
+    ``normalizer = { name = "batchnorm", eps = 1e-3 }``: keys beside ``name`` are the
+    plugin's options.
+    """
+
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def label(self) -> str:
+        """``name`` alone, or ``name(key=value, ...)`` for the options given explicitly."""
+        if not self.options:
+            return self.name
+        inner = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}({inner})"
+
+
+class OptimizerSpec(StrictModel):
+    """SGD with momentum and weight decay."""
+
+    lr: float = Field(0.1, gt=0, description="Peak learning rate (after warm-up).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum coefficient.")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay on every parameter.")
+    nesterov: bool = Field(False, description="Use Nesterov momentum.")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerSpec:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov = true needs momentum > 0")
+        return self
+
+
+class ScheduleSpec(StrictModel):
+    """Learning-rate schedule, evaluated per optimizer step."""
+
+    kind: Literal["constant", "multistep"] = Field(
+        "multistep", description="constant: lr throughout; multistep: multiply by gamma at milestones."
+    )
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75],
+        description="Fractions of training (0 < m < 1) at which the lr is multiplied by gamma.",
+    )
+    gamma: float = Field(0.1, gt=0, description="Factor applied at each milestone.")
+    warmup_steps: int = Field(0, ge=0, description="Length of the warm-up, in optimizer steps.")
+    warmup: Literal["linear", "constant"] = Field(
+        "linear",
+        description="linear: ramp from warmup_factor·lr to lr; constant: warmup_factor·lr throughout "
+        "(He et al. 2016 warm ResNet-110 up at 0.01 = 0.1·lr for ~400 steps).",
+    )
+    warmup_factor: float = Field(0.1, gt=0, le=1, description="Starting lr multiplier of the warm-up.")
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in value):
+            raise ValueError("milestones are fractions of training: each must be between 0 and 1")
+        if sorted(value) != value:
+            raise ValueError("milestones must be increasing")
+        return value
+
+    def factor(self, step: int, total_steps: int) -> float:
+        """The lr multiplier at optimizer step ``step`` (0-based) of ``total_steps``."""
+        factor = 1.0
+        if self.kind == "multistep":
+            for milestone in self.milestones:
+                if step >= round(milestone * total_steps):
+                    factor *= self.gamma
+        if step < self.warmup_steps:
+            if self.warmup == "constant":
+                factor *= self.warmup_factor
+            else:
+                progress = step / self.warmup_steps
+                factor *= self.warmup_factor + (1 - self.warmup_factor) * progress
+        return factor
+
+
+class RunSpec(StrictModel):
+    """Everything that determines one run's result. Its hash is the run id."""
+
+    model: Component = Field(description="Model plugin, e.g. resnet_cifar or mlp.")
+    dataset: Component = Field(description="Dataset plugin, e.g. cifar10, mnist or synthetic.")
+    normalizer: Component = Field(description="Normalizer plugin placed at the chosen sites.")
+    placement: Component = Field(description="Placement plugin: which sites get the normalizer.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    epochs: int | None = Field(None, gt=0, description="Training length in epochs (or give steps).")
+    steps: int | None = Field(None, gt=0, description="Training length in optimizer steps.")
+    batch_size: int = Field(128, gt=0, description="Training mini-batch size.")
+    eval_batch_size: int = Field(1000, gt=0, description="Mini-batch size of evaluation passes.")
+    seed: int = Field(0, ge=0, description="Seeds model init, data order and augmentation.")
+    metrics: list[Component] = Field(
+        default_factory=lambda: [Component(name=n) for n in DEFAULT_METRICS],
+        description="Metric plugins recorded at the end of every epoch.",
+    )
+    deterministic: bool = Field(False, description="Bitwise-repeatable runs (deterministic kernels).")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> RunSpec:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs and steps")
+        return self
+
+    def canonical_json(self) -> str:
+        """Stable JSON of the resolved spec: sorted keys, defaults filled in."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def run_id(self) -> str:
+        """Stable id of this spec: the same spec gives the same id on any machine."""
+        digest = hashlib.sha256(f"bnbench-run-v1:{self.canonical_json()}".encode())
+        return digest.hexdigest()[:16]
+
+
+STUDY_ONLY_FIELDS = ("name", "description", "seeds")
+"""Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``)."""
+
+COMPONENT_FIELDS: dict[str, str] = {
+    "model": "model",
+    "dataset": "dataset",
+    "normalizer": "normalizer",
+    "placement": "placement",
+}
+"""Study field → kind of plugin it names."""
+
+
+class HarnessSettings(StrictModel):
+    """The ``[harness]`` table of a manifest."""
+
+    results: str | None = Field(
+        None,
+        description="SQLite results store, relative to the manifest "
+        "(default results/<manifest name>.sqlite beside the manifest).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Extra plugin modules (import names or .py paths relative to the manifest).",
+    )
+    divergence_check_every: int = Field(
+        0,
+        ge=0,
+        description="Check the loss for NaN/inf every N steps (0: every step on CPU, 25 on CUDA). "
+        "The exact step of divergence is recorded either way.",
+    )
+
+
+class ManifestFile(StrictModel):
+    """The top level of a manifest file."""
+
+    harness: HarnessSettings = Field(default_factory=HarnessSettings)
+    studies: list[dict[str, Any]] = Field(min_length=1, description="The [[studies]] tables.")
+    profiles: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description='Named overlays: [profiles.NAME."*"] applies to every study, [profiles.NAME.STUDY] to one.',
+    )

@@ -1,0 +1,250 @@
+"""The SQLite results store: one row per run keyed by its spec hash, metrics per epoch.
+
+Only the process driving a sweep writes the store. A run is written ``running`` when it
+starts and gets its final status, timings and every epoch's metrics in one transaction
+when it ends, so a run interrupted midway is never recorded as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import StoreError
+from harness.manifest import PlannedRun
+from harness.runner import RunResult
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    duration_s REAL,
+    diverged_step INTEGER,
+    error TEXT,
+    environment TEXT,
+    info TEXT,
+    owner TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    axes TEXT NOT NULL,
+    PRIMARY KEY (study, run_id)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, epoch, name)
+);
+"""
+
+
+@dataclass
+class StoredRun:
+    """A run as the store holds it."""
+
+    run_id: str
+    spec: dict[str, Any]
+    status: str
+    duration_s: float | None
+    diverged_step: int | None
+    error: str | None
+    environment: dict[str, Any]
+    info: dict[str, Any]
+    epochs: list[tuple[int, int, dict[str, float]]] = field(default_factory=list)
+    """``(epoch, step, metrics)`` in epoch order."""
+
+    def series(self, metric: str) -> list[float]:
+        return [m[metric] for _, _, m in self.epochs if m.get(metric) is not None]
+
+    def final(self, metric: str) -> float | None:
+        values = self.series(metric)
+        return values[-1] if values else None
+
+    def best(self, metric: str) -> float | None:
+        values = self.series(metric)
+        return max(values) if values else None
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Store:
+    """Open (creating if needed) the store at ``path``."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise StoreError(f"results store {self.path} does not exist")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            with self.transaction():
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    self.db.execute(statement)
+                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"results store {self.path} has schema version {row[0]}, newer than this "
+                        f"bnbench understands ({SCHEMA_VERSION}); upgrade bnbench to read it"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open results store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------
+    def link(self, runs: Iterable[PlannedRun]) -> None:
+        """Record which study each run belongs to, with its axis values (for reports)."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO study_runs VALUES (?, ?, ?)",
+                [(r.study, r.run_id, json.dumps(r.axes, sort_keys=False)) for r in runs],
+            )
+
+    def mark_running(self, planned: PlannedRun) -> None:
+        """Claim a run: status ``running``, owned by this process; old epochs are dropped."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute("DELETE FROM epochs WHERE run_id = ?", (planned.run_id,))
+            self.db.execute(
+                """INSERT INTO runs (id, spec, status, started_at, owner, updated_at)
+                   VALUES (?, ?, 'running', ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET status='running', started_at=excluded.started_at,
+                     finished_at=NULL, duration_s=NULL, diverged_step=NULL, error=NULL,
+                     owner=excluded.owner, updated_at=excluded.updated_at""",
+                (planned.run_id, planned.spec.canonical_json(), now, _owner(), now),
+            )
+
+    def mark_interrupted(self, run_id: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE runs SET status='interrupted', owner=NULL, updated_at=? WHERE id=?",
+                (time.time(), run_id),
+            )
+
+    def record(self, planned: PlannedRun, result: RunResult) -> None:
+        """Write a run's result and all its epochs in one transaction."""
+        with self.transaction():
+            self.db.execute("DELETE FROM epochs WHERE run_id = ?", (result.run_id,))
+            self.db.executemany(
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?)",
+                [
+                    (result.run_id, e.epoch, e.step, name, value)
+                    for e in result.epochs
+                    for name, value in e.metrics.items()
+                ],
+            )
+            self.db.execute(
+                """INSERT INTO runs (id, spec, status, started_at, finished_at, duration_s,
+                     diverged_step, error, environment, info, owner, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
+                   ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, status=excluded.status,
+                     started_at=excluded.started_at, finished_at=excluded.finished_at,
+                     duration_s=excluded.duration_s, diverged_step=excluded.diverged_step,
+                     error=excluded.error, environment=excluded.environment, info=excluded.info,
+                     owner=NULL, updated_at=excluded.updated_at""",
+                (
+                    result.run_id,
+                    planned.spec.canonical_json(),
+                    result.status,
+                    result.started_at,
+                    result.finished_at,
+                    result.duration_s,
+                    result.diverged_step,
+                    result.error,
+                    json.dumps(result.environment),
+                    json.dumps(result.info),
+                    time.time(),
+                ),
+            )
+
+    # -- reading -------------------------------------------------------------------------
+    def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(run_ids)
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.db.execute(f"SELECT id, status FROM runs WHERE id IN ({marks})", chunk).fetchall())
+        return found
+
+    def studies(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """Study name → ``(run id, axes)`` of its runs, as linked by the sweeps that ran them."""
+        result: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for study, run_id, axes in self.db.execute("SELECT study, run_id, axes FROM study_runs ORDER BY rowid"):
+            result.setdefault(study, []).append((run_id, json.loads(axes)))
+        return result
+
+    def load(self, run_ids: Iterable[str]) -> dict[str, StoredRun]:
+        """The stored runs among ``run_ids`` (absent ids are left out), with their epochs."""
+        ids = list(dict.fromkeys(run_ids))
+        runs: dict[str, StoredRun] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                "SELECT id, spec, status, duration_s, diverged_step, error, environment, info "
+                f"FROM runs WHERE id IN ({marks})",
+                chunk,
+            ):
+                runs[row[0]] = StoredRun(
+                    run_id=row[0],
+                    spec=json.loads(row[1]),
+                    status=row[2],
+                    duration_s=row[3],
+                    diverged_step=row[4],
+                    error=row[5],
+                    environment=json.loads(row[6] or "{}"),
+                    info=json.loads(row[7] or "{}"),
+                )
+            by_epoch: dict[tuple[str, int], tuple[int, dict[str, float]]] = {}
+            for run_id, epoch, step, name, value in self.db.execute(
+                f"SELECT run_id, epoch, step, name, value FROM epochs WHERE run_id IN ({marks}) ORDER BY run_id, epoch",
+                chunk,
+            ):
+                by_epoch.setdefault((run_id, epoch), (step, {}))[1][name] = value
+            for (run_id, epoch), (step, metrics) in sorted(by_epoch.items()):
+                if run_id in runs:
+                    runs[run_id].epochs.append((epoch, step, metrics))
+        return runs

@@ -1,0 +1,16 @@
+"""Built-in datasets: CIFAR-10 and MNIST through torchvision, and a synthetic image set."""
+
+from __future__ import annotations
+
+from harness import hookimpl
+from harness.hookspecs import Register
+from plugins.datasets.cifar10 import Cifar10Options, load_cifar10
+from plugins.datasets.mnist import MnistOptions, load_mnist
+from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
+
+
+@hookimpl
+def bnbench_register_datasets(register: Register) -> None:
+    register("cifar10", load_cifar10, options=Cifar10Options)
+    register("mnist", load_mnist, options=MnistOptions)
+    register("synthetic", make_synthetic, options=SyntheticOptions)

@@ -1,0 +1,64 @@
+"""CIFAR-10 (Krizhevsky 2009) through ``torchvision.datasets.CIFAR10``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torchvision
+from pydantic import Field
+
+from harness import BuildContext, DataBundle
+from plugins.datasets.augment import cifar_augment
+from plugins.datasets.common import FileDatasetOptions, head, open_dataset, require_files
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+FOLDER = "cifar-10-batches-py"
+FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+
+
+class Cifar10Options(FileDatasetOptions):
+    augment: bool = Field(True, description="4-pixel pad, random crop and flip on training batches.")
+    verify_checksums: bool = Field(True, description="Check the files' MD5 sums against the originals.")
+
+
+class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
+    """torchvision's loader without MD5 sums: its integrity checks test that files exist."""
+
+    train_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+    test_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+    meta: ClassVar = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+
+
+def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
+    """CIFAR-10: 50,000 training and 10,000 test 32×32 colour images in 10 classes."""
+    root = context.resolve(options.root)
+    if not options.download:
+        require_files(
+            "CIFAR-10",
+            root / FOLDER,
+            FILES,
+            f"Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+            f"extract it into {root} (it creates {FOLDER}/)",
+        )
+    loader = torchvision.datasets.CIFAR10 if options.verify_checksums else _UncheckedCIFAR10
+
+    def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = open_dataset("CIFAR-10", root / FOLDER, lambda: loader(str(root), train=train, download=options.download))
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(ds.targets, dtype=torch.long)
+
+    train_images, train_labels = head(*split(True), options.train_size)
+    test_images, test_labels = head(*split(False), options.test_size)
+    return DataBundle(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=10,
+        mean=MEAN,
+        std=STD,
+        train_transform=cifar_augment if options.augment else None,
+        description=f"CIFAR-10 from {root}",
+    )

@@ -1,0 +1,49 @@
+"""MNIST (LeCun et al. 1998) through ``torchvision.datasets.MNIST``."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from harness import BuildContext, DataBundle
+from plugins.datasets.common import FileDatasetOptions, head, open_dataset, require_files
+
+MEAN = (0.1307,)
+STD = (0.3081,)
+FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+class MnistOptions(FileDatasetOptions):
+    pass
+
+
+def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
+    """MNIST: 60,000 training and 10,000 test 28×28 grey-scale digits."""
+    root = context.resolve(options.root)
+    raw = root / "MNIST" / "raw"
+    if not options.download:
+        require_files(
+            "MNIST",
+            raw,
+            FILES,
+            f"Put the four uncompressed IDX files from http://yann.lecun.com/exdb/mnist/ in {raw}",
+        )
+
+    def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = open_dataset(
+            "MNIST", raw, lambda: torchvision.datasets.MNIST(str(root), train=train, download=options.download)
+        )
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+
+    train_images, train_labels = head(*split(True), options.train_size)
+    test_images, test_labels = head(*split(False), options.test_size)
+    return DataBundle(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=10,
+        mean=MEAN,
+        std=STD,
+        description=f"MNIST from {root}",
+    )

@@ -1,0 +1,71 @@
+"""A seeded synthetic image dataset with learnable class structure, for smoke runs.
+
+Each class has a smooth random prototype image; an example is its class prototype at a
+random contrast plus pixel noise, clipped to [0, 1]. It is never used in place of a real
+dataset unless a manifest names it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from harness import BuildContext, DataBundle, Options
+from plugins.datasets.augment import cifar_augment
+
+
+class SyntheticOptions(Options):
+    image_shape: list[int] = Field(default_factory=lambda: [3, 32, 32], description="(C, H, W) of the images.")
+    num_classes: int = Field(10, ge=2, description="Number of classes.")
+    train_size: int = Field(2048, gt=0, description="Number of training images.")
+    test_size: int = Field(512, gt=0, description="Number of test images.")
+    noise: float = Field(0.15, ge=0, description="Std of the pixel noise (the prototypes' std is 0.15).")
+    seed: int = Field(0, ge=0, description="Seed of the data (independent of the run's seed).")
+    augment: bool = Field(False, description="Apply CIFAR-style pad/crop/flip to training batches.")
+
+    @field_validator("image_shape")
+    @classmethod
+    def _chw(cls, shape: list[int]) -> list[int]:
+        if len(shape) != 3 or any(s <= 0 for s in shape):
+            raise ValueError("image_shape needs three positive sizes (C, H, W), e.g. [3, 32, 32]")
+        return shape
+
+
+def _prototypes(options: SyntheticOptions, generator: torch.Generator) -> torch.Tensor:
+    c, h, w = options.image_shape
+    coarse = torch.randn(options.num_classes, c, max(1, h // 4), max(1, w // 4), generator=generator)
+    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    smooth = smooth / smooth.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
+    return 0.15 * smooth
+
+
+def _sample(
+    prototypes: torch.Tensor, size: int, noise: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.randint(0, prototypes.shape[0], (size,), generator=generator)
+    contrast = 0.75 + 0.5 * torch.rand(size, 1, 1, 1, generator=generator)
+    pixels = torch.randn(size, *prototypes.shape[1:], generator=generator)
+    images = (0.5 + contrast * prototypes[labels] + noise * pixels).clamp_(0, 1)
+    return images, labels
+
+
+def make_synthetic(options: SyntheticOptions, context: BuildContext) -> DataBundle:
+    """Synthetic images: seeded class prototypes plus noise (for smoke runs and tests)."""
+    generator = torch.Generator().manual_seed(options.seed)
+    prototypes = _prototypes(options, generator)
+    train_images, train_labels = _sample(prototypes, options.train_size, options.noise, generator)
+    test_images, test_labels = _sample(prototypes, options.test_size, options.noise, generator)
+    mean = train_images.mean(dim=(0, 2, 3))
+    std = train_images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return DataBundle(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=options.num_classes,
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+        train_transform=cifar_augment if options.augment else None,
+        description=f"synthetic {tuple(options.image_shape)} × {options.num_classes} classes",
+    )

@@ -1,0 +1,25 @@
+"""Loss and accuracy metrics. Test metrics share one evaluation pass per epoch."""
+
+from __future__ import annotations
+
+from harness import EpochContext, NoOptions
+
+
+def train_loss(context: EpochContext, options: NoOptions) -> float:
+    """Mean training loss over the epoch's mini-batches (training mode, augmented data)."""
+    return context.train_loss
+
+
+def train_accuracy(context: EpochContext, options: NoOptions) -> float:
+    """Share of the epoch's training examples classified correctly while training."""
+    return context.train_accuracy
+
+
+def test_loss(context: EpochContext, options: NoOptions) -> float:
+    """Mean cross-entropy on the test set (eval mode)."""
+    return context.evaluate("test").loss
+
+
+def test_accuracy(context: EpochContext, options: NoOptions) -> float:
+    """Share of the test set classified correctly (eval mode)."""
+    return context.evaluate("test").accuracy

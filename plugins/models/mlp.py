@@ -1,0 +1,62 @@
+"""A fully connected network for MNIST-like data.
+
+Inputs are flattened; each hidden layer is ``Linear → site → activation``; the output layer
+is ``Linear → site`` (role ``output``). Normalization sites: one ``fc`` site per hidden
+layer and one on the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from harness import DataInfo, NormSite, Options
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+
+
+class MLPOptions(Options):
+    widths: list[int] = Field(
+        default_factory=lambda: [256, 256, 256],
+        description="Width of each hidden layer (the depth is the list's length).",
+    )
+    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = Field("relu", description="Hidden nonlinearity.")
+    bias: bool = Field(True, description="Give linear layers a bias term.")
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, widths: list[int]) -> list[int]:
+        if not widths or any(w <= 0 for w in widths):
+            raise ValueError("widths needs at least one positive layer width, e.g. [256, 256]")
+        return widths
+
+
+class MLP(nn.Module):
+    def __init__(self, options: MLPOptions, data: DataInfo) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = math.prod(data.input_shape)
+        for width in options.widths:
+            layers += [
+                nn.Linear(fan_in, width, bias=options.bias),
+                NormSite(width, "fc"),
+                ACTIVATIONS[options.activation](),
+            ]
+            fan_in = width
+        layers += [
+            nn.Linear(fan_in, data.num_classes, bias=options.bias),
+            NormSite(data.num_classes, "fc", role="output"),
+        ]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def build_mlp(options: MLPOptions, data: DataInfo) -> nn.Module:
+    """Multi-layer perceptron: Linear → site → activation per hidden layer, sites on the logits."""
+    return MLP(options, data)
