@@ -88,7 +88,7 @@ class Registry:
     def _collect(self) -> None:
         for kind, hook_name in REGISTRATION_HOOKS.items():
             caller = getattr(self.manager.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():
                 info = self._plugin_info.get(impl.plugin_name, PluginInfo(impl.plugin_name))
                 if info.name in self.broken:
                     continue
@@ -227,8 +227,9 @@ def load_registry(
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
-            f"plugin {exc.plugin_name!r} implements a hook bnbench does not define: {exc}. "
+            f"plugin {name!r} implements a hook bnbench does not define: {exc}. "
             f"Known hooks: {', '.join(sorted(h for h in dir(hookspecs) if h.startswith('bnbench_')))}"
         ) from exc
     return Registry(manager, info)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
-from harness.api import EpochContext, EvalResult, RunContext, find_sites
+from harness.api import DataInfo, EpochContext, EvalResult, RunContext, find_sites
 from harness.data import DataCache, DeviceData
 from harness.errors import BnbenchError
 from harness.manifest import PlannedRun
@@ -141,10 +141,10 @@ class Runner:
         self.check_every = divergence_check_every or (1 if self.device.type == "cpu" else 25)
 
     # -- building ------------------------------------------------------------------------
-    def build_model(self, spec: RunSpec, data: DeviceData) -> tuple[nn.Module, dict[str, Any]]:
+    def build_model(self, spec: RunSpec, data: DataInfo) -> tuple[nn.Module, dict[str, Any]]:
         """Model from its plugin, with the normalizer attached at the placement's sites."""
         model_entry = self.registry.get("model", spec.model.name)
-        model = model_entry.factory(model_entry.options.model_validate(spec.model.options), data.bundle.info)
+        model = model_entry.factory(model_entry.options.model_validate(spec.model.options), data)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model plugin {spec.model.name!r} returned {type(model).__name__}, not a torch.nn.Module")
         sites = find_sites(model)
@@ -200,7 +200,7 @@ class Runner:
         spec = planned.spec
         seed_everything(spec.seed)
         data = self.data.get(spec.dataset, self.device)
-        model, info = self.build_model(spec, data)
+        model, info = self.build_model(spec, data.bundle.info)
         result.info.update(info)
         steps_per_epoch = data.train_size // spec.batch_size
         if steps_per_epoch == 0:
@@ -260,10 +260,11 @@ class Runner:
                 step += 1
                 if step_hook is not None:
                     step_hook(run=context, step=step, loss=detached)
-                if step % check_every == 0 or step == total_steps:
+                if step % check_every == 0:
                     _check_finite(losses, step, check_every)
                     if progress:
                         progress.advance(step % check_every or check_every, float(detached))
+            _check_finite(losses, step, check_every)  # the steps since the last periodic check
             evaluations: dict[str, EvalResult] = {}
 
             def evaluate(split: str, _cache: dict[str, EvalResult] = evaluations) -> EvalResult:

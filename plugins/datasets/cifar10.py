@@ -10,7 +10,7 @@ from pydantic import Field
 
 from harness import BuildContext, DataBundle
 from plugins.datasets.augment import cifar_augment
-from plugins.datasets.common import FileDatasetOptions, head, open_dataset, require_files
+from plugins.datasets.common import FileDatasetOptions, head, one_label_per_image, open_dataset, require_files
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -47,7 +47,7 @@ def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ds = open_dataset("CIFAR-10", root / FOLDER, lambda: loader(str(root), train=train, download=options.download))
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return images, torch.tensor(ds.targets, dtype=torch.long)
+        return one_label_per_image("CIFAR-10", root / FOLDER, images, torch.tensor(ds.targets, dtype=torch.long))
 
     train_images, train_labels = head(*split(True), options.train_size)
     test_images, test_labels = head(*split(False), options.test_size)

@@ -48,6 +48,18 @@ def open_dataset(dataset: str, directory: Path, load: Callable[[], T]) -> T:
         ) from exc
 
 
+def one_label_per_image(
+    dataset: str, directory: Path, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)``, or ``DatasetError`` naming the directory when their counts differ."""
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"cannot read {dataset} from {directory}: {images.shape[0]} images but {labels.shape[0]} labels. "
+            "The files may be truncated or mixed up; replace them with the originals."
+        )
+    return images, labels
+
+
 def head(images: torch.Tensor, labels: torch.Tensor, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``size`` examples (all of them when ``size`` is None)."""
     if size is None:

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from harness import BuildContext, DataBundle
-from plugins.datasets.common import FileDatasetOptions, head, open_dataset, require_files
+from plugins.datasets.common import FileDatasetOptions, head, one_label_per_image, open_dataset, require_files
 
 MEAN = (0.1307,)
 STD = (0.3081,)
@@ -33,7 +33,7 @@ def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
         ds = open_dataset(
             "MNIST", raw, lambda: torchvision.datasets.MNIST(str(root), train=train, download=options.download)
         )
-        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+        return one_label_per_image("MNIST", raw, ds.data.unsqueeze(1).contiguous(), ds.targets.long())
 
     train_images, train_labels = head(*split(True), options.train_size)
     test_images, test_labels = head(*split(False), options.test_size)

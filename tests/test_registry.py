@@ -1,0 +1,182 @@
+"""Plugin loading: entry points (built-ins and third parties), manifest modules, errors."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+from conftest import tiny_manifest
+
+from harness import hookimpl
+from harness.errors import ManifestError, PluginError, UnknownNameError
+from harness.manifest import load_manifest
+from harness.registry import KINDS, load_registry
+
+THIRD_PARTY = '''
+"""A third-party normalizer package."""
+from torch import nn
+from harness import Options, hookimpl
+
+
+class ScaleOptions(Options):
+    factor: float = 2.0
+
+
+def scale(num_features, kind, options):
+    """Multiply by a constant factor."""
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * options.factor
+    return Scale()
+
+
+@hookimpl
+def bnbench_register_normalizers(register):
+    register("scale", scale, options=ScaleOptions)
+'''
+
+
+@pytest.fixture
+def third_party_package(tmp_path, monkeypatch):
+    """Install a package the way pip does: code plus a dist-info with a bnbench entry point."""
+    site = tmp_path / "site"
+    (site / "bnbench_scale").mkdir(parents=True)
+    (site / "bnbench_scale" / "__init__.py").write_text(THIRD_PARTY)
+    info = site / "bnbench_scale-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bnbench-scale\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[bnbench]\nscale = bnbench_scale\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield
+    sys.modules.pop("bnbench_scale", None)
+
+
+def test_builtins_register_every_kind_through_entry_points(registry):
+    assert set(KINDS) == {"model", "normalizer", "placement", "dataset", "metric"}
+    assert {"mlp", "resnet_cifar"} <= set(registry.names("model"))
+    assert {"batchnorm", "none"} <= set(registry.names("normalizer"))
+    assert {"all", "final", "none", "all_and_final"} <= set(registry.names("placement"))
+    assert {"cifar10", "mnist", "synthetic"} <= set(registry.names("dataset"))
+    assert {"train_loss", "test_loss", "test_accuracy"} <= set(registry.names("metric"))
+    entry = registry.get("normalizer", "batchnorm")
+    assert entry.plugin.package == "bnbench" and entry.plugin.version
+    assert entry.description.startswith("Batch normalization")
+
+
+def test_core_never_imports_a_concrete_plugin():
+    code = "import sys, harness.cli, harness.runner, harness.report; print(any(m.startswith('plugins') for m in sys.modules))"
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_third_party_package_registers_through_entry_points(third_party_package, write_manifest):
+    registry = load_registry()
+    entry = registry.get("normalizer", "scale")
+    assert entry.plugin.package == "bnbench-scale" and entry.plugin.version == "1.2.3"
+    text = tiny_manifest(placement='"all"').replace(
+        'normalizer = "batchnorm"', 'normalizer = { name = "scale", factor = 3 }'
+    )
+    manifest = load_manifest(write_manifest(text), registry=registry)
+    assert manifest.runs()[0].spec.normalizer.options == {"factor": 3.0}
+
+
+def test_manifest_names_a_plugin_file(write_manifest, tmp_path):
+    (tmp_path / "my_plugin.py").write_text(THIRD_PARTY)
+    text = tiny_manifest(placement='"all"').replace('device = "cpu"', 'device = "cpu"\nplugins = ["my_plugin.py"]')
+    text = text.replace('normalizer = "batchnorm"', 'normalizer = "scale"')
+    manifest = load_manifest(write_manifest(text))
+    assert manifest.runs()[0].spec.normalizer.name == "scale"
+
+
+def test_missing_plugin_module_is_a_manifest_error(write_manifest):
+    text = tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nplugins = ["no_such_module_xyz"]')
+    with pytest.raises(ManifestError, match="cannot import plugin 'no_such_module_xyz'"):
+        load_manifest(write_manifest(text))
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both():
+    class First:
+        @hookimpl
+        def bnbench_register_normalizers(self, register):
+            register("twin", lambda n, k, o: None)
+
+    class Second:
+        @hookimpl
+        def bnbench_register_normalizers(self, register):
+            register("twin", lambda n, k, o: None)
+
+    with pytest.raises(PluginError, match="'twin' is registered twice: by plugin first and by plugin second"):
+        load_registry(entry_points=False, objects=[("first", First()), ("second", Second())])
+
+
+def test_unknown_hook_is_an_error_at_load():
+    class Typo:
+        @hookimpl
+        def bnbench_register_normaliser(self, register):
+            pass
+
+    with pytest.raises(PluginError, match="implements a hook bnbench does not define"):
+        load_registry(entry_points=False, objects=[("typo", Typo())])
+
+
+def test_hook_with_wrong_arguments_is_an_error_naming_the_plugin():
+    class Wrong:
+        @hookimpl
+        def bnbench_register_models(self, registrar):
+            pass
+
+    with pytest.raises(PluginError, match="plugin 'wrong' is invalid"):
+        load_registry(entry_points=False, objects=[("wrong", Wrong())])
+
+
+def test_plugin_that_raises_is_named_and_others_keep_working():
+    class Broken:
+        @hookimpl
+        def bnbench_register_models(self, register):
+            raise RuntimeError("boom")
+
+    registry = load_registry(objects=[("broken", Broken())])
+    assert "mlp" in registry.names("model")
+    assert "RuntimeError: boom" in registry.broken["broken"]
+    with pytest.raises(UnknownNameError, match="plugin broken failed to load"):
+        registry.get("model", "broken_model")
+
+
+def test_register_validates_its_arguments():
+    class BadOptions:
+        @hookimpl
+        def bnbench_register_normalizers(self, register):
+            register("x", lambda n, k, o: None, options=dict)
+
+    with pytest.raises(PluginError, match="options must be a pydantic model"):
+        load_registry(entry_points=False, objects=[("bad", BadOptions())])
+
+
+def test_options_without_forbid_still_reject_unknown_fields():
+    from pydantic import BaseModel, ValidationError
+
+    class Loose(BaseModel):
+        size: int = 1
+
+    class Plugin:
+        @hookimpl
+        def bnbench_register_normalizers(self, register):
+            register("loose", lambda n, k, o: None, options=Loose)
+
+    registry = load_registry(entry_points=False, objects=[("p", Plugin())])
+    with pytest.raises(ValidationError):
+        registry.get("normalizer", "loose").options.model_validate({"sise": 2})
+
+
+def test_plugins_command_lists_kinds_with_provider(capsys):
+    from harness.cli import main
+
+    assert main(["plugins", "--kind", "normalizer"]) == 0
+    out = capsys.readouterr().out
+    assert "normalizers:" in out and "batchnorm" in out and "bnbench 0.1.0" in out
+    assert textwrap.dedent(out).count("\n") > 3
