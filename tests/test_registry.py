@@ -67,8 +67,12 @@ def test_builtins_register_every_kind_through_entry_points(registry):
 
 
 def test_core_never_imports_a_concrete_plugin():
-    code = "import sys, harness.cli, harness.runner, harness.report; print(any(m.startswith('plugins') for m in sys.modules))"
     import subprocess
+
+    code = (
+        "import sys, harness.cli, harness.runner, harness.report, harness.sweep\n"
+        "print(any(m.startswith('plugins') for m in sys.modules))"
+    )
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

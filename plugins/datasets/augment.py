@@ -13,7 +13,7 @@ def random_crop(images: torch.Tensor, generator: torch.Generator, padding: int) 
     n, c, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
     device = images.device
-    dy = torch.randint(0, 2 * padding, (n,), generator=generator, device=device)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
     rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]

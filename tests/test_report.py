@@ -1,0 +1,81 @@
+"""Reports on a store with known contents: aggregation over seeds, statuses, formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from conftest import tiny_manifest
+
+from harness import report
+from harness.manifest import load_manifest
+from harness.runner import EpochRecord, RunResult
+from harness.store import Store
+
+# (placement, seed) → final-epoch test accuracy, or a status
+KNOWN = {
+    ("all", 0): [0.80, 0.90],
+    ("all", 1): [0.70, 0.70],
+    ("none", 0): "diverged",
+    ("none", 1): [0.40, 0.50],
+}
+
+
+@pytest.fixture
+def known_store(write_manifest, registry):
+    manifest = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1]")), registry=registry)
+    with Store(manifest.results_path) as store:
+        store.link(manifest.runs())
+        for planned in manifest.runs():
+            outcome = KNOWN[(planned.axes["placement"], planned.spec.seed)]
+            if outcome == "diverged":
+                result = RunResult(planned.run_id, "diverged", diverged_step=7)
+            else:
+                epochs = [
+                    EpochRecord(i + 1, 4 * (i + 1), {"test_accuracy": acc, "train_loss": 1.0 - acc})
+                    for i, acc in enumerate(outcome)
+                ]
+                result = RunResult(planned.run_id, "done", epochs=epochs, started_at=1.0, finished_at=3.0)
+            store.record(planned, result)
+    return manifest
+
+
+def test_table_aggregates_seeds(known_store):
+    with Store(known_store.results_path) as store:
+        studies = report.from_manifest(known_store, store)
+    text = report.render(studies, "github")
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    # all: final 0.90 and 0.70 → 80.00 ± 14.14; best 0.90 and 0.70 → same
+    assert "80.00 ± 14.14" in lines["all"]
+    assert "| 2/2 " in lines["all"] and "0.2000 ± 0.1414" in lines["all"]
+    # none: one diverged (step 7), the other 50%
+    assert "50.00 ± 0.00" in lines["none"] and "1 (step 7)" in lines["none"]
+    assert "## tiny" in text
+
+
+def test_report_from_the_database_alone_matches(known_store):
+    with Store(known_store.results_path) as store:
+        from_db = report.render(report.from_store(store), "plain")
+        from_manifest = report.render(report.from_manifest(known_store, store), "plain")
+    assert from_db.split("\n\n")[-1] == from_manifest.split("\n\n")[-1]
+
+
+def test_csv_has_numbers(known_store):
+    with Store(known_store.results_path) as store:
+        text = report.render(report.from_manifest(known_store, store), "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    by_placement = {r["placement"]: r for r in rows}
+    assert float(by_placement["all"]["final_test_acc_mean"]) == pytest.approx(0.8)
+    assert float(by_placement["all"]["best_test_acc_std"]) == pytest.approx(0.1414, abs=1e-4)
+    assert by_placement["none"]["diverged"] == "1" and by_placement["none"]["finished"] == "2"
+
+
+def test_latex_and_pending_runs(write_manifest, registry, known_store):
+    with Store(known_store.results_path) as store:
+        latex = report.render(report.from_manifest(known_store, store), "latex")
+    assert "\\toprule" in latex and "80.00 ± 14.14" in latex
+    bigger = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1, 2]")), registry=registry)
+    with Store(bigger.results_path) as store:
+        text = report.render(report.from_manifest(bigger, store), "github")
+    assert "(2 of 6 runs not yet run)" in text and "| 2/3 " in text
