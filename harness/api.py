@@ -6,7 +6,7 @@ plugins never reach into the runner or the store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,7 +47,7 @@ class NormSite(nn.Module):
     attaches the configured normalizer to them. An unused site is the identity.
     """
 
-    def __init__(self, num_features: int, kind: SiteKind, role: SiteRole = "hidden") -> None:
+    def __init__(self, num_features: int, kind: SiteKind, role: SiteRole = "hidden", tags: Iterable[str] = ()) -> None:
         super().__init__()
         if kind not in ("conv", "fc"):
             raise ValueError(f"NormSite kind must be 'conv' or 'fc', got {kind!r}")
@@ -56,6 +56,8 @@ class NormSite(nn.Module):
         self.num_features = num_features
         self.kind: SiteKind = kind
         self.role: SiteRole = role
+        self.tags: frozenset[str] = frozenset(tags)
+        """Free-form labels placements may select on, e.g. ``residual_branch_end``."""
         self.norm: nn.Module = nn.Identity()
 
     def attach(self, normalizer: nn.Module) -> None:
@@ -70,18 +72,20 @@ class NormSite(nn.Module):
         return self.norm(x)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, kind={self.kind}, role={self.role}"
+        tags = f", tags={sorted(self.tags)}" if self.tags else ""
+        return f"{self.num_features}, kind={self.kind}, role={self.role}{tags}"
 
 
 @dataclass(frozen=True)
 class SiteInfo:
-    """What a placement sees of one site: its module path, size, kind, role and order."""
+    """What a placement sees of one site: its module path, size, kind, role, order and tags."""
 
     name: str
     num_features: int
     kind: SiteKind
     role: SiteRole
     index: int
+    tags: frozenset[str] = frozenset()
 
 
 def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
@@ -89,7 +93,7 @@ def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
     found = []
     for name, module in model.named_modules():
         if isinstance(module, NormSite):
-            info = SiteInfo(name, module.num_features, module.kind, module.role, len(found))
+            info = SiteInfo(name, module.num_features, module.kind, module.role, len(found), module.tags)
             found.append((info, module))
     return found
 

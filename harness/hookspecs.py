@@ -10,7 +10,8 @@ Registration hooks receive a ``register`` callback::
 
 ``name`` is what a manifest writes; ``options`` is a pydantic model (subclass
 ``harness.Options``) validating the keys a manifest gives beside ``name``; ``description``
-defaults to the first line of the factory's docstring. Two plugins registering the same
+defaults to the first line of the factory's docstring. Some kinds accept extra keywords,
+documented on their hook; any other keyword is an error. Two plugins registering the same
 name for the same kind is an error naming both. What ``factory`` must be differs by kind
 and is documented on each hook.
 
@@ -47,6 +48,7 @@ class Register(Protocol):
         *,
         options: Any = None,
         description: str | None = None,
+        **extras: Any,
     ) -> None: ...
 
 

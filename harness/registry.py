@@ -7,8 +7,8 @@ import importlib.metadata
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,6 +32,11 @@ REGISTRATION_HOOKS: dict[str, str] = {
 """Kind of component → the hook through which plugins register it."""
 
 KINDS: tuple[str, ...] = tuple(REGISTRATION_HOOKS)
+
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "normalizer": ("traits",),
+}
+"""Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class Entry:
     options: type[BaseModel]
     description: str
     plugin: PluginInfo
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    """Kind-specific registration keywords (see ``EXTRAS``), e.g. a normalizer's ``traits``."""
 
 
 def _strict(options: type[BaseModel]) -> type[BaseModel]:
@@ -108,7 +115,15 @@ class Registry:
             *,
             options: type[BaseModel] | None = None,
             description: str | None = None,
+            **extras: Any,
         ) -> None:
+            allowed = EXTRAS.get(kind, ())
+            unknown = sorted(set(extras) - set(allowed))
+            if unknown:
+                raise PluginError(
+                    f"plugin {plugin} registered {kind} {name!r} with unknown keyword(s) {', '.join(unknown)}; "
+                    f"a {kind} accepts: options, description{''.join(', ' + a for a in allowed)}"
+                )
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin} registered a {kind} with an invalid name {name!r}")
             if not callable(factory):
@@ -129,6 +144,7 @@ class Registry:
                 options=_strict(options),
                 description=description or _first_line(factory.__doc__),
                 plugin=plugin,
+                extras=dict(extras),
             )
 
         return register

@@ -6,8 +6,9 @@ Option-A shortcuts (parameter-free: subsample and zero-pad the channels). ResNet
 n = 18 (1.7M parameters).
 
 Normalization sites: one ``conv`` site after every convolution, before its ReLU or the
-residual addition (6n+1 sites: the stem and two per block), and one ``fc`` site with role
-``output`` on the logits.
+residual addition (6n+1 sites: the stem, tagged ``stem``, and two per block, tagged
+``residual_branch``; the second also ``residual_branch_end``), and one ``fc`` site with
+role ``output`` on the logits.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str, bias: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
-        self.site1 = NormSite(cout, "conv")
+        self.site1 = NormSite(cout, "conv", tags=("residual_branch",))
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=bias)
-        self.site2 = NormSite(cout, "conv")
+        self.site2 = NormSite(cout, "conv", tags=("residual_branch", "residual_branch_end"))
         self.project: nn.Module | None = None
         self.pad = 0
         self.stride = stride
@@ -86,7 +87,7 @@ class ResNetCifar(nn.Module):
         w1, w2, w3 = options.widths
         channels = data.input_shape[0]
         self.stem = nn.Conv2d(channels, w1, 3, padding=1, bias=options.conv_bias)
-        self.stem_site = NormSite(w1, "conv")
+        self.stem_site = NormSite(w1, "conv", tags=("stem",))
         stages = []
         cin = w1
         for width, stride in ((w1, 1), (w2, 2), (w3, 2)):
