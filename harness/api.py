@@ -210,3 +210,94 @@ class EpochContext:
 
 MetricValue = float | Mapping[str, float]
 """A metric returns one number (stored under the metric's name) or several named numbers."""
+
+
+# -- probes and analyses ------------------------------------------------------------------------
+@dataclass
+class ProbeContext:
+    """What a probe receives: the run's spec and ways to build what it names.
+
+    ``build_model()`` returns a fresh model with the normalizer attached at the placement's
+    sites, on ``device``, in training mode, initialised from the global RNG (seeded with the
+    run's seed before the probe starts). ``data()`` returns the dataset on the device
+    (``harness.data.DeviceData``: ``train_batches``, ``eval_batches``, ``prepare``).
+    """
+
+    spec: RunSpec
+    device: torch.device
+    generator: torch.Generator
+    """Seeded with the run's seed, on ``device``: use it for every random draw of the probe."""
+    build_model: Callable[[], nn.Module]
+    data: Callable[[], Any]
+
+
+Measurements = Mapping[str, Any]
+"""What a probe returns: JSON-serialisable values (numbers, strings, lists, nested mappings)."""
+
+
+@dataclass
+class RunRecord:
+    """One stored run as analyses see it."""
+
+    run_id: str
+    axes: dict[str, Any]
+    """The study's swept fields (dotted paths) → this run's values; the seed is ``seed``."""
+    seed: int
+    spec: dict[str, Any]
+    status: str
+    diverged_step: int | None
+    epochs: list[tuple[int, int, dict[str, float]]]
+    """``(epoch, step, metrics)`` in order, for training runs."""
+    measurements: dict[str, Any]
+    """What the probe returned, for probe runs."""
+
+    def series(self, metric: str) -> list[float]:
+        return [m[metric] for _, _, m in self.epochs if m.get(metric) is not None]
+
+    def final(self, metric: str) -> float | None:
+        values = self.series(metric)
+        return values[-1] if values else None
+
+    def best(self, metric: str) -> float | None:
+        values = self.series(metric)
+        return max(values) if values else None
+
+
+@dataclass
+class StudyResults:
+    """A study's configuration and the runs the store holds of it (missing runs left out)."""
+
+    name: str
+    axes: list[str]
+    runs: list[RunRecord]
+    planned: int
+    """How many runs the study has, stored or not."""
+
+
+@dataclass
+class Table:
+    """A table an analysis contributes to the report."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Figure:
+    """A figure an analysis contributes; ``draw`` fills a matplotlib ``Figure``.
+
+    The report saves it as ``<study>__<name>.png``: keep ``name`` stable.
+    """
+
+    name: str
+    draw: Callable[[Any], None]
+
+
+@dataclass
+class AnalysisResult:
+    """What an analysis returns: tables, figures, and named values that claims can test."""
+
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)

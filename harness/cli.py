@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", "-p", help="with a manifest: the profile it was run with")
     rep.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
     rep.add_argument("--format", "-f", choices=reporting.FORMATS, default="github")
+    rep.add_argument("--figures", type=Path, metavar="DIR", help="also write the analyses' figures (PNG) here")
 
     plugins = commands.add_parser("plugins", help="list registered plugins by kind")
     plugins.add_argument("--kind", choices=KINDS, action="append", help="only this kind (repeatable)")
@@ -53,9 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_report(manifest: Manifest, fmt: str) -> None:
+def _print_report(manifest: Manifest, fmt: str, figures: Path | None = None) -> None:
     with Store(manifest.results_path) as store:
-        print(reporting.render(reporting.from_manifest(manifest, store), fmt), end="")
+        report = reporting.from_manifest(manifest, store)
+    _emit(report, fmt, figures)
+
+
+def _emit(report: reporting.Report, fmt: str, figures: Path | None) -> None:
+    print(report.render(fmt), end="")
+    if figures is not None:
+        written = report.save_figures(figures)
+        print(f"{len(written)} figures written to {figures}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,12 +119,12 @@ def _is_sqlite(path: Path) -> bool:
 def cmd_report(args: argparse.Namespace) -> int:
     if _is_sqlite(args.source):
         with Store(args.source, create=False) as store:
-            studies = reporting.from_store(store)
+            report = reporting.from_store(store, load_registry())
         if args.study:
-            studies = [s for s in studies if s.name in args.study]
-        if not studies:
+            report.studies = [s for s in report.studies if s.name in args.study]
+        if not report.studies:
             raise BnbenchError(f"results store {args.source} holds no studies")
-        print(reporting.render(studies, args.format), end="")
+        _emit(report, args.format, args.figures)
         return 0
     manifest = load_manifest(args.source, args.profile, studies=args.study)
     if not manifest.results_path.is_file():
@@ -123,7 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"no results yet at {manifest.results_path}; run `bnbench run {args.source}"
             f"{' --profile ' + args.profile if args.profile else ''}` first"
         )
-    _print_report(manifest, args.format)
+    _print_report(manifest, args.format, args.figures)
     return 0
 
 

@@ -105,6 +105,28 @@ def bnbench_register_metrics(register: Register) -> None:
 
 
 @hookspec
+def bnbench_register_probes(register: Register) -> None:
+    """Register probes: measurements of a network instead of a training run.
+
+    ``factory(context: ProbeContext, options) -> Mapping[str, Any]``: JSON-serialisable
+    measurements, stored with the run like a training run's metrics. A study names its probe
+    with ``probe = "NAME"`` (or a table with options). Extra keyword ``analyses``: names of
+    the analysis plugins that summarize this probe's studies when a study lists none.
+    """
+
+
+@hookspec
+def bnbench_register_analyses(register: Register) -> None:
+    """Register analyses: tables, figures and claimable values computed from a study's runs.
+
+    ``factory(study: StudyResults, options) -> AnalysisResult``. A study lists its analyses
+    with ``analyses = ["NAME", ...]``; ``bnbench report`` prints their tables,
+    ``--figures DIR`` saves their figures, and ``[[claims]]`` in the manifest test their
+    values against thresholds.
+    """
+
+
+@hookspec
 def bnbench_run_start(run: RunContext) -> None:
     """Called once the model, normalizer, data and optimizer of a run are built."""
 

@@ -27,6 +27,8 @@ from harness.registry import Entry, Registry, load_registry
 from harness.spec import (
     COMPONENT_FIELDS,
     STUDY_ONLY_FIELDS,
+    ClaimSpec,
+    Component,
     HarnessSettings,
     ManifestFile,
     OptimizerSpec,
@@ -61,6 +63,8 @@ class Study:
     description: str
     axes: list[str]
     runs: list[PlannedRun]
+    analyses: list[Component] = field(default_factory=list)
+    """Analysis plugins summarizing the study in reports (beyond the standard table)."""
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Manifest:
     profile: str | None
     studies: list[Study]
     registry: Registry = field(repr=False)
+    claims: list[ClaimSpec] = field(default_factory=list)
 
     @property
     def base_dir(self) -> Path:
@@ -423,7 +428,23 @@ def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int)
             runs.append(PlannedRun(spec.run_id(), name, spec, dict(labels)))
             if len(runs) > MAX_RUNS_PER_STUDY:
                 raise expander.error(f"expands to more than {MAX_RUNS_PER_STUDY} runs")
-    return Study(name=name, description=description, axes=axes, runs=runs)
+    return Study(name=name, description=description, axes=axes, runs=runs, analyses=_analyses(raw, runs, expander))
+
+
+def _analyses(raw: dict[str, Any], runs: list[PlannedRun], expander: _Expander) -> list[Component]:
+    """The study's ``analyses``, or the default analyses of its probes when it lists none."""
+    if "analyses" in raw:
+        listed = raw["analyses"]
+        if not isinstance(listed, list):
+            raise expander.error("must be a list of analysis names or tables", "analyses")
+    else:
+        probes = dict.fromkeys(r.spec.probe.name for r in runs if r.spec.probe is not None)
+        listed = [a for p in probes for a in expander.registry.get("probe", p).extras.get("analyses", ())]
+    resolved = [
+        expander.resolve_component("analysis", f"analyses.{i}", expander.component(f"analyses.{i}", a))
+        for i, a in enumerate(dict.fromkeys(listed) if all(isinstance(a, str) for a in listed) else listed)
+    ]
+    return [Component.model_validate(c) for c in resolved]
 
 
 def load_manifest(
@@ -466,4 +487,17 @@ def load_manifest(
                     file=file,
                 )
         expanded = [s for s in expanded if s.name in studies]
-    return Manifest(path=path, settings=parsed.harness, profile=profile, studies=expanded, registry=registry)
+    names = [s.name for s in expanded]
+    all_names = [str(raw.get("name")) for raw in raw_studies]
+    for index, claim in enumerate(parsed.claims):
+        if claim.study not in all_names:
+            raise ManifestError(
+                f"claim names study {claim.study!r}, which does not exist; studies: {', '.join(all_names)}."
+                + did_you_mean(claim.study, all_names),
+                file=file,
+                field=f"claims[{index}].study",
+            )
+    claims = [c for c in parsed.claims if c.study in names]
+    return Manifest(
+        path=path, settings=parsed.harness, profile=profile, studies=expanded, registry=registry, claims=claims
+    )

@@ -28,6 +28,8 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "placement": "bnbench_register_placements",
     "dataset": "bnbench_register_datasets",
     "metric": "bnbench_register_metrics",
+    "probe": "bnbench_register_probes",
+    "analysis": "bnbench_register_analyses",
 }
 """Kind of component → the hook through which plugins register it."""
 
@@ -35,6 +37,7 @@ KINDS: tuple[str, ...] = tuple(REGISTRATION_HOOKS)
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "normalizer": ("traits",),
+    "probe": ("analyses",),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
 
@@ -148,6 +151,13 @@ class Registry:
             )
 
         return register
+
+    @classmethod
+    def empty(cls) -> Registry:
+        """A registry with no plugins (for rendering stored results without loading any)."""
+        manager = pluggy.PluginManager(hookspecs.PROJECT)
+        manager.add_hookspecs(hookspecs)
+        return cls(manager, {})
 
     # -- lookups -------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:

@@ -8,11 +8,15 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from harness.api import AnalysisResult, RunRecord, StudyResults
 from harness.manifest import Manifest
+from harness.registry import Registry
+from harness.spec import ClaimSpec, Component
 from harness.store import Store, StoredRun
 
 FORMATS = ("github", "latex", "plain", "csv")
@@ -26,16 +30,25 @@ class StudyRuns:
     name: str
     axes: list[str]
     planned: list[tuple[str, dict[str, Any], int]]
-    stored: dict[str, StoredRun]
+    stored: dict[str, RunRecord]
     description: str = ""
+    analyses: list[Component] = field(default_factory=list)
+
+    @property
+    def is_training(self) -> bool:
+        """Whether the study trains (else it only probes): probes have no accuracy table."""
+        return any(not r.spec.get("probe") for r in self.stored.values()) or not self.stored
+
+    def results(self) -> StudyResults:
+        return StudyResults(self.name, self.axes, list(self.stored.values()), planned=len(self.planned))
 
 
 @dataclass
 class Row:
     config: dict[str, Any]
     seeds: int = 0
-    done: list[StoredRun] = field(default_factory=list)
-    diverged: list[StoredRun] = field(default_factory=list)
+    done: list[RunRecord] = field(default_factory=list)
+    diverged: list[RunRecord] = field(default_factory=list)
     failed: int = 0
     pending: int = 0
 
@@ -139,45 +152,172 @@ def _csv(study: StudyRuns, rows: list[Row]) -> str:
     return out.getvalue()
 
 
-def render(studies: Sequence[StudyRuns], fmt: str = "github") -> str:
-    """All studies' tables, each under its name (csv: one table with a study column)."""
-    if fmt == "csv":
-        parts = [study_table(s, "csv") for s in studies]
-        return parts[0] + "".join(p.split("\n", 1)[1] for p in parts[1:]) if parts else ""
-    sections = []
-    for study in studies:
-        heading = f"## {study.name}" if fmt == "github" else study.name
-        if fmt == "latex":
-            heading = f"% {study.name}"
-        text = [heading]
-        if study.description and fmt != "latex":
-            text.append(study.description)
-        pending = sum(1 for run_id, _, _ in study.planned if run_id not in study.stored)
-        if pending and fmt != "latex":
-            text.append(f"({pending} of {len(study.planned)} runs not yet run)")
-        text.append(study_table(study, fmt))
-        sections.append("\n\n".join(text))
-    return "\n\n".join(sections) + "\n"
+@dataclass
+class Report:
+    """Everything ``bnbench report`` shows: per-study tables, analyses, claims, figures."""
+
+    studies: list[StudyRuns]
+    registry: Registry
+    claims: list[ClaimSpec] = field(default_factory=list)
+    analyses: dict[str, list[tuple[Component, AnalysisResult | str]]] = field(default_factory=dict)
+    """Study → its analyses' results (or the error message of an analysis that failed)."""
+
+    def analyze(self) -> Report:
+        for study in self.studies:
+            outcomes: list[tuple[Component, AnalysisResult | str]] = []
+            for component in study.analyses:
+                entry = self.registry.get("analysis", component.name)
+                try:
+                    result = entry.factory(study.results(), entry.options.model_validate(component.options))
+                    if not isinstance(result, AnalysisResult):
+                        raise TypeError(f"returned {type(result).__name__}, not an AnalysisResult")
+                    outcomes.append((component, result))
+                except Exception as exc:
+                    outcomes.append((component, f"analysis {component.name!r} failed: {type(exc).__name__}: {exc}"))
+            self.analyses[study.name] = outcomes
+        return self
+
+    def value(self, study: str, name: str) -> float | None:
+        for _, result in self.analyses.get(study, []):
+            if isinstance(result, AnalysisResult) and name in result.values:
+                value = result.values[name]
+                return value if value is not None and math.isfinite(value) else None
+        return None
+
+    def claims_rows(self) -> list[list[Any]]:
+        rows = []
+        for claim in self.claims:
+            measured = self.value(claim.study, claim.value)
+            verdict = "not measured" if measured is None else ("holds" if claim.holds(measured) else "does not hold")
+            shown = "—" if measured is None else f"{measured:.4g}"
+            rows.append([claim.claim, claim.study, f"{claim.value} = {shown}", claim.threshold(), verdict])
+        return rows
+
+    def render(self, fmt: str = "github") -> str:
+        """All tables in ``fmt``: github, latex, plain or csv."""
+        if fmt == "csv":
+            return self._render_csv()
+        tablefmt = {"latex": "latex_booktabs"}.get(fmt, fmt)
+        sections = []
+        for study in self.studies:
+            text = [_heading(study.name, fmt, 2)]
+            if study.description and fmt != "latex":
+                text.append(study.description)
+            pending = sum(1 for run_id, _, _ in study.planned if run_id not in study.stored)
+            if pending and fmt != "latex":
+                text.append(f"({pending} of {len(study.planned)} runs not yet run)")
+            if study.is_training:
+                text.append(study_table(study, fmt))
+            for _, result in self.analyses.get(study.name, []):
+                if isinstance(result, str):
+                    text.append(result)
+                    continue
+                for table in result.tables:
+                    text.append(_heading(table.title, fmt, 3))
+                    text.append(tabulate(table.rows, headers=table.headers, tablefmt=tablefmt))
+            sections.append("\n\n".join(text))
+        if self.claims:
+            sections.append(_heading("Claims", fmt, 2))
+            sections.append(tabulate(self.claims_rows(), headers=CLAIM_HEADERS, tablefmt=tablefmt))
+        return "\n\n".join(sections) + "\n"
+
+    def _render_csv(self) -> str:
+        parts = [study_table(s, "csv") for s in self.studies if s.is_training]
+        out = parts[0] + "".join(p.split("\n", 1)[1] for p in parts[1:]) if parts else ""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for study in self.studies:
+            for _, result in self.analyses.get(study.name, []):
+                if isinstance(result, AnalysisResult):
+                    for table in result.tables:
+                        writer.writerow([])
+                        writer.writerow([f"# {study.name}: {table.title}"])
+                        writer.writerow(table.headers)
+                        writer.writerows(table.rows)
+        if self.claims:
+            writer.writerow([])
+            writer.writerow(["# claims"])
+            writer.writerow(CLAIM_HEADERS)
+            writer.writerows(self.claims_rows())
+        return out + buffer.getvalue()
+
+    def save_figures(self, directory: Path) -> list[Path]:
+        """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for study in self.studies:
+            for _, result in self.analyses.get(study.name, []):
+                if not isinstance(result, AnalysisResult):
+                    continue
+                for figure in result.figures:
+                    fig = plt.figure(figsize=(6.4, 4.8))
+                    try:
+                        figure.draw(fig)
+                        path = directory / f"{_safe(study.name)}__{_safe(figure.name)}.png"
+                        fig.savefig(path, dpi=120, bbox_inches="tight")
+                        written.append(path)
+                    finally:
+                        plt.close(fig)
+        return written
 
 
-def from_manifest(manifest: Manifest, store: Store) -> list[StudyRuns]:
+CLAIM_HEADERS = ["claim", "study", "measured", "threshold", "verdict"]
+
+
+def _heading(title: str, fmt: str, level: int) -> str:
+    if fmt == "github":
+        return f"{'#' * level} {title}"
+    if fmt == "latex":
+        return f"% {title}"
+    return title
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _record(run: StoredRun, axes: dict[str, Any], seed: int) -> RunRecord:
+    return RunRecord(
+        run_id=run.run_id,
+        axes=axes,
+        seed=seed,
+        spec=run.spec,
+        status=run.status,
+        diverged_step=run.diverged_step,
+        epochs=run.epochs,
+        measurements=run.measurements,
+    )
+
+
+def from_manifest(manifest: Manifest, store: Store) -> Report:
     """The manifest's studies (as expanded now) with whatever the store holds of them."""
     stored = store.load(run.run_id for run in manifest.runs())
-    return [
+    studies = [
         StudyRuns(
             name=study.name,
             axes=study.axes,
             planned=[(r.run_id, r.axes, r.spec.seed) for r in study.runs],
-            stored={r.run_id: stored[r.run_id] for r in study.runs if r.run_id in stored},
+            stored={r.run_id: _record(stored[r.run_id], r.axes, r.spec.seed) for r in study.runs if r.run_id in stored},
             description=study.description,
+            analyses=study.analyses,
         )
         for study in manifest.studies
     ]
+    return Report(studies, manifest.registry, manifest.claims).analyze()
 
 
-def from_store(store: Store) -> list[StudyRuns]:
-    """Every study the store has runs of, as the sweeps that ran them described them."""
-    result = []
+def from_store(store: Store, registry: Registry) -> Report:
+    """Every study the store has runs of, as the sweeps that ran them described them.
+
+    Probe studies get their probes' default analyses; a manifest's own analyses and claims
+    need the manifest (``from_manifest``).
+    """
+    studies = []
     for name, members in store.studies().items():
         stored = store.load(run_id for run_id, _ in members)
         axes: list[str] = []
@@ -187,5 +327,16 @@ def from_store(store: Store) -> list[StudyRuns]:
             (run_id, run_axes, int(stored[run_id].spec.get("seed", 0)) if run_id in stored else 0)
             for run_id, run_axes in members
         ]
-        result.append(StudyRuns(name=name, axes=axes, planned=planned, stored=stored))
-    return result
+        records = {
+            run_id: _record(stored[run_id], run_axes, seed) for run_id, run_axes, seed in planned if run_id in stored
+        }
+        probes = dict.fromkeys(r.spec["probe"]["name"] for r in records.values() if r.spec.get("probe"))
+        analyses = [
+            Component(name=a)
+            for p in probes
+            if registry.has("probe", p)
+            for a in registry.get("probe", p).extras.get("analyses", ())
+            if registry.has("analysis", a)
+        ]
+        studies.append(StudyRuns(name=name, axes=axes, planned=planned, stored=records, analyses=analyses))
+    return Report(studies, registry).analyze()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
-from harness.api import DataInfo, EpochContext, EvalResult, RunContext, find_sites
+from harness.api import DataInfo, EpochContext, EvalResult, ProbeContext, RunContext, find_sites
 from harness.data import DataCache, DeviceData
 from harness.errors import BnbenchError
 from harness.manifest import PlannedRun
@@ -54,6 +55,8 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     """Facts about the built run: parameter count, normalized sites, steps per epoch."""
+    measurements: dict[str, Any] = field(default_factory=dict)
+    """What a probe measured (probe runs only)."""
 
     @property
     def duration_s(self) -> float:
@@ -148,6 +151,8 @@ class Runner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model plugin {spec.model.name!r} returned {type(model).__name__}, not a torch.nn.Module")
         sites = find_sites(model)
+        if spec.placement is None or spec.normalizer is None:  # a probe of the bare model
+            return model.to(self.device), {"parameters": _count(model), "sites": len(sites), "normalized_sites": []}
         placement = self.registry.get("placement", spec.placement.name)
         chosen = set(
             placement.factory([info for info, _ in sites], placement.options.model_validate(spec.placement.options))
@@ -167,7 +172,7 @@ class Runner:
                     )
                 site.attach(module)
         info = {
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": _count(model),
             "sites": len(sites),
             "normalized_sites": sorted(chosen),
         }
@@ -180,7 +185,10 @@ class Runner:
         built: list[RunContext] = []
         try:
             with determinism(planned.spec.deterministic):
-                self._train(planned, result, progress, built)
+                if planned.spec.is_probe:
+                    self._probe(planned, result, progress)
+                else:
+                    self._train(planned, result, progress, built)
         except Diverged as exc:
             result.status = "diverged"
             result.diverged_step = exc.step
@@ -193,6 +201,39 @@ class Runner:
         if built:
             self.registry.hook.bnbench_run_end(run=built[0], result=result)
         return result
+
+    def _probe(self, planned: PlannedRun, result: RunResult, progress: Progress | None) -> None:
+        spec = planned.spec
+        assert spec.probe is not None
+        name = spec.probe.name
+        seed_everything(spec.seed)
+        entry = self.registry.get("probe", name)
+
+        def data() -> DeviceData:
+            if spec.dataset is None:
+                raise ValueError(f"probe {name!r} needs a dataset, and the study names none")
+            return self.data.get(spec.dataset, self.device)
+
+        def build() -> nn.Module:
+            if spec.model is None:
+                raise ValueError(f"probe {name!r} needs a model, and the study names none")
+            model, info = self.build_model(spec, data().bundle.info)
+            result.info.update(info)
+            return model.train()
+
+        generator = torch.Generator(device=self.device).manual_seed(spec.seed)
+        context = ProbeContext(spec=spec, device=self.device, generator=generator, build_model=build, data=data)
+        if progress:
+            progress.start_run(_label(planned), 1)
+        measurements = entry.factory(context, entry.options.model_validate(spec.probe.options))
+        if not isinstance(measurements, Mapping):
+            raise TypeError(f"probe {name!r} returned {type(measurements).__name__}; probes return a mapping")
+        try:
+            result.measurements = json.loads(json.dumps(measurements, default=_plain))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"probe {name!r} returned measurements that are not JSON-serialisable: {exc}") from None
+        if progress:
+            progress.advance(1, float("nan"))
 
     def _train(
         self, planned: PlannedRun, result: RunResult, progress: Progress | None, built: list[RunContext]
@@ -290,6 +331,19 @@ class Runner:
             result.epochs.append(EpochRecord(epoch, step, values))
             if progress:
                 progress.epoch(epoch, epochs, values)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy values as plain Python (for JSON)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def _label(planned: PlannedRun) -> str:

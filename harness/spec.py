@@ -100,12 +100,19 @@ class ScheduleSpec(StrictModel):
 
 
 class RunSpec(StrictModel):
-    """Everything that determines one run's result. Its hash is the run id."""
+    """Everything that determines one run's result. Its hash is the run id.
 
-    model: Component = Field(description="Model plugin, e.g. resnet_cifar or mlp.")
-    dataset: Component = Field(description="Dataset plugin, e.g. cifar10, mnist or synthetic.")
-    normalizer: Component = Field(description="Normalizer plugin placed at the chosen sites.")
-    placement: Component = Field(description="Placement plugin: which sites get the normalizer.")
+    A training run names a model, dataset, normalizer and placement and a length (epochs or
+    steps). A probe run names a ``probe`` and whichever components the probe uses.
+    """
+
+    model: Component | None = Field(None, description="Model plugin, e.g. resnet_cifar or mlp.")
+    dataset: Component | None = Field(None, description="Dataset plugin, e.g. cifar10, mnist or synthetic.")
+    normalizer: Component | None = Field(None, description="Normalizer plugin placed at the chosen sites.")
+    placement: Component | None = Field(None, description="Placement plugin: which sites get the normalizer.")
+    probe: Component | None = Field(
+        None, description="Probe plugin: measure instead of train (activation statistics, loss landscape, ...)."
+    )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     epochs: int | None = Field(None, gt=0, description="Training length in epochs (or give steps).")
@@ -120,14 +127,24 @@ class RunSpec(StrictModel):
     deterministic: bool = Field(False, description="Bitwise-repeatable runs (deterministic kernels).")
 
     @model_validator(mode="after")
-    def _one_length(self) -> RunSpec:
-        if (self.epochs is None) == (self.steps is None):
+    def _complete(self) -> RunSpec:
+        if self.epochs is not None and self.steps is not None:
             raise ValueError("give exactly one of epochs and steps")
+        if self.probe is None:
+            missing = [f for f in ("model", "dataset", "normalizer", "placement") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a training study needs {', '.join(missing)} (or name a probe)")
+            if self.epochs is None and self.steps is None:
+                raise ValueError("give exactly one of epochs and steps")
         return self
 
+    @property
+    def is_probe(self) -> bool:
+        return self.probe is not None
+
     def canonical_json(self) -> str:
-        """Stable JSON of the resolved spec: sorted keys, defaults filled in."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable JSON of the resolved spec: sorted keys, defaults filled in, unset fields left out."""
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
 
     def run_id(self) -> str:
         """Stable id of this spec: the same spec gives the same id on any machine."""
@@ -135,7 +152,7 @@ class RunSpec(StrictModel):
         return digest.hexdigest()[:16]
 
 
-STUDY_ONLY_FIELDS = ("name", "description", "seeds")
+STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses")
 """Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``)."""
 
 COMPONENT_FIELDS: dict[str, str] = {
@@ -143,6 +160,7 @@ COMPONENT_FIELDS: dict[str, str] = {
     "dataset": "dataset",
     "normalizer": "normalizer",
     "placement": "placement",
+    "probe": "probe",
 }
 """Study field → kind of plugin it names."""
 
@@ -168,11 +186,41 @@ class HarnessSettings(StrictModel):
     )
 
 
+class ClaimSpec(StrictModel):
+    """A claim of a paper, tested against a value an analysis of a study reports."""
+
+    claim: str = Field(min_length=1, description="The claim in words, as the report shows it.")
+    study: str = Field(min_length=1, description="The study whose analyses report the value.")
+    value: str = Field(min_length=1, description="Name of the value (see the analysis' documentation).")
+    at_least: float | None = Field(None, description="The claim holds if the value is >= this.")
+    at_most: float | None = Field(None, description="The claim holds if the value is <= this.")
+
+    @model_validator(mode="after")
+    def _threshold(self) -> ClaimSpec:
+        if self.at_least is None and self.at_most is None:
+            raise ValueError("a claim needs a threshold: at_least, at_most or both")
+        return self
+
+    def holds(self, measured: float) -> bool:
+        return (self.at_least is None or measured >= self.at_least) and (
+            self.at_most is None or measured <= self.at_most
+        )
+
+    def threshold(self) -> str:
+        parts = ([f">= {self.at_least:g}"] if self.at_least is not None else []) + (
+            [f"<= {self.at_most:g}"] if self.at_most is not None else []
+        )
+        return " and ".join(parts)
+
+
 class ManifestFile(StrictModel):
     """The top level of a manifest file."""
 
     harness: HarnessSettings = Field(default_factory=HarnessSettings)
     studies: list[dict[str, Any]] = Field(min_length=1, description="The [[studies]] tables.")
+    claims: list[ClaimSpec] = Field(
+        default_factory=list, description="[[claims]]: thresholds on values reported by analyses."
+    )
     profiles: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description='Named overlays: [profiles.NAME."*"] applies to every study, [profiles.NAME.STUDY] to one.',

@@ -22,7 +22,12 @@ from harness.errors import StoreError
 from harness.manifest import PlannedRun
 from harness.runner import RunResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE runs ADD COLUMN measurements TEXT"],
+}
+"""Version → the statements that bring a store of the version before it up to it."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     environment TEXT,
     info TEXT,
+    measurements TEXT,
     owner TEXT,
     updated_at REAL NOT NULL
 );
@@ -69,19 +75,9 @@ class StoredRun:
     error: str | None
     environment: dict[str, Any]
     info: dict[str, Any]
+    measurements: dict[str, Any] = field(default_factory=dict)
     epochs: list[tuple[int, int, dict[str, float]]] = field(default_factory=list)
     """``(epoch, step, metrics)`` in epoch order."""
-
-    def series(self, metric: str) -> list[float]:
-        return [m[metric] for _, _, m in self.epochs if m.get(metric) is not None]
-
-    def final(self, metric: str) -> float | None:
-        values = self.series(metric)
-        return values[-1] if values else None
-
-    def best(self, metric: str) -> float | None:
-        values = self.series(metric)
-        return max(values) if values else None
 
 
 def _owner() -> str:
@@ -101,18 +97,30 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             with self.transaction():
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    self.db.execute(statement)
-                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"results store {self.path} has schema version {row[0]}, newer than this "
-                        f"bnbench understands ({SCHEMA_VERSION}); upgrade bnbench to read it"
-                    )
+                self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open results store {self.path}: {exc}") from exc
+
+    def _create_or_migrate(self) -> None:
+        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+        if not exists:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.db.execute(statement)
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results store {self.path} has schema version {version}, newer than this "
+                f"bnbench understands ({SCHEMA_VERSION}); upgrade bnbench to read it"
+            )
+        if version < 1:
+            raise StoreError(f"{self.path} is not a bnbench results store (no schema version)")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                self.db.execute(statement)
+        self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.db.close()
@@ -177,13 +185,13 @@ class Store:
             )
             self.db.execute(
                 """INSERT INTO runs (id, spec, status, started_at, finished_at, duration_s,
-                     diverged_step, error, environment, info, owner, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
+                     diverged_step, error, environment, info, measurements, owner, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
                    ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, status=excluded.status,
                      started_at=excluded.started_at, finished_at=excluded.finished_at,
                      duration_s=excluded.duration_s, diverged_step=excluded.diverged_step,
                      error=excluded.error, environment=excluded.environment, info=excluded.info,
-                     owner=NULL, updated_at=excluded.updated_at""",
+                     measurements=excluded.measurements, owner=NULL, updated_at=excluded.updated_at""",
                 (
                     result.run_id,
                     planned.spec.canonical_json(),
@@ -195,6 +203,7 @@ class Store:
                     result.error,
                     json.dumps(result.environment),
                     json.dumps(result.info),
+                    json.dumps(result.measurements) if result.measurements else None,
                     time.time(),
                 ),
             )
@@ -224,7 +233,7 @@ class Store:
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
-                "SELECT id, spec, status, duration_s, diverged_step, error, environment, info "
+                "SELECT id, spec, status, duration_s, diverged_step, error, environment, info, measurements "
                 f"FROM runs WHERE id IN ({marks})",
                 chunk,
             ):
@@ -237,6 +246,7 @@ class Store:
                     error=row[5],
                     environment=json.loads(row[6] or "{}"),
                     info=json.loads(row[7] or "{}"),
+                    measurements=json.loads(row[8] or "{}"),
                 )
             by_epoch: dict[tuple[str, int], tuple[int, dict[str, float]]] = {}
             for run_id, epoch, step, name, value in self.db.execute(

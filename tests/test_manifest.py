@@ -66,7 +66,7 @@ def test_run_id_is_stable_and_ignores_how_defaults_are_written(write_manifest, r
         epochs=1,
     )
     assert spec.run_id() == RunSpec.model_validate_json(spec.canonical_json()).run_id()
-    assert spec.run_id() == "83fc9c5518619a7d"
+    assert spec.run_id() == "0bc5d213b126972c"
     assert spec.model_copy(update={"seed": 1}).run_id() != spec.run_id()
 
 
@@ -133,7 +133,7 @@ def test_bad_fields_name_file_study_field_and_allowed(write_manifest, registry, 
 
 def test_unknown_top_level_and_harness_fields(write_manifest, registry):
     error = error_of(write_manifest(tiny_manifest() + "\n[harnes]\nx = 1\n"), registry)
-    assert error.field == "harnes" and "allowed fields: harness, profiles, studies" in str(error)
+    assert error.field == "harnes" and "allowed fields: claims, harness, profiles, studies" in str(error)
     error = error_of(write_manifest(tiny_manifest().replace('device = "cpu"', 'device = "tpu"')), registry)
     assert error.field == "harness.device" and "'auto', 'cpu' or 'cuda'" in str(error)
 

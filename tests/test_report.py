@@ -43,8 +43,7 @@ def known_store(write_manifest, registry):
 
 def test_table_aggregates_seeds(known_store):
     with Store(known_store.results_path) as store:
-        studies = report.from_manifest(known_store, store)
-    text = report.render(studies, "github")
+        text = report.from_manifest(known_store, store).render("github")
     lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     # all: final 0.90 and 0.70 → 80.00 ± 14.14; best 0.90 and 0.70 → same
     assert "80.00 ± 14.14" in lines["all"]
@@ -56,14 +55,14 @@ def test_table_aggregates_seeds(known_store):
 
 def test_report_from_the_database_alone_matches(known_store):
     with Store(known_store.results_path) as store:
-        from_db = report.render(report.from_store(store), "plain")
-        from_manifest = report.render(report.from_manifest(known_store, store), "plain")
+        from_db = report.from_store(store, known_store.registry).render("plain")
+        from_manifest = report.from_manifest(known_store, store).render("plain")
     assert from_db.split("\n\n")[-1] == from_manifest.split("\n\n")[-1]
 
 
 def test_csv_has_numbers(known_store):
     with Store(known_store.results_path) as store:
-        text = report.render(report.from_manifest(known_store, store), "csv")
+        text = report.from_manifest(known_store, store).render("csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     by_placement = {r["placement"]: r for r in rows}
     assert float(by_placement["all"]["final_test_acc_mean"]) == pytest.approx(0.8)
@@ -73,9 +72,9 @@ def test_csv_has_numbers(known_store):
 
 def test_latex_and_pending_runs(write_manifest, registry, known_store):
     with Store(known_store.results_path) as store:
-        latex = report.render(report.from_manifest(known_store, store), "latex")
+        latex = report.from_manifest(known_store, store).render("latex")
     assert "\\toprule" in latex and "80.00 ± 14.14" in latex
     bigger = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1, 2]")), registry=registry)
     with Store(bigger.results_path) as store:
-        text = report.render(report.from_manifest(bigger, store), "github")
+        text = report.from_manifest(bigger, store).render("github")
     assert "(2 of 6 runs not yet run)" in text and "| 2/3 " in text

@@ -32,7 +32,7 @@ def test_sweep_records_results_and_resume_skips_finished_runs(write_manifest, re
         assert {s.status for s in stored.values()} == {"done"}
         run = stored[manifest.runs()[0].run_id]
         assert [e for e, _, _ in run.epochs] == [1, 2]
-        assert run.final("test_accuracy") is not None and run.duration_s > 0
+        assert run.epochs[-1][2]["test_accuracy"] is not None and run.duration_s > 0
         assert store.studies()["tiny"][0][1] == {"placement": "all"}
     second = run_manifest(manifest, progress=quiet(0))
     assert second.skipped == 4 and sum(second.statuses.values()) == 0
