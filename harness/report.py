@@ -14,6 +14,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.api import AnalysisResult, RunRecord, StudyResults
+from harness.errors import BnbenchError
 from harness.manifest import Manifest
 from harness.registry import Registry
 from harness.spec import ClaimSpec, Component
@@ -243,7 +244,10 @@ class Report:
 
     def save_figures(self, directory: Path) -> list[Path]:
         """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            raise BnbenchError("figures need matplotlib: pip install 'bnbench[figures]'") from None
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
