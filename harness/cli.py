@@ -11,9 +11,10 @@ from tabulate import tabulate
 
 import harness
 from harness import report as reporting
-from harness.errors import BnbenchError
+from harness.errors import BnbenchError, ManifestError
 from harness.manifest import Manifest, load_manifest
 from harness.registry import KINDS, load_registry
+from harness.runner import FINISHED
 from harness.store import Store
 from harness.sweep import run_manifest, unique_runs
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override [harness] device")
     run.add_argument("--format", choices=reporting.FORMATS, default="github", help="report table format")
     run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
+    run.add_argument("--yes", "-y", action="store_true", help="do not ask before a sweep larger than max_runs")
 
     plan = commands.add_parser("plan", help="list every run of a manifest and whether it has a result")
     _add_manifest_args(plan)
@@ -67,10 +69,31 @@ def _emit(report: reporting.Report, fmt: str, figures: Path | None) -> None:
         print(f"{len(written)} figures written to {figures}", file=sys.stderr)
 
 
+def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
+    """Ask before a sweep with more pending runs than ``[harness] max_runs`` (or refuse without a terminal)."""
+    runs = unique_runs(manifest.runs())
+    if not rerun and manifest.results_path.is_file():
+        with Store(manifest.results_path) as store:
+            statuses = store.statuses(r.run_id for r in runs)
+        runs = [r for r in runs if statuses.get(r.run_id) not in FINISHED]
+    limit = manifest.settings.max_runs
+    if len(runs) <= limit or assume_yes:
+        return
+    question = f"{len(runs)} runs to run, more than max_runs = {limit}."
+    if not sys.stdin.isatty():
+        raise ManifestError(f"{question} Pass --yes to run them, or raise [harness] max_runs.", file=str(manifest.path))
+    answer = input(f"{question} Run them all? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise BnbenchError("nothing run")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest, args.profile, studies=args.study)
+    _confirm_size(manifest, args.rerun, args.yes)
     summary = run_manifest(manifest, rerun=args.rerun, device=args.device)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
+    if summary.busy:
+        counts += f", {summary.busy} being run by another process"
     print(
         f"{summary.planned} runs planned, {summary.skipped} already had results; {counts}. "
         f"Results: {manifest.results_path}",
@@ -79,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _print_report(manifest, args.format)
     if summary.interrupted:
-        print("Interrupted: run the same command again to resume.", file=sys.stderr)
+        print("Stopped before the sweep finished: run the same command again to resume.", file=sys.stderr)
         return 130
     return 0
 

@@ -50,10 +50,24 @@ class DeviceData:
             x = self.bundle.train_transform(x, generator)
         return (x - self.mean) / self.std
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, augmented training batches (the last partial batch dropped)."""
-        order = torch.randperm(self.train_size, generator=generator, device=generator.device)
-        for start in range(0, self.train_size - batch_size + 1, batch_size):
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """A fresh permutation of the training set, drawn on the generator's device."""
+        return torch.randperm(self.train_size, generator=generator, device=generator.device)
+
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        order: torch.Tensor | None = None,
+        start_batch: int = 0,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented training batches (the last partial batch dropped).
+
+        ``order`` (default: a fresh ``epoch_order``) and ``start_batch`` resume an epoch midway.
+        """
+        if order is None:
+            order = self.epoch_order(generator)
+        for start in range(start_batch * batch_size, self.train_size - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
             yield self.prepare(self.train_images[index], generator), self.train_labels[index]
 

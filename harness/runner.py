@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from torch import nn
 
 import harness
 from harness.api import DataInfo, EpochContext, EvalResult, ProbeContext, RunContext, find_sites
+from harness.checkpoint import Checkpoints, capture_rng, restore_rng
 from harness.data import DataCache, DeviceData
 from harness.errors import BnbenchError
 from harness.manifest import PlannedRun
@@ -61,6 +63,15 @@ class RunResult:
     @property
     def duration_s(self) -> float:
         return self.finished_at - self.started_at
+
+
+class RunInterrupted(BaseException):
+    """A stop was requested: the run checkpointed at ``step`` (to ``path``) and stopped."""
+
+    def __init__(self, run_id: str, step: int, path: Path | None) -> None:
+        where = f"checkpoint {path}" if path else "no checkpoint store"
+        super().__init__(f"run {run_id} stopped at step {step} ({where})")
+        self.run_id, self.step, self.path = run_id, step, path
 
 
 class Diverged(Exception):
@@ -137,8 +148,15 @@ class Runner:
         base_dir: Path,
         device: str = "auto",
         divergence_check_every: int = 0,
+        checkpoints: Checkpoints | None = None,
+        checkpoint_every: int = 0,
+        stop: threading.Event | None = None,
     ) -> None:
         self.registry = registry
+        self.checkpoints = checkpoints
+        self.checkpoint_every = checkpoint_every
+        self.stop = stop
+        """Set (by a signal handler) to checkpoint at the next step boundary and stop."""
         self.device = resolve_device(device)
         self.data = DataCache(registry, base_dir)
         self.check_every = divergence_check_every or (1 if self.device.type == "cpu" else 25)
@@ -258,6 +276,13 @@ class Runner:
             weight_decay=spec.optimizer.weight_decay,
             nesterov=spec.optimizer.nesterov,
         )
+        generator = torch.Generator(device=self.device).manual_seed(spec.seed)
+        state = TrainingState.fresh(self.device, self.check_every)
+        saved = self._load_checkpoint(planned.run_id, progress)
+        if saved is not None:
+            state = TrainingState.restore(saved, model, optimizer, generator, self.device)
+            result.epochs = state.records
+            result.info["resumed_from_step"] = state.step
         context = RunContext(
             planned.run_id, spec, model, optimizer, self.device, data.bundle, steps_per_epoch, total_steps
         )
@@ -266,20 +291,21 @@ class Runner:
         hook.bnbench_run_start(run=context)
         step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
         metrics = [(m, self.registry.get("metric", m.name)) for m in spec.metrics]
-        generator = torch.Generator(device=self.device).manual_seed(spec.seed)
         check_every = self.check_every
-        losses = torch.zeros(check_every, device=self.device)
+        losses = state.losses
         schedule, base_lr = spec.schedule, spec.optimizer.lr
+        stop = self.stop
         if progress:
             progress.start_run(_label(planned), total_steps)
+            if state.step:
+                progress.advance(state.step, float("nan"))
 
-        step = 0
-        for epoch in range(1, epochs + 1):
+        step = state.step
+        for epoch in range(state.epoch, epochs + 1):
             model.train()
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = batches = 0
-            for images, labels in data.train_batches(spec.batch_size, generator):
+            if state.order is None:
+                state.begin_epoch(data.epoch_order(generator))
+            for images, labels in data.train_batches(spec.batch_size, generator, state.order, state.batch):
                 if step >= total_steps:
                     break
                 lr = base_lr * schedule.factor(step, total_steps)
@@ -294,18 +320,23 @@ class Runner:
                 optimizer.step()
                 detached = loss.detach()
                 losses[step % check_every] = detached
-                loss_sum += detached
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.shape[0]
-                batches += 1
+                state.loss_sum += detached
+                state.correct += (logits.detach().argmax(1) == labels).sum()
+                state.seen += labels.shape[0]
+                state.batch += 1
                 step += 1
                 if step_hook is not None:
                     step_hook(run=context, step=step, loss=detached)
                 if step % check_every == 0:
                     _check_finite(losses, step, check_every)
                     if progress:
-                        progress.advance(step % check_every or check_every, float(detached))
+                        progress.advance(check_every, float(detached))
+                if stop is not None and stop.is_set() and step < total_steps:
+                    state.step, state.epoch = step, epoch
+                    path = self._save_checkpoint(planned.run_id, state, model, optimizer, generator, result)
+                    raise RunInterrupted(planned.run_id, step, path)
             _check_finite(losses, step, check_every)  # the steps since the last periodic check
+            _check_parameters(model, step)
             evaluations: dict[str, EvalResult] = {}
 
             def evaluate(split: str, _cache: dict[str, EvalResult] = evaluations) -> EvalResult:
@@ -319,8 +350,8 @@ class Runner:
                 run=context,
                 epoch=epoch,
                 step=step,
-                train_loss=float(loss_sum) / max(1, batches),
-                train_accuracy=float(correct) / max(1, seen),
+                train_loss=float(state.loss_sum) / max(1, state.batch),
+                train_accuracy=float(state.correct) / max(1, state.seen),
                 evaluate=evaluate,
             )
             values = _compute_metrics(metrics, epoch_context)
@@ -331,6 +362,108 @@ class Runner:
             result.epochs.append(EpochRecord(epoch, step, values))
             if progress:
                 progress.epoch(epoch, epochs, values)
+            state.order = None
+            state.step, state.epoch = step, epoch + 1
+            if self.checkpoint_every and epoch % self.checkpoint_every == 0 and epoch < epochs:
+                self._save_checkpoint(planned.run_id, state, model, optimizer, generator, result)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _load_checkpoint(self, run_id: str, progress: Progress | None) -> dict[str, Any] | None:
+        if self.checkpoints is None:
+            return None
+        warn = progress.log if progress else (lambda message: None)
+        return self.checkpoints.load_latest(run_id, warn)
+
+    def _save_checkpoint(
+        self,
+        run_id: str,
+        state: TrainingState,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        result: RunResult,
+    ) -> Path | None:
+        if self.checkpoints is None:
+            return None
+        return self.checkpoints.save(run_id, state.snapshot(model, optimizer, generator, result.epochs))
+
+
+@dataclass
+class TrainingState:
+    """Where a run is: the next epoch and batch, the epoch's data order and running sums."""
+
+    epoch: int
+    batch: int
+    step: int
+    order: torch.Tensor | None
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    losses: torch.Tensor
+    """The losses since the last divergence check."""
+    records: list[EpochRecord] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, device: torch.device, check_every: int) -> TrainingState:
+        return cls(
+            epoch=1,
+            batch=0,
+            step=0,
+            order=None,
+            loss_sum=torch.zeros((), device=device),
+            correct=torch.zeros((), device=device, dtype=torch.long),
+            seen=0,
+            losses=torch.zeros(check_every, device=device),
+        )
+
+    def begin_epoch(self, order: torch.Tensor) -> None:
+        self.order = order
+        self.batch = self.seen = 0
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def snapshot(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, records: list[EpochRecord]
+    ) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "order": None if self.order is None else self.order.cpu(),
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "seen": self.seen,
+            "losses": self.losses.cpu(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": capture_rng(generator),
+            "records": [[r.epoch, r.step, r.metrics] for r in records],
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        saved: dict[str, Any],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> TrainingState:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        restore_rng(saved["rng"], generator)
+        order = saved["order"]
+        return cls(
+            epoch=saved["epoch"],
+            batch=saved["batch"],
+            step=saved["step"],
+            order=None if order is None else order.to(device),
+            loss_sum=saved["loss_sum"].to(device),
+            correct=saved["correct"].to(device),
+            seen=saved["seen"],
+            losses=saved["losses"].to(device),
+            records=[EpochRecord(e, s, dict(m)) for e, s, m in saved["records"]],
+        )
 
 
 def _count(model: nn.Module) -> int:
@@ -355,6 +488,13 @@ def _check_logits(logits: Any, batch: int, classes: int, model: str) -> None:
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (batch, classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model {model!r} returned {shape}; expected logits of shape ({batch}, {classes})")
+
+
+def _check_parameters(model: nn.Module, step: int) -> None:
+    """Raise ``Diverged`` if any parameter is NaN or infinite (never train on from NaN weights)."""
+    params = [p.detach() for p in model.parameters()]
+    if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+        raise Diverged(step, "a parameter")
 
 
 def _check_finite(losses: torch.Tensor, step: int, check_every: int) -> None:

@@ -178,6 +178,18 @@ class HarnessSettings(StrictModel):
         default_factory=list,
         description="Extra plugin modules (import names or .py paths relative to the manifest).",
     )
+    checkpoint_every: int = Field(
+        1, ge=0, description="Checkpoint a run every N epochs (0: only when stopped by a signal)."
+    )
+    claim_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A run claimed by a process on another host with no sign of life for this long "
+        "is taken over (same-host owners are checked directly).",
+    )
+    max_runs: int = Field(
+        1000, gt=0, description="`bnbench run` asks for confirmation (or --yes) above this many pending runs."
+    )
     divergence_check_every: int = Field(
         0,
         ge=0,

@@ -84,6 +84,20 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _alive(owner: str, updated_at: float, stale_after: float) -> bool:
+    """Whether the process that claimed a run may still be running it."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return time.time() - updated_at < stale_after
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Store:
     """Open (creating if needed) the store at ``path``."""
 
@@ -150,10 +164,23 @@ class Store:
                 [(r.study, r.run_id, json.dumps(r.axes, sort_keys=False)) for r in runs],
             )
 
-    def mark_running(self, planned: PlannedRun) -> None:
-        """Claim a run: status ``running``, owned by this process; old epochs are dropped."""
+    def claim(self, planned: PlannedRun, *, stale_after: float = 3600.0) -> str | None:
+        """Claim a run for this process: status ``running``, old epochs dropped.
+
+        Returns None when claimed, or the owner of a live claim by another process (a run
+        being run elsewhere right now). A claim whose owner is dead (same host: its pid is
+        gone; other host: no heartbeat for ``stale_after`` seconds) is taken over.
+        """
+        me = _owner()
         now = time.time()
         with self.transaction():
+            row = self.db.execute(
+                "SELECT status, owner, updated_at FROM runs WHERE id = ?", (planned.run_id,)
+            ).fetchone()
+            if row is not None:
+                status, owner, updated_at = row
+                if status == "running" and owner and owner != me and _alive(owner, updated_at, stale_after):
+                    return owner
             self.db.execute("DELETE FROM epochs WHERE run_id = ?", (planned.run_id,))
             self.db.execute(
                 """INSERT INTO runs (id, spec, status, started_at, owner, updated_at)
@@ -161,7 +188,15 @@ class Store:
                    ON CONFLICT(id) DO UPDATE SET status='running', started_at=excluded.started_at,
                      finished_at=NULL, duration_s=NULL, diverged_step=NULL, error=NULL,
                      owner=excluded.owner, updated_at=excluded.updated_at""",
-                (planned.run_id, planned.spec.canonical_json(), now, _owner(), now),
+                (planned.run_id, planned.spec.canonical_json(), now, me, now),
+            )
+        return None
+
+    def heartbeat(self, run_id: str) -> None:
+        """Show that this process is still working on its claimed run."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE runs SET updated_at = ? WHERE id = ? AND owner = ?", (time.time(), run_id, _owner())
             )
 
     def mark_interrupted(self, run_id: str) -> None:

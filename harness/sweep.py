@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from harness.api import RunContext
+from harness.checkpoint import Checkpoints
+from harness.hookspecs import hookimpl
 from harness.manifest import Manifest, PlannedRun
 from harness.progress import Progress
-from harness.runner import FINISHED, Runner, RunResult
+from harness.runner import FINISHED, RunInterrupted, Runner, RunResult
 from harness.store import Store
 
 
@@ -17,6 +25,8 @@ class SweepSummary:
     skipped: int
     statuses: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
+    busy: int = 0
+    """Runs skipped because another live process had claimed them."""
 
 
 def unique_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -47,6 +57,47 @@ def summarize(result: RunResult) -> str:
     return f"{text} ({result.duration_s:.1f}s)"
 
 
+@contextmanager
+def stop_on_signals(stop: threading.Event, log: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the current run to checkpoint at its next step and stop.
+
+    A second Ctrl-C aborts at once (the run in progress is then not checkpointed).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        name = signal.Signals(signum).name
+        log(f"{name}: checkpointing the current run at its next step, then stopping (Ctrl-C again aborts now)")
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Heartbeat:
+    """Keeps a claimed run's ``updated_at`` fresh so other processes see its owner is alive."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @hookimpl
+    def bnbench_epoch_end(self, run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+        self.store.heartbeat(run.run_id)
+
+
+def checkpoint_directory(results_path: Path) -> Path:
+    """Where the checkpoints of a results store's runs live: beside the store."""
+    return results_path.with_name(results_path.name + ".checkpoints")
+
+
 def run_manifest(
     manifest: Manifest,
     *,
@@ -56,8 +107,9 @@ def run_manifest(
 ) -> SweepSummary:
     """Run every pending run of ``manifest``, recording each result as it finishes.
 
-    Ctrl-C stops the sweep: the run in progress is recorded ``interrupted`` (not done) and
-    every finished result is kept; running the same command again resumes.
+    A run is claimed in the store before it starts, so two sweeps over one store never run
+    the same run at once. SIGINT/SIGTERM checkpoint the run in progress and stop the sweep;
+    every finished result is kept and running the same command again resumes.
     """
     runs = manifest.runs()
     with Store(manifest.results_path) as store:
@@ -66,26 +118,50 @@ def run_manifest(
         summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
         if not pending:
             return summary
+        checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+        stop = threading.Event()
         runner = Runner(
             manifest.registry,
             base_dir=manifest.base_dir,
             device=device or manifest.settings.device,
             divergence_check_every=manifest.settings.divergence_check_every,
+            checkpoints=checkpoints,
+            checkpoint_every=manifest.settings.checkpoint_every,
+            stop=stop,
         )
         progress = progress or Progress(len(pending))
+        heartbeat = _Heartbeat(store)
+        manifest.registry.manager.register(heartbeat)
         try:
-            for planned in pending:
-                store.mark_running(planned)
-                try:
-                    result = runner.run(planned, progress)
-                except KeyboardInterrupt:
-                    store.mark_interrupted(planned.run_id)
-                    summary.interrupted = True
-                    progress.log(f"interrupted: {planned.run_id} not recorded; finished runs are kept")
-                    break
-                store.record(planned, result)
-                summary.statuses[result.status] += 1
-                progress.end_run(result.status, summarize(result))
+            with stop_on_signals(stop, progress.log):
+                for planned in pending:
+                    if stop.is_set():
+                        summary.interrupted = True
+                        break
+                    owner = store.claim(planned, stale_after=manifest.settings.claim_timeout_s)
+                    if owner is not None:
+                        summary.busy += 1
+                        progress.log(f"{planned.run_id}: being run by {owner}; skipped")
+                        continue
+                    if rerun:
+                        checkpoints.discard(planned.run_id)
+                    try:
+                        result = runner.run(planned, progress)
+                    except RunInterrupted as exc:
+                        store.mark_interrupted(planned.run_id)
+                        summary.interrupted = True
+                        progress.log(f"stopped: {exc}; run the same command again to resume")
+                        break
+                    except KeyboardInterrupt:
+                        store.mark_interrupted(planned.run_id)
+                        summary.interrupted = True
+                        progress.log(f"aborted: {planned.run_id} not recorded; finished runs are kept")
+                        break
+                    store.record(planned, result)
+                    checkpoints.discard(planned.run_id)
+                    summary.statuses[result.status] += 1
+                    progress.end_run(result.status, summarize(result))
         finally:
+            manifest.registry.manager.unregister(heartbeat)
             progress.close()
     return summary
