@@ -244,10 +244,8 @@ def _field_annotation(model: type[BaseModel], name: str) -> Any:
     return info.annotation if info is not None else None
 
 
-def _component_label(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    name = value.get("name", "?")
+def _component_label(value: dict[str, Any]) -> str:
+    name = value["name"]
     options = {k: v for k, v in value.items() if k != "name"}
     if not options:
         return str(name)
@@ -334,7 +332,7 @@ class _Expander:
             labels: dict[str, Any] = {}
             for (path, _), value in zip(core_axes, core_point, strict=True):
                 _set_path(point, path, value)
-                labels[path] = _component_label(value) if path in COMPONENT_FIELDS else value
+                labels[path] = _component_label(self.component(path, value)) if path in COMPONENT_FIELDS else value
             option_axes = []
             for field_name, kind in COMPONENT_FIELDS.items():
                 if field_name in point:
