@@ -35,7 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-delay", type=float, default=4.0, help="kill within this many seconds of start")
+    parser.add_argument("--max-delay", type=float, default=8.0, help="kill within this many seconds of start")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,8 +55,9 @@ def main() -> int:
         store = folder / "results.sqlite"
         kills = midway = 0
         for trial in range(args.trials):
-            if store.is_file() and trial % 4 == 0:  # start over now and then: kills land at every stage
-                store.unlink()
+            if trial % 4 == 0:  # start over now and then, so that kills land at every stage
+                for leftover in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+                    leftover.unlink(missing_ok=True)
             process = bnbench_process(path, sleep=0.01)
             time.sleep(rng.uniform(0.2, args.max_delay))
             if process.poll() is None:
@@ -70,7 +71,13 @@ def main() -> int:
         final = subprocess.run(
             [sys.executable, "-m", "harness", "run", str(path), "--no-report"], capture_output=True, text=True
         )
-        identical = final.returncode == 0 and results_of(store, ids) == expected
+        got = results_of(store, ids) if final.returncode == 0 else {}
+        identical = final.returncode == 0 and got == expected
+        if final.returncode != 0:
+            print(f"the final run failed ({final.returncode}):\n{final.stderr[-3000:]}")
+        for run_id in ids if final.returncode == 0 else []:
+            if got.get(run_id) != expected[run_id]:
+                print(f"run {run_id} differs:\n  got      {got.get(run_id)}\n  expected {expected[run_id]}")
     print(f"trials: {args.trials}, SIGKILLs delivered: {kills}, kills that left a run mid-way: {midway}")
     print(
         f"store consistent after every kill: yes; final results identical to an uninterrupted sweep: "

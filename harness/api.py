@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -114,6 +114,19 @@ transformed batch; it runs before per-channel normalization.
 """
 
 
+class InputTransform(Protocol):
+    """A run's transform of input batches (``[0, 1]`` images, before normalization).
+
+    Called for training batches (after augmentation) with ``split="train"`` and for
+    evaluation batches with ``split="test"`` or ``"train"``; it returns the batch unchanged
+    for splits it does not apply to. ``generator`` is on the batch's device, seeded from the
+    run's seed: a fresh stream for training, and for evaluation the same draws at every
+    evaluation (so epochs are compared on the same noisy test set).
+    """
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, split: str) -> torch.Tensor: ...
+
+
 @dataclass
 class DataBundle:
     """A dataset held as tensors: images ``(N, C, H, W)`` as uint8 (0..255) or float in [0, 1].
@@ -204,8 +217,12 @@ class EpochContext:
     """Mean training loss over the epoch's steps (in training mode, augmented batches)."""
     train_accuracy: float
     """Share of training examples of the epoch classified correctly while training."""
-    evaluate: Callable[[str], EvalResult]
-    """``evaluate("test")`` or ``evaluate("train")``: one pass in eval mode, cached per epoch."""
+    evaluate: Callable[..., EvalResult]
+    """``evaluate("test")`` or ``evaluate("train")``: one pass in eval mode, cached per epoch.
+    With an input transform, ``evaluate("test", transformed=False)`` evaluates clean inputs."""
+    sample: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    """``sample(n, split="train", transformed=True)``: the same ``n`` examples at every epoch,
+    normalized (and transformed), without augmentation: for metrics that need a batch."""
 
 
 MetricValue = float | Mapping[str, float]

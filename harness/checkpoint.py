@@ -19,12 +19,12 @@ import torch
 FORMAT = 1
 
 
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run draws from: torch (CPU, CUDA), python, numpy, the data generator."""
+def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every random state a run draws from: torch (CPU, CUDA), python, numpy, its own generators."""
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "data": generator.get_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -38,11 +38,12 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    generator.set_state(state["data"])
+    for name, generator in generators.items():
+        generator.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,8 @@ import torch
 from harness.api import BuildContext, DataBundle
 from harness.registry import Registry
 from harness.spec import Component
+
+BatchFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -43,11 +45,19 @@ class DeviceData:
     def train_size(self) -> int:
         return self.train_images.shape[0]
 
-    def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scale to [0, 1], apply the training transform when a generator is given, normalize."""
+    def prepare(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        extra: BatchFunction | None = None,
+    ) -> torch.Tensor:
+        """Scale to [0, 1]; augment (the dataset's training transform) when a generator is
+        given; apply ``extra`` (a run's input transform, e.g. noise); normalize."""
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         if generator is not None and self.bundle.train_transform is not None:
             x = self.bundle.train_transform(x, generator)
+        if extra is not None:
+            x = extra(x)
         return (x - self.mean) / self.std
 
     def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
@@ -60,6 +70,7 @@ class DeviceData:
         generator: torch.Generator,
         order: torch.Tensor | None = None,
         start_batch: int = 0,
+        extra: BatchFunction | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled, augmented training batches (the last partial batch dropped).
 
@@ -69,14 +80,16 @@ class DeviceData:
             order = self.epoch_order(generator)
         for start in range(start_batch * batch_size, self.train_size - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
-            yield self.prepare(self.train_images[index], generator), self.train_labels[index]
+            yield self.prepare(self.train_images[index], generator, extra), self.train_labels[index]
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole split in order, normalized, without augmentation."""
+    def eval_batches(
+        self, split: str, batch_size: int, extra: BatchFunction | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole split in order, normalized, without augmentation (``extra`` still applies)."""
         images = self.test_images if split == "test" else self.train_images
         labels = self.test_labels if split == "test" else self.train_labels
         for start in range(0, images.shape[0], batch_size):
-            yield self.prepare(images[start : start + batch_size]), labels[start : start + batch_size]
+            yield self.prepare(images[start : start + batch_size], None, extra), labels[start : start + batch_size]
 
 
 class DataCache:

@@ -94,6 +94,15 @@ def bnbench_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def bnbench_register_transforms(register: Register) -> None:
+    """Register input transforms (e.g. additive noise), named by a study's ``input_transform``.
+
+    ``factory(options) -> InputTransform``: a callable ``(images, generator, split) -> images``
+    on ``[0, 1]`` pixels before normalization (see ``harness.api.InputTransform``).
+    """
+
+
+@hookspec
 def bnbench_register_metrics(register: Register) -> None:
     """Register per-epoch metrics.
 

@@ -27,6 +27,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "normalizer": "bnbench_register_normalizers",
     "placement": "bnbench_register_placements",
     "dataset": "bnbench_register_datasets",
+    "transform": "bnbench_register_transforms",
     "metric": "bnbench_register_metrics",
     "probe": "bnbench_register_probes",
     "analysis": "bnbench_register_analyses",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,9 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
-from harness.api import DataInfo, EpochContext, EvalResult, ProbeContext, RunContext, find_sites
+from harness.api import (
+    DataInfo,
+    EpochContext,
+    EvalResult,
+    InputTransform,
+    ProbeContext,
+    RunContext,
+    find_sites,
+)
 from harness.checkpoint import Checkpoints, capture_rng, restore_rng
-from harness.data import DataCache, DeviceData
+from harness.data import BatchFunction, DataCache, DeviceData
 from harness.errors import BnbenchError
 from harness.manifest import PlannedRun
 from harness.progress import Progress
@@ -277,10 +286,12 @@ class Runner:
             nesterov=spec.optimizer.nesterov,
         )
         generator = torch.Generator(device=self.device).manual_seed(spec.seed)
+        inputs = InputPipeline.build(self.registry, spec, data, self.device)
+        generators = {"data": generator, **inputs.generators()}
         state = TrainingState.fresh(self.device, self.check_every)
         saved = self._load_checkpoint(planned.run_id, progress)
         if saved is not None:
-            state = TrainingState.restore(saved, model, optimizer, generator, self.device)
+            state = TrainingState.restore(saved, model, optimizer, generators, self.device)
             result.epochs = state.records
             result.info["resumed_from_step"] = state.step
         context = RunContext(
@@ -305,7 +316,9 @@ class Runner:
             model.train()
             if state.order is None:
                 state.begin_epoch(data.epoch_order(generator))
-            for images, labels in data.train_batches(spec.batch_size, generator, state.order, state.batch):
+            for images, labels in data.train_batches(
+                spec.batch_size, generator, state.order, state.batch, inputs.train_extra
+            ):
                 if step >= total_steps:
                     break
                 lr = base_lr * schedule.factor(step, total_steps)
@@ -333,18 +346,22 @@ class Runner:
                         progress.advance(check_every, float(detached))
                 if stop is not None and stop.is_set() and step < total_steps:
                     state.step, state.epoch = step, epoch
-                    path = self._save_checkpoint(planned.run_id, state, model, optimizer, generator, result)
+                    path = self._save_checkpoint(planned.run_id, state, model, optimizer, generators, result)
                     raise RunInterrupted(planned.run_id, step, path)
             _check_finite(losses, step, check_every)  # the steps since the last periodic check
             _check_parameters(model, step)
-            evaluations: dict[str, EvalResult] = {}
+            evaluations: dict[tuple[str, bool], EvalResult] = {}
 
-            def evaluate(split: str, _cache: dict[str, EvalResult] = evaluations) -> EvalResult:
+            def evaluate(
+                split: str, transformed: bool = True, _cache: dict[tuple[str, bool], EvalResult] = evaluations
+            ) -> EvalResult:
                 if split not in ("train", "test"):
                     raise ValueError(f"evaluate() takes 'train' or 'test', not {split!r}")
-                if split not in _cache:
-                    _cache[split] = _evaluate(model, data, split, spec.eval_batch_size)
-                return _cache[split]
+                key = (split, transformed and inputs.transform is not None)
+                if key not in _cache:
+                    extra = inputs.eval_extra(split) if key[1] else None
+                    _cache[key] = _evaluate(model, data, split, spec.eval_batch_size, extra)
+                return _cache[key]
 
             epoch_context = EpochContext(
                 run=context,
@@ -353,6 +370,7 @@ class Runner:
                 train_loss=float(state.loss_sum) / max(1, state.batch),
                 train_accuracy=float(state.correct) / max(1, state.seen),
                 evaluate=evaluate,
+                sample=inputs.sample,
             )
             values = _compute_metrics(metrics, epoch_context)
             for name, value in values.items():
@@ -365,7 +383,7 @@ class Runner:
             state.order = None
             state.step, state.epoch = step, epoch + 1
             if self.checkpoint_every and epoch % self.checkpoint_every == 0 and epoch < epochs:
-                self._save_checkpoint(planned.run_id, state, model, optimizer, generator, result)
+                self._save_checkpoint(planned.run_id, state, model, optimizer, generators, result)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _load_checkpoint(self, run_id: str, progress: Progress | None) -> dict[str, Any] | None:
@@ -380,12 +398,80 @@ class Runner:
         state: TrainingState,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
+        generators: dict[str, torch.Generator],
         result: RunResult,
     ) -> Path | None:
         if self.checkpoints is None:
             return None
-        return self.checkpoints.save(run_id, state.snapshot(model, optimizer, generator, result.epochs))
+        return self.checkpoints.save(run_id, state.snapshot(model, optimizer, generators, result.epochs))
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose of a run (its own random stream), stable across machines."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class InputPipeline:
+    """A run's input transform with its random streams, and fixed samples for metrics."""
+
+    data: DeviceData
+    transform: InputTransform | None
+    seed: int
+    device: torch.device
+    train_generator: torch.Generator | None = None
+    _sample_order: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, registry: Registry, spec: RunSpec, data: DeviceData, device: torch.device) -> InputPipeline:
+        transform = None
+        if spec.input_transform is not None:
+            entry = registry.get("transform", spec.input_transform.name)
+            transform = entry.factory(entry.options.model_validate(spec.input_transform.options))
+            if not callable(transform):
+                raise TypeError(f"transform plugin {spec.input_transform.name!r} returned a non-callable")
+        pipeline = cls(data, transform, spec.seed, device)
+        if transform is not None:
+            pipeline.train_generator = torch.Generator(device=device).manual_seed(derived_seed(spec.seed, "train"))
+        return pipeline
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The generators a checkpoint must capture."""
+        return {"transform": self.train_generator} if self.train_generator is not None else {}
+
+    def _fixed(self, split: str, purpose: str) -> BatchFunction | None:
+        if self.transform is None:
+            return None
+        transform = self.transform
+        generator = torch.Generator(device=self.device).manual_seed(derived_seed(self.seed, purpose))
+        return lambda x: transform(x, generator, split)
+
+    @property
+    def train_extra(self) -> BatchFunction | None:
+        if self.transform is None or self.train_generator is None:
+            return None
+        transform, generator = self.transform, self.train_generator
+        return lambda x: transform(x, generator, "train")
+
+    def eval_extra(self, split: str) -> BatchFunction | None:
+        """The transform for one evaluation pass: the same draws at every evaluation."""
+        return self._fixed(split, f"eval:{split}")
+
+    def sample(self, n: int, split: str = "train", transformed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same ``n`` examples of ``split`` at every call, prepared without augmentation."""
+        images = self.data.train_images if split == "train" else self.data.test_images
+        labels = self.data.train_labels if split == "train" else self.data.test_labels
+        if self._sample_order is None:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, "sample"))
+            self._sample_order = torch.randperm(self.data.train_size, generator=generator).to(self.device)
+        index = (
+            self._sample_order[: min(n, images.shape[0])]
+            if split == "train"
+            else torch.arange(min(n, images.shape[0]), device=self.device)
+        )
+        extra = self._fixed(split, f"sample:{split}") if transformed else None
+        return self.data.prepare(images[index], None, extra), labels[index]
 
 
 @dataclass
@@ -423,7 +509,11 @@ class TrainingState:
         self.correct.zero_()
 
     def snapshot(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, records: list[EpochRecord]
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: dict[str, torch.Generator],
+        records: list[EpochRecord],
     ) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -436,7 +526,7 @@ class TrainingState:
             "losses": self.losses.cpu(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": capture_rng(generator),
+            "rng": capture_rng(generators),
             "records": [[r.epoch, r.step, r.metrics] for r in records],
         }
 
@@ -446,12 +536,12 @@ class TrainingState:
         saved: dict[str, Any],
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
+        generators: dict[str, torch.Generator],
         device: torch.device,
     ) -> TrainingState:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        restore_rng(saved["rng"], generator)
+        restore_rng(saved["rng"], generators)
         order = saved["order"]
         return cls(
             epoch=saved["epoch"],
@@ -511,12 +601,14 @@ def _check_finite(losses: torch.Tensor, step: int, check_every: int) -> None:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, data: DeviceData, split: str, batch_size: int) -> EvalResult:
+def _evaluate(
+    model: nn.Module, data: DeviceData, split: str, batch_size: int, extra: BatchFunction | None = None
+) -> EvalResult:
     model.eval()
     total_loss = torch.zeros((), device=data.mean.device)
     correct = torch.zeros((), device=data.mean.device, dtype=torch.long)
     count = 0
-    for images, labels in data.eval_batches(split, batch_size):
+    for images, labels in data.eval_batches(split, batch_size, extra):
         logits = model(images)
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()

@@ -110,6 +110,9 @@ class RunSpec(StrictModel):
     dataset: Component | None = Field(None, description="Dataset plugin, e.g. cifar10, mnist or synthetic.")
     normalizer: Component | None = Field(None, description="Normalizer plugin placed at the chosen sites.")
     placement: Component | None = Field(None, description="Placement plugin: which sites get the normalizer.")
+    input_transform: Component | None = Field(
+        None, description="Transform plugin applied to input batches, e.g. gaussian_noise."
+    )
     probe: Component | None = Field(
         None, description="Probe plugin: measure instead of train (activation statistics, loss landscape, ...)."
     )
@@ -160,6 +163,7 @@ COMPONENT_FIELDS: dict[str, str] = {
     "dataset": "dataset",
     "normalizer": "normalizer",
     "placement": "placement",
+    "input_transform": "transform",
     "probe": "probe",
 }
 """Study field → kind of plugin it names."""
