@@ -218,7 +218,8 @@ class EpochContext:
     train_accuracy: float
     """Share of training examples of the epoch classified correctly while training."""
     evaluate: Callable[..., EvalResult]
-    """``evaluate("test")`` or ``evaluate("train")``: one pass in eval mode, cached per epoch.
+    """``evaluate("test")``, ``evaluate("train")`` or ``evaluate("validation")`` (with the
+    study's ``validation_size``): one pass in eval mode over the split, cached per epoch.
     With an input transform, ``evaluate("test", transformed=False)`` evaluates clean inputs."""
     sample: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     """``sample(n, split="train", transformed=True)``: the same ``n`` examples at every epoch,

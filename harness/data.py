@@ -27,6 +27,39 @@ class DeviceData:
     test_labels: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    validation_images: torch.Tensor | None = None
+    validation_labels: torch.Tensor | None = None
+
+    def hold_out(self, size: int) -> DeviceData:
+        """A view with ``size`` training examples held out for validation.
+
+        The held-out examples are a fixed random subset (the same for every run seed and
+        configuration, so hyperparameters are tuned on one validation set)."""
+        if not 0 < size < self.train_size:
+            raise ValueError(f"validation_size must be between 1 and {self.train_size - 1}, got {size}")
+        order = torch.randperm(self.train_size, generator=torch.Generator().manual_seed(0)).to(self.mean.device)
+        keep, held = order[size:].sort().values, order[:size].sort().values
+        return DeviceData(
+            bundle=self.bundle,
+            train_images=self.train_images[keep],
+            train_labels=self.train_labels[keep],
+            test_images=self.test_images,
+            test_labels=self.test_labels,
+            mean=self.mean,
+            std=self.std,
+            validation_images=self.train_images[held],
+            validation_labels=self.train_labels[held],
+        )
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of ``train``, ``test`` or ``validation``."""
+        if name == "validation":
+            if self.validation_images is None or self.validation_labels is None:
+                raise ValueError("no validation split: set validation_size in the study")
+            return self.validation_images, self.validation_labels
+        if name not in ("train", "test"):
+            raise ValueError(f"unknown split {name!r}: train, test or validation")
+        return (self.train_images, self.train_labels) if name == "train" else (self.test_images, self.test_labels)
 
     @classmethod
     def from_bundle(cls, bundle: DataBundle, device: torch.device) -> DeviceData:
@@ -86,8 +119,7 @@ class DeviceData:
         self, split: str, batch_size: int, extra: BatchFunction | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole split in order, normalized, without augmentation (``extra`` still applies)."""
-        images = self.test_images if split == "test" else self.train_images
-        labels = self.test_labels if split == "test" else self.train_labels
+        images, labels = self.split(split)
         for start in range(0, images.shape[0], batch_size):
             yield self.prepare(images[start : start + batch_size], None, extra), labels[start : start + batch_size]
 
@@ -101,7 +133,12 @@ class DataCache:
         self.capacity = capacity
         self._cache: OrderedDict[tuple[str, str], DeviceData] = OrderedDict()
 
-    def get(self, dataset: Component, device: torch.device) -> DeviceData:
+    def get(self, dataset: Component, device: torch.device, validation_size: int | None = None) -> DeviceData:
+        """The dataset on ``device``, with ``validation_size`` training examples held out."""
+        data = self._get(dataset, device)
+        return data.hold_out(validation_size) if validation_size else data
+
+    def _get(self, dataset: Component, device: torch.device) -> DeviceData:
         key = (dataset.model_dump_json(), str(device))
         if key in self._cache:
             self._cache.move_to_end(key)

@@ -239,7 +239,7 @@ class Runner:
         def data() -> DeviceData:
             if spec.dataset is None:
                 raise ValueError(f"probe {name!r} needs a dataset, and the study names none")
-            return self.data.get(spec.dataset, self.device)
+            return self.data.get(spec.dataset, self.device, spec.validation_size)
 
         def build() -> nn.Module:
             if spec.model is None:
@@ -267,7 +267,7 @@ class Runner:
     ) -> None:
         spec = planned.spec
         seed_everything(spec.seed)
-        data = self.data.get(spec.dataset, self.device)
+        data = self.data.get(spec.dataset, self.device, spec.validation_size)
         model, info = self.build_model(spec, data.bundle.info)
         result.info.update(info)
         steps_per_epoch = data.train_size // spec.batch_size
@@ -355,8 +355,8 @@ class Runner:
             def evaluate(
                 split: str, transformed: bool = True, _cache: dict[tuple[str, bool], EvalResult] = evaluations
             ) -> EvalResult:
-                if split not in ("train", "test"):
-                    raise ValueError(f"evaluate() takes 'train' or 'test', not {split!r}")
+                if split not in ("train", "test", "validation"):
+                    raise ValueError(f"evaluate() takes 'train', 'test' or 'validation', not {split!r}")
                 key = (split, transformed and inputs.transform is not None)
                 if key not in _cache:
                     extra = inputs.eval_extra(split) if key[1] else None
@@ -445,7 +445,8 @@ class InputPipeline:
             return None
         transform = self.transform
         generator = torch.Generator(device=self.device).manual_seed(derived_seed(self.seed, purpose))
-        return lambda x: transform(x, generator, split)
+        seen_as = "train" if split == "train" else "test"  # validation inputs are treated like test inputs
+        return lambda x: transform(x, generator, seen_as)
 
     @property
     def train_extra(self) -> BatchFunction | None:
@@ -460,8 +461,7 @@ class InputPipeline:
 
     def sample(self, n: int, split: str = "train", transformed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The same ``n`` examples of ``split`` at every call, prepared without augmentation."""
-        images = self.data.train_images if split == "train" else self.data.test_images
-        labels = self.data.train_labels if split == "train" else self.data.test_labels
+        images, labels = self.data.split(split)
         if self._sample_order is None:
             generator = torch.Generator().manual_seed(derived_seed(self.seed, "sample"))
             self._sample_order = torch.randperm(self.data.train_size, generator=generator).to(self.device)

@@ -121,6 +121,12 @@ class RunSpec(StrictModel):
     epochs: int | None = Field(None, gt=0, description="Training length in epochs (or give steps).")
     steps: int | None = Field(None, gt=0, description="Training length in optimizer steps.")
     batch_size: int = Field(128, gt=0, description="Training mini-batch size.")
+    validation_size: int | None = Field(
+        None,
+        gt=0,
+        description="Hold out this many training examples (a fixed subset) for validation: "
+        "metrics can evaluate('validation'), and tuning picks on it, never on the test set.",
+    )
     eval_batch_size: int = Field(1000, gt=0, description="Mini-batch size of evaluation passes.")
     seed: int = Field(0, ge=0, description="Seeds model init, data order and augmentation.")
     metrics: list[Component] = Field(

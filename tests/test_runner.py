@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fault_plugins
 import pytest
+import torch
 from conftest import tiny_manifest
 
 from harness import hookimpl
@@ -147,3 +148,33 @@ def test_schedule_rejects_bad_milestones():
         ScheduleSpec(milestones=[32000])
     with pytest.raises(ValidationError, match="increasing"):
         ScheduleSpec(milestones=[0.75, 0.5])
+
+
+def test_validation_split_is_held_out_of_training_and_evaluated(write_manifest, registry):
+    text = tiny_manifest(placement='"none"').replace(
+        "batch_size = 32",
+        'batch_size = 32\nvalidation_size = 32\nmetrics = ["train_loss", "validation_accuracy", "test_accuracy"]',
+    )
+    manifest, runs = plan(write_manifest, registry, text)
+    result = run_one(manifest, runs[0])
+    assert result.status == "done", result.error
+    assert result.info["steps_per_epoch"] == 3  # 128 - 32 held out = 96 examples / 32
+    assert 0 <= result.epochs[-1].metrics["validation_accuracy"] <= 1
+    runner = Runner(registry, base_dir=manifest.base_dir, device="cpu")
+    data = runner.data.get(runs[0].spec.dataset, runner.device, 32)
+    full = runner.data.get(runs[0].spec.dataset, runner.device)
+    held = {tuple(x.flatten().tolist()) for x in data.validation_images}
+    assert len(held) == 32 and not held & {tuple(x.flatten().tolist()) for x in data.train_images}
+    assert data.train_size + 32 == full.train_size
+    assert torch.equal(
+        runner.data.get(runs[0].spec.dataset, runner.device, 32).validation_labels, data.validation_labels
+    )
+
+
+def test_validation_metric_without_a_validation_split_fails_clearly(write_manifest, registry):
+    text = tiny_manifest(placement='"none"').replace(
+        "batch_size = 32", 'batch_size = 32\nmetrics = ["validation_loss"]'
+    )
+    manifest, runs = plan(write_manifest, registry, text)
+    result = run_one(manifest, runs[0])
+    assert result.status == "failed" and "set validation_size in the study" in result.error

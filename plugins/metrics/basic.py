@@ -23,3 +23,13 @@ def test_loss(context: EpochContext, options: NoOptions) -> float:
 def test_accuracy(context: EpochContext, options: NoOptions) -> float:
     """Share of the test set classified correctly (eval mode)."""
     return context.evaluate("test").accuracy
+
+
+def validation_loss(context: EpochContext, options: NoOptions) -> float:
+    """Mean cross-entropy on the held-out validation split (needs the study's validation_size)."""
+    return context.evaluate("validation").loss
+
+
+def validation_accuracy(context: EpochContext, options: NoOptions) -> float:
+    """Share of the held-out validation split classified correctly (needs validation_size)."""
+    return context.evaluate("validation").accuracy
