@@ -31,11 +31,23 @@ from test_reliability import (
 from harness.manifest import load_manifest
 
 
+def _running(store: Path) -> bool:
+    if not store.is_file():
+        return False
+    try:
+        with sqlite3.connect(store, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-delay", type=float, default=8.0, help="kill within this many seconds of start")
+    parser.add_argument(
+        "--max-delay", type=float, default=2.0, help="kill within this many seconds of the first run starting"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,11 +67,14 @@ def main() -> int:
         store = folder / "results.sqlite"
         kills = midway = 0
         for trial in range(args.trials):
-            if trial % 4 == 0:  # start over now and then, so that kills land at every stage
+            if trial % 3 == 0:  # start over now and then, so that kills land at every stage
                 for leftover in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
                     leftover.unlink(missing_ok=True)
             process = bnbench_process(path, sleep=0.01)
-            time.sleep(rng.uniform(0.2, args.max_delay))
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline and not _running(store):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, args.max_delay))
             if process.poll() is None:
                 process.kill()
                 kills += 1

@@ -69,7 +69,15 @@ class NormSite(nn.Module):
         return not isinstance(self.norm, nn.Identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.full_precision and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):  # normalizers compute in fp32
+                return self.norm(x.float())
         return self.norm(x)
+
+    @property
+    def full_precision(self) -> bool:
+        """Whether mixed precision leaves this site in fp32 (any attached normalizer)."""
+        return self.is_normalized
 
     def extra_repr(self) -> str:
         tags = f", tags={sorted(self.tags)}" if self.tags else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,10 +36,11 @@ from harness.api import (
 from harness.checkpoint import Checkpoints, capture_rng, restore_rng
 from harness.data import BatchFunction, DataCache, DeviceData
 from harness.errors import BnbenchError
+from harness.execution import Execution
 from harness.manifest import PlannedRun
 from harness.progress import Progress
 from harness.registry import Registry
-from harness.spec import RunSpec
+from harness.spec import ExecutionSettings, RunSpec
 
 Status = Literal["done", "diverged", "failed"]
 FINISHED: tuple[str, ...] = ("done", "diverged")
@@ -160,6 +162,7 @@ class Runner:
         checkpoints: Checkpoints | None = None,
         checkpoint_every: int = 0,
         stop: threading.Event | None = None,
+        execution: ExecutionSettings | None = None,
     ) -> None:
         self.registry = registry
         self.checkpoints = checkpoints
@@ -167,6 +170,7 @@ class Runner:
         self.stop = stop
         """Set (by a signal handler) to checkpoint at the next step boundary and stop."""
         self.device = resolve_device(device)
+        self.execution = Execution.resolve(execution or ExecutionSettings(), self.device)
         self.data = DataCache(registry, base_dir)
         self.check_every = divergence_check_every or (1 if self.device.type == "cpu" else 25)
 
@@ -208,7 +212,12 @@ class Runner:
     # -- running -------------------------------------------------------------------------
     def run(self, planned: PlannedRun, progress: Progress | None = None) -> RunResult:
         """Train one run. Divergence and exceptions become results; Ctrl-C propagates."""
-        result = RunResult(planned.run_id, "done", started_at=time.time(), environment=environment(self.device))
+        result = RunResult(
+            planned.run_id,
+            "done",
+            started_at=time.time(),
+            environment={**environment(self.device), **self.execution.describe()},
+        )
         built: list[RunContext] = []
         try:
             with determinism(planned.spec.deterministic):
@@ -285,6 +294,9 @@ class Runner:
             weight_decay=spec.optimizer.weight_decay,
             nesterov=spec.optimizer.nesterov,
         )
+        execution = self.execution
+        train_model = execution.prepare_model(model)
+        scaler = execution.grad_scaler()
         generator = torch.Generator(device=self.device).manual_seed(spec.seed)
         inputs = InputPipeline.build(self.registry, spec, data, self.device)
         generators = {"data": generator, **inputs.generators()}
@@ -324,13 +336,19 @@ class Runner:
                 lr = base_lr * schedule.factor(step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logits = model(images)
-                if step == 0:
-                    _check_logits(logits, images.shape[0], data.bundle.num_classes, spec.model.name)
-                loss = F.cross_entropy(logits, labels)
+                with execution.autocast():
+                    logits = train_model(execution.prepare_inputs(images))
+                    if step == 0:
+                        _check_logits(logits, images.shape[0], data.bundle.num_classes, spec.model.name)
+                    loss = F.cross_entropy(logits.float(), labels)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 detached = loss.detach()
                 losses[step % check_every] = detached
                 state.loss_sum += detached
@@ -360,7 +378,7 @@ class Runner:
                 key = (split, transformed and inputs.transform is not None)
                 if key not in _cache:
                     extra = inputs.eval_extra(split) if key[1] else None
-                    _cache[key] = _evaluate(model, data, split, spec.eval_batch_size, extra)
+                    _cache[key] = _evaluate(train_model, data, split, spec.eval_batch_size, extra, execution)
                 return _cache[key]
 
             epoch_context = EpochContext(
@@ -602,14 +620,21 @@ def _check_finite(losses: torch.Tensor, step: int, check_every: int) -> None:
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, data: DeviceData, split: str, batch_size: int, extra: BatchFunction | None = None
+    model: nn.Module,
+    data: DeviceData,
+    split: str,
+    batch_size: int,
+    extra: BatchFunction | None = None,
+    execution: Execution | None = None,
 ) -> EvalResult:
     model.eval()
     total_loss = torch.zeros((), device=data.mean.device)
     correct = torch.zeros((), device=data.mean.device, dtype=torch.long)
     count = 0
+    autocast = execution.autocast if execution is not None else contextlib.nullcontext
     for images, labels in data.eval_batches(split, batch_size, extra):
-        logits = model(images)
+        with autocast():
+            logits = model(execution.prepare_inputs(images) if execution is not None else images).float()
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         count += labels.shape[0]

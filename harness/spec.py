@@ -175,8 +175,28 @@ COMPONENT_FIELDS: dict[str, str] = {
 """Study field → kind of plugin it names."""
 
 
+class ExecutionSettings(StrictModel):
+    """How runs execute: speed options that do not change what a run is (not part of run ids).
+
+    Each falls back on the CPU (or without support) with a one-line notice.
+    """
+
+    threads: int = Field(
+        0, ge=0, description="CPU threads per run (torch.set_num_threads); 0: all cores, or a worker's share."
+    )
+    workers: int = Field(1, ge=1, description="Runs in parallel (local process pool; one GPU each when several).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast dtype for forward passes; normalizer sites always compute in fp32."
+    )
+    channels_last: bool = Field(False, description="NHWC memory format for convolutional models and inputs.")
+    compile: bool = Field(False, description="torch.compile the model (CUDA only; skipped on CPU).")
+    cudnn_benchmark: bool = Field(True, description="Let cuDNN pick the fastest kernels (off in deterministic runs).")
+
+
 class HarnessSettings(StrictModel):
     """The ``[harness]`` table of a manifest."""
+
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     results: str | None = Field(
         None,

@@ -128,8 +128,11 @@ def run_manifest(
             checkpoints=checkpoints,
             checkpoint_every=manifest.settings.checkpoint_every,
             stop=stop,
+            execution=manifest.settings.execution,
         )
         progress = progress or Progress(len(pending))
+        for notice in runner.execution.notices:
+            progress.log(f"notice: {notice}")
         heartbeat = _Heartbeat(store)
         manifest.registry.manager.register(heartbeat)
         try:
