@@ -276,6 +276,19 @@ class RunRecord:
     """``(epoch, step, metrics)`` in order, for training runs."""
     measurements: dict[str, Any]
     """What the probe returned, for probe runs."""
+    duration_s: float | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    """Versions, host, device and execution options of the process that ran it."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts about the built run: parameters, normalized sites, steps per epoch, total steps."""
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Training images processed per second of the run's wall time."""
+        steps, batch = self.info.get("total_steps"), self.spec.get("batch_size")
+        if not steps or not batch or not self.duration_s:
+            return None
+        return steps * batch / self.duration_s
 
     def series(self, metric: str) -> list[float]:
         return [m[metric] for _, _, m in self.epochs if m.get(metric) is not None]

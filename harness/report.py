@@ -86,7 +86,38 @@ def group_rows(study: StudyRuns) -> list[Row]:
     return list(rows.values())
 
 
-COLUMNS = ("final test acc %", "best test acc %", "final train loss", "seeds", "diverged", "failed")
+COLUMNS = (
+    "final test acc %",
+    "best test acc %",
+    "final train loss",
+    "seeds",
+    "diverged",
+    "failed",
+    "time/run",
+    "img/s",
+    "device",
+)
+
+
+def _cost_cells(row: Row) -> list[str]:
+    """Mean wall time per finished run, training images per second, and the devices used."""
+    runs = row.done + row.diverged
+    durations = [r.duration_s for r in runs if r.duration_s]
+    speeds = [r.images_per_second for r in row.done if r.images_per_second]
+    devices = sorted({str(r.environment.get("gpu") or r.environment.get("device", "?")) for r in runs})
+    return [
+        _duration(statistics.fmean(durations)) if durations else "—",
+        f"{statistics.fmean(speeds):.0f}" if speeds else "—",
+        ", ".join(devices) or "—",
+    ]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def study_table(study: StudyRuns, fmt: str = "github") -> str:
@@ -107,6 +138,7 @@ def study_table(study: StudyRuns, fmt: str = "github") -> str:
                 f"{len(row.done) + len(row.diverged)}/{row.seeds}",
                 _diverged_cell(row),
                 str(row.failed) if row.failed else "",
+                *_cost_cells(row),
             ]
         )
     return tabulate(body, headers=[*axes, *COLUMNS], tablefmt={"latex": "latex_booktabs"}.get(fmt, fmt))
@@ -138,6 +170,8 @@ def _csv(study: StudyRuns, rows: list[Row]) -> str:
             "diverged",
             "failed",
             "pending",
+            "seconds_per_run",
+            "images_per_second",
         ]
     )
     for row in rows:
@@ -149,6 +183,9 @@ def _csv(study: StudyRuns, rows: list[Row]) -> str:
         ):
             cells += ["" if v is None else f"{v:.6g}" for v in stats]
         cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
+        durations = [r.duration_s for r in row.done + row.diverged if r.duration_s]
+        speeds = [r.images_per_second for r in row.done if r.images_per_second]
+        cells += [f"{statistics.fmean(d):.6g}" if d else "" for d in (durations, speeds)]
         writer.writerow(cells)
     return out.getvalue()
 
@@ -295,6 +332,9 @@ def _record(run: StoredRun, axes: dict[str, Any], seed: int) -> RunRecord:
         diverged_step=run.diverged_step,
         epochs=run.epochs,
         measurements=run.measurements,
+        duration_s=run.duration_s,
+        environment=run.environment,
+        info=run.info,
     )
 
 

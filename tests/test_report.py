@@ -36,7 +36,15 @@ def known_store(write_manifest, registry):
                     EpochRecord(i + 1, 4 * (i + 1), {"test_accuracy": acc, "train_loss": 1.0 - acc})
                     for i, acc in enumerate(outcome)
                 ]
-                result = RunResult(planned.run_id, "done", epochs=epochs, started_at=1.0, finished_at=3.0)
+                result = RunResult(
+                    planned.run_id,
+                    "done",
+                    epochs=epochs,
+                    started_at=1.0,
+                    finished_at=3.0,
+                    environment={"device": "cpu"},
+                    info={"total_steps": 8},
+                )
             store.record(planned, result)
     return manifest
 
@@ -51,6 +59,8 @@ def test_table_aggregates_seeds(known_store):
     # none: one diverged (step 7), the other 50%
     assert "50.00 ± 0.00" in lines["none"] and "1 (step 7)" in lines["none"]
     assert "## tiny" in text
+    # cost: 2 s per run; 8 steps x batch 32 / 2 s = 128 images/s; on the CPU
+    assert "| 2.0s " in lines["all"] and "| 128 " in lines["all"] and "| cpu " in lines["all"]
 
 
 def test_report_from_the_database_alone_matches(known_store):
