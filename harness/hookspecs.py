@@ -136,6 +136,15 @@ def bnbench_register_analyses(register: Register) -> None:
 
 
 @hookspec
+def bnbench_register_executors(register: Register) -> None:
+    """Register executors: where the runs of a sweep execute (``[harness] executor``).
+
+    ``factory(options) -> Executor`` (see ``harness.executors``): pulls runs one at a time,
+    yields an ``Outcome`` per run. Only the driver writes the results store.
+    """
+
+
+@hookspec
 def bnbench_run_start(run: RunContext) -> None:
     """Called once the model, normalizer, data and optimizer of a run are built."""
 

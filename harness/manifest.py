@@ -75,6 +75,7 @@ class Manifest:
     studies: list[Study]
     registry: Registry = field(repr=False)
     claims: list[ClaimSpec] = field(default_factory=list)
+    executor: Component = field(default_factory=lambda: Component(name="local"))
 
     @property
     def base_dir(self) -> Path:
@@ -496,6 +497,17 @@ def load_manifest(
                 field=f"claims[{index}].study",
             )
     claims = [c for c in parsed.claims if c.study in names]
+    resolver = _Expander(registry, file, "")
+    raw_executor = parsed.harness.executor
+    executor = resolver.resolve_component(
+        "executor", "harness.executor", resolver.component("harness.executor", raw_executor)
+    )
     return Manifest(
-        path=path, settings=parsed.harness, profile=profile, studies=expanded, registry=registry, claims=claims
+        path=path,
+        settings=parsed.harness,
+        profile=profile,
+        studies=expanded,
+        registry=registry,
+        claims=claims,
+        executor=Component.model_validate(executor),
     )

@@ -51,8 +51,9 @@ class Progress:
         else:
             self.log(f"  {self._label} epoch {epoch}/{epochs} {_fmt(metrics)}")
 
-    def end_run(self, status: str, summary: str) -> None:
+    def end_run(self, status: str, summary: str, label: str | None = None) -> None:
         self.done += 1
+        self._label = label or self._label
         if self._run is not None:
             self._run.close()
             self._run = None

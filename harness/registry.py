@@ -31,6 +31,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "metric": "bnbench_register_metrics",
     "probe": "bnbench_register_probes",
     "analysis": "bnbench_register_analyses",
+    "executor": "bnbench_register_executors",
 }
 """Kind of component → the hook through which plugins register it."""
 

@@ -260,7 +260,7 @@ class Runner:
         generator = torch.Generator(device=self.device).manual_seed(spec.seed)
         context = ProbeContext(spec=spec, device=self.device, generator=generator, build_model=build, data=data)
         if progress:
-            progress.start_run(_label(planned), 1)
+            progress.start_run(run_label(planned), 1)
         measurements = entry.factory(context, entry.options.model_validate(spec.probe.options))
         if not isinstance(measurements, Mapping):
             raise TypeError(f"probe {name!r} returned {type(measurements).__name__}; probes return a mapping")
@@ -319,7 +319,7 @@ class Runner:
         schedule, base_lr = spec.schedule, spec.optimizer.lr
         stop = self.stop
         if progress:
-            progress.start_run(_label(planned), total_steps)
+            progress.start_run(run_label(planned), total_steps)
             if state.step:
                 progress.advance(state.step, float("nan"))
 
@@ -587,7 +587,8 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def _label(planned: PlannedRun) -> str:
+def run_label(planned: PlannedRun) -> str:
+    """A short human label: study, axis values and seed."""
     axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in planned.axes.items())
     return f"{planned.study} {axes} seed={planned.spec.seed}".replace("  ", " ")
 

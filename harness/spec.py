@@ -184,7 +184,6 @@ class ExecutionSettings(StrictModel):
     threads: int = Field(
         0, ge=0, description="CPU threads per run (torch.set_num_threads); 0: all cores, or a worker's share."
     )
-    workers: int = Field(1, ge=1, description="Runs in parallel (local process pool; one GPU each when several).")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype for forward passes; normalizer sites always compute in fp32."
     )
@@ -197,6 +196,10 @@ class HarnessSettings(StrictModel):
     """The ``[harness]`` table of a manifest."""
 
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    executor: str | dict[str, Any] = Field(
+        "local",
+        description='Executor plugin: "local" (in-process, sequential) or e.g. { name = "pool", workers = 2 }.',
+    )
 
     results: str | None = Field(
         None,

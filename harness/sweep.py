@@ -12,10 +12,11 @@ from pathlib import Path
 
 from harness.api import RunContext
 from harness.checkpoint import Checkpoints
+from harness.executors import ExecutorContext, WorkerSpec
 from harness.hookspecs import hookimpl
 from harness.manifest import Manifest, PlannedRun
 from harness.progress import Progress
-from harness.runner import FINISHED, RunInterrupted, Runner, RunResult
+from harness.runner import FINISHED, RunResult, run_label
 from harness.store import Store
 
 
@@ -105,13 +106,14 @@ def run_manifest(
     device: str | None = None,
     progress: Progress | None = None,
 ) -> SweepSummary:
-    """Run every pending run of ``manifest``, recording each result as it finishes.
+    """Run every pending run of ``manifest`` on its executor, recording each result as it finishes.
 
-    A run is claimed in the store before it starts, so two sweeps over one store never run
-    the same run at once. SIGINT/SIGTERM checkpoint the run in progress and stop the sweep;
-    every finished result is kept and running the same command again resumes.
+    A run is claimed in the store just before the executor starts it, so two sweeps over
+    one store never run the same run at once. SIGINT/SIGTERM checkpoint the runs in progress
+    and stop the sweep; every finished result is kept and running the same command resumes.
     """
     runs = manifest.runs()
+    settings = manifest.settings
     with Store(manifest.results_path) as store:
         store.link(runs)
         pending = pending_runs(runs, store, rerun)
@@ -119,52 +121,58 @@ def run_manifest(
         if not pending:
             return summary
         checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
-        stop = threading.Event()
-        runner = Runner(
-            manifest.registry,
+        worker = WorkerSpec(
+            plugins=tuple(settings.plugins),
             base_dir=manifest.base_dir,
-            device=device or manifest.settings.device,
-            divergence_check_every=manifest.settings.divergence_check_every,
-            checkpoints=checkpoints,
-            checkpoint_every=manifest.settings.checkpoint_every,
-            stop=stop,
-            execution=manifest.settings.execution,
+            device=device or settings.device,
+            divergence_check_every=settings.divergence_check_every,
+            checkpoint_dir=checkpoints.directory,
+            checkpoint_every=settings.checkpoint_every,
+            execution=settings.execution,
         )
+        entry = manifest.registry.get("executor", manifest.executor.name)
+        executor = entry.factory(entry.options.model_validate(manifest.executor.options))
+        stop = threading.Event()
         progress = progress or Progress(len(pending))
-        for notice in runner.execution.notices:
-            progress.log(f"notice: {notice}")
+        claimed: dict[str, PlannedRun] = {}
+
+        def claim_as_needed() -> Iterator[PlannedRun]:
+            for planned in pending:
+                if stop.is_set():
+                    return
+                owner = store.claim(planned, stale_after=settings.claim_timeout_s)
+                if owner is not None:
+                    summary.busy += 1
+                    progress.log(f"{planned.run_id}: being run by {owner}; skipped")
+                    continue
+                if rerun:
+                    checkpoints.discard(planned.run_id)
+                claimed[planned.run_id] = planned
+                yield planned
+
         heartbeat = _Heartbeat(store)
         manifest.registry.manager.register(heartbeat)
+        context = ExecutorContext(worker, manifest.registry, stop, progress)
         try:
             with stop_on_signals(stop, progress.log):
-                for planned in pending:
-                    if stop.is_set():
+                for outcome in executor.execute(claim_as_needed(), context):
+                    planned = claimed.pop(outcome.planned.run_id, outcome.planned)
+                    if outcome.result is None:
+                        store.mark_interrupted(planned.run_id)
                         summary.interrupted = True
-                        break
-                    owner = store.claim(planned, stale_after=manifest.settings.claim_timeout_s)
-                    if owner is not None:
-                        summary.busy += 1
-                        progress.log(f"{planned.run_id}: being run by {owner}; skipped")
+                        progress.log(f"stopped: {outcome.interrupted}; run the same command again to resume")
                         continue
-                    if rerun:
-                        checkpoints.discard(planned.run_id)
-                    try:
-                        result = runner.run(planned, progress)
-                    except RunInterrupted as exc:
-                        store.mark_interrupted(planned.run_id)
-                        summary.interrupted = True
-                        progress.log(f"stopped: {exc}; run the same command again to resume")
-                        break
-                    except KeyboardInterrupt:
-                        store.mark_interrupted(planned.run_id)
-                        summary.interrupted = True
-                        progress.log(f"aborted: {planned.run_id} not recorded; finished runs are kept")
-                        break
-                    store.record(planned, result)
+                    store.record(planned, outcome.result)
                     checkpoints.discard(planned.run_id)
-                    summary.statuses[result.status] += 1
-                    progress.end_run(result.status, summarize(result))
+                    summary.statuses[outcome.result.status] += 1
+                    progress.end_run(outcome.result.status, summarize(outcome.result), label=run_label(planned))
+        except KeyboardInterrupt:
+            progress.log("aborted: the runs in progress are not recorded; finished runs are kept")
         finally:
+            for planned in claimed.values():  # claimed, never finished: not done, resumable
+                store.mark_interrupted(planned.run_id)
+                summary.interrupted = True
             manifest.registry.manager.unregister(heartbeat)
             progress.close()
+        summary.interrupted = summary.interrupted or stop.is_set()
     return summary

@@ -1,0 +1,91 @@
+"""Executors: the local process pool gives the same results as in-process runs; failures and stops."""
+
+from __future__ import annotations
+
+import fault_plugins
+import pytest
+from conftest import tiny_manifest
+
+from harness.errors import ManifestError
+from harness.manifest import load_manifest
+from harness.registry import load_registry
+from harness.store import Store
+from harness.sweep import run_manifest
+
+FAULTS = str(fault_plugins.__file__)
+
+
+def manifest_text(executor: str, results: str) -> str:
+    text = tiny_manifest(placement='["all", "none"]', seeds="[0, 1]", epochs=2)
+    text = text.replace(
+        'results = "results.sqlite"',
+        f'results = "{results}"\nexecutor = {executor}\nexecution = {{ threads = 1 }}\nplugins = ["{FAULTS}"]',
+    )
+    return text.replace("[studies.optimizer]", "deterministic = true\n[studies.optimizer]")
+
+
+def results(manifest) -> dict[str, tuple[str, list]]:
+    with Store(manifest.results_path) as store:
+        return {i: (r.status, r.epochs) for i, r in store.load(r.run_id for r in manifest.runs()).items()}
+
+
+def test_pool_results_equal_local_results(write_manifest):
+    local = load_manifest(write_manifest(manifest_text('"local"', "local.sqlite"), "local.toml"))
+    pool = load_manifest(write_manifest(manifest_text('{ name = "pool", workers = 2 }', "pool.sqlite"), "pool.toml"))
+    assert pool.executor.name == "pool" and pool.executor.options["workers"] == 2
+    assert run_manifest(local).statuses == {"done": 4}
+    summary = run_manifest(pool)
+    assert summary.statuses == {"done": 4}
+    assert results(pool) == results(local)
+    assert run_manifest(pool).skipped == 4
+
+
+def test_a_failing_run_in_a_worker_is_recorded_and_the_sweep_goes_on(write_manifest):
+    text = manifest_text('{ name = "pool", workers = 2 }', "pool.sqlite").replace(
+        'model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]'
+    )
+    manifest = load_manifest(write_manifest(text))
+    summary = run_manifest(manifest)
+    assert summary.statuses == {"failed": 4, "done": 4}
+    with Store(manifest.results_path) as store:
+        errors = [r.error for r in store.load(r.run_id for r in manifest.runs()).values() if r.status == "failed"]
+    assert all(e.startswith("RuntimeError: kaboom") for e in errors)
+
+
+def test_unknown_executor_and_bad_options_are_manifest_errors(write_manifest):
+    registry = load_registry()
+    with pytest.raises(ManifestError, match=r"unknown executor 'pol'.*Did you mean 'pool'"):
+        load_manifest(write_manifest(manifest_text('"pol"', "r.sqlite")), registry=registry)
+    with pytest.raises(ManifestError, match=r"harness\.executor\.workers"):
+        load_manifest(write_manifest(manifest_text('{ name = "pool", workers = 0 }', "r.sqlite")), registry=registry)
+
+
+def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_manifest, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_reliability import SLOW_PLUGIN
+
+    text = manifest_text('{ name = "pool", workers = 2 }', "pool.sqlite").replace(
+        "plugins = [", f'plugins = ["{SLOW_PLUGIN}", '
+    )
+    path = write_manifest(text)
+    env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.05"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    checkpoints = tmp_path / "pool.sqlite.checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(checkpoints.glob("*/step-*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    manifest = load_manifest(path)
+    assert "interrupted" in {status for status, _ in results(manifest).values()}
+    assert run_manifest(manifest).statuses["done"] >= 1
+    assert {status for status, _ in results(manifest).values()} == {"done"}
