@@ -6,6 +6,7 @@ plugins never reach into the runner or the store.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,23 +46,59 @@ class NormSite(nn.Module):
     A model puts one ``NormSite`` wherever a normalization layer could go and never knows
     which normalizer it gets: a placement plugin chooses which sites are used and the core
     attaches the configured normalizer to them. An unused site is the identity.
+
+    ``source`` (optional) is the layer whose output the site sees, e.g. the convolution just
+    before it: normalizers that act on weights (weight standardization) reach it through
+    ``bind_source``. The site holds it by weak reference, not as a submodule, so the layer's
+    parameters are not registered (nor saved in ``state_dict``) twice.
     """
 
-    def __init__(self, num_features: int, kind: SiteKind, role: SiteRole = "hidden", tags: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        kind: SiteKind,
+        role: SiteRole = "hidden",
+        tags: Iterable[str] = (),
+        source: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if kind not in ("conv", "fc"):
             raise ValueError(f"NormSite kind must be 'conv' or 'fc', got {kind!r}")
         if role not in ("hidden", "output"):
             raise ValueError(f"NormSite role must be 'hidden' or 'output', got {role!r}")
+        if source is not None and not isinstance(source, nn.Module):
+            raise TypeError(f"NormSite source must be a torch.nn.Module (the layer feeding the site), got {source!r}")
         self.num_features = num_features
         self.kind: SiteKind = kind
         self.role: SiteRole = role
         self.tags: frozenset[str] = frozenset(tags)
         """Free-form labels placements may select on, e.g. ``residual_branch_end``."""
+        self._source_ref = weakref.ref(source) if source is not None else None
         self.norm: nn.Module = nn.Identity()
 
+    @property
+    def source(self) -> nn.Module | None:
+        """The layer whose output this site sees, if the model named one."""
+        if self._source_ref is None:
+            return None
+        layer = self._source_ref()
+        if layer is None:
+            raise RuntimeError(
+                "the source layer of this NormSite no longer exists: a site holds it weakly, so the model "
+                "must keep it (as a submodule)"
+            )
+        return layer
+
     def attach(self, normalizer: nn.Module) -> None:
-        """Use ``normalizer`` at this site."""
+        """Use ``normalizer`` at this site.
+
+        If the normalizer defines ``bind_source(layer)`` and the site has a source, it is called
+        once with the source layer first.
+        """
+        bind = getattr(normalizer, "bind_source", None)
+        source = self.source
+        if callable(bind) and source is not None:
+            bind(source)
         self.norm = normalizer
 
     @property
@@ -81,7 +118,22 @@ class NormSite(nn.Module):
 
     def extra_repr(self) -> str:
         tags = f", tags={sorted(self.tags)}" if self.tags else ""
-        return f"{self.num_features}, kind={self.kind}, role={self.role}{tags}"
+        layer = self._source_ref() if self._source_ref is not None else None
+        source = f", source={type(layer).__name__}" if layer is not None else ""
+        return f"{self.num_features}, kind={self.kind}, role={self.role}{tags}{source}"
+
+    # A weak reference cannot be pickled or deep-copied to the copy's layer: hold the source
+    # strongly while copying, so the copy refers to its own copy of the layer.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_source_ref"] = self._source_ref() if self._source_ref is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        source = state.pop("_source_ref", None)
+        super().__setstate__(state)
+        self._source_ref = weakref.ref(source) if source is not None else None
 
 
 @dataclass(frozen=True)
@@ -94,6 +146,8 @@ class SiteInfo:
     role: SiteRole
     index: int
     tags: frozenset[str] = frozenset()
+    has_source: bool = False
+    """Whether the model named the layer feeding the site (``NormSite(..., source=layer)``)."""
 
 
 def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
@@ -101,9 +155,70 @@ def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
     found = []
     for name, module in model.named_modules():
         if isinstance(module, NormSite):
-            info = SiteInfo(name, module.num_features, module.kind, module.role, len(found), module.tags)
+            info = SiteInfo(
+                name, module.num_features, module.kind, module.role, len(found), module.tags, module.source is not None
+            )
             found.append((info, module))
     return found
+
+
+@dataclass(frozen=True)
+class NormalizerTraits:
+    """What a normalizer says about itself, given as ``register(..., traits=...)``.
+
+    The core relies on ``site_kinds`` and ``needs_source`` when it attaches the normalizer; the
+    contract kit (``harness.testing``) checks every claim. The defaults describe a per-example
+    normalizer without state (layer norm, group norm).
+    """
+
+    site_kinds: frozenset[SiteKind] = frozenset({"conv", "fc"})
+    """The site kinds it can normalize; the core refuses a placement that chooses another kind."""
+    train_batch_of_one: bool = True
+    """It works in training mode on a batch of one example (batch statistics need two)."""
+    batch_dependent: bool = False
+    """In training mode an example's output depends on the other examples of its batch."""
+    running_stats: bool = False
+    """It keeps running statistics, updated by training-mode forwards and used in eval mode.
+    When ``False``, eval mode gives the same output as training mode."""
+    mixed_precision: bool = True
+    """It works under ``torch.autocast`` (bf16 on the CPU, fp16 on CUDA)."""
+    needs_source: bool = False
+    """It acts on the layer feeding the site (``bind_source``): every site it goes to must have
+    a source, or the core refuses to build the run."""
+
+    def __post_init__(self) -> None:
+        kinds = frozenset(self.site_kinds)
+        if not kinds or not kinds <= {"conv", "fc"}:
+            raise ValueError(f"NormalizerTraits.site_kinds must be a non-empty subset of {{'conv', 'fc'}}, got {kinds}")
+        object.__setattr__(self, "site_kinds", kinds)
+
+    def refusal(self, site: SiteInfo) -> str | None:
+        """Why the normalizer cannot go at ``site``, or ``None`` if it can."""
+        if site.kind not in self.site_kinds:
+            kinds = " and ".join(sorted(self.site_kinds))
+            return f"it supports {kinds} sites only, and {site.name!r} is a {site.kind} site"
+        if self.needs_source and not site.has_source:
+            return (
+                f"it acts on the layer feeding the site, and the model names none for {site.name!r} "
+                "(NormSite(..., source=layer))"
+            )
+        return None
+
+
+TraitsSpec = NormalizerTraits | Callable[[Any], NormalizerTraits]
+"""A normalizer's ``traits``: fixed, or a function of its validated options."""
+
+
+def resolve_traits(traits: TraitsSpec | None, options: Any) -> NormalizerTraits:
+    """The traits of a normalizer with these options (the defaults when it registered none)."""
+    if traits is None:
+        return NormalizerTraits()
+    if isinstance(traits, NormalizerTraits):
+        return traits
+    resolved = traits(options)
+    if not isinstance(resolved, NormalizerTraits):
+        raise TypeError(f"a normalizer's traits function returned {resolved!r}, not a NormalizerTraits")
+    return resolved
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ def bnbench_register_models(register: Register) -> None:
     shape ``(N, data.num_classes)`` for inputs of shape ``(N, *data.input_shape)`` and puts a
     ``harness.NormSite`` wherever a normalizer may go (role ``"output"`` for one on the
     logits). It never builds a normalizer itself.
+
+    Optionally, a site carries ``tags`` placements can select on (the built-in ResNet tags
+    ``stem``, ``residual_branch`` and ``residual_branch_end``) and a ``source``: the layer whose
+    output it sees (``NormSite(c, "conv", source=self.conv1)``). Normalizers that act on that
+    layer's weights (weight standardization) need it; a model that names no sources still
+    works with every other normalizer.
     """
 
 
@@ -69,7 +75,20 @@ def bnbench_register_normalizers(register: Register) -> None:
 
     ``factory(num_features: int, kind: "conv" | "fc", options) -> torch.nn.Module``. The
     module maps a tensor of the site's shape (``(N, C, H, W)`` for ``conv``, ``(N, C)`` for
-    ``fc``) to a tensor of the same shape.
+    ``fc``) to a tensor of the same shape and dtype, in training and eval mode.
+
+    Extra keyword ``traits``: a ``harness.NormalizerTraits``, or a function of the validated
+    options returning one (default: ``NormalizerTraits()``), saying which site kinds it
+    supports, whether it works on a batch of one example in training mode, whether an
+    example's output depends on its batch-mates, whether it keeps running statistics (eval
+    mode differs from training mode), whether it works under ``torch.autocast``, and whether
+    it needs the site's source layer. The core refuses to attach it at a site of another kind
+    or, if it needs a source, at a site without one; ``harness.testing`` checks the rest.
+
+    If the module defines ``bind_source(layer: torch.nn.Module) -> None``, the core calls it
+    once, before the model moves to its device, with the layer feeding the site when the model
+    names one (weight standardization reparametrizes that layer's weight with
+    ``torch.nn.utils.parametrize``). Without a source it is not called.
     """
 
 

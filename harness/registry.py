@@ -17,7 +17,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from harness import hookspecs
-from harness.api import NoOptions, Options
+from harness.api import NoOptions, NormalizerTraits, Options
 from harness.errors import PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "bnbench"
@@ -42,6 +42,16 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "probe": ("analyses",),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
+
+
+def _check_traits(value: Any) -> str | None:
+    if isinstance(value, NormalizerTraits) or callable(value):
+        return None
+    return f"{value!r} is neither a harness.NormalizerTraits nor a function of the options returning one"
+
+
+EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {("normalizer", "traits"): _check_traits}
+"""(kind, keyword) → a check of the value a plugin gives: what is wrong with it, or ``None``."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,11 @@ class Registry:
                 )
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin} registered a {kind} with an invalid name {name!r}")
+            for keyword, value in extras.items():
+                check = EXTRA_CHECKS.get((kind, keyword))
+                problem = check(value) if check is not None else None
+                if problem:
+                    raise PluginError(f"plugin {plugin} registered {kind} {name!r} with invalid {keyword}: {problem}")
             if not callable(factory):
                 raise PluginError(f"plugin {plugin} registered {kind} {name!r} with a non-callable factory")
             options = NoOptions if options is None else options

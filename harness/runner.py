@@ -32,6 +32,7 @@ from harness.api import (
     ProbeContext,
     RunContext,
     find_sites,
+    resolve_traits,
 )
 from harness.checkpoint import Checkpoints, capture_rng, restore_rng
 from harness.data import BatchFunction, DataCache, DeviceData
@@ -193,8 +194,15 @@ class Runner:
             raise ValueError(f"placement {spec.placement.name!r} chose sites the model lacks: {sorted(unknown)}")
         normalizer = self.registry.get("normalizer", spec.normalizer.name)
         norm_options = normalizer.options.model_validate(spec.normalizer.options)
+        traits = resolve_traits(normalizer.extras.get("traits"), norm_options)
         for info, site in sites:
             if info.name in chosen:
+                refusal = traits.refusal(info)
+                if refusal:
+                    raise ValueError(
+                        f"normalizer {spec.normalizer.name!r} cannot go at site {info.name!r} of model "
+                        f"{spec.model.name!r} (placement {spec.placement.name!r}): {refusal}"
+                    )
                 module = normalizer.factory(info.num_features, info.kind, norm_options)
                 if not isinstance(module, nn.Module):
                     raise TypeError(

@@ -2,7 +2,7 @@
 
 Inputs are flattened; each hidden layer is ``Linear → site → activation``; the output layer
 is ``Linear → site`` (role ``output``). Normalization sites: one ``fc`` site per hidden
-layer and one on the logits.
+layer and one on the logits, each with its ``Linear`` as ``source``.
 """
 
 from __future__ import annotations
@@ -41,16 +41,11 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = math.prod(data.input_shape)
         for width in options.widths:
-            layers += [
-                nn.Linear(fan_in, width, bias=options.bias),
-                NormSite(width, "fc"),
-                ACTIVATIONS[options.activation](),
-            ]
+            linear = nn.Linear(fan_in, width, bias=options.bias)
+            layers += [linear, NormSite(width, "fc", source=linear), ACTIVATIONS[options.activation]()]
             fan_in = width
-        layers += [
-            nn.Linear(fan_in, data.num_classes, bias=options.bias),
-            NormSite(data.num_classes, "fc", role="output"),
-        ]
+        logits = nn.Linear(fan_in, data.num_classes, bias=options.bias)
+        layers += [logits, NormSite(data.num_classes, "fc", role="output", source=logits)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ n = 18 (1.7M parameters).
 Normalization sites: one ``conv`` site after every convolution, before its ReLU or the
 residual addition (6n+1 sites: the stem, tagged ``stem``, and two per block, tagged
 ``residual_branch``; the second also ``residual_branch_end``), and one ``fc`` site with
-role ``output`` on the logits.
+role ``output`` on the logits. Each site names the layer feeding it as its ``source``.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str, bias: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
-        self.site1 = NormSite(cout, "conv", tags=("residual_branch",))
+        self.site1 = NormSite(cout, "conv", tags=("residual_branch",), source=self.conv1)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=bias)
-        self.site2 = NormSite(cout, "conv", tags=("residual_branch", "residual_branch_end"))
+        self.site2 = NormSite(cout, "conv", tags=("residual_branch", "residual_branch_end"), source=self.conv2)
         self.project: nn.Module | None = None
         self.pad = 0
         self.stride = stride
@@ -87,7 +87,7 @@ class ResNetCifar(nn.Module):
         w1, w2, w3 = options.widths
         channels = data.input_shape[0]
         self.stem = nn.Conv2d(channels, w1, 3, padding=1, bias=options.conv_bias)
-        self.stem_site = NormSite(w1, "conv", tags=("stem",))
+        self.stem_site = NormSite(w1, "conv", tags=("stem",), source=self.stem)
         stages = []
         cin = w1
         for width, stride in ((w1, 1), (w2, 2), (w3, 2)):
@@ -98,7 +98,7 @@ class ResNetCifar(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(w3, data.num_classes)
-        self.output_site = NormSite(data.num_classes, "fc", role="output")
+        self.output_site = NormSite(data.num_classes, "fc", role="output", source=self.fc)
         if options.init == "kaiming_normal":
             for module in self.modules():
                 if isinstance(module, nn.Conv2d):
