@@ -11,14 +11,20 @@ placement                 CIFAR ResNet-(6n+2)               MLP with k hidden la
 ``final``                 the logits site only               the logits site only
 ``all_and_final``         6n+1 conv sites + logits site      k hidden sites + logits site
 ``none``                  nothing                            nothing
+``tagged``                the sites carrying the ``tags``    the sites carrying the ``tags``
+                          (``residual_branch_end``: the      (none: the MLP's sites have no
+                          3n last convs of the blocks)       tags)
 ========================  ================================  ===============================
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
-from harness import NoOptions, SiteInfo, hookimpl
+from pydantic import Field, field_validator
+
+from harness import NoOptions, Options, SiteInfo, hookimpl
 from harness.hookspecs import Register
 
 
@@ -42,9 +48,35 @@ def nowhere(sites: Sequence[SiteInfo], options: NoOptions) -> list[str]:
     return []
 
 
+class TaggedOptions(Options):
+    tags: list[str] = Field(
+        min_length=1,
+        examples=[["residual_branch_end"]],
+        description="Site tags to select, e.g. residual_branch_end (ResNet: stem, residual_branch, "
+        "residual_branch_end).",
+    )
+    match: Literal["any", "all"] = Field("any", description="any: a site carrying one of the tags; all: all of them.")
+
+    @field_validator("tags")
+    @classmethod
+    def _non_empty(cls, tags: list[str]) -> list[str]:
+        if any(not tag for tag in tags):
+            raise ValueError("tags must be non-empty strings")
+        return tags
+
+
+def tagged(sites: Sequence[SiteInfo], options: TaggedOptions) -> list[str]:
+    """The sites carrying the given tags (e.g. residual_branch_end, for SkipInit)."""
+    wanted = set(options.tags)
+    if options.match == "all":
+        return [s.name for s in sites if wanted <= s.tags]
+    return [s.name for s in sites if wanted & s.tags]
+
+
 @hookimpl
 def bnbench_register_placements(register: Register) -> None:
     register("all", all_hidden)
     register("final", final_only)
     register("all_and_final", all_and_final)
     register("none", nowhere)
+    register("tagged", tagged, options=TaggedOptions)

@@ -1,14 +1,33 @@
-"""Built-in normalizers: ``batchnorm`` and ``none``."""
+"""Built-in normalizers: batch norm and its alternatives, each registered with its traits.
+
+``batchnorm``, ``none``, ``groupnorm``, ``layernorm``, ``instancenorm`` (conv sites only),
+``rmsnorm``, ``batchrenorm``, ``ws_groupnorm`` (weight standardization + group norm; needs the
+site's source layer) and ``skipinit`` (normalizer-free residual networks, placed at
+``residual_branch_end`` sites).
+"""
 
 from __future__ import annotations
 
-from harness import hookimpl
+from harness import NormalizerTraits, hookimpl
 from harness.hookspecs import Register
-from plugins.normalizers.batchnorm import BatchNormOptions, batchnorm
+from plugins.normalizers.batchnorm import BatchNormOptions, batchnorm, batchnorm_traits
+from plugins.normalizers.batchrenorm import BATCHRENORM_TRAITS, BatchRenormOptions, batchrenorm
+from plugins.normalizers.groupnorm import GroupNormOptions, LayerNormOptions, groupnorm, layernorm
 from plugins.normalizers.identity import identity
+from plugins.normalizers.instancenorm import InstanceNormOptions, instancenorm, instancenorm_traits
+from plugins.normalizers.rmsnorm import RMSNormOptions, rmsnorm
+from plugins.normalizers.skipinit import SkipInitOptions, skipinit
+from plugins.normalizers.weight_standardization import WS_GROUPNORM_TRAITS, WSGroupNormOptions, ws_groupnorm
 
 
 @hookimpl
 def bnbench_register_normalizers(register: Register) -> None:
-    register("batchnorm", batchnorm, options=BatchNormOptions)
-    register("none", identity)
+    register("batchnorm", batchnorm, options=BatchNormOptions, traits=batchnorm_traits)
+    register("none", identity, traits=NormalizerTraits())
+    register("groupnorm", groupnorm, options=GroupNormOptions, traits=NormalizerTraits())
+    register("layernorm", layernorm, options=LayerNormOptions, traits=NormalizerTraits())
+    register("instancenorm", instancenorm, options=InstanceNormOptions, traits=instancenorm_traits)
+    register("rmsnorm", rmsnorm, options=RMSNormOptions, traits=NormalizerTraits())
+    register("batchrenorm", batchrenorm, options=BatchRenormOptions, traits=BATCHRENORM_TRAITS)
+    register("ws_groupnorm", ws_groupnorm, options=WSGroupNormOptions, traits=WS_GROUPNORM_TRAITS)
+    register("skipinit", skipinit, options=SkipInitOptions, traits=NormalizerTraits())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from harness import Options, SiteKind
+from harness import NormalizerTraits, Options, SiteKind
 
 
 class BatchNormOptions(Options):
@@ -20,7 +20,11 @@ class BatchNormOptions(Options):
 
 
 def batchnorm(num_features: int, kind: SiteKind, options: BatchNormOptions) -> nn.Module:
-    """Batch normalization over the batch (and spatial) dimensions, per channel."""
+    """Batch normalization over the batch (and spatial) dimensions, per channel.
+
+    Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
+    Internal Covariate Shift", ICML 2015.
+    """
     cls = nn.BatchNorm2d if kind == "conv" else nn.BatchNorm1d
     return cls(
         num_features,
@@ -31,4 +35,9 @@ def batchnorm(num_features: int, kind: SiteKind, options: BatchNormOptions) -> n
     )
 
 
-__all__ = ["BatchNormOptions", "batchnorm"]
+def batchnorm_traits(options: BatchNormOptions) -> NormalizerTraits:
+    """Batch statistics in training; running statistics in eval unless they are not tracked."""
+    return NormalizerTraits(train_batch_of_one=False, batch_dependent=True, running_stats=options.track_running_stats)
+
+
+__all__ = ["BatchNormOptions", "batchnorm", "batchnorm_traits"]
