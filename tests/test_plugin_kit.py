@@ -1,0 +1,201 @@
+"""The contract kit (harness.testing): it catches broken normalizers and says where and why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import Field
+from torch import nn
+
+from harness import NormalizerTraits, Options, hookimpl
+from harness.registry import load_registry
+from harness.testing import (
+    CHECKS,
+    ContractViolation,
+    NormalizerContractError,
+    check_normalizer,
+    example_options,
+    normalizer_checks,
+)
+
+SMALL_MODELS = {"resnet_cifar": {"depth": 8}, "mlp": {"widths": [16, 8]}}
+
+
+def _channels(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return values.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class Float32Only(nn.Module):
+    """Casts to float32 whatever it receives."""
+
+    def forward(self, x):
+        return (x * 2).float()
+
+
+class LeakyStatistics(nn.Module):
+    """Keeps a running mean as a plain attribute: not a buffer, so not in its state_dict."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(num_features))
+        self.mean = torch.zeros(num_features)
+
+    def forward(self, x):
+        if self.training:
+            dims = [0, *range(2, x.dim())]
+            self.mean = 0.5 * self.mean + 0.5 * x.detach().mean(dims)
+        return (x - _channels(x, self.mean)) * _channels(x, self.scale)
+
+
+class HostTensor(nn.Module):
+    """Builds a tensor on the CPU in forward: breaks on any other device."""
+
+    def forward(self, x):
+        return x - _channels(x, torch.ones(x.shape[1]))
+
+
+class NoLowPrecision(nn.Module):
+    """Mixes its float32 buffer with the input in an op autocast does not cast."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.register_buffer("target", torch.zeros(num_features))
+
+    def forward(self, x):
+        return torch.lerp(x, _channels(x, self.target).expand_as(x), 0.5)
+
+
+class OwnsItsSource(nn.Module):
+    """Registers the source layer as its own submodule: its parameters are saved twice."""
+
+    def bind_source(self, layer):
+        self.layer = layer
+
+    def forward(self, x):
+        return x
+
+
+class SingleExampleNaN(nn.Module):
+    """Standardizes over the batch with the unbiased variance: 0/0 for one example."""
+
+    def forward(self, x):
+        centred = x - x.mean(0, keepdim=True)
+        return centred / (centred.pow(2).sum(0, keepdim=True) / (x.shape[0] - 1)).sqrt()
+
+
+class ScaleOptions(Options):
+    factor: float = Field(2.0, gt=0)
+
+
+class Broken:
+    @hookimpl
+    def bnbench_register_normalizers(self, register):
+        register("float32_only", lambda n, k, o: Float32Only())
+        register("leaky_statistics", lambda n, k, o: LeakyStatistics(n))
+        register("host_tensor", lambda n, k, o: HostTensor())
+        register("no_low_precision", lambda n, k, o: NoLowPrecision(n))
+        register("owns_its_source", lambda n, k, o: OwnsItsSource())
+        register(
+            "single_example_nan", lambda n, k, o: SingleExampleNaN(), traits=NormalizerTraits(batch_dependent=True)
+        )
+        register("undeclared_bn", lambda n, k, o: nn.BatchNorm2d(n) if k == "conv" else nn.BatchNorm1d(n))
+        register(
+            "no_low_precision_declared",
+            lambda n, k, o: NoLowPrecision(n),
+            traits=NormalizerTraits(mixed_precision=False),
+        )
+        register("returns_a_function", lambda n, k, o: torch.relu)
+        register("scaled", lambda n, k, o: nn.Identity(), options=ScaleOptions)
+
+
+@pytest.fixture(scope="module")
+def broken():
+    return load_registry(objects=[("broken", Broken())])
+
+
+def failures(registry, name: str, device: str = "cpu", checks=CHECKS) -> list[ContractViolation]:
+    with pytest.raises(NormalizerContractError) as info:
+        check_normalizer(name, registry=registry, device=device, checks=checks, model_options=SMALL_MODELS)
+    return info.value.violations
+
+
+@pytest.mark.parametrize(
+    ("name", "check", "got"),
+    [
+        ("float32_only", "shape_and_dtype", "torch.float32 in train mode for torch.float64 input"),
+        ("leaky_statistics", "state_dict", "outputs after loading differ"),
+        ("no_low_precision", "mixed_precision", "BFloat16"),
+        ("owns_its_source", "state_dict", "sharing storage"),
+        ("single_example_nan", "batch_of_one", "non-finite outputs for one example in training mode"),
+        ("undeclared_bn", "batch_dependence", "depends on its batch-mates, but traits.batch_dependent is False"),
+        ("undeclared_bn", "running_stats", "updated 1.norm.running_mean"),
+        ("returns_a_function", "builds", "not a torch.nn.Module"),
+    ],
+)
+def test_a_broken_normalizer_fails_the_named_check_at_each_site(broken, name, check, got):
+    violations = [v for v in failures(broken, name) if v.check == check]
+    assert {v.site for v in violations} >= {"conv site (C=6, 5×5, source Conv2d)", "fc site (C=10, source Linear)"}
+    for violation in violations:
+        assert got in violation.got
+        message = str(violation)
+        assert message.startswith(f"normalizer {name!r} failed check {check!r} at {violation.site}: expected ")
+        assert violation.expected in message and got in message
+
+
+def test_the_device_check_catches_tensors_made_on_the_host(broken):
+    # "meta" stands in for an accelerator: a module on it cannot touch a CPU tensor
+    violations = failures(broken, "host_tensor", device="meta", checks=["device"])
+    assert len(violations) == 2 and "not on the expected device meta" in violations[0].got
+    assert check_normalizer("batchnorm", device="meta", checks=["device"])
+
+
+def test_a_declared_limitation_is_skipped_with_its_reason(broken):
+    results = check_normalizer("no_low_precision_declared", registry=broken, device="cpu", checks=["mixed_precision"])
+    assert {r.status for r in results} == {"skipped"}
+    assert "traits.mixed_precision is False" in results[0].detail
+
+
+def test_the_error_lists_every_violation(broken):
+    with pytest.raises(NormalizerContractError) as info:
+        check_normalizer("undeclared_bn", registry=broken, device="cpu", checks=["batch_dependence", "running_stats"])
+    text = str(info.value)
+    assert text.startswith("normalizer 'undeclared_bn' broke its contract in 4 check(s):")
+    assert text.count("\n  - normalizer 'undeclared_bn' failed check") == 4
+
+
+def test_checks_enumerate_sites_models_and_placements(registry):
+    checks = normalizer_checks("instancenorm", registry=registry, device="cpu", models=["mlp"], placements=["all"])
+    ids = [str(c) for c in checks]
+    assert "builds[conv site (C=6, 5×5, no source)]" in ids
+    assert "models_and_placements[model 'mlp' with placement 'all']" in ids
+    assert {c.name for c in checks} == set(CHECKS)
+    results = {str(c): c.run() for c in checks}
+    assert results["state_dict[fc site (C=10, source Linear)]"].status == "skipped"  # conv sites only
+    refused = results["models_and_placements[model 'mlp' with placement 'all']"]
+    assert refused.status == "skipped" and "the core refuses this pairing" in refused.detail
+
+
+def test_a_check_run_under_pytest_fails_or_skips(broken):
+    (check,) = normalizer_checks("float32_only", registry=broken, checks=["shape_and_dtype"], device="cpu")[:1]
+    with pytest.raises(ContractViolation, match="failed check 'shape_and_dtype' at conv site"):
+        check()
+    skipped = normalizer_checks("no_low_precision_declared", registry=broken, checks=["mixed_precision"])[0]
+    with pytest.raises(pytest.skip.Exception, match=r"traits\.mixed_precision is False"):
+        skipped()
+
+
+def test_kit_arguments_are_checked(broken):
+    with pytest.raises(ValueError, match="unknown check"):
+        normalizer_checks("batchnorm", checks=["builds", "speed"])
+    with pytest.raises(ValueError, match="factor"):
+        normalizer_checks("scaled", {"factor": -1}, registry=broken)
+
+
+def test_example_options_fill_required_fields_from_field_examples(registry):
+    assert example_options(registry.get("placement", "tagged").options) == {"tags": ["residual_branch_end"]}
+    assert example_options(registry.get("model", "mlp").options) == {}
+
+    class Required(Options):
+        width: int
+
+    assert example_options(Required) is None
