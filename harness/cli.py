@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from pydantic_core import to_jsonable_python
 from tabulate import tabulate
 
 import harness
 from harness import report as reporting
+from harness.api import resolve_traits
 from harness.errors import BnbenchError, ManifestError
 from harness.manifest import Manifest, load_manifest
-from harness.registry import KINDS, load_registry
+from harness.registry import KINDS, Entry, load_registry
 from harness.runner import FINISHED
 from harness.store import Store
 from harness.sweep import run_manifest, unique_runs
@@ -53,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list registered plugins by kind")
     plugins.add_argument("--kind", choices=KINDS, action="append", help="only this kind (repeatable)")
     plugins.add_argument("--manifest", type=Path, help="also load the plugins this manifest names")
+    plugins.add_argument("--json", action="store_true", help="print JSON (for tools) instead of tables")
+
+    scaffold = commands.add_parser("new-plugin", help="write the skeleton of a normalizer plugin package")
+    scaffold.add_argument("name", help="package name, e.g. my-norm (module and normalizer: my_norm)")
+    scaffold.add_argument("--directory", type=Path, default=Path(), help="where to create it (default: here)")
     return parser
 
 
@@ -159,23 +169,117 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def describe_entry(entry: Entry) -> dict[str, Any]:
+    """A registered component as plain data: provider, description, options with defaults, traits."""
+    options = []
+    for name, field in entry.options.model_fields.items():
+        required = field.is_required()
+        default = None if required else field.get_default(call_default_factory=True)
+        options.append(
+            {
+                "name": name,
+                "type": _type_name(field.annotation),
+                "required": required,
+                "default": to_jsonable_python(default),
+                "description": field.description or "",
+            }
+        )
+    described: dict[str, Any] = {
+        "kind": entry.kind,
+        "name": entry.name,
+        "plugin": entry.plugin.name,
+        "package": entry.plugin.package,
+        "version": entry.plugin.version,
+        "description": entry.description,
+        "options": options,
+    }
+    if entry.kind == "normalizer":
+        try:  # traits may depend on the options: describe them at the defaults
+            traits = resolve_traits(entry.extras.get("traits"), entry.options.model_validate({}))
+            described["traits"] = {k: sorted(v) if isinstance(v, frozenset) else v for k, v in asdict(traits).items()}
+        except (TypeError, ValueError):  # required options (no defaults), or a broken traits function
+            described["traits"] = None
+    return described
+
+
+def _options_cell(options: list[dict[str, Any]]) -> str:
+    lines = [f"{o['name']} (required)" if o["required"] else f"{o['name']} = {o['default']!r}" for o in options]
+    return "\n".join(lines) or "—"
+
+
+def _traits_cell(traits: dict[str, Any] | None) -> str:
+    if traits is None:
+        return "?"
+    words = []
+    if traits["site_kinds"] != ["conv", "fc"]:
+        words.append(f"{'/'.join(traits['site_kinds'])} sites only")
+    flags = {
+        "batch_dependent": "batch-dependent",
+        "running_stats": "running stats",
+        "needs_source": "needs source layer",
+    }
+    words += [text for key, text in flags.items() if traits[key]]
+    if not traits["train_batch_of_one"]:
+        words.append("batch ≥ 2 in training")
+    if not traits["mixed_precision"]:
+        words.append("no autocast")
+    return "\n".join(words) or "per example"
+
+
+PLURALS = {"analysis": "analyses"}
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     if args.manifest:
         manifest = load_manifest(args.manifest)
         registry = manifest.registry
     else:
         registry = load_registry()
-    for kind in args.kind or KINDS:
-        rows = [[e.name, str(e.plugin), e.description] for e in registry.entries(kind)]
-        print(f"{kind}s:")
-        print(tabulate(rows, headers=["name", "plugin", "description"], tablefmt="simple"))
+    kinds = args.kind or KINDS
+    if args.json:
+        components = [describe_entry(e) for kind in kinds for e in registry.entries(kind)]
+        listing = {"bnbench": harness.__version__, "components": components, "broken": registry.broken}
+        print(json.dumps(listing, indent=2))
+        return 0
+    for kind in kinds:
+        rows = []
+        for entry in registry.entries(kind):
+            described = describe_entry(entry)
+            package = f"{entry.plugin.package} {entry.plugin.version}" if entry.plugin.package else entry.plugin.name
+            row = [entry.name, package, entry.description, _options_cell(described["options"])]
+            rows.append([*row, _traits_cell(described["traits"])] if kind == "normalizer" else row)
+        headers = ["name", "package", "description", "options"]
+        if kind == "normalizer":
+            headers.append("traits")
+        print(f"{PLURALS.get(kind, kind + 's')}:")
+        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 30, 50, 44, 24][: len(headers)]))
         print()
     for plugin, why in registry.broken.items():
         print(f"warning: plugin {plugin} failed to register: {why}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "plugins": cmd_plugins}
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from harness.scaffold import new_plugin
+
+    written = new_plugin(args.name, args.directory)
+    root = written[0].parent
+    print("\n".join(str(path) for path in written))
+    print(f"\nNext: pip install -e {root} && bnbench plugins --kind normalizer && python -m pytest {root / 'tests'}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "plan": cmd_plan,
+    "report": cmd_report,
+    "plugins": cmd_plugins,
+    "new-plugin": cmd_new_plugin,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
