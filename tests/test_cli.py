@@ -32,20 +32,27 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     for placement in ("all", "final", "none"):
         rows = [line for line in out.splitlines() if line.startswith(f"| {placement} ")]
         assert len(rows) == 6  # three learning rates in each of two studies
-    assert "36 runs planned, 0 already had results; 36 done" in run.stderr
+    for study in ("normalizers_resnet110_cifar10", "skipinit_resnet110_cifar10", "normalizers_mlp_mnist"):
+        assert f"## {study}" in out
+    for normalizer, studies in [("batchnorm", 2), ("groupnorm", 2), ("instancenorm", 1), ("ws_groupnorm", 2)]:
+        assert len([line for line in out.splitlines() if line.startswith(f"| {normalizer} ")]) == studies
+    # 36 runs of the two placement studies; 7 + 1 + 6 of the normalizer comparison, whose MLP
+    # batchnorm run is the same run as mlp_mnist's lr 0.1 seed 0 (same spec, same id)
+    assert "49 runs planned, 0 already had results; 49 done" in run.stderr
     assert (tmp_path / "results" / "benchmarks.sqlite").is_file()
 
     again = bnbench("run", str(manifest), "--profile", "smoke", "--no-report")
-    assert again.returncode == 0 and "36 already had results; nothing run" in again.stderr
+    assert again.returncode == 0 and "49 already had results; nothing run" in again.stderr
 
     plan = bnbench("plan", str(manifest), "--profile", "smoke")
-    assert plan.returncode == 0 and plan.stdout.count("| done") == 36 and "0 to run" in plan.stdout
+    assert plan.returncode == 0 and "49 runs, 0 to run" in plan.stdout
+    assert plan.stdout.count("| done") == 50  # the shared MLP batchnorm run is listed under both studies
     full_plan = bnbench("plan", str(manifest))
-    assert "117 runs, 117 to run" in full_plan.stdout
+    assert "167 runs, 167 to run" in full_plan.stdout  # 117 + 35 + 5 + 18, less 5 + 3 shared with lr 0.1
 
     report = bnbench("report", str(manifest), "--profile", "smoke", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(report.stdout)))
-    assert len(rows) == 18
+    assert len(rows) == 18 + 7 + 1 + 6
     assert all(0 <= float(r["final_test_acc_mean"]) <= 1 for r in rows if r["final_test_acc_mean"])
     from_db = bnbench("report", str(tmp_path / "results" / "benchmarks.sqlite"), "--study", "mlp_mnist")
     assert from_db.returncode == 0 and "## mlp_mnist" in from_db.stdout and "resnet" not in from_db.stdout
