@@ -181,7 +181,8 @@ class NormalizerTraits:
     """It keeps running statistics, updated by training-mode forwards and used in eval mode.
     When ``False``, eval mode gives the same output as training mode."""
     mixed_precision: bool = True
-    """It works under ``torch.autocast`` (bf16 on the CPU, fp16 on CUDA)."""
+    """The module itself works on low-precision inputs under ``torch.autocast`` (bf16 on the CPU,
+    fp16 on CUDA). A ``NormSite`` runs its normalizer in float32 under autocast regardless."""
     needs_source: bool = False
     """It acts on the layer feeding the site (``bind_source``): every site it goes to must have
     a source, or the core refuses to build the run."""

@@ -81,7 +81,8 @@ def bnbench_register_normalizers(register: Register) -> None:
     options returning one (default: ``NormalizerTraits()``), saying which site kinds it
     supports, whether it works on a batch of one example in training mode, whether an
     example's output depends on its batch-mates, whether it keeps running statistics (eval
-    mode differs from training mode), whether it works under ``torch.autocast``, and whether
+    mode differs from training mode), whether it works on low-precision inputs under
+    ``torch.autocast`` (sites run it in float32 under autocast regardless), and whether
     it needs the site's source layer. The core refuses to attach it at a site of another kind
     or, if it needs a source, at a site without one; ``harness.testing`` checks the rest.
 

@@ -313,6 +313,14 @@ def _device(subject: Subject, site: KitSite) -> None:
     ]
     if misplaced:
         raise AssertionError(f"{', '.join(misplaced)} left off {device} by .to({str(device)!r})")
+    stray = [
+        f"{prefix}.{name}".lstrip(".")
+        for prefix, module in unit.named_modules()
+        for name, value in vars(module).items()
+        if isinstance(value, torch.Tensor)
+    ]
+    if stray:
+        raise AssertionError(f"tensor attributes that are neither parameters nor buffers (.to() leaves them): {stray}")
     for mode in ("train", "eval"):
         unit.train(mode == "train")
         out = unit(subject.inputs(site, 4).to(device))
@@ -393,10 +401,14 @@ UNIT_CHECKS: dict[str, tuple[str, Callable[[Subject, KitSite], None]]] = {
         "else eval mode equal to training mode",
         _running_stats,
     ),
-    "device": ("parameters, buffers and outputs on the configured device after .to(device)", _device),
+    "device": (
+        "parameters, buffers and outputs on the configured device after .to(device), and no other tensor state",
+        _device,
+    ),
     "state_dict": ("a fresh instance loading a saved state_dict to give the same eval-mode outputs", _state_dict),
     "mixed_precision": (
-        "finite outputs and gradients under torch.autocast unless traits.mixed_precision is False",
+        "finite outputs and gradients under torch.autocast, for the module on low-precision input and through "
+        "the site, unless traits.mixed_precision is False",
         _mixed_precision,
     ),
 }

@@ -142,11 +142,16 @@ def test_a_broken_normalizer_fails_the_named_check_at_each_site(broken, name, ch
         assert violation.expected in message and got in message
 
 
+def test_the_device_check_catches_tensor_state_that_does_not_move(broken):
+    violations = failures(broken, "leaky_statistics", checks=["device"])
+    assert len(violations) == 2 and "neither parameters nor buffers" in violations[0].got
+    assert "'1.norm.mean'" in violations[0].got
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_device_check_catches_tensors_made_on_the_host(broken):
-    # "meta" stands in for an accelerator: a module on it cannot touch a CPU tensor
-    violations = failures(broken, "host_tensor", device="meta", checks=["device"])
-    assert len(violations) == 2 and "not on the expected device meta" in violations[0].got
-    assert check_normalizer("batchnorm", device="meta", checks=["device"])
+    violations = failures(broken, "host_tensor", device="cuda", checks=["device"])
+    assert len(violations) == 2 and "cpu" in violations[0].got
 
 
 def test_a_declared_limitation_is_skipped_with_its_reason(broken):
