@@ -55,7 +55,17 @@ def third_party_package(tmp_path, monkeypatch):
 
 
 def test_builtins_register_every_kind_through_entry_points(registry):
-    assert set(KINDS) == {"model", "normalizer", "placement", "dataset", "metric", "probe", "analysis"}
+    assert set(KINDS) == {
+        "model",
+        "normalizer",
+        "placement",
+        "dataset",
+        "transform",
+        "metric",
+        "probe",
+        "analysis",
+        "executor",
+    }
     assert {"mlp", "resnet_cifar"} <= set(registry.names("model"))
     assert {"batchnorm", "none"} <= set(registry.names("normalizer"))
     assert {"all", "final", "none", "all_and_final"} <= set(registry.names("placement"))
