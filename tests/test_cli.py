@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,39 +23,109 @@ def bnbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+TRAINING_STUDIES = {"resnet110_cifar10_lr": (18, 90), "mlp_mnist": (18, 27)}
+"""Study → (runs in the smoke profile, runs in the full protocol), for the studies this test knows."""
+NORMALIZER_STUDIES = {
+    "normalizers_resnet110_cifar10": (7, 35),
+    "skipinit_resnet110_cifar10": (1, 5),
+    "normalizers_mlp_mnist": (6, 18),
+}
+PROBE_STUDIES = {
+    "resnet110_loss_landscape": (3, 9),
+    "resnet110_activations": (4, 6),
+    "resnet110_gradients": (4, 6),
+    "resnet110_class_bias": (6, 9),
+    "random_matrix": (1, 3),
+    "resnet_max_lr": (6, 30),
+}
+"""Bjorck et al. 2018: probe studies (measurements instead of training)."""
+FIGURES = {
+    "resnet110_cifar10_lr": ["accuracy_vs_lr", "training_curves", "placement_share"],
+    "resnet110_loss_landscape": ["relative_loss_vs_step"],
+    "resnet110_activations": ["activation_stats_vs_depth", "channel_variance"],
+    "resnet110_gradients": ["gradient_histogram", "gradient_norm_vs_depth", "conv_gradient_sum_ratio"],
+    "resnet110_class_bias": ["class_bias_heatmap"],
+    "random_matrix": ["singular_value_spread", "lyapunov_exponents"],
+    "resnet_max_lr": ["max_lr_vs_depth"],
+}
+
+
+def distinct_runs(plan_stdout: str) -> int:
+    """Runs in ``bnbench plan`` output, each id once (studies may share a run: same spec, same id)."""
+    rows = [line.split("|") for line in plan_stdout.splitlines() if re.match(r"^\| [0-9a-f]{16} ", line)]
+    return len({row[1].strip() for row in rows})
+
+
+def planned_runs(plan_stdout: str) -> Counter[str]:
+    """Study → number of runs in ``bnbench plan`` output."""
+    rows = [line.split("|") for line in plan_stdout.splitlines() if re.match(r"^\| [0-9a-f]{16} ", line)]
+    return Counter(row[2].strip() for row in rows)
+
+
+def section(report: str, study: str) -> str:
+    """The report's text for one study: from its heading to the next study's."""
+    start = report.index(f"## {study}\n")
+    end = report.find("\n## ", start + 1)
+    return report[start : end if end >= 0 else len(report)]
+
+
 def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     manifest = tmp_path / "benchmarks.toml"
     shutil.copy(ROOT / "benchmarks.toml", manifest)
+    smoke_plan = bnbench("plan", str(manifest), "--profile", "smoke").stdout
+    smoke = planned_runs(smoke_plan)
+    known = {**TRAINING_STUDIES, **NORMALIZER_STUDIES, **PROBE_STUDIES}
+    expected = {study: counts[0] for study, counts in known.items()}
+    assert {study: smoke[study] for study in expected} == expected
+    # every run once: the normalizer comparison's MLP batchnorm run is mlp_mnist's lr 0.1 seed 0
+    total = distinct_runs(smoke_plan)
+
     run = bnbench("run", str(manifest), "--profile", "smoke")
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     out = run.stdout
-    assert "## resnet110_cifar10_lr" in out and "## mlp_mnist" in out
-    for placement in ("all", "final", "none"):
-        rows = [line for line in out.splitlines() if line.startswith(f"| {placement} ")]
-        assert len(rows) == 6  # three learning rates in each of two studies
-    for study in ("normalizers_resnet110_cifar10", "skipinit_resnet110_cifar10", "normalizers_mlp_mnist"):
+    for study in TRAINING_STUDIES:
+        standard_table = section(out, study).split("\n### ")[0]
+        for placement in ("all", "final", "none"):
+            rows = [line for line in standard_table.splitlines() if line.startswith(f"| {placement} ")]
+            assert len(rows) == 3  # three learning rates
+        assert "### Accuracy against learning rate" in section(out, study)
+        assert "### Normalizing only the final layer" in section(out, study)
+    for study in NORMALIZER_STUDIES:
         assert f"## {study}" in out
     for normalizer, studies in [("batchnorm", 2), ("groupnorm", 2), ("instancenorm", 1), ("ws_groupnorm", 2)]:
         assert len([line for line in out.splitlines() if line.startswith(f"| {normalizer} ")]) == studies
-    # 36 runs of the two placement studies; 7 + 1 + 6 of the normalizer comparison, whose MLP
-    # batchnorm run is the same run as mlp_mnist's lr 0.1 seed 0 (same spec, same id)
-    assert "49 runs planned, 0 already had results; 49 done" in run.stderr
+    for study in PROBE_STUDIES:
+        assert "\n### " in section(out, study), f"{study} has no analysis table"
+    assert "failed:" not in out  # no analysis failed
+    claims = out[out.index("## Claims") :]
+    for study in PROBE_STUDIES:  # probes are deterministic: every claim on them is measured
+        verdicts = [line.rsplit("|", 2)[-2].strip() for line in claims.splitlines() if f"| {study} " in line]
+        assert verdicts and set(verdicts) <= {"holds", "does not hold"}, (study, verdicts)
+    assert f"{total} runs planned, 0 already had results; {total} done" in run.stderr
     assert (tmp_path / "results" / "benchmarks.sqlite").is_file()
 
     again = bnbench("run", str(manifest), "--profile", "smoke", "--no-report")
-    assert again.returncode == 0 and "49 already had results; nothing run" in again.stderr
+    assert again.returncode == 0 and f"{total} already had results; nothing run" in again.stderr
 
     plan = bnbench("plan", str(manifest), "--profile", "smoke")
-    assert plan.returncode == 0 and "49 runs, 0 to run" in plan.stdout
-    assert plan.stdout.count("| done") == 50  # the shared MLP batchnorm run is listed under both studies
+    assert plan.returncode == 0 and f"{total} runs, 0 to run" in plan.stdout
+    assert plan.stdout.count("| done") == sum(smoke.values())  # a shared run is listed under each study
     full_plan = bnbench("plan", str(manifest))
-    assert "167 runs, 167 to run" in full_plan.stdout  # 117 + 35 + 5 + 18, less 5 + 3 shared with lr 0.1
+    full = planned_runs(full_plan.stdout)
+    assert {study: full[study] for study in known} == {study: counts[1] for study, counts in known.items()}
+    assert f"{distinct_runs(full_plan.stdout)} runs, {distinct_runs(full_plan.stdout)} to run" in full_plan.stdout
 
-    report = bnbench("report", str(manifest), "--profile", "smoke", "--format", "csv")
-    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    report = bnbench("report", str(manifest), "--profile", "smoke", "--format", "csv", "--figures", str(tmp_path))
+    study_tables = re.split(r"\r?\n\r?\n", report.stdout)[0]  # the analyses' tables follow a blank line
+    rows = [
+        r for r in csv.DictReader(io.StringIO(study_tables)) if r["study"] in {**TRAINING_STUDIES, **NORMALIZER_STUDIES}
+    ]
     assert len(rows) == 18 + 7 + 1 + 6
     assert all(0 <= float(r["final_test_acc_mean"]) <= 1 for r in rows if r["final_test_acc_mean"])
+    assert "# resnet110_cifar10_lr: Accuracy against learning rate" in report.stdout
+    written = {path.name for path in tmp_path.glob("*.png")}
+    assert {f"{study}__{name}.png" for study, names in FIGURES.items() for name in names} <= written
     from_db = bnbench("report", str(tmp_path / "results" / "benchmarks.sqlite"), "--study", "mlp_mnist")
     assert from_db.returncode == 0 and "## mlp_mnist" in from_db.stdout and "resnet" not in from_db.stdout
 

@@ -176,3 +176,10 @@ def test_bundled_manifest_expands_with_and_without_smoke(registry):
     assert {r.spec.placement.name for r in full.runs() if r.study in placement_studies} == {"all", "final", "none"}
     assert all(r.spec.dataset.name == "synthetic" for r in smoke.runs())
     assert {r.spec.placement.name for r in smoke.runs() if r.study in placement_studies} == {"all", "final", "none"}
+    probes = {"resnet110_loss_landscape", "resnet110_activations", "resnet110_gradients", "resnet110_class_bias"}
+    assert probes | {"random_matrix", "resnet_max_lr"} <= set(names)
+    for study in full.studies:  # the probe studies measure ResNet-110 on CIFAR-10 at batch 128
+        if study.name in probes:
+            spec = study.runs[0].spec
+            assert spec.model.options["depth"] == 110 and spec.dataset.name == "cifar10"
+            assert spec.probe.options["batch_size"] == 128

@@ -1,0 +1,51 @@
+"""Built-in probes and analyses reproducing Bjorck et al. 2018, "Understanding Batch Normalization".
+
+====================  ====================  ===========================================================================
+probe                 default analysis      measures (paper)
+====================  ====================  ===========================================================================
+``loss_landscape``    ``loss_landscape``    relative loss of one SGD step vs step size (Fig. 2)
+``activation_stats``  ``activation_depth``  channel mean/variance vs depth, at init and after a large step (Figs. 4–5)
+``gradient_stats``    ``gradient_stats``    gradient norms, histograms, per-example agreement (Figs. 3, 6)
+``class_bias``        ``class_bias``        one-class predictions, output-gradient heat map (Fig. 5)
+``random_matrix``     ``random_matrix``     singular-value spread of random products vs theory (Fig. 7)
+``max_lr``            ``max_lr_depth``      largest non-diverging learning rate vs depth (Fig. 8)
+====================  ====================  ===========================================================================
+
+Analyses of training studies: ``lr_sweep`` (accuracy vs learning rate, training curves; Fig. 1)
+and ``placement_share`` (the final layer's share of BN's benefit; RQ4).
+"""
+
+from __future__ import annotations
+
+from harness import hookimpl
+from harness.hookspecs import Register
+from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
+from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis
+from plugins.probes.common import CompareOptions
+from plugins.probes.gradients import GradientOptions, gradient_analysis, gradient_stats
+from plugins.probes.landscape import LandscapeAnalysisOptions, LandscapeOptions, landscape_analysis, loss_landscape
+from plugins.probes.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
+from plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
+from plugins.probes.random_matrix import RandomMatrixOptions, random_matrix, random_matrix_analysis
+
+
+@hookimpl
+def bnbench_register_probes(register: Register) -> None:
+    register("loss_landscape", loss_landscape, options=LandscapeOptions, analyses=["loss_landscape"])
+    register("activation_stats", activation_stats, options=ActivationOptions, analyses=["activation_depth"])
+    register("gradient_stats", gradient_stats, options=GradientOptions, analyses=["gradient_stats"])
+    register("class_bias", class_bias, options=ClassBiasOptions, analyses=["class_bias"])
+    register("random_matrix", random_matrix, options=RandomMatrixOptions, analyses=["random_matrix"])
+    register("max_lr", max_lr, options=MaxLrOptions, analyses=["max_lr_depth"])
+
+
+@hookimpl
+def bnbench_register_analyses(register: Register) -> None:
+    register("lr_sweep", lr_sweep, options=LrSweepOptions)
+    register("placement_share", placement_share, options=PlacementShareOptions)
+    register("loss_landscape", landscape_analysis, options=LandscapeAnalysisOptions)
+    register("activation_depth", activation_depth, options=CompareOptions)
+    register("gradient_stats", gradient_analysis, options=CompareOptions)
+    register("class_bias", class_bias_analysis, options=CompareOptions)
+    register("random_matrix", random_matrix_analysis)
+    register("max_lr_depth", max_lr_analysis, options=MaxLrAnalysisOptions)

@@ -1,0 +1,181 @@
+"""One-step loss landscape at initialization (Bjorck et al. 2018, section 3.1, Figure 2).
+
+For a mini-batch B and the network's parameters θ at initialization, the relative loss of a
+step of size η along the mini-batch gradient is L_B(θ − η ∇L_B(θ)) / L_B(θ). With BN it stays
+near or below 1 up to large steps; without BN it explodes (the paper: to 1e6 beyond ~1e-3).
+RQ1 and RQ5: BN permits larger steps, and large steps make unnormalized networks diverge.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch.func import functional_call
+
+from harness import Options
+from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
+from plugins.probes.common import (
+    CompareOptions,
+    fmt,
+    group_runs,
+    loss_ratio,
+    probe_runs,
+    put,
+    ratio,
+    take_batches,
+)
+
+
+class LandscapeOptions(Options):
+    batch_size: int = Field(128, gt=0, description="Mini-batch size (He et al. 2016: 128).")
+    batches: int = Field(4, gt=0, description="Mini-batches probe_runs, each with its own gradient and curve.")
+    min_step: float = Field(1e-5, gt=0, description="Smallest step size of the log-spaced grid.")
+    max_step: float = Field(10.0, gt=0, description="Largest step size of the log-spaced grid.")
+    num_steps: int = Field(25, ge=2, description="Number of step sizes in the grid (log-spaced, ends included).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LandscapeOptions:
+        if self.max_step <= self.min_step:
+            raise ValueError("max_step must be larger than min_step")
+        return self
+
+
+def step_grid(options: LandscapeOptions) -> torch.Tensor:
+    """The log-spaced step sizes, ends included."""
+    return torch.logspace(
+        math.log10(options.min_step), math.log10(options.max_step), options.num_steps, dtype=torch.float64
+    )
+
+
+@torch.no_grad()
+def relative_losses(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: torch.Tensor
+) -> tuple[float, float, list[float]]:
+    """``(loss, gradient norm, [L(θ − η g) / L(θ) for η in steps])`` on one mini-batch.
+
+    The gradient is computed once; each step size costs one forward pass (no backward), the
+    parameters evaluated functionally so the model keeps its initial weights.
+    """
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(images), labels)
+        grads = torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    ratios = []
+    for eta in steps.tolist():
+        moved = {name: p - eta * g for (name, p), g in zip(params.items(), grads, strict=True)}
+        after = F.cross_entropy(functional_call(model, moved, (images,)), labels)
+        ratios.append(loss_ratio(after, loss))
+    return float(loss), norm, ratios
+
+
+def loss_landscape(context: ProbeContext, options: LandscapeOptions) -> dict[str, Any]:
+    """Relative loss of one SGD step against step size at initialization (Bjorck et al. Fig. 2).
+
+    Measures, per mini-batch: the loss at initialization, the gradient norm, and the relative
+    loss L(θ − ηg)/L(θ) on a log-spaced grid of step sizes η (the same mini-batch before and
+    after; training mode, so BN uses the batch's statistics). A non-finite loss after the step
+    is stored as infinity.
+    """
+    model = context.build_model()
+    steps = step_grid(options)
+    batches = []
+    for images, labels in take_batches(context, options.batch_size, options.batches):
+        loss, norm, ratios = relative_losses(model, images, labels, steps)
+        batches.append({"loss": loss, "gradient_norm": norm, "relative_loss": ratios})
+    return {"step_sizes": steps.tolist(), "batches": batches}
+
+
+class LandscapeAnalysisOptions(CompareOptions):
+    threshold: float = Field(
+        1e3, gt=0, description="A step is stable while the relative loss stays below this (the paper's summaries: 1e3)."
+    )
+
+
+def _exploded(value: float | None) -> float:
+    """A relative loss with missing or NaN values read as infinite (the loss overflowed)."""
+    return math.inf if value is None or math.isnan(value) else value
+
+
+def largest_stable_step(steps: list[float], curve: list[float | None], threshold: float) -> float:
+    """The largest step size of the grid up to which the relative loss stays below ``threshold``
+    (0 when even the smallest step exceeds it)."""
+    stable = 0.0
+    for eta, value in zip(steps, curve, strict=False):
+        if value is None or not value < threshold:
+            break
+        stable = eta
+    return stable
+
+
+def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -> AnalysisResult:
+    """Largest stable step per configuration and relative loss against step size (Fig. 2).
+
+    The relative-loss curve of a group is the median over its mini-batches and seeds. Values:
+    ``max_stable_step.<group>`` (largest step whose median relative loss, and every smaller
+    step's, stays below ``threshold``; 0 when even the grid's smallest step exceeds it),
+    ``relative_loss_at_max.<group>`` and ``stable_step_ratio`` (normalized ÷ unnormalized; when
+    the unnormalized network is unstable at every step, ÷ the grid's smallest step: a lower
+    bound).
+    """
+    groups = group_runs(probe_runs(study))
+    if not groups:
+        return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
+    curves: dict[str, tuple[list[float], list[float], list[list[float]]]] = {}
+    for label, runs in groups.items():
+        steps = runs[0].measurements["step_sizes"]
+        all_curves = [b["relative_loss"] for r in runs for b in r.measurements["batches"]]
+        med = [statistics.median(_exploded(c[i]) for c in all_curves) for i in range(len(steps))]
+        curves[label] = (steps, med, all_curves)
+    values: dict[str, float] = {}
+    decades = sorted({round(math.log10(s)) for _, (steps, _, _) in curves.items() for s in steps})
+    rows = []
+    for label, (steps, med, all_curves) in curves.items():
+        stable = largest_stable_step(steps, med, options.threshold)
+        values[f"max_stable_step.{label}"] = stable
+        put(values, f"relative_loss_at_max.{label}", med[-1] if math.isfinite(med[-1]) else None)
+        at = []
+        for decade in decades:
+            nearest = min(range(len(steps)), key=lambda i, d=decade: abs(math.log10(steps[i]) - d))
+            at.append(fmt(med[nearest]) if abs(math.log10(steps[nearest]) - decade) < 0.2 else "")
+        shown = fmt(stable)
+        if stable == steps[-1]:
+            shown = f"≥ {fmt(stable)} (grid end)"
+        elif stable == 0:
+            shown = f"< {fmt(steps[0])} (grid start)"
+        rows.append([label, len(all_curves), shown, *at])
+    if options.normalized in curves and options.unnormalized in curves:
+        unnormalized = values[f"max_stable_step.{options.unnormalized}"] or curves[options.unnormalized][0][0]
+        put(values, "stable_step_ratio", ratio(values[f"max_stable_step.{options.normalized}"], unnormalized))
+    table = Table(
+        f"One-step relative loss at initialization (median over mini-batches; stable: < {options.threshold:g})",
+        ["configuration", "curves", "largest stable step", *(f"η=1e{d}" for d in decades)],
+        rows,
+    )
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        for label, (steps, med, all_curves) in curves.items():
+            finite = [[v if v is not None and math.isfinite(v) else math.nan for v in c] for c in all_curves]
+            low = [min((c[i] for c in finite if not math.isnan(c[i])), default=math.nan) for i in range(len(steps))]
+            high = [max((c[i] for c in finite if not math.isnan(c[i])), default=math.nan) for i in range(len(steps))]
+            line = ax.plot(steps, [m if math.isfinite(m) else math.nan for m in med], marker=".", label=label)
+            ax.fill_between(steps, low, high, color=line[0].get_color(), alpha=0.15)
+        ax.axhline(
+            options.threshold, color="k", linestyle="--", linewidth=0.8, label=f"threshold {options.threshold:g}"
+        )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step size η")
+        ax.set_ylabel("relative loss  L(θ − η∇L) / L(θ)")
+        ax.set_title("One SGD step at initialization (median, min–max band)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+
+    return AnalysisResult([table], [Figure("relative_loss_vs_step", draw)], values)

@@ -1,0 +1,159 @@
+"""Maximal trainable learning rate against depth (Bjorck et al. 2018, section 3, Figure 8).
+
+The largest learning rate at which an unnormalized residual network still trains shrinks as
+the network gets deeper; with BN it is larger and depends little on depth. RQ1, RQ2 and RQ5.
+The study sweeps depth and placement as axes (``model = { name = "resnet_cifar", depth = [20,
+32, 44, 56, 110] }``, ``placement = ["all", "none"]``); the probe scans a grid of learning
+rates for each.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from harness import Options
+from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
+from plugins.probes.common import CompareOptions, axis_value, fmt, group_runs, probe_runs, put, ratio, take_batches
+
+
+class MaxLrOptions(Options):
+    learning_rates: list[float] = Field(
+        default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+        description="The grid of learning rates, scanned from the largest down to the first that does not diverge.",
+    )
+    steps: int = Field(100, gt=0, description="SGD steps per learning rate (a fresh copy of the initial model each).")
+    batch_size: int = Field(128, gt=0, description="Mini-batch size (He et al. 2016: 128).")
+    loss_limit: float = Field(
+        1e3, gt=1, description="A run also diverges when its loss exceeds this multiple of its first loss."
+    )
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("learning_rates needs at least one positive learning rate")
+        return sorted(set(value))
+
+
+def train_steps(
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    loss_limit: float,
+) -> dict[str, Any]:
+    """SGD on ``batches`` in order; stops at the first non-finite loss or one above
+    ``loss_limit`` × the first loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    first = last = math.nan
+    for step, (images, labels) in enumerate(batches, start=1):
+        loss = F.cross_entropy(model(images), labels)
+        value = float(loss.detach())
+        first = value if step == 1 else first
+        if not math.isfinite(value) or value > loss_limit * first:
+            return {"lr": lr, "diverged": True, "diverged_step": step, "first_loss": first, "final_loss": None}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        last = value
+    return {"lr": lr, "diverged": False, "diverged_step": None, "first_loss": first, "final_loss": last}
+
+
+def max_lr(context: ProbeContext, options: MaxLrOptions) -> dict[str, Any]:
+    """Largest learning rate of a grid that trains a fixed number of steps without diverging (Bjorck Fig. 8).
+
+    From the same initial weights and the same mini-batches for every learning rate, SGD with
+    the study's momentum and weight decay (``[studies.optimizer]``; its ``lr`` is not used)
+    runs ``steps`` steps; a run diverges at a non-finite loss or one above ``loss_limit`` × its
+    first loss, and stops there. The grid is scanned from the largest learning rate down to
+    the first that does not diverge: ``max_lr`` (0 if every one diverges). Diverging runs stop
+    within a few steps, so the scan costs little more than one run.
+    """
+    model = context.build_model()
+    initial = copy.deepcopy(model.state_dict())
+    batches = take_batches(context, options.batch_size, options.steps)
+    optimizer = context.spec.optimizer
+    scans = []
+    for lr in reversed(options.learning_rates):
+        model.load_state_dict(initial)
+        model.train()
+        scan = train_steps(model, batches, lr, optimizer.momentum, optimizer.weight_decay, options.loss_limit)
+        scans.append(scan)
+        if not scan["diverged"]:
+            return {"max_lr": lr, "steps": options.steps, "learning_rates": options.learning_rates, "scans": scans}
+    return {"max_lr": 0.0, "steps": options.steps, "learning_rates": options.learning_rates, "scans": scans}
+
+
+class MaxLrAnalysisOptions(CompareOptions):
+    depth_axis: str = Field("model.depth", description="The study's depth axis (dotted path).")
+
+
+def max_lr_analysis(study: StudyResults, options: MaxLrAnalysisOptions) -> AnalysisResult:
+    """Maximal trainable learning rate against depth per configuration (Fig. 8).
+
+    The value of a (configuration, depth) is the median over seeds (0: every learning rate of
+    the grid diverged). Values: ``max_lr.<group>.<depth>``, ``depth_tolerance.<group>`` (max lr
+    at the shallowest depth ÷ at the deepest), ``max_lr_ratio`` (normalized ÷ unnormalized, the
+    smallest over depths). A 0 divisor is replaced by the grid's smallest learning rate, which
+    makes the ratio a lower bound.
+    """
+    groups = group_runs(probe_runs(study), exclude={options.depth_axis})
+    if not groups:
+        return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
+    table: dict[str, dict[int, float]] = {}
+    smallest = min(min(r.measurements.get("learning_rates") or [math.inf]) for rs in groups.values() for r in rs)
+
+    def bounded(lr: float) -> float | None:
+        """``lr`` as a divisor: below the grid means below its smallest learning rate."""
+        return lr if lr > 0 else (smallest if math.isfinite(smallest) else None)
+
+    for label, runs in groups.items():
+        by_depth: dict[int, list[float]] = {}
+        for run in runs:
+            depth = axis_value(run, options.depth_axis)
+            by_depth.setdefault(int(depth) if depth is not None else 0, []).append(float(run.measurements["max_lr"]))
+        table[label] = {d: statistics.median(v) for d, v in sorted(by_depth.items())}
+    values: dict[str, float] = {}
+    depths = sorted({d for by_depth in table.values() for d in by_depth})
+    for label, by_depth in table.items():
+        for depth, lr in by_depth.items():
+            values[f"max_lr.{label}.{depth}"] = lr
+        if len(by_depth) > 1:
+            ordered = list(by_depth.values())
+            put(values, f"depth_tolerance.{label}", ratio(ordered[0], bounded(ordered[-1])))
+    normalized, unnormalized = table.get(options.normalized, {}), table.get(options.unnormalized, {})
+    ratios = [ratio(normalized[d], bounded(unnormalized[d])) for d in depths if d in normalized and d in unnormalized]
+    ratios = [r for r in ratios if r is not None]
+    if ratios:
+        values["max_lr_ratio"] = min(ratios)
+    rows = [[depth, *(_cell(table[label].get(depth), smallest) for label in table)] for depth in depths]
+    result_table = Table(
+        "Maximal trainable learning rate (median over seeds)", ["depth", *(f"{label}" for label in table)], rows
+    )
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        for label, by_depth in table.items():
+            ax.plot(list(by_depth), [v if v > 0 else math.nan for v in by_depth.values()], marker="o", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("depth (layers)")
+        ax.set_ylabel("largest learning rate that did not diverge")
+        ax.set_title("Maximal trainable learning rate against depth")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+
+    return AnalysisResult([result_table], [Figure("max_lr_vs_depth", draw)], values)
+
+
+def _cell(lr: float | None, smallest: float) -> str:
+    if lr == 0 and math.isfinite(smallest):
+        return f"< {fmt(smallest)} (all diverged)"
+    return fmt(lr)

@@ -1,0 +1,291 @@
+"""Random-matrix theory of initialization (Bjorck et al. 2018, section 4, Figure 7).
+
+The product of M random N×N matrices becomes ill-conditioned exponentially fast: its singular
+values spread as M grows. For entries N(0, 1/N) (the real Ginibre ensemble) the finite-N
+Lyapunov exponents are known in closed form,
+
+    mu_i = ½ [psi((N − i + 1) / 2) + ln(2 / N)],   i = 1 … N,
+
+so log σ_i(A_M ⋯ A_1) ≈ M mu_i and the log condition number grows linearly in M with slope
+mu_1 − mu_N (entries of variance s/N shift every exponent by ½ ln s; the slope is unchanged).
+A deep unnormalized network is such a product at initialization. RQ3.
+
+Log singular values are accumulated with the QR (Benettin) method, stable for any M:
+A_m Q_{m−1} = Q_m R_m and log σ_i ≈ Σ_m log |R_m[i, i]|. For Gaussian entries each |R_m[i, i]|
+is an independent χ_{N−i+1}/√N, so the sums' expectations are exactly M mu_i. The product is
+Q_M times the triangular R_M ⋯ R_1, whose extreme singular values bound its diagonal, so the
+spread of the sums is a lower bound of the log condition number, off by O(1) for any M; the
+explicit product's SVD is recorded too while float64 resolves it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from harness import Options
+from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
+from plugins.probes.common import fmt, group_runs, mean, panel_grid, probe_runs, put
+
+Init = Literal["gaussian", "kaiming_normal", "pytorch_default"]
+
+ENTRY_VARIANCE: dict[str, float] = {"gaussian": 1.0, "kaiming_normal": 2.0, "pytorch_default": 1.0 / 3.0}
+"""Entry variance × N of each initialization: N(0, 1/N); Kaiming normal N(0, 2/N) (resnet_cifar's
+convolutions); U(−1/√N, 1/√N), PyTorch's default for ``nn.Linear`` (the MLP, ResNet's last layer)."""
+
+
+class RandomMatrixOptions(Options):
+    size: int = Field(32, ge=2, description="N: the matrices are N×N.")
+    factors: int = Field(50, ge=2, description="Largest number M of matrices multiplied.")
+    samples: int = Field(64, ge=1, description="Independent products averaged per M.")
+    inits: list[Init] = Field(
+        default_factory=lambda: ["gaussian", "kaiming_normal", "pytorch_default"],
+        description="Entry distributions: gaussian N(0,1/N) (the theory's), kaiming_normal N(0,2/N) "
+        "(resnet_cifar's convs), pytorch_default U(±1/√N) (nn.Linear's default: the MLP).",
+    )
+    direct_svd_limit: float = Field(
+        12.0,
+        gt=0,
+        description="Also take the SVD of the explicit product while its log10 condition number is below this.",
+    )
+
+
+def lyapunov_exponents(n: int, variance: float = 1.0) -> torch.Tensor:
+    """Closed-form exponents mu_1 ≥ … ≥ mu_N of products of N×N matrices with entries
+    N(0, variance/N)."""
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return 0.5 * (torch.special.digamma((n - i + 1) / 2) + math.log(2 / n) + math.log(variance))
+
+
+def sample_matrices(init: str, n: int, samples: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``samples`` N×N matrices drawn from ``init``, in float64."""
+    shape = (samples, n, n)
+    if init == "pytorch_default":
+        uniform = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+        return (2 * uniform - 1) / math.sqrt(n)
+    normal = torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
+    return normal * math.sqrt(ENTRY_VARIANCE[init] / n)
+
+
+def slope(ys: list[float], start: int = 0) -> float:
+    """Least-squares slope of ``ys`` against M = 1, 2, … over ``ys[start:]``."""
+    y = torch.tensor(ys[start:], dtype=torch.float64)
+    x = torch.arange(start + 1, start + 1 + len(y), dtype=torch.float64)
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+class ProductSpectrum:
+    """Log singular values of growing products A_M ⋯ A_1 (a batch of independent products)."""
+
+    def __init__(self, n: int, batch: int, device: torch.device, direct_limit: float) -> None:
+        self.q = torch.eye(n, dtype=torch.float64, device=device).expand(batch, n, n)
+        self.log_r = torch.zeros(batch, n, dtype=torch.float64, device=device)
+        self.product: torch.Tensor | None = self.q.clone()
+        self.direct_limit = direct_limit * math.log(10)
+        self.log_sv: list[list[float]] = []
+        self.log_condition: list[float] = []
+        self.log_condition_direct: list[float] = []
+        self.diagonal_sums: list[list[float]] = []
+
+    def multiply(self, matrices: torch.Tensor) -> None:
+        """Append one factor per product and record the spectrum of the new products."""
+        q, r = torch.linalg.qr(matrices @ self.q)
+        self.q = q
+        self.log_r = self.log_r + r.diagonal(dim1=-2, dim2=-1).abs().log()
+        self.diagonal_sums.append(self.log_r.mean(0).tolist())
+        ordered = self.log_r.sort(dim=1, descending=True).values
+        self.log_sv.append(ordered.mean(0).tolist())
+        self.log_condition.append(float((ordered[:, 0] - ordered[:, -1]).mean()))
+        if self.product is not None:
+            self.product = matrices @ self.product
+            sv = torch.linalg.svdvals(self.product)
+            log_cond = (sv[:, 0].log() - sv[:, -1].log()).mean()
+            if math.isfinite(float(log_cond)) and float(log_cond) < self.direct_limit:
+                self.log_condition_direct.append(float(log_cond))
+            else:
+                self.product = None
+
+
+def _measure(spectrum: ProductSpectrum, predicted: torch.Tensor) -> dict[str, Any]:
+    factors = len(spectrum.log_condition)
+    measured = [slope([s[i] for s in spectrum.diagonal_sums]) for i in range(len(predicted))]
+    return {
+        "log_singular_values": spectrum.log_sv,
+        "log_condition": spectrum.log_condition,
+        "log_condition_direct": spectrum.log_condition_direct,
+        "measured_exponents": measured,
+        "predicted_exponents": predicted.tolist(),
+        "condition_slope": slope(spectrum.log_condition, start=factors // 2) if factors > 1 else math.nan,
+        "predicted_condition_slope": float(predicted[0] - predicted[-1]),
+    }
+
+
+def square_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The model's square ``nn.Linear`` weight matrices in order (its hidden-to-hidden layers)."""
+    return [
+        m.weight.detach().double()
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and m.in_features == m.out_features
+    ]
+
+
+def random_matrix(context: ProbeContext, options: RandomMatrixOptions) -> dict[str, Any]:
+    """Singular-value spread of products of random matrices and of a net's weights (Bjorck Fig. 7).
+
+    Compared with the closed-form Lyapunov exponents of Gaussian products.
+
+    Per initialization and M = 1 … ``factors``: the mean log singular values and log condition
+    number of the products (QR method; explicit SVD while it is accurate), the measured
+    exponents (slope of each log singular value in M) beside the closed-form ones, and the slope
+    of the log condition number in M (fitted over the second half) beside mu_1 − mu_N. When the
+    study names a model: the same for the products of its first M square weight matrices, as
+    the model initializes them (no normalizer is involved).
+    """
+    n = options.size
+    measured: dict[str, Any] = {"size": n, "samples": options.samples, "inits": {}}
+    for init in options.inits:
+        spectrum = ProductSpectrum(n, options.samples, context.device, options.direct_svd_limit)
+        for _ in range(options.factors):
+            spectrum.multiply(sample_matrices(init, n, options.samples, context.generator, context.device))
+        measured["inits"][init] = {
+            "entry_variance": ENTRY_VARIANCE[init] / n,
+            **_measure(spectrum, lyapunov_exponents(n, ENTRY_VARIANCE[init])),
+        }
+    measured["model"] = None
+    if context.spec.model is not None:
+        weights = square_weights(context.build_model())
+        if len(weights) >= 2:
+            width = weights[0].shape[0]
+            if any(w.shape[0] != width for w in weights):
+                raise ValueError("the model's square weight matrices differ in size; give its hidden layers one width")
+            variance = float(torch.stack([w.pow(2).mean() for w in weights]).mean()) * width
+            spectrum = ProductSpectrum(width, 1, context.device, options.direct_svd_limit)
+            for w in weights:
+                spectrum.multiply(w.unsqueeze(0))
+            measured["model"] = {
+                "name": context.spec.model.name,
+                "layers": len(weights),
+                "size": width,
+                "entry_variance": variance / width,
+                **_measure(spectrum, lyapunov_exponents(width, variance)),
+            }
+    return measured
+
+
+def random_matrix_analysis(study: StudyResults, options: Options) -> AnalysisResult:
+    """Measured against predicted spread of singular values of random products (Fig. 7).
+
+    Per initialization (and ``model`` for the network's own weights): ``condition_slope.<init>``
+    (natural log of the condition number gained per factor), ``condition_slope_error.<init>``
+    (relative error against mu_1 − mu_N), ``exponent_error.<init>`` (largest |measured − predicted|
+    Lyapunov exponent) and ``log10_condition.<init>`` (at the largest M). A study with several
+    groups (e.g. sweeping ``probe.size``) suffixes every name with ``/<group>``.
+    """
+    groups = group_runs(probe_runs(study))
+    if not groups:
+        return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
+    values: dict[str, float] = {}
+    rows = []
+    curves: dict[str, dict[str, Any]] = {}
+    for label, runs in groups.items():
+        suffix = f"/{label}" if len(groups) > 1 else ""
+        entries: dict[str, list[dict[str, Any]]] = {}
+        for run in runs:
+            for init, data in run.measurements["inits"].items():
+                entries.setdefault(init, []).append(data)
+            if run.measurements.get("model"):
+                entries.setdefault("model", []).append(run.measurements["model"])
+        for init, data in entries.items():
+            measured_slope = mean(d["condition_slope"] for d in data)
+            predicted = data[0]["predicted_condition_slope"]
+            error = None if measured_slope is None else abs(measured_slope - predicted) / abs(predicted)
+            exponent_error = mean(
+                max(abs(m - p) for m, p in zip(d["measured_exponents"], d["predicted_exponents"], strict=True))
+                for d in data
+            )
+            log10_cond = mean(d["log_condition"][-1] / math.log(10) for d in data)
+            key = f"{init}{suffix}"
+            put(values, f"condition_slope.{key}", measured_slope)
+            put(values, f"condition_slope_error.{key}", error)
+            put(values, f"exponent_error.{key}", exponent_error)
+            put(values, f"log10_condition.{key}", log10_cond)
+            size = data[0].get("size", runs[0].measurements["size"])
+            factors = len(data[0]["log_condition"])
+            rows.append(
+                [
+                    label,
+                    init,
+                    size,
+                    factors,
+                    fmt(measured_slope),
+                    fmt(predicted),
+                    fmt(error),
+                    fmt(exponent_error),
+                    fmt(log10_cond),
+                ]
+            )
+            curves[f"{label}: {init}" if len(groups) > 1 else init] = data[0]
+    table = Table(
+        "Products of random matrices: log condition number per factor, measured vs closed form",
+        [
+            "configuration",
+            "matrices",
+            "N",
+            "max M",
+            "slope measured",
+            "slope mu_1 − mu_N",
+            "relative error",
+            "max exponent error",
+            "log10 cond at max M",
+        ],
+        rows,
+    )
+    figures = [
+        Figure("singular_value_spread", lambda fig: _draw_spread(fig, curves)),
+        Figure("lyapunov_exponents", lambda fig: _draw_exponents(fig, curves)),
+    ]
+    return AnalysisResult([table], figures, values)
+
+
+def _draw_spread(fig: Any, curves: dict[str, dict[str, Any]]) -> None:
+    ax = fig.add_subplot()
+    for label, data in curves.items():
+        ms = list(range(1, len(data["log_condition"]) + 1))
+        line = ax.plot(
+            ms, [v / math.log(10) for v in data["log_condition"]], marker=".", linestyle="none", label=f"{label} (QR)"
+        )
+        color = line[0].get_color()
+        direct = data["log_condition_direct"]
+        if direct:
+            ax.plot(range(1, len(direct) + 1), [v / math.log(10) for v in direct], "o", mfc="none", color=color)
+        offset = data["log_condition"][-1] - data["predicted_condition_slope"] * ms[-1]
+        ax.plot(
+            ms,
+            [(offset + data["predicted_condition_slope"] * m) / math.log(10) for m in ms],
+            "-",
+            color=color,
+            alpha=0.6,
+        )
+    ax.set_xlabel("number of factors M")
+    ax.set_ylabel("log10 condition number  log10(σ_max / σ_min)")
+    ax.set_title("Singular-value spread of random products (lines: slope mu_1 − mu_N; circles: SVD)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _draw_exponents(fig: Any, curves: dict[str, dict[str, Any]]) -> None:
+    axes = panel_grid(fig, len(curves), columns=2)
+    for ax, (label, data) in zip(axes, curves.items(), strict=True):
+        index = range(1, len(data["predicted_exponents"]) + 1)
+        ax.plot(index, data["predicted_exponents"], "-", color="k", label="closed form")
+        ax.plot(index, data["measured_exponents"], ".", label="measured")
+        ax.set_xlabel("index i")
+        ax.set_ylabel("Lyapunov exponent mu_i")
+        ax.set_title(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
