@@ -39,6 +39,8 @@ PROBE_STUDIES = {
     "resnet_max_lr": (6, 30),
 }
 """Bjorck et al. 2018: probe studies (measurements instead of training)."""
+REGULARIZATION_STUDIES = {"mnist_noise_bn_vs_l2": (16, 180), "mnist_gamma_batch_size": (2, 18)}
+"""Annamalai & Thakur 2022: training studies with the regularization analyses."""
 FIGURES = {
     "resnet110_cifar10_lr": ["accuracy_vs_lr", "training_curves", "placement_share"],
     "resnet110_loss_landscape": ["relative_loss_vs_step"],
@@ -47,6 +49,8 @@ FIGURES = {
     "resnet110_class_bias": ["class_bias_heatmap"],
     "random_matrix": ["singular_value_spread", "lyapunov_exponents"],
     "resnet_max_lr": ["max_lr_vs_depth"],
+    "mnist_noise_bn_vs_l2": ["noise_sweep", "noise_accuracy", "weight_trajectories"],
+    "mnist_gamma_batch_size": ["weight_trajectories", "noise_sweep"],
 }
 
 
@@ -74,7 +78,7 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     shutil.copy(ROOT / "benchmarks.toml", manifest)
     smoke_plan = bnbench("plan", str(manifest), "--profile", "smoke").stdout
     smoke = planned_runs(smoke_plan)
-    known = {**TRAINING_STUDIES, **NORMALIZER_STUDIES, **PROBE_STUDIES}
+    known = {**TRAINING_STUDIES, **NORMALIZER_STUDIES, **PROBE_STUDIES, **REGULARIZATION_STUDIES}
     expected = {study: counts[0] for study, counts in known.items()}
     assert {study: smoke[study] for study in expected} == expected
     # every run once: the normalizer comparison's MLP batchnorm run is mlp_mnist's lr 0.1 seed 0
@@ -102,6 +106,10 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     for study in PROBE_STUDIES:  # probes are deterministic: every claim on them is measured
         verdicts = [line.rsplit("|", 2)[-2].strip() for line in claims.splitlines() if f"| {study} " in line]
         assert verdicts and set(verdicts) <= {"holds", "does not hold"}, (study, verdicts)
+    for study in REGULARIZATION_STUDIES:
+        assert "### Implied regularization against input noise" in section(out, study)
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in claims.splitlines() if "| mnist_noise_bn_vs_l2 " in line]
+    assert len(verdicts) == 5 and set(verdicts) <= {"holds", "does not hold"}, verdicts
     assert f"{total} runs planned, 0 already had results; {total} done" in run.stderr
     assert (tmp_path / "results" / "benchmarks.sqlite").is_file()
 

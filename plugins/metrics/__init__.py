@@ -1,4 +1,5 @@
-"""Built-in per-epoch metrics: training and test loss and accuracy."""
+"""Built-in per-epoch metrics: training, test and validation loss and accuracy; weight geometry,
+implied regularization and robustness to input noise (Annamalai & Thakur 2022)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from plugins.metrics.basic import (
     validation_accuracy,
     validation_loss,
 )
+from plugins.metrics.geometry import GeometryOptions, implied_regularization, weight_geometry
+from plugins.metrics.robustness import RobustnessOptions, robustness
 
 
 @hookimpl
@@ -22,3 +25,6 @@ def bnbench_register_metrics(register: Register) -> None:
     register("test_accuracy", test_accuracy)
     register("validation_loss", validation_loss)
     register("validation_accuracy", validation_accuracy)
+    register("weight_geometry", weight_geometry, options=GeometryOptions)
+    register("implied_regularization", implied_regularization, options=GeometryOptions)
+    register("robustness", robustness, options=RobustnessOptions)
