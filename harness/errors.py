@@ -71,7 +71,8 @@ class UnknownNameError(ManifestError):
 
     def __init__(self, kind: str, name: str, known: Iterable[str], note: str = "", **where: str | None) -> None:
         known = sorted(known)
-        message = f"unknown {kind} {name!r}; registered {kind}s: {', '.join(known) or '(none)'}."
+        plural = "analyses" if kind == "analysis" else f"{kind}s"
+        message = f"unknown {kind} {name!r}; registered {plural}: {', '.join(known) or '(none)'}."
         message += did_you_mean(name, known)
         if note:
             message += f" ({note})"
