@@ -40,6 +40,7 @@ MANIFEST = """
 [harness]
 results = "overhead.sqlite"
 device = "cpu"
+{extra}
 
 [[studies]]
 name = "overhead"
@@ -87,6 +88,7 @@ def main() -> int:
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--harness", default="", help="extra [harness] lines, e.g. 'divergence_check_every = 25'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_toml, shape, batch = MODELS[args.model]
@@ -99,6 +101,7 @@ def main() -> int:
                 train=args.train_size,
                 test=args.test_size,
                 epochs=args.epochs,
+                extra=args.harness.replace("\\n", "\n"),
                 batch=batch,
             )
         )

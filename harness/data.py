@@ -124,14 +124,22 @@ class DeviceData:
             yield self.prepare(images[start : start + batch_size], None, extra), labels[start : start + batch_size]
 
 
+_RESIDENT: OrderedDict[tuple[str, ...], DeviceData] = OrderedDict()
+"""Datasets on their devices, shared by every ``DataCache`` of the process (most recent last)."""
+
+
 class DataCache:
-    """Builds datasets through their plugins and keeps the most recent ones on the device."""
+    """Builds datasets through their plugins and keeps the most recent ones on the device.
+
+    The datasets are shared process-wide (keyed by plugin, options, manifest directory and
+    device), so consecutive sweeps in one process build each dataset once.
+    """
 
     def __init__(self, registry: Registry, base_dir: Path, capacity: int = 2) -> None:
         self.registry = registry
         self.context = BuildContext(base_dir=base_dir)
         self.capacity = capacity
-        self._cache: OrderedDict[tuple[str, str], DeviceData] = OrderedDict()
+        self._cache = _RESIDENT
 
     def get(self, dataset: Component, device: torch.device, validation_size: int | None = None) -> DeviceData:
         """The dataset on ``device``, with ``validation_size`` training examples held out."""
@@ -139,11 +147,11 @@ class DataCache:
         return data.hold_out(validation_size) if validation_size else data
 
     def _get(self, dataset: Component, device: torch.device) -> DeviceData:
-        key = (dataset.model_dump_json(), str(device))
+        entry = self.registry.get("dataset", dataset.name)
+        key = (str(entry.plugin), dataset.model_dump_json(), str(self.context.base_dir), str(device))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        entry = self.registry.get("dataset", dataset.name)
         bundle = entry.factory(entry.options.model_validate(dataset.options), self.context)
         if not isinstance(bundle, DataBundle):
             raise TypeError(

@@ -45,6 +45,11 @@ from harness.spec import ExecutionSettings, RunSpec
 
 Status = Literal["done", "diverged", "failed"]
 FINISHED: tuple[str, ...] = ("done", "diverged")
+
+DEFAULT_CHECK_EVERY = 25
+"""Steps between checks of the loss for NaN/inf (each check costs a host sync on a GPU, and
+tiny-op overhead on a CPU). The exact step of a divergence is recorded either way, and
+parameters are checked at every epoch end."""
 """Statuses of a run whose result is final: a re-run of the manifest skips them."""
 
 
@@ -173,7 +178,7 @@ class Runner:
         self.device = resolve_device(device)
         self.execution = Execution.resolve(execution or ExecutionSettings(), self.device)
         self.data = DataCache(registry, base_dir)
-        self.check_every = divergence_check_every or (1 if self.device.type == "cpu" else 25)
+        self.check_every = divergence_check_every or DEFAULT_CHECK_EVERY
 
     # -- building ------------------------------------------------------------------------
     def build_model(self, spec: RunSpec, data: DataInfo) -> tuple[nn.Module, dict[str, Any]]:
@@ -332,6 +337,7 @@ class Runner:
                 progress.advance(state.step, float("nan"))
 
         step = state.step
+        current_lr = None
         for epoch in range(state.epoch, epochs + 1):
             model.train()
             if state.order is None:
@@ -342,8 +348,10 @@ class Runner:
                 if step >= total_steps:
                     break
                 lr = base_lr * schedule.factor(step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                if lr != current_lr:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    current_lr = lr
                 with execution.autocast():
                     logits = train_model(execution.prepare_inputs(images))
                     if step == 0:

@@ -226,7 +226,7 @@ class HarnessSettings(StrictModel):
     divergence_check_every: int = Field(
         0,
         ge=0,
-        description="Check the loss for NaN/inf every N steps (0: every step on CPU, 25 on CUDA). "
+        description="Check the loss for NaN/inf every N steps (0: the default, 25). "
         "The exact step of divergence is recorded either way.",
     )
 
