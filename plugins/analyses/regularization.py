@@ -18,6 +18,8 @@ from pydantic import Field
 
 from harness import Options
 from harness.api import AnalysisResult, Figure, RunRecord, StudyResults, Table
+from plugins.probes.common import clean as finite
+from plugins.probes.common import mean
 
 NOISE_AXIS = "input_transform.std"
 
@@ -82,15 +84,6 @@ def grouped(runs: Iterable[RunRecord], key: Callable[[RunRecord], Any]) -> dict[
     for run in runs:
         groups.setdefault(key(run), []).append(run)
     return groups
-
-
-def finite(values: Iterable[float | None]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def mean(values: Iterable[float | None]) -> float | None:
-    numbers = finite(values)
-    return statistics.fmean(numbers) if numbers else None
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
