@@ -18,28 +18,13 @@ from pydantic import Field
 
 from harness import Options
 from harness.api import AnalysisResult, Figure, RunRecord, StudyResults, Table
+from plugins.probes.common import axis_value, mean
 from plugins.probes.common import clean as finite
-from plugins.probes.common import mean
 
 NOISE_AXIS = "input_transform.std"
 
 
 # -- shared helpers -----------------------------------------------------------------------------
-def axis_value(run: RunRecord, axis: str) -> Any:
-    """The run's value of ``axis`` (a dotted path): from its axes, else its resolved spec."""
-    if axis in run.axes:
-        return run.axes[axis]
-    node: Any = run.spec
-    for part in axis.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, dict) and isinstance(node.get("options"), dict) and part in node["options"]:
-            node = node["options"][part]
-        else:
-            return None
-    return node["name"] if isinstance(node, dict) and "name" in node else node
-
-
 def noise_level(run: RunRecord, axis: str) -> float:
     """The run's input-noise level (0 when the run has no transform)."""
     value = axis_value(run, axis)

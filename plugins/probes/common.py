@@ -79,7 +79,8 @@ def group_runs(runs: Iterable[RunRecord], exclude: Collection[str] = ()) -> dict
 
 
 def axis_value(run: RunRecord, axis: str) -> Any:
-    """The run's value of ``axis`` (a dotted path), from its axes or else its resolved spec."""
+    """The run's value of ``axis`` (a dotted path), from its axes or else its resolved spec
+    (a plugin component's value is its name)."""
     if axis in run.axes:
         return run.axes[axis]
     node: Any = run.spec
@@ -90,7 +91,7 @@ def axis_value(run: RunRecord, axis: str) -> Any:
             node = node["options"][part]
         else:
             return None
-    return node
+    return node["name"] if isinstance(node, dict) and "name" in node else node
 
 
 # -- statistics ---------------------------------------------------------------------------------
