@@ -30,7 +30,7 @@ from plugins.probes.common import (
     panel_grid,
     probe_runs,
     put,
-    ratio,
+    put_group_ratio,
     take_batches,
 )
 
@@ -169,11 +169,7 @@ def activation_depth(study: StudyResults, options: CompareOptions) -> AnalysisRe
                 fmt(loss_ratio),
             ]
         )
-    put(
-        values,
-        "std_growth_ratio",
-        ratio(values.get(f"std_growth.{options.unnormalized}"), values.get(f"std_growth.{options.normalized}")),
-    )
+    put_group_ratio(values, "std_growth", options.unnormalized, options.normalized)
     table = Table(
         "Activations against depth (site std = root mean channel variance; geometric mean over seeds)",
         [

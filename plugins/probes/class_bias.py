@@ -25,7 +25,7 @@ from plugins.probes.common import (
     panel_grid,
     probe_runs,
     put,
-    ratio,
+    put_group_ratio,
     take_batches,
 )
 
@@ -108,14 +108,7 @@ def class_bias_analysis(study: StudyResults, options: CompareOptions) -> Analysi
         put(values, f"gradient_correlation.{label}", corr)
         classes = sum(1 for c in runs[0].measurements["predicted_counts"] if c)
         rows.append([label, fmt(share), classes, fmt(corr)])
-    put(
-        values,
-        "gradient_correlation_ratio",
-        ratio(
-            values.get(f"gradient_correlation.{options.unnormalized}"),
-            values.get(f"gradient_correlation.{options.normalized}"),
-        ),
-    )
+    put_group_ratio(values, "gradient_correlation", options.unnormalized, options.normalized)
     table = Table(
         "Class bias at initialization",
         ["configuration", "share of the top class", "classes predicted (first seed)", "output-gradient correlation"],

@@ -130,6 +130,11 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def put_group_ratio(values: dict[str, float], name: str, unnormalized: str, normalized: str) -> None:
+    """Record ``<name>_ratio`` = ``<name>.<unnormalized>`` ÷ ``<name>.<normalized>`` when both are measured."""
+    put(values, f"{name}_ratio", ratio(values.get(f"{name}.{unnormalized}"), values.get(f"{name}.{normalized}")))
+
+
 def mean_curve(curves: Sequence[Sequence[float | None]], combine: Callable[..., float | None] = mean) -> list[float]:
     """Elementwise ``combine`` of equally long curves (NaN where no value is finite)."""
     if not curves:

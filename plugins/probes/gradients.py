@@ -35,7 +35,7 @@ from plugins.probes.common import (
     panel_grid,
     probe_runs,
     put,
-    ratio,
+    put_group_ratio,
     take_batches,
 )
 
@@ -186,16 +186,8 @@ def gradient_analysis(study: StudyResults, options: CompareOptions) -> AnalysisR
         rows.append(
             [label, m[0]["histogram"]["name"], fmt(norm), fmt(kurt), fmt(conv), fmt(mean(x["loss"] for x in m))]
         )
-    put(
-        values,
-        "grad_norm_ratio",
-        ratio(values.get(f"grad_norm.{options.unnormalized}"), values.get(f"grad_norm.{options.normalized}")),
-    )
-    put(
-        values,
-        "sum_ratio_ratio",
-        ratio(values.get(f"sum_ratio.{options.unnormalized}"), values.get(f"sum_ratio.{options.normalized}")),
-    )
+    put_group_ratio(values, "grad_norm", options.unnormalized, options.normalized)
+    put_group_ratio(values, "sum_ratio", options.unnormalized, options.normalized)
     table = Table(
         "Gradients at initialization",
         ["configuration", "histogram layer", "gradient norm", "excess kurtosis", "conv |Σg|/Σ|g|", "loss"],
