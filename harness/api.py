@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -251,44 +251,115 @@ class InputTransform(Protocol):
     def __call__(self, images: torch.Tensor, generator: torch.Generator, split: str) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class SampleSource(Protocol):
+    """A split read one example at a time, for datasets too large to hold as tensors.
+
+    A dataset plugin may put one in a ``DataBundle`` in place of an images tensor (the labels
+    stay a tensor). The core reads it through a ``torch.utils.data.DataLoader`` (worker
+    processes: ``DataBundle.loader_workers``) in the order it would index the tensor, moves each
+    batch to the training device and prepares it there as it would a batch of the tensor, so a
+    run gives the same results either way. Worker processes get a copy of the source: keep it
+    picklable and free of open handles that cannot be shared.
+    """
+
+    def __len__(self) -> int:
+        """The number of examples."""
+        ...
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of every example."""
+        ...
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Example ``index`` as a ``(C, H, W)`` tensor: uint8 (0..255) or float in [0, 1]."""
+        ...
+
+
+Images = torch.Tensor | SampleSource
+"""A split's images: a tensor ``(N, C, H, W)`` or a ``SampleSource`` read per example."""
+
+
+def image_shape(images: Images) -> tuple[int, ...]:
+    """``(C, H, W)`` of a split's examples, tensor or source."""
+    return tuple(images.shape[1:]) if isinstance(images, torch.Tensor) else tuple(images.image_shape)
+
+
 @dataclass
 class DataBundle:
-    """A dataset held as tensors: images ``(N, C, H, W)`` as uint8 (0..255) or float in [0, 1].
+    """A dataset: images ``(N, C, H, W)`` as uint8 (0..255) or float in [0, 1], labels ``(N,)``.
 
     The core moves the tensors to the training device once, draws batches by a permutation
     on that device, applies ``train_transform`` to training batches, then normalizes each
     batch with ``mean`` and ``std`` (per channel, in [0, 1] units).
+
+    For a dataset too large for memory, ``train_images`` and ``test_images`` may be
+    ``SampleSource`` objects read one example at a time (both or neither); only the labels
+    are moved to the device, and each batch's examples are read by a ``DataLoader`` with
+    ``loader_workers`` worker processes, then prepared on the device like a tensor's batch.
     """
 
-    train_images: torch.Tensor
+    train_images: Images
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_images: Images
     test_labels: torch.Tensor
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_transform: BatchTransform | None = None
     description: str = ""
+    loader_workers: int = 0
+    """``DataLoader`` worker processes reading ``SampleSource`` splits (0: in the training process)."""
 
     @property
     def info(self) -> DataInfo:
-        return DataInfo(tuple(self.train_images.shape[1:]), self.num_classes)
+        return DataInfo(image_shape(self.train_images), self.num_classes)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits are ``SampleSource`` objects read per example."""
+        return not isinstance(self.train_images, torch.Tensor)
 
     def check(self, source: str) -> None:
         """Raise ``ValueError`` naming ``source`` if the bundle is inconsistent."""
         problems = []
+        kinds = {isinstance(self.train_images, torch.Tensor), isinstance(self.test_images, torch.Tensor)}
+        if len(kinds) > 1:
+            problems.append("train_images and test_images must both be tensors or both SampleSource objects")
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
-            if images.dim() != 4:
-                problems.append(f"{split}_images must be (N, C, H, W), got {tuple(images.shape)}")
-            if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-                problems.append(f"{split}_labels must be (N,) matching {split}_images, got {tuple(labels.shape)}")
-            if images.dtype not in (torch.uint8, torch.float32, torch.float16, torch.bfloat16):
-                problems.append(f"{split}_images must be uint8 or float, got {images.dtype}")
-        channels = self.train_images.shape[1] if self.train_images.dim() == 4 else None
+            if isinstance(images, torch.Tensor):
+                count, shape, dtype = images.shape[0] if images.dim() else 0, tuple(images.shape), images.dtype
+                if images.dim() != 4:
+                    problems.append(f"{split}_images must be (N, C, H, W), got {shape}")
+            elif isinstance(images, SampleSource):
+                count, shape, dtype = len(images), image_shape(images), None
+                if len(shape) != 3:
+                    problems.append(f"{split}_images.image_shape must be (C, H, W), got {shape}")
+                elif count:
+                    first = images[0]
+                    if not isinstance(first, torch.Tensor) or tuple(first.shape) != shape:
+                        got = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+                        problems.append(f"{split}_images[0] must be a tensor of image_shape {shape}, got {got}")
+                    else:
+                        dtype = first.dtype
+            else:
+                problems.append(f"{split}_images must be a tensor or a SampleSource, got {type(images).__name__}")
+                continue
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != count:
+                got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+                problems.append(f"{split}_labels must be (N,) matching {split}_images, got {got}")
+            if dtype is not None and dtype not in (torch.uint8, torch.float32, torch.float16, torch.bfloat16):
+                problems.append(f"{split}_images must be uint8 or float, got {dtype}")
+        train = self.train_images
+        shape = image_shape(train) if isinstance(train, (torch.Tensor, SampleSource)) else ()
+        channels = shape[0] if len(shape) == 3 else None
         if channels is not None and not (len(self.mean) == len(self.std) == channels):
             problems.append(f"mean and std need {channels} values (one per channel)")
+        if not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            problems.append(f"loader_workers must be a non-negative integer, got {self.loader_workers!r}")
         if problems:
             raise ValueError(f"dataset {source!r} returned an invalid DataBundle: " + "; ".join(problems))
 

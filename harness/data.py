@@ -1,15 +1,21 @@
-"""Datasets resident on the training device, cached across the runs of a sweep."""
+"""Datasets resident on the training device, cached across the runs of a sweep.
+
+A dataset whose plugin returns ``SampleSource`` splits (too large for memory) is served by
+``StreamData`` instead: the same batches in the same order, read per example through a
+``DataLoader`` and prepared on the device the same way.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
-from harness.api import BuildContext, DataBundle
+from harness.api import BuildContext, DataBundle, SampleSource
 from harness.registry import Registry
 from harness.spec import Component
 
@@ -39,17 +45,17 @@ class DeviceData:
             raise ValueError(f"validation_size must be between 1 and {self.train_size - 1}, got {size}")
         order = torch.randperm(self.train_size, generator=torch.Generator().manual_seed(0)).to(self.mean.device)
         keep, held = order[size:].sort().values, order[:size].sort().values
-        return DeviceData(
-            bundle=self.bundle,
-            train_images=self.train_images[keep],
+        return replace(
+            self,
+            train_images=self._subset(self.train_images, keep),
             train_labels=self.train_labels[keep],
-            test_images=self.test_images,
-            test_labels=self.test_labels,
-            mean=self.mean,
-            std=self.std,
-            validation_images=self.train_images[held],
+            validation_images=self._subset(self.train_images, held),
             validation_labels=self.train_labels[held],
         )
+
+    @staticmethod
+    def _subset(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return images[index]
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels of ``train``, ``test`` or ``validation``."""
@@ -63,6 +69,9 @@ class DeviceData:
 
     @classmethod
     def from_bundle(cls, bundle: DataBundle, device: torch.device) -> DeviceData:
+        """The bundle on ``device``: ``StreamData`` when its splits are read per example."""
+        if bundle.streamed:
+            return StreamData.from_source(bundle, device)
         shape = (1, len(bundle.mean), 1, 1)
         return cls(
             bundle=bundle,
@@ -122,6 +131,131 @@ class DeviceData:
         images, labels = self.split(split)
         for start in range(0, images.shape[0], batch_size):
             yield self.prepare(images[start : start + batch_size], None, extra), labels[start : start + batch_size]
+
+
+class StreamImages:
+    """The images of a split read per example from a ``SampleSource``, in a chosen order.
+
+    It stands in for a device tensor of images: ``len``, ``shape`` and ``images[index]`` (a
+    tensor of positions, on any device, or a slice) give what the tensor would, read from the
+    source and moved to the device; ``batches`` reads many batches through a ``DataLoader``.
+    It holds the source and, for a subset, the source index of each position: no images.
+    """
+
+    def __init__(
+        self, source: SampleSource, device: torch.device, workers: int = 0, indices: torch.Tensor | None = None
+    ) -> None:
+        self.source = source
+        self.device = device
+        self.workers = workers
+        self.indices = indices
+        """Source index of each position (CPU, long); ``None``: position ``i`` is example ``i``."""
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else self.indices.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.source.image_shape)
+
+    def _source_indices(self, positions: torch.Tensor) -> torch.Tensor:
+        positions = positions.cpu()
+        return positions if self.indices is None else self.indices[positions]
+
+    def select(self, positions: torch.Tensor) -> StreamImages:
+        """The examples at ``positions`` as a smaller split of the same source (nothing is read)."""
+        return StreamImages(self.source, self.device, self.workers, self._source_indices(positions).clone())
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The examples at ``index`` (positions), read in this process, on the device."""
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        indices = self._source_indices(index).tolist()
+        if not indices:
+            return torch.empty((0, *self.source.image_shape), dtype=torch.uint8, device=self.device)
+        return torch.stack([self.source[i] for i in indices]).to(self.device)
+
+    def batches(self, positions: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each batch of ``positions`` in turn, on the device.
+
+        A ``DataLoader`` over the source reads them, ``workers`` processes reading ahead; on a
+        GPU the batches are pinned and copied asynchronously.
+        """
+        if not positions:
+            return
+        cuda = self.device.type == "cuda"
+        loader = DataLoader(
+            self.source,
+            batch_sampler=[self._source_indices(batch).tolist() for batch in positions],
+            num_workers=self.workers,
+            pin_memory=cuda,
+        )
+        for images in loader:
+            yield images.to(self.device, non_blocking=cuda)
+
+
+@dataclass
+class StreamData(DeviceData):
+    """A dataset of ``SampleSource`` splits: the labels on the device, the images read per batch.
+
+    It serves what ``DeviceData`` serves, in the same order (the epoch permutation, resumed
+    at ``start_batch``, the last partial batch dropped; evaluation in order; the same held-out
+    validation examples and fixed samples), prepared by the same ``prepare`` on the device, so
+    a run gives the same results from either. The examples of each batch are read through a
+    ``DataLoader`` with the bundle's ``loader_workers`` worker processes.
+    """
+
+    train_images: StreamImages
+    test_images: StreamImages
+    validation_images: StreamImages | None = None
+
+    @classmethod
+    def from_source(cls, bundle: DataBundle, device: torch.device) -> StreamData:
+        train, test = bundle.train_images, bundle.test_images
+        assert isinstance(train, SampleSource) and isinstance(test, SampleSource)
+        shape = (1, len(bundle.mean), 1, 1)
+        workers = bundle.loader_workers
+        return cls(
+            bundle=bundle,
+            train_images=StreamImages(train, device, workers),
+            train_labels=bundle.train_labels.to(device, torch.long),
+            test_images=StreamImages(test, device, workers),
+            test_labels=bundle.test_labels.to(device, torch.long),
+            mean=torch.tensor(bundle.mean, dtype=torch.float32, device=device).view(shape),
+            std=torch.tensor(bundle.std, dtype=torch.float32, device=device).view(shape),
+        )
+
+    @staticmethod
+    def _subset(images: StreamImages, index: torch.Tensor) -> StreamImages:
+        return images.select(index)
+
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        order: torch.Tensor | None = None,
+        start_batch: int = 0,
+        extra: BatchFunction | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """As ``DeviceData.train_batches``: the same batches, their images read by a ``DataLoader``."""
+        if order is None:
+            order = self.epoch_order(generator)
+        starts = range(start_batch * batch_size, self.train_size - batch_size + 1, batch_size)
+        host_order = order.cpu()  # one transfer per epoch, not one per batch
+        images = self.train_images.batches([host_order[start : start + batch_size] for start in starts])
+        for start, batch in zip(starts, images, strict=True):
+            yield self.prepare(batch, generator, extra), self.train_labels[order[start : start + batch_size]]
+
+    def eval_batches(
+        self, split: str, batch_size: int, extra: BatchFunction | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """As ``DeviceData.eval_batches``: the whole split in order, read by a ``DataLoader``."""
+        images, labels = self.split(split)
+        starts = range(0, len(images), batch_size)
+        positions = torch.arange(len(images))
+        read = images.batches([positions[start : start + batch_size] for start in starts])
+        for start, batch in zip(starts, read, strict=True):
+            yield self.prepare(batch, None, extra), labels[start : start + batch_size]
 
 
 _RESIDENT: OrderedDict[tuple[str, ...], DeviceData] = OrderedDict()

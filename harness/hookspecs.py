@@ -109,7 +109,8 @@ def bnbench_register_datasets(register: Register) -> None:
     ``factory(options, context: BuildContext) -> DataBundle``. Relative paths in options are
     resolved with ``context.resolve``. A dataset whose files are missing raises
     ``harness.DatasetNotFoundError`` naming the directory and the expected files. Bundles are
-    cached by the core across the runs of a sweep that use the same dataset options.
+    cached by the core across the runs of a sweep that use the same dataset options. A dataset
+    too large for memory gives ``SampleSource`` splits, read per example (see ``DataBundle``).
     """
 
 

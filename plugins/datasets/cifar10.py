@@ -9,8 +9,16 @@ import torchvision
 from pydantic import Field
 
 from harness import BuildContext, DataBundle
+from harness.api import Images
 from plugins.datasets.augment import cifar_augment
-from plugins.datasets.common import FileDatasetOptions, head, one_label_per_image, open_dataset, require_files
+from plugins.datasets.common import (
+    FileDatasetOptions,
+    head,
+    one_label_per_image,
+    open_dataset,
+    require_files,
+    stream_split,
+)
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -32,7 +40,10 @@ class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
 
 
 def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
-    """CIFAR-10: 50,000 training and 10,000 test 32×32 colour images in 10 classes."""
+    """CIFAR-10: 50,000 training and 10,000 test 32×32 colour images in 10 classes.
+
+    With ``storage = "stream"`` the splits are ``TorchvisionSource`` objects read per example.
+    """
     root = context.resolve(options.root)
     if not options.download:
         require_files(
@@ -44,13 +55,16 @@ def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
         )
     loader = torchvision.datasets.CIFAR10 if options.verify_checksums else _UncheckedCIFAR10
 
-    def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(train: bool, size: int | None) -> tuple[Images, torch.Tensor]:
         ds = open_dataset("CIFAR-10", root / FOLDER, lambda: loader(str(root), train=train, download=options.download))
+        if options.storage == "stream":
+            return stream_split("CIFAR-10", root / FOLDER, ds, size)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return one_label_per_image("CIFAR-10", root / FOLDER, images, torch.tensor(ds.targets, dtype=torch.long))
+        labels = torch.tensor(ds.targets, dtype=torch.long)
+        return head(*one_label_per_image("CIFAR-10", root / FOLDER, images, labels), size)
 
-    train_images, train_labels = head(*split(True), options.train_size)
-    test_images, test_labels = head(*split(False), options.test_size)
+    train_images, train_labels = split(True, options.train_size)
+    test_images, test_labels = split(False, options.test_size)
     return DataBundle(
         train_images=train_images,
         train_labels=train_labels,
@@ -60,5 +74,6 @@ def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
         mean=MEAN,
         std=STD,
         train_transform=cifar_augment if options.augment else None,
-        description=f"CIFAR-10 from {root}",
+        description=f"CIFAR-10 from {root}" + (", read per example" if options.storage == "stream" else ""),
+        loader_workers=options.loader_workers,
     )

@@ -1,13 +1,14 @@
-"""What the torchvision-backed datasets share: subset options and error translation."""
+"""What the torchvision-backed datasets share: subset and storage options, per-sample sources, errors."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field
+from torchvision.transforms.functional import pil_to_tensor
 
 from harness import DatasetError, DatasetNotFoundError, Options
 
@@ -19,6 +20,17 @@ class FileDatasetOptions(Options):
     download: bool = Field(False, description="Download the files into root when they are missing.")
     train_size: int | None = Field(None, gt=0, description="Use only the first N training images.")
     test_size: int | None = Field(None, gt=0, description="Use only the first N test images.")
+    storage: Literal["memory", "stream"] = Field(
+        "memory",
+        description=(
+            "memory: the images as tensors, moved to the training device once (fast); stream: read per "
+            "example through torchvision's dataset and a DataLoader, batch by batch (same results, slower; "
+            "for datasets too large for device memory)."
+        ),
+    )
+    loader_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes reading examples with storage = 'stream' (0: none)."
+    )
 
 
 def missing_files(directory: Path, names: list[str]) -> list[str]:
@@ -65,3 +77,47 @@ def head(images: torch.Tensor, labels: torch.Tensor, size: int | None) -> tuple[
     if size is None:
         return images, labels
     return images[:size].contiguous(), labels[:size].contiguous()
+
+
+class TorchvisionSource:
+    """A torchvision dataset's split as a ``harness.api.SampleSource``: the classic per-sample path.
+
+    Example ``i`` is decoded by the dataset's own ``__getitem__`` (a PIL image) and made a uint8
+    ``(C, H, W)`` tensor by ``pil_to_tensor``, so it holds the same pixels as the in-memory tensors.
+    Only the first ``size`` examples are used (all when ``None``).
+
+    The source keeps no images of its own, but torchvision's dataset keeps what it keeps:
+    ``MNIST`` and ``CIFAR10`` read their whole files into host memory when opened (uint8
+    arrays, about 55 MB and 185 MB for both splits) and decode each example from there. So for
+    these two, streaming spares the device copy and the tensor copy, not host memory; a dataset
+    that reads each example from disk (``ImageFolder``) keeps only its file list.
+    """
+
+    def __init__(self, dataset: Any, size: int | None = None) -> None:
+        self.dataset = dataset
+        self.size = len(dataset) if size is None else min(size, len(dataset))
+        self.image_shape: tuple[int, ...] = tuple(self[0].shape) if self.size else ()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.size:
+            raise IndexError(f"example {index} of a split of {self.size}")
+        image, _ = self.dataset[index]
+        return image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
+
+
+def stream_split(dataset: str, directory: Path, split: Any, size: int | None) -> tuple[TorchvisionSource, torch.Tensor]:
+    """A torchvision split as ``(source, labels)``; ``DatasetError`` naming the directory when its
+    labels do not match its images or it has none."""
+    labels = torch.as_tensor(split.targets, dtype=torch.long)
+    if len(split) != labels.shape[0]:
+        raise DatasetError(
+            f"cannot read {dataset} from {directory}: {len(split)} images but {labels.shape[0]} labels. "
+            "The files may be truncated or mixed up; replace them with the originals."
+        )
+    if len(split) == 0:
+        raise DatasetError(f"cannot read {dataset} from {directory}: a split holds no images.")
+    source = open_dataset(dataset, directory, lambda: TorchvisionSource(split, size))
+    return source, labels[: len(source)].contiguous()

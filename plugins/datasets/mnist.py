@@ -6,7 +6,15 @@ import torch
 import torchvision
 
 from harness import BuildContext, DataBundle
-from plugins.datasets.common import FileDatasetOptions, head, one_label_per_image, open_dataset, require_files
+from harness.api import Images
+from plugins.datasets.common import (
+    FileDatasetOptions,
+    head,
+    one_label_per_image,
+    open_dataset,
+    require_files,
+    stream_split,
+)
 
 MEAN = (0.1307,)
 STD = (0.3081,)
@@ -18,7 +26,10 @@ class MnistOptions(FileDatasetOptions):
 
 
 def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
-    """MNIST: 60,000 training and 10,000 test 28×28 grey-scale digits."""
+    """MNIST: 60,000 training and 10,000 test 28×28 grey-scale digits.
+
+    With ``storage = "stream"`` the splits are ``TorchvisionSource`` objects read per example.
+    """
     root = context.resolve(options.root)
     raw = root / "MNIST" / "raw"
     if not options.download:
@@ -29,14 +40,16 @@ def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
             f"Put the four uncompressed IDX files from http://yann.lecun.com/exdb/mnist/ in {raw}",
         )
 
-    def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(train: bool, size: int | None) -> tuple[Images, torch.Tensor]:
         ds = open_dataset(
             "MNIST", raw, lambda: torchvision.datasets.MNIST(str(root), train=train, download=options.download)
         )
-        return one_label_per_image("MNIST", raw, ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+        if options.storage == "stream":
+            return stream_split("MNIST", raw, ds, size)
+        return head(*one_label_per_image("MNIST", raw, ds.data.unsqueeze(1).contiguous(), ds.targets.long()), size)
 
-    train_images, train_labels = head(*split(True), options.train_size)
-    test_images, test_labels = head(*split(False), options.test_size)
+    train_images, train_labels = split(True, options.train_size)
+    test_images, test_labels = split(False, options.test_size)
     return DataBundle(
         train_images=train_images,
         train_labels=train_labels,
@@ -45,5 +58,6 @@ def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
         num_classes=10,
         mean=MEAN,
         std=STD,
-        description=f"MNIST from {root}",
+        description=f"MNIST from {root}" + (", read per example" if options.storage == "stream" else ""),
+        loader_workers=options.loader_workers,
     )
