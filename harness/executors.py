@@ -4,21 +4,30 @@ The driver (``harness.sweep``) hands an executor the pending runs, lazily, one a
 the executor asks for them (each is claimed in the store just before it is handed over), and
 receives one ``Outcome`` per run. Only the driver writes the results store: workers need no
 database. Executors are plugins (``bnbench_register_executors``); ``local`` runs in-process.
+
+An executor whose runs execute in other processes or on other hosts sends each worker the
+picklable ``WorkerSpec`` and the ``PlannedRun`` and calls ``run_in_worker`` there. Stops reach
+such workers through a file (``StopFile``) beside the checkpoints, which every worker can see
+because it must be able to write its checkpoints there anyway.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Iterator
+import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from harness.checkpoint import Checkpoints
+from harness.errors import PluginError
 from harness.manifest import PlannedRun
 from harness.progress import Progress
 from harness.registry import Registry, load_registry
-from harness.runner import Runner, RunResult
+from harness.runner import RunInterrupted, Runner, RunResult, StopRequest
 from harness.spec import ExecutionSettings
 
 
@@ -34,10 +43,12 @@ class WorkerSpec:
     checkpoint_dir: Path
     checkpoint_every: int
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    stop_file: Path | None = None
+    """Created by the driver when the sweep must stop: workers elsewhere poll it (``StopFile``)."""
 
     def runner(
         self,
-        stop: threading.Event | None,
+        stop: StopRequest | None,
         *,
         registry: Registry | None = None,
         device: str | None = None,
@@ -59,6 +70,67 @@ class WorkerSpec:
         )
 
 
+class StopFile:
+    """A stop request visible to every process that can see ``path`` (any host on a shared disk).
+
+    It quacks like ``threading.Event`` where a ``Runner`` needs one: ``is_set`` looks at the
+    file at most once per ``poll_s`` seconds, so checking it every step costs nothing.
+    """
+
+    def __init__(self, path: Path, poll_s: float = 1.0) -> None:
+        self.path = path
+        self.poll_s = poll_s
+        self._seen = False
+        self._checked = -float("inf")
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._seen and now - self._checked >= self.poll_s:
+            self._checked = now
+            self._seen = self.path.exists()
+        return self._seen
+
+    def set(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self._seen = True
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._seen = False
+
+
+_warm_runner: tuple[tuple[Any, ...], Runner] | None = None
+"""This worker process's runner and what it was built for, kept warm between runs."""
+
+
+def run_in_worker(
+    worker: WorkerSpec,
+    planned: PlannedRun,
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    stop: StopRequest | None = None,
+) -> tuple[Literal["result", "interrupted"], Any]:
+    """Run ``planned`` in this (worker) process: ``("result", RunResult)`` or ``("interrupted", why)``.
+
+    The runner (plugins loaded, datasets resident) is built on the first call and reused by
+    later calls with the same arguments, as long-lived workers (Ray, a process pool) make
+    them. It stops at a checkpoint when ``stop`` is set (default: when ``worker.stop_file``
+    appears). ``threads`` pins the CPU threads unless the execution settings name a count.
+    """
+    global _warm_runner
+    if stop is None and worker.stop_file is not None:
+        stop = StopFile(worker.stop_file)
+    key = (worker, device, threads, id(stop) if not isinstance(stop, StopFile) else stop.path)
+    if _warm_runner is None or _warm_runner[0] != key:
+        _warm_runner = (key, worker.runner(stop, device=device, threads=threads))
+    try:
+        return "result", _warm_runner[1].run(planned)
+    except RunInterrupted as stopped:
+        return "interrupted", str(stopped)
+
+
 @dataclass
 class Outcome:
     """What became of one run: its result, or why it stopped before having one."""
@@ -67,6 +139,28 @@ class Outcome:
     result: RunResult | None = None
     interrupted: str | None = None
     """Set when the run was stopped (checkpointed if possible) before finishing."""
+
+
+def failed_result(planned: PlannedRun, message: str) -> RunResult:
+    """A ``failed`` result for a run whose worker died or could not report one."""
+    now = time.time()
+    return RunResult(planned.run_id, "failed", error=message, started_at=now, finished_at=now)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line naming an exception, as failed results show it."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def import_engine(module: str, extra: str) -> Any:
+    """An executor's optional engine (``ray``, ``submitit``), or a PluginError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(
+            f"the {extra!r} executor needs the {module} package, which is not installed ({exc}): "
+            f"pip install 'bnbench[{extra}]'"
+        ) from exc
 
 
 @dataclass
@@ -79,6 +173,19 @@ class ExecutorContext:
     stop: threading.Event
     """Set on SIGINT/SIGTERM: checkpoint the runs in progress, start no new ones, return."""
     progress: Progress
+    keep_alive: Callable[[], None] = lambda: None
+    """Call it while waiting on runs elsewhere: it refreshes their claims in the store (cheap,
+    rate-limited), so other drivers do not take over runs whose owner looks silent."""
+    files: Path | None = None
+    """A directory beside the results store for the executor's own files (logs, job folders)."""
+
+    def stopping(self) -> bool:
+        """Whether a stop was requested; if so, tells workers elsewhere too (``worker.stop_file``)."""
+        if not self.stop.is_set():
+            return False
+        if self.worker.stop_file is not None and not self.worker.stop_file.exists():
+            StopFile(self.worker.stop_file).set()
+        return True
 
 
 class Executor(Protocol):

@@ -10,14 +10,13 @@ import os
 import platform
 import random
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +79,13 @@ class RunResult:
     @property
     def duration_s(self) -> float:
         return self.finished_at - self.started_at
+
+
+class StopRequest(Protocol):
+    """What a ``Runner`` polls once per step to know it must checkpoint and stop
+    (a ``threading.Event``, a ``multiprocessing`` event, or a ``harness.executors.StopFile``)."""
+
+    def is_set(self) -> bool: ...
 
 
 class RunInterrupted(BaseException):
@@ -167,7 +173,7 @@ class Runner:
         divergence_check_every: int = 0,
         checkpoints: Checkpoints | None = None,
         checkpoint_every: int = 0,
-        stop: threading.Event | None = None,
+        stop: StopRequest | None = None,
         execution: ExecutionSettings | None = None,
     ) -> None:
         self.registry = registry

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from harness.api import RunContext
 from harness.checkpoint import Checkpoints
-from harness.executors import ExecutorContext, WorkerSpec
+from harness.executors import ExecutorContext, StopFile, WorkerSpec
 from harness.hookspecs import hookimpl
 from harness.manifest import Manifest, PlannedRun
 from harness.progress import Progress
@@ -84,14 +86,25 @@ def stop_on_signals(stop: threading.Event, log: Callable[[str], None]) -> Iterat
 
 
 class _Heartbeat:
-    """Keeps a claimed run's ``updated_at`` fresh so other processes see its owner is alive."""
+    """Keeps claimed runs' ``updated_at`` fresh so other processes see their owner is alive:
+    at each epoch end of in-process runs, and whenever an executor waiting on runs elsewhere
+    calls ``keep_alive`` (at most once per ``every_s``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, claimed: dict[str, PlannedRun], every_s: float) -> None:
         self.store = store
+        self.claimed = claimed
+        self.every_s = every_s
+        self.last = time.monotonic()
 
     @hookimpl
     def bnbench_epoch_end(self, run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
         self.store.heartbeat(run.run_id)
+
+    def keep_alive(self) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            for run_id in list(self.claimed):
+                self.store.heartbeat(run_id)
 
 
 def checkpoint_directory(results_path: Path) -> Path:
@@ -121,6 +134,7 @@ def run_manifest(
         if not pending:
             return summary
         checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+        remote_stop = StopFile(checkpoints.directory / f"stop-{uuid.uuid4().hex}")
         worker = WorkerSpec(
             plugins=tuple(settings.plugins),
             base_dir=manifest.base_dir,
@@ -129,6 +143,7 @@ def run_manifest(
             checkpoint_dir=checkpoints.directory,
             checkpoint_every=settings.checkpoint_every,
             execution=settings.execution,
+            stop_file=remote_stop.path,
         )
         entry = manifest.registry.get("executor", manifest.executor.name)
         executor = entry.factory(entry.options.model_validate(manifest.executor.options))
@@ -150,9 +165,10 @@ def run_manifest(
                 claimed[planned.run_id] = planned
                 yield planned
 
-        heartbeat = _Heartbeat(store)
+        heartbeat = _Heartbeat(store, claimed, every_s=min(60.0, settings.claim_timeout_s / 4))
         manifest.registry.manager.register(heartbeat)
-        context = ExecutorContext(worker, manifest.registry, stop, progress)
+        files = manifest.results_path.with_name(manifest.results_path.name + ".executor")
+        context = ExecutorContext(worker, manifest.registry, stop, progress, heartbeat.keep_alive, files)
         try:
             with stop_on_signals(stop, progress.log):
                 for outcome in executor.execute(claim_as_needed(), context):
@@ -173,6 +189,7 @@ def run_manifest(
                 store.mark_interrupted(planned.run_id)
                 summary.interrupted = True
             manifest.registry.manager.unregister(heartbeat)
+            remote_stop.clear()
             progress.close()
         summary.interrupted = summary.interrupted or stop.is_set()
     return summary

@@ -1,8 +1,8 @@
-"""Built-in executors: ``local`` (in-process, one run after another) and ``pool`` (local processes).
+"""The ``pool`` executor: local worker processes, one run each at a time.
 
-``pool`` runs one run per worker process, each pinned to its share of the CPU cores, or to
-one GPU each when several are present. Workers rebuild the plugin registry from the installed
-entry points and the manifest's plugin modules; only the driver writes the results store.
+Each worker is pinned to its share of the CPU cores, or to one GPU when several are present.
+Workers rebuild the plugin registry from the installed entry points and the manifest's plugin
+modules; only the driver writes the results store.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import time
-import traceback
+import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -20,55 +19,31 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from harness import NoOptions, Options, hookimpl
-from harness.executors import ExecutorContext, Outcome, WorkerSpec
-from harness.hookspecs import Register
+from harness import Options
+from harness.executors import ExecutorContext, Outcome, WorkerSpec, error_text, failed_result, run_in_worker
 from harness.manifest import PlannedRun
-from harness.runner import RunInterrupted, Runner, RunResult
 
-
-def failed(planned: PlannedRun, message: str) -> RunResult:
-    """A ``failed`` result for a run whose worker could not report one."""
-    now = time.time()
-    return RunResult(planned.run_id, "failed", error=message, started_at=now, finished_at=now)
-
-
-class LocalExecutor:
-    """Runs in this process, one after another, with the driver's plugins and progress bars."""
-
-    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
-        runner = context.worker.runner(context.stop, registry=context.registry)
-        for notice in runner.execution.notices:
-            context.progress.log(f"notice: {notice}")
-        for planned in runs:
-            try:
-                result = runner.run(planned, context.progress)
-            except RunInterrupted as stopped:
-                yield Outcome(planned, interrupted=str(stopped))
-                return
-            yield Outcome(planned, result)
-            if context.stop.is_set():
-                return
-
-
-def local(options: NoOptions) -> LocalExecutor:
-    """In-process and sequential (the default): progress bars per run, lifecycle plugins in-process."""
-    return LocalExecutor()
+PRELOAD = ["torch", "harness.runner", "plugins"]
+"""Imported once by the fork server, so that each worker starts without importing torch."""
 
 
 class PoolOptions(Options):
     workers: int = Field(2, ge=1, description="Worker processes, each running one run at a time.")
-    start_method: Literal["spawn", "forkserver"] = Field(
-        "spawn", description="How workers start (spawn is safe with CUDA and threads)."
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
+        "auto",
+        description=(
+            "How workers start. 'auto': fork (instant) on Linux when each worker uses one CPU thread and "
+            "CUDA is not initialized, else forkserver with torch preloaded. 'spawn' is the slowest and safest."
+        ),
     )
 
 
-_worker_runner: Runner | None = None
+_worker: dict[str, Any] = {}
+"""This worker process's sweep, device, thread count and stop event (set by ``_init_worker``)."""
 
 
 def _init_worker(worker: WorkerSpec, stop: Any, devices: Any, threads: int | None) -> None:
     """In each worker: stop at the next step on SIGINT/SIGTERM, take a device, build a runner."""
-    global _worker_runner
 
     def request_stop(signum: int, frame: object) -> None:
         stop.set()
@@ -76,15 +51,13 @@ def _init_worker(worker: WorkerSpec, stop: Any, devices: Any, threads: int | Non
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     device = devices.get() if devices is not None else None
-    _worker_runner = worker.runner(stop, device=device, threads=threads)
+    _worker.update(worker=worker, device=device, threads=threads, stop=stop)
 
 
 def _work(planned: PlannedRun) -> tuple[str, Any]:
-    assert _worker_runner is not None
-    try:
-        return "result", _worker_runner.run(planned)
-    except RunInterrupted as stopped:
-        return "interrupted", str(stopped)
+    return run_in_worker(
+        _worker["worker"], planned, device=_worker["device"], threads=_worker["threads"], stop=_worker["stop"]
+    )
 
 
 def _device_slots(device: str, workers: int) -> list[str] | None:
@@ -94,28 +67,46 @@ def _device_slots(device: str, workers: int) -> list[str] | None:
     return None
 
 
+def start_method(requested: str, threads: int | None, gpus_per_worker: bool) -> str:
+    """The multiprocessing start method for ``requested`` (resolving 'auto').
+
+    Forking is safe only in a single-threaded child of a parent without CUDA: a forked child
+    that runs OpenMP with several threads after its parent did can hang (GNU libgomp).
+    """
+    if requested != "auto":
+        return requested
+    if sys.platform == "linux" and threads == 1 and not gpus_per_worker and not torch.cuda.is_initialized():
+        return "fork"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 class PoolExecutor:
     """Runs in ``workers`` local processes, one run per worker at a time."""
 
     def __init__(self, options: PoolOptions) -> None:
         self.workers = options.workers
-        self.context = multiprocessing.get_context(options.start_method)
+        self.start_method = options.start_method
 
     def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
-        stop = self.context.Event()
         slots = _device_slots(context.worker.device, self.workers)
         cpu_share = None if slots else max(1, (os.cpu_count() or 1) // self.workers)
+        threads = context.worker.execution.threads or cpu_share
+        method = start_method(self.start_method, threads, slots is not None)
+        mp_context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            mp_context.set_forkserver_preload(PRELOAD)
+        stop = mp_context.Event()
         pending = iter(runs)
         exhausted = False
         while True:  # a pool whose worker died is replaced, and the sweep goes on
             devices = None
             if slots:
-                devices = self.context.Queue()
+                devices = mp_context.Queue()
                 for slot in slots:
                     devices.put(slot)
             pool = ProcessPoolExecutor(
                 self.workers,
-                mp_context=self.context,
+                mp_context=mp_context,
                 initializer=_init_worker,
                 initargs=(context.worker, stop, devices, cpu_share),
             )
@@ -132,6 +123,7 @@ class PoolExecutor:
                     if not in_flight:
                         break
                     done, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+                    context.keep_alive()
                     if context.stop.is_set():
                         stop.set()
                     for future in done:
@@ -140,11 +132,10 @@ class PoolExecutor:
                             kind, payload = future.result()
                         except BrokenProcessPool as exc:
                             broken = True
-                            yield Outcome(planned, failed(planned, f"the worker process died: {exc}"))
+                            yield Outcome(planned, failed_result(planned, f"the worker process died: {exc}"))
                             continue
                         except Exception as exc:
-                            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                            yield Outcome(planned, failed(planned, f"worker error: {detail}"))
+                            yield Outcome(planned, failed_result(planned, f"worker error: {error_text(exc)}"))
                             continue
                         if kind == "interrupted":
                             yield Outcome(planned, interrupted=payload)
@@ -159,9 +150,3 @@ class PoolExecutor:
 def pool(options: PoolOptions) -> PoolExecutor:
     """Local worker processes (``workers``), one run each, pinned to a share of the cores or one GPU each."""
     return PoolExecutor(options)
-
-
-@hookimpl
-def bnbench_register_executors(register: Register) -> None:
-    register("local", local)
-    register("pool", pool, options=PoolOptions)

@@ -1,0 +1,33 @@
+"""The ``local`` executor: runs in the driver's process, one after another (the default)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from harness import NoOptions
+from harness.executors import ExecutorContext, Outcome
+from harness.manifest import PlannedRun
+from harness.runner import RunInterrupted
+
+
+class LocalExecutor:
+    """Runs in this process, one after another, with the driver's plugins and progress bars."""
+
+    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+        runner = context.worker.runner(context.stop, registry=context.registry)
+        for notice in runner.execution.notices:
+            context.progress.log(f"notice: {notice}")
+        for planned in runs:
+            try:
+                result = runner.run(planned, context.progress)
+            except RunInterrupted as stopped:
+                yield Outcome(planned, interrupted=str(stopped))
+                return
+            yield Outcome(planned, result)
+            if context.stop.is_set():
+                return
+
+
+def local(options: NoOptions) -> LocalExecutor:
+    """In-process and sequential (the default): progress bars per run, lifecycle plugins in-process."""
+    return LocalExecutor()

@@ -1,0 +1,169 @@
+"""The ``submitit`` executor: runs as Slurm job arrays through submitit (optional extra ``bnbench[submitit]``).
+
+The pending runs are submitted as one job array (or arrays of ``max_in_flight`` runs), Slurm
+running ``array_parallelism`` of them at once. A job that Slurm times out or preempts
+checkpoints and is requeued, resuming from its last checkpoint. ``cluster = "local"`` runs
+each job as a local process through submitit's own local executor (for testing a setup
+without Slurm). Jobs must see the checkpoint directory beside the results store, as every
+Slurm node sees the submitting user's shared home or work disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from harness import Options
+from harness.errors import PluginError
+from harness.executors import (
+    ExecutorContext,
+    Outcome,
+    WorkerSpec,
+    error_text,
+    failed_result,
+    import_engine,
+    run_in_worker,
+)
+from harness.manifest import PlannedRun
+
+NOT_STARTED = {"PENDING", "REQUEUED", "CONFIGURING", "UNKNOWN", "READY"}
+"""Slurm job states of a job that has not started its run (cancelled when the sweep stops)."""
+
+
+class SubmititOptions(Options):
+    cluster: Literal["auto", "slurm", "local", "debug"] = Field(
+        "auto",
+        description=(
+            "'slurm'; 'local': one local process per run through submitit's local executor; 'debug': in the "
+            "driver's process; 'auto': Slurm when it is available, else local."
+        ),
+    )
+    folder: str | None = Field(
+        None,
+        description=(
+            "Where submitit writes job scripts, pickles and logs (relative to the manifest). "
+            "Unset: '<results>.executor/submitit' beside the results store."
+        ),
+    )
+    timeout_min: int = Field(24 * 60, ge=1, description="Time limit of each job, in minutes.")
+    cpus_per_task: int = Field(1, ge=1, description="CPUs per run (its torch threads).")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per run (0 trains on the CPU).")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per run, in GB (unset: the cluster's default).")
+    slurm_partition: str | None = Field(None, description="Slurm partition.")
+    array_parallelism: int = Field(64, ge=1, description="Jobs of an array running at once (Slurm's %N).")
+    max_in_flight: int = Field(0, ge=0, description="Runs submitted at once; 0: every pending run, as one job array.")
+    poll_s: float = Field(2.0, gt=0, description="Seconds between polls of the jobs' states.")
+    parameters: dict[str, Any] = Field(
+        {}, description="More parameters for submitit's AutoExecutor.update_parameters (e.g. slurm_account)."
+    )
+
+
+class SubmititRun:
+    """What a job runs: one run. Checkpointable: on timeout or preemption submitit calls
+    ``checkpoint`` and requeues the job, which then resumes from the run's last checkpoint."""
+
+    def __call__(self, worker: WorkerSpec, planned: PlannedRun, device: str, threads: int) -> tuple[str, Any]:
+        return run_in_worker(worker, planned, device=device, threads=threads)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(SubmititRun(), *args, **kwargs)
+
+
+class SubmititExecutor:
+    """Submits the runs as job arrays and collects each run's result as its job ends."""
+
+    def __init__(self, options: SubmititOptions) -> None:
+        self.options = options
+        self.submitit = import_engine("submitit", "submitit")
+
+    def _executor(self, submitit: Any, context: ExecutorContext) -> Any:
+        options = self.options
+        if options.folder is not None:
+            folder = context.worker.base_dir / options.folder
+        elif context.files is not None:
+            folder = context.files / "submitit"
+        else:
+            folder = context.worker.checkpoint_dir.with_name("submitit")
+        cluster = None if options.cluster == "auto" else options.cluster
+        if cluster is None and submitit.AutoExecutor.which() != "slurm":
+            cluster = "local"
+        executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster)
+        parameters: dict[str, Any] = {
+            "timeout_min": options.timeout_min,
+            "cpus_per_task": options.cpus_per_task,
+            "gpus_per_node": options.gpus_per_node,
+            "slurm_array_parallelism": options.array_parallelism,
+            "name": "bnbench",
+        }
+        if options.mem_gb is not None:
+            parameters["mem_gb"] = options.mem_gb
+        if options.slurm_partition is not None:
+            parameters["slurm_partition"] = options.slurm_partition
+        try:
+            executor.update_parameters(**{**parameters, **options.parameters})
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"submitit executor: invalid parameters: {exc}") from exc
+        return executor
+
+    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+        executor = self._executor(self.submitit, context)
+        device = context.worker.device
+        if not self.options.gpus_per_node:
+            if device.startswith("cuda"):
+                raise PluginError(f"device {device!r} needs gpus_per_node > 0 in the submitit executor's options")
+            device = "cpu"
+        task = SubmititRun()
+        in_flight: dict[Any, PlannedRun] = {}
+        exhausted = False
+        cancelled = False
+        while True:
+            if not exhausted and not context.stopping():
+                room = (self.options.max_in_flight or float("inf")) - len(in_flight)
+                batch: list[PlannedRun] = []
+                while len(batch) < room:
+                    planned = next(runs, None)
+                    if planned is None:
+                        exhausted = True
+                        break
+                    batch.append(planned)
+                if batch:
+                    with executor.batch():  # one job array
+                        jobs = [
+                            executor.submit(task, context.worker, p, device, self.options.cpus_per_task) for p in batch
+                        ]
+                    in_flight.update(zip(jobs, batch, strict=True))
+                    context.progress.log(f"submitit: submitted {len(batch)} runs as job array {jobs[0].job_id}")
+            if not in_flight:
+                return
+            if context.stopping() and not cancelled:
+                cancelled = True
+                for job in [j for j in in_flight if j.state in NOT_STARTED]:
+                    job.cancel(check=False)
+                    yield Outcome(in_flight.pop(job), interrupted="its job had not started when the sweep stopped")
+            finished = [job for job in in_flight if job.done()]
+            for job in finished:
+                yield self._outcome(job, in_flight.pop(job), context)
+            if not finished:
+                context.keep_alive()
+                time.sleep(self.options.poll_s)
+
+    @staticmethod
+    def _outcome(job: Any, planned: PlannedRun, context: ExecutorContext) -> Outcome:
+        try:
+            kind, payload = job.result()
+        except Exception as exc:
+            if context.stop.is_set():
+                return Outcome(planned, interrupted=f"its job ended while stopping: {error_text(exc)}")
+            return Outcome(planned, failed_result(planned, f"submitit job {job.job_id} failed: {error_text(exc)}"))
+        return Outcome(planned, interrupted=payload) if kind == "interrupted" else Outcome(planned, payload)
+
+
+def submitit_executor(options: SubmititOptions) -> SubmititExecutor:
+    """Slurm job arrays through submitit (``cluster = "local"``: local processes, for testing)."""
+    return SubmititExecutor(options)

@@ -1,0 +1,153 @@
+"""Ray and submitit executors, for real: a Ray cluster started here on loopback, and submitit's
+local executor. Each runs a small sweep whose results must equal a ``local`` run of the same
+specs; failing runs are recorded and the sweep goes on; a stopped sweep resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_executors import manifest_text, results
+from test_reliability import SLOW_PLUGIN
+
+from harness.errors import PluginError
+from harness.executors import StopFile
+from harness.manifest import load_manifest
+from harness.sweep import run_manifest
+
+CRASHING = ('model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]')
+"""Adds a model that raises while being built: half the runs of the sweep fail."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A two-CPU Ray cluster on loopback, started for these tests and stopped after them."""
+    pytest.importorskip("ray")
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "BNBENCH_TEST_STEP_SLEEP": "0.02"}
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                head.kill()
+                pytest.fail(f"the Ray head did not start: {head.communicate()[1][-2000:]}")
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+
+
+def ray_executor(address: str) -> str:
+    return f'{{ name = "ray", address = "{address}", num_cpus = 1 }}'
+
+
+SUBMITIT = '{ name = "submitit", cluster = "local", poll_s = 0.2, timeout_min = 10 }'
+
+
+@pytest.mark.parametrize("engine", ["ray", "submitit"])
+def test_results_equal_local_results_and_failures_are_recorded(engine, request, write_manifest):
+    if engine == "ray":
+        executor = ray_executor(request.getfixturevalue("ray_address"))
+        seeds = "[0, 1]"
+    else:
+        pytest.importorskip("submitit")
+        executor, seeds = SUBMITIT, "[0]"  # one process per job: keep the sweep small
+    local_text = manifest_text('"local"', "local.sqlite").replace("seeds = [0, 1]", f"seeds = {seeds}")
+    local = load_manifest(write_manifest(local_text.replace(*CRASHING), "local.toml"))
+    remote_text = manifest_text(executor, f"{engine}.sqlite").replace("seeds = [0, 1]", f"seeds = {seeds}")
+    remote = load_manifest(write_manifest(remote_text.replace(*CRASHING), f"{engine}.toml"))
+    expected = run_manifest(local).statuses
+    assert expected["failed"] == expected["done"] >= 2
+
+    summary = run_manifest(remote)
+
+    assert summary.statuses == expected
+    assert results(remote) == results(local)  # statuses and every epoch's metrics, bitwise
+    failed = [r for r in results(remote).values() if r[0] == "failed"]
+    assert len(failed) == expected["failed"]
+    assert run_manifest(remote).skipped == expected["done"]  # finished runs are not run again
+    stop_files = list(remote.results_path.with_name(remote.results_path.name + ".checkpoints").glob("stop-*"))
+    assert stop_files == []
+
+
+@pytest.mark.parametrize("engine", ["ray", "submitit"])
+def test_a_signalled_driver_stops_remote_runs_at_checkpoints_and_the_sweep_resumes(
+    engine, request, write_manifest, tmp_path
+):
+    if engine == "ray":
+        executor = ray_executor(request.getfixturevalue("ray_address"))  # its workers sleep 0.02 s per step
+    else:
+        pytest.importorskip("submitit")
+        executor = SUBMITIT
+    text = manifest_text(executor, f"{engine}.sqlite").replace("plugins = [", f'plugins = ["{SLOW_PLUGIN}", ')
+    text = text.replace("epochs = 2", "epochs = 12")
+    path = write_manifest(text)
+    env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.02"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    checkpoints = tmp_path / f"{engine}.sqlite.checkpoints"
+    deadline = time.monotonic() + 180
+    while not any(checkpoints.glob("*/step-*.pt")) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    manifest = load_manifest(path)
+    assert "interrupted" in {status for status, _ in results(manifest).values()}
+
+    resumed = run_manifest(manifest)
+
+    assert resumed.statuses["done"] >= 1 and set(resumed.statuses) == {"done"}
+    uninterrupted = load_manifest(write_manifest(text.replace(f"{engine}.sqlite", "local.sqlite"), "local.toml"))
+    run_manifest(uninterrupted)
+    assert results(manifest) == results(uninterrupted)
+
+
+def test_a_missing_engine_is_a_clear_error(write_manifest, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without the extra sees
+    manifest = load_manifest(write_manifest(manifest_text(SUBMITIT, "r.sqlite")))
+    with pytest.raises(PluginError, match=r"pip install 'bnbench\[submitit\]'"):
+        run_manifest(manifest)
+
+
+def test_stop_file_is_seen_by_other_processes_and_polled_cheaply(tmp_path: Path):
+    path = tmp_path / "stop-x"
+    watcher = StopFile(path, poll_s=0.0)
+    assert not watcher.is_set()
+    StopFile(path).set()
+    assert watcher.is_set()
+    lazy = StopFile(tmp_path / "stop-y", poll_s=3600)
+    assert not lazy.is_set()
+    StopFile(tmp_path / "stop-y").set()
+    assert not lazy.is_set()  # not looked at again within poll_s
+    watcher.clear()
+    assert not path.exists()
