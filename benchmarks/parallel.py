@@ -1,6 +1,6 @@
 """Parallel runs: the MNIST smoke sweep in-process (``local``) against two worker processes (``pool``).
 
-    python benchmarks/parallel.py [--workers 2]
+    python benchmarks/parallel.py [--workers 2] [--start-method auto]
 
 Runs the ``mlp_mnist`` study of the bundled manifest with ``--profile smoke`` twice, into
 fresh stores, and prints both wall times and the speed-up.
@@ -35,11 +35,15 @@ def timed(path: Path, executor: Component) -> tuple[float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--start-method", default="auto", choices=["auto", "fork", "forkserver", "spawn"])
     args = parser.parse_args()
     times = {}
     for name, executor in (
         ("local", Component(name="local")),
-        (f"pool({args.workers})", Component(name="pool", options={"workers": args.workers, "start_method": "spawn"})),
+        (
+            f"pool({args.workers})",
+            Component(name="pool", options={"workers": args.workers, "start_method": args.start_method}),
+        ),
     ):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "benchmarks.toml"

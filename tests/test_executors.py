@@ -11,6 +11,7 @@ from harness.manifest import load_manifest
 from harness.registry import load_registry
 from harness.store import Store
 from harness.sweep import run_manifest
+from plugins.executors.pool import start_method
 
 FAULTS = str(fault_plugins.__file__)
 
@@ -29,9 +30,11 @@ def results(manifest) -> dict[str, tuple[str, list]]:
         return {i: (r.status, r.epochs) for i, r in store.load(r.run_id for r in manifest.runs()).items()}
 
 
-def test_pool_results_equal_local_results(write_manifest):
+@pytest.mark.parametrize("start_method", ["auto", "forkserver"])
+def test_pool_results_equal_local_results(write_manifest, start_method):
     local = load_manifest(write_manifest(manifest_text('"local"', "local.sqlite"), "local.toml"))
-    pool = load_manifest(write_manifest(manifest_text('{ name = "pool", workers = 2 }', "pool.sqlite"), "pool.toml"))
+    executor = f'{{ name = "pool", workers = 2, start_method = "{start_method}" }}'
+    pool = load_manifest(write_manifest(manifest_text(executor, "pool.sqlite"), "pool.toml"))
     assert pool.executor.name == "pool" and pool.executor.options["workers"] == 2
     assert run_manifest(local).statuses == {"done": 4}
     summary = run_manifest(pool)
@@ -89,3 +92,11 @@ def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_
     assert "interrupted" in {status for status, _ in results(manifest).values()}
     assert run_manifest(manifest).statuses["done"] >= 1
     assert {status for status, _ in results(manifest).values()} == {"done"}
+
+
+def test_pool_forks_only_single_threaded_cpu_workers():
+    # A forked child running OpenMP with several threads after its parent did can hang.
+    assert start_method("auto", threads=1, gpus_per_worker=False) == "fork"
+    assert start_method("auto", threads=2, gpus_per_worker=False) == "forkserver"
+    assert start_method("auto", threads=1, gpus_per_worker=True) == "forkserver"
+    assert start_method("spawn", threads=1, gpus_per_worker=False) == "spawn"
