@@ -161,7 +161,9 @@ def bnbench_register_executors(register: Register) -> None:
     """Register executors: where the runs of a sweep execute (``[harness] executor``).
 
     ``factory(options) -> Executor`` (see ``harness.executors``): pulls runs one at a time,
-    yields an ``Outcome`` per run. Only the driver writes the results store.
+    yields an ``Outcome`` per run. Only the driver writes the results store. Executors whose
+    runs execute elsewhere call ``harness.executors.run_in_worker`` there, and
+    ``context.keep_alive()`` / ``context.stopping()`` while they wait.
     """
 
 
