@@ -4,6 +4,7 @@ specs; failing runs are recorded and the sweep goes on; a stopped sweep resumes.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from test_executors import manifest_text, results
 from test_reliability import SLOW_PLUGIN
 
 from harness.errors import PluginError
-from harness.executors import StopFile
+from harness.executors import StopFile, WorkerSpec
 from harness.manifest import load_manifest
 from harness.sweep import run_manifest
 
@@ -139,6 +140,14 @@ def test_a_missing_engine_is_a_clear_error(write_manifest, monkeypatch):
         run_manifest(manifest)
 
 
+def test_slurm_without_slurm_is_a_clear_error(write_manifest, monkeypatch, tmp_path):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    manifest = load_manifest(write_manifest(manifest_text('{ name = "submitit", cluster = "slurm" }', "r.sqlite")))
+    with pytest.raises(PluginError, match=r"submitit executor: cannot use cluster 'slurm'.*srun"):
+        run_manifest(manifest)
+
+
 def test_stop_file_is_seen_by_other_processes_and_polled_cheaply(tmp_path: Path):
     path = tmp_path / "stop-x"
     watcher = StopFile(path, poll_s=0.0)
@@ -151,3 +160,64 @@ def test_stop_file_is_seen_by_other_processes_and_polled_cheaply(tmp_path: Path)
     assert not lazy.is_set()  # not looked at again within poll_s
     watcher.clear()
     assert not path.exists()
+
+
+def test_submitit_submits_one_slurm_job_array_and_cancels_unstarted_jobs_on_stop(write_manifest, tmp_path, monkeypatch):
+    """No Slurm here: fake sbatch/sacct/scancel record what submitit asks of Slurm."""
+    pytest.importorskip("submitit")
+    import threading
+
+    from harness.executors import ExecutorContext
+    from harness.progress import Progress
+    from harness.registry import load_registry
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "slurm.log"
+    fakes = {
+        "sbatch": f'cp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"',
+        "sacct": "exit 0",  # no record yet: the jobs count as not started
+        "scancel": f'echo "scancel $*" >> {log}',
+        "srun": "exit 0",  # submitit looks for it to tell it is on a Slurm cluster
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    executor_toml = (
+        '{ name = "submitit", cluster = "slurm", slurm_partition = "gpu", cpus_per_task = 2, '
+        'array_parallelism = 3, timeout_min = 90, poll_s = 0.05, parameters = { slurm_account = "bn" } }'
+    )
+    manifest = load_manifest(write_manifest(manifest_text(executor_toml, "slurm.sqlite")))
+    entry = load_registry().get("executor", "submitit")
+    executor = entry.factory(entry.options.model_validate(manifest.executor.options))
+    stop = threading.Event()
+
+    class StopAfterSubmitting(Progress):
+        def log(self, message: str) -> None:
+            super().log(message)
+            stop.set()  # the sweep is signalled right after the array is submitted
+
+    worker_spec = WorkerSpec(
+        plugins=(),
+        base_dir=manifest.base_dir,
+        device="cpu",
+        divergence_check_every=0,
+        checkpoint_dir=tmp_path / "slurm.sqlite.checkpoints",
+        checkpoint_every=1,
+        stop_file=tmp_path / "slurm.sqlite.checkpoints" / "stop-test",
+    )
+    context = ExecutorContext(
+        worker_spec, manifest.registry, stop, StopAfterSubmitting(4, stream=io.StringIO(), bars=False),
+        files=tmp_path / "slurm.sqlite.executor",
+    )  # fmt: skip
+
+    outcomes = list(executor.execute(iter(manifest.runs()), context))
+
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("--array=0-3%3", "--partition=gpu", "--cpus-per-task=2", "--time=90", "--account=bn"):
+        assert f"#SBATCH {line}" in script, script
+    assert [o.interrupted for o in outcomes] == ["its job had not started when the sweep stopped"] * 4
+    assert log.read_text().count("scancel") == 4
+    assert worker_spec.stop_file.exists()  # runs already going would checkpoint and stop

@@ -100,3 +100,44 @@ def test_pool_forks_only_single_threaded_cpu_workers():
     assert start_method("auto", threads=2, gpus_per_worker=False) == "forkserver"
     assert start_method("auto", threads=1, gpus_per_worker=True) == "forkserver"
     assert start_method("spawn", threads=1, gpus_per_worker=False) == "spawn"
+
+
+class WaitingExecutor:
+    """Runs nothing: waits on each run as a remote executor would, calling keep_alive."""
+
+    def __init__(self, seen: list[float]) -> None:
+        self.seen = seen
+
+    def execute(self, runs, context):
+        import sqlite3
+        import time
+
+        from harness.executors import Outcome, failed_result
+
+        for planned in runs:
+            for _ in range(3):
+                time.sleep(0.15)
+                context.keep_alive()
+                with sqlite3.connect(context.worker.checkpoint_dir.with_suffix("")) as db:
+                    (updated,) = db.execute("SELECT updated_at FROM runs WHERE id = ?", (planned.run_id,)).fetchone()
+                self.seen.append(updated)
+            yield Outcome(planned, failed_result(planned, "waited only"))
+
+
+def test_remote_runs_claims_are_kept_alive_while_the_executor_waits(write_manifest):
+    from harness import hookimpl
+
+    seen: list[float] = []
+
+    class Plugin:
+        @hookimpl
+        def bnbench_register_executors(self, register):
+            register("waiting", lambda options: WaitingExecutor(seen))
+
+    registry = load_registry([FAULTS], objects=[("waiting", Plugin())])
+    text = manifest_text('"waiting"', "w.sqlite").replace("seeds = [0, 1]", "seeds = [0]")
+    text = text.replace("[harness]", "[harness]\nclaim_timeout_s = 0.4", 1)  # keep-alive every 0.1 s
+    manifest = load_manifest(write_manifest(text), registry=registry)
+    assert run_manifest(manifest).statuses == {"failed": 2}
+    assert len(seen) == 6
+    assert seen[0] < seen[1] < seen[2] and seen[3] < seen[4] < seen[5]  # refreshed while waiting

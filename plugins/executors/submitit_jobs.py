@@ -93,7 +93,10 @@ class SubmititExecutor:
         cluster = None if options.cluster == "auto" else options.cluster
         if cluster is None and submitit.AutoExecutor.which() != "slurm":
             cluster = "local"
-        executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster)
+        try:
+            executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster)
+        except (RuntimeError, ValueError) as exc:
+            raise PluginError(f"submitit executor: cannot use cluster {options.cluster!r}: {exc}") from exc
         parameters: dict[str, Any] = {
             "timeout_min": options.timeout_min,
             "cpus_per_task": options.cpus_per_task,
