@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness import hookimpl
+from harness.checkpoint import Checkpoints
+from harness.manifest import PlannedRun
 from harness.registry import Registry, load_registry
+from harness.runner import RunInterrupted, Runner
 
 torch.set_num_threads(1)
 
@@ -53,3 +61,39 @@ def write_manifest(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def run_until_stopped(
+    registry: Registry, planned: PlannedRun, base_dir: Path, checkpoints: Checkpoints, at_step: int
+) -> RunInterrupted:
+    """Run ``planned`` in-process, asking it to stop after step ``at_step``; the stop it raised."""
+    stop = threading.Event()
+
+    class StopAtStep:
+        @hookimpl
+        def bnbench_step_end(self, run, step, loss):
+            if step == at_step:
+                stop.set()
+
+    stopper = StopAtStep()
+    registry.manager.register(stopper)
+    try:
+        runner = Runner(registry, base_dir=base_dir, device="cpu", checkpoints=checkpoints, stop=stop)
+        with pytest.raises(RunInterrupted) as info:
+            runner.run(planned)
+    finally:
+        registry.manager.unregister(stopper)
+    return info.value
+
+
+def signal_midway(process: subprocess.Popen, checkpoints: Path, signum: int = signal.SIGTERM) -> str:
+    """Once a ``bnbench run`` process has written a mid-run checkpoint, signal it; check that it
+    stopped cleanly (exit 130, a resume hint, no traceback) and return its stderr."""
+    deadline = time.monotonic() + 180
+    while not any(checkpoints.glob("*/step-*.pt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    return err

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import signal_midway
 from test_executors import manifest_text, results
 from test_reliability import SLOW_PLUGIN
 
@@ -114,14 +115,7 @@ def test_a_signalled_driver_stops_remote_runs_at_checkpoints_and_the_sweep_resum
     driver = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
     )
-    checkpoints = tmp_path / f"{engine}.sqlite.checkpoints"
-    deadline = time.monotonic() + 180
-    while not any(checkpoints.glob("*/step-*.pt")) and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=180)
-    assert driver.returncode == 130, err
-    assert "run the same command again to resume" in err and "Traceback" not in err
+    signal_midway(driver, tmp_path / f"{engine}.sqlite.checkpoints", signal.SIGINT)
     manifest = load_manifest(path)
     assert "interrupted" in {status for status, _ in results(manifest).values()}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fault_plugins
 import pytest
-from conftest import tiny_manifest
+from conftest import signal_midway, tiny_manifest
 
 from harness.errors import ManifestError
 from harness.manifest import load_manifest
@@ -68,7 +68,6 @@ def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_
     import signal
     import subprocess
     import sys
-    import time
 
     from test_reliability import SLOW_PLUGIN
 
@@ -80,14 +79,7 @@ def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_
     process = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
     )
-    checkpoints = tmp_path / "pool.sqlite.checkpoints"
-    deadline = time.monotonic() + 120
-    while not any(checkpoints.glob("*/step-*.pt")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
-    assert "run the same command again to resume" in err and "Traceback" not in err
+    signal_midway(process, tmp_path / "pool.sqlite.checkpoints", signal.SIGTERM)
     manifest = load_manifest(path)
     assert "interrupted" in {status for status, _ in results(manifest).values()}
     assert run_manifest(manifest).statuses["done"] >= 1

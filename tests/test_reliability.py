@@ -8,19 +8,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_manifest
+from conftest import run_until_stopped, tiny_manifest
 
 from harness import hookimpl
 from harness.checkpoint import Checkpoints
 from harness.manifest import load_manifest
 from harness.registry import load_registry
-from harness.runner import RunInterrupted, Runner
+from harness.runner import Runner
 from harness.store import Store
 from harness.sweep import checkpoint_directory, run_manifest
 
@@ -91,24 +90,9 @@ def test_stop_midway_checkpoints_and_resume_is_bitwise_identical(write_manifest,
     manifest = load_manifest(write_manifest(deterministic_manifest(seeds="[0]")), registry=registry)
     planned = manifest.runs()[0]
     uninterrupted = Runner(registry, base_dir=manifest.base_dir, device="cpu").run(planned)
-    stop = threading.Event()
-
-    class StopAtStep:
-        @hookimpl
-        def bnbench_step_end(self, run, step, loss):
-            if step == 6:  # midway through epoch 2
-                stop.set()
-
-    stopper = StopAtStep()
-    registry.manager.register(stopper)
     checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
-    try:
-        runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", checkpoints=checkpoints, stop=stop)
-        with pytest.raises(RunInterrupted) as info:
-            runner.run(planned)
-    finally:
-        registry.manager.unregister(stopper)
-    assert info.value.step == 6 and info.value.path.is_file()
+    stopped = run_until_stopped(registry, planned, manifest.base_dir, checkpoints, at_step=6)  # midway, epoch 2
+    assert stopped.step == 6 and stopped.path.is_file()
     resumed = Runner(registry, base_dir=manifest.base_dir, device="cpu", checkpoints=checkpoints).run(planned)
     assert resumed.status == "done" and resumed.info["resumed_from_step"] == 6
     assert [(e.epoch, e.step, e.metrics) for e in resumed.epochs] == [

@@ -4,11 +4,11 @@ giving the same batches, and so the same runs, as the in-memory tensors."""
 from __future__ import annotations
 
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_until_stopped
 from pydantic import ValidationError
 from test_datasets import write_fake_cifar, write_fake_mnist
 
@@ -16,7 +16,7 @@ from harness import BuildContext, DataBundle, DatasetNotFoundError, hookimpl
 from harness.checkpoint import Checkpoints
 from harness.data import DeviceData, StreamData, StreamImages
 from harness.manifest import load_manifest
-from harness.runner import RunInterrupted, Runner
+from harness.runner import Runner
 from plugins.datasets.cifar10 import Cifar10Options, load_cifar10
 from plugins.datasets.common import TorchvisionSource
 from plugins.datasets.mnist import MnistOptions, load_mnist
@@ -122,24 +122,9 @@ def test_stream_storage_resumes_midway_through_an_epoch(tmp_path: Path, registry
     (planned,) = runs
     uninterrupted = Runner(registry, base_dir=manifest.base_dir, device="cpu").run(planned)
     assert uninterrupted.status == "done", uninterrupted.error
-    stop = threading.Event()
-
-    class StopAtStep:
-        @hookimpl
-        def bnbench_step_end(self, run, step, loss):
-            if step == 6:  # the third of epoch 2's four batches is next
-                stop.set()
-
-    stopper = StopAtStep()
     checkpoints = Checkpoints(tmp_path / "checkpoints")
-    registry.manager.register(stopper)
-    try:
-        runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", checkpoints=checkpoints, stop=stop)
-        with pytest.raises(RunInterrupted) as info:
-            runner.run(planned)
-    finally:
-        registry.manager.unregister(stopper)
-    assert info.value.step == 6
+    stopped = run_until_stopped(registry, planned, manifest.base_dir, checkpoints, at_step=6)  # midway, epoch 2
+    assert stopped.step == 6
     resumed = Runner(registry, base_dir=manifest.base_dir, device="cpu", checkpoints=checkpoints).run(planned)
     assert resumed.status == "done" and resumed.info["resumed_from_step"] == 6
     assert history(resumed) == history(uninterrupted)
