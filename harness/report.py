@@ -122,10 +122,10 @@ def _duration(seconds: float) -> str:
 
 def study_table(study: StudyRuns, fmt: str = "github") -> str:
     """The study's comparison table in ``fmt`` (github, latex, plain or csv)."""
+    if fmt == "csv":
+        return _csv([study])
     rows = group_rows(study)
     axes = study.axes or ["(single configuration)"]
-    if fmt == "csv":
-        return _csv(study, rows)
     body = []
     for row in rows:
         config = [row.config.get(a, "") for a in study.axes] or ["—"]
@@ -152,41 +152,48 @@ def _diverged_cell(row: Row) -> str:
     return f"{len(row.diverged)}{at}"
 
 
-def _csv(study: StudyRuns, rows: list[Row]) -> str:
+CSV_MEASURES = [
+    "final_test_acc_mean",
+    "final_test_acc_std",
+    "best_test_acc_mean",
+    "best_test_acc_std",
+    "final_train_loss_mean",
+    "final_train_loss_std",
+    "seeds",
+    "finished",
+    "diverged",
+    "failed",
+    "pending",
+    "seconds_per_run",
+    "images_per_second",
+]
+
+
+def _csv_measures(row: Row) -> list[Any]:
+    cells: list[Any] = []
+    for stats in (
+        _stats([r.final(ACCURACY) for r in row.done]),
+        _stats([r.best(ACCURACY) for r in row.done]),
+        _stats([r.final("train_loss") for r in row.done]),
+    ):
+        cells += ["" if v is None else f"{v:.6g}" for v in stats]
+    cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
+    durations = [r.duration_s for r in row.done + row.diverged if r.duration_s]
+    speeds = [r.images_per_second for r in row.done if r.images_per_second]
+    cells += [f"{statistics.fmean(d):.6g}" if d else "" for d in (durations, speeds)]
+    return cells
+
+
+def _csv(studies: list[StudyRuns]) -> str:
+    """One CSV table of several studies: a column per axis of any study (empty where a study has
+    no such axis), then the measures."""
+    axes = list(dict.fromkeys(a for study in studies for a in study.axes))
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(
-        [
-            "study",
-            *study.axes,
-            "final_test_acc_mean",
-            "final_test_acc_std",
-            "best_test_acc_mean",
-            "best_test_acc_std",
-            "final_train_loss_mean",
-            "final_train_loss_std",
-            "seeds",
-            "finished",
-            "diverged",
-            "failed",
-            "pending",
-            "seconds_per_run",
-            "images_per_second",
-        ]
-    )
-    for row in rows:
-        cells: list[Any] = [study.name, *(row.config.get(a, "") for a in study.axes)]
-        for stats in (
-            _stats([r.final(ACCURACY) for r in row.done]),
-            _stats([r.best(ACCURACY) for r in row.done]),
-            _stats([r.final("train_loss") for r in row.done]),
-        ):
-            cells += ["" if v is None else f"{v:.6g}" for v in stats]
-        cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
-        durations = [r.duration_s for r in row.done + row.diverged if r.duration_s]
-        speeds = [r.images_per_second for r in row.done if r.images_per_second]
-        cells += [f"{statistics.fmean(d):.6g}" if d else "" for d in (durations, speeds)]
-        writer.writerow(cells)
+    writer.writerow(["study", *axes, *CSV_MEASURES])
+    for study in studies:
+        for row in group_rows(study):
+            writer.writerow([study.name, *(row.config.get(a, "") for a in axes), *_csv_measures(row)])
     return out.getvalue()
 
 
@@ -260,8 +267,8 @@ class Report:
         return "\n\n".join(sections) + "\n"
 
     def _render_csv(self) -> str:
-        parts = [study_table(s, "csv") for s in self.studies if s.is_training]
-        out = parts[0] + "".join(p.split("\n", 1)[1] for p in parts[1:]) if parts else ""
+        training = [s for s in self.studies if s.is_training]
+        out = _csv(training) if training else ""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for study in self.studies:

@@ -6,12 +6,13 @@ import csv
 import io
 
 import pytest
-from conftest import tiny_manifest
+from conftest import TINY_STUDY, tiny_manifest
 
 from harness import report
 from harness.manifest import load_manifest
 from harness.runner import EpochRecord, RunResult
 from harness.store import Store
+from harness.sweep import run_manifest
 
 # (placement, seed) → final-epoch test accuracy, or a status
 KNOWN = {
@@ -79,6 +80,23 @@ def test_csv_has_numbers(known_store):
     assert float(by_placement["all"]["final_test_acc_mean"]) == pytest.approx(0.8)
     assert float(by_placement["all"]["best_test_acc_std"]) == pytest.approx(0.1414, abs=1e-4)
     assert by_placement["none"]["diverged"] == "1" and by_placement["none"]["finished"] == "2"
+
+
+def test_csv_of_studies_with_different_axes_has_every_axis_column(write_manifest, registry):
+    second = TINY_STUDY.format(placement='"all"', lr="[0.01, 0.05]", seeds="[0]", epochs=1).replace("tiny", "lrs")
+    manifest = load_manifest(write_manifest(tiny_manifest(epochs=1) + second), registry=registry)
+    run_manifest(manifest)
+    with Store(manifest.results_path) as store:
+        text = report.from_manifest(manifest, store).render("csv")
+    rows = list(csv.DictReader(io.StringIO(text)))  # no analyses or claims: one table
+    assert list(rows[0])[:3] == ["study", "placement", "optimizer.lr"]
+    assert [(r["study"], r["placement"], r["optimizer.lr"]) for r in rows] == [
+        ("tiny", "all", ""),
+        ("tiny", "none", ""),
+        ("lrs", "", "0.01"),
+        ("lrs", "", "0.05"),
+    ]
+    assert all(r["finished"] == "1" for r in rows)
 
 
 def test_latex_and_pending_runs(write_manifest, registry, known_store):
