@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest_args(run)
     run.add_argument("--rerun", action="store_true", help="run again runs that already have a result")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override [harness] device")
+    run.add_argument(
+        "--executor",
+        metavar="NAME|TABLE",
+        help="override [harness] executor: a name (pool) or a TOML table ('{ name = \"pool\", workers = 4 }')",
+    )
     run.add_argument("--format", choices=reporting.FORMATS, default="github", help="report table format")
     run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
     run.add_argument("--yes", "-y", action="store_true", help="do not ask before a sweep larger than max_runs")
@@ -98,7 +103,7 @@ def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest, args.profile, studies=args.study)
+    manifest = load_manifest(args.manifest, args.profile, studies=args.study, executor=args.executor)
     _confirm_size(manifest, args.rerun, args.yes)
     summary = run_manifest(manifest, rerun=args.rerun, device=args.device)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"

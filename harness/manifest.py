@@ -94,6 +94,16 @@ class Manifest:
 
 
 # -- reading --------------------------------------------------------------------------------
+def parse_inline(text: str) -> Any:
+    """A command-line component: a plugin name, or a TOML inline table (``{ name = "...", ... }``)."""
+    if not text.lstrip().startswith("{"):
+        return text.strip()
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"invalid TOML inline table {text!r}: {exc}", file="--executor") from None
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, turning every problem into a ``ManifestError`` naming the file."""
     try:
@@ -452,8 +462,13 @@ def load_manifest(
     *,
     registry: Registry | None = None,
     studies: list[str] | None = None,
+    executor: str | None = None,
 ) -> Manifest:
-    """Read, overlay, validate and expand a manifest. Every problem is a ``ManifestError``."""
+    """Read, overlay, validate and expand a manifest. Every problem is a ``ManifestError``.
+
+    ``executor`` (a plugin name, or a TOML inline table such as ``{ name = "pool", workers = 4 }``)
+    replaces the manifest's ``[harness] executor``: where runs execute is not part of what they are.
+    """
     path = Path(path).expanduser().resolve()
     file = str(path)
     data = read_toml(path)
@@ -497,11 +512,11 @@ def load_manifest(
                 field=f"claims[{index}].study",
             )
     claims = [c for c in parsed.claims if c.study in names]
-    resolver = _Expander(registry, file, "")
-    raw_executor = parsed.harness.executor
-    executor = resolver.resolve_component(
-        "executor", "harness.executor", resolver.component("harness.executor", raw_executor)
-    )
+    if executor is None:
+        resolver, field_name, raw_executor = _Expander(registry, file, ""), "harness.executor", parsed.harness.executor
+    else:
+        resolver, field_name, raw_executor = _Expander(registry, "--executor", ""), "executor", parse_inline(executor)
+    resolved_executor = resolver.resolve_component("executor", field_name, resolver.component(field_name, raw_executor))
     return Manifest(
         path=path,
         settings=parsed.harness,
@@ -509,5 +524,5 @@ def load_manifest(
         studies=expanded,
         registry=registry,
         claims=claims,
-        executor=Component.model_validate(executor),
+        executor=Component.model_validate(resolved_executor),
     )

@@ -158,6 +158,21 @@ def test_bad_manifest_exits_2_without_traceback(tmp_path, text, message):
     assert not (tmp_path / "results.sqlite").exists()  # nothing written
 
 
+def test_executor_from_the_command_line_overrides_the_manifest(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text(tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nexecution = { threads = 1 }'))
+    result = bnbench("run", str(path), "--no-report", "--executor", '{ name = "pool", workers = 2 }')
+    assert result.returncode == 0, result.stderr
+    assert "2 done" in result.stderr
+    for value, message in (
+        ("pol", "--executor, field 'executor': unknown executor 'pol'"),
+        ('{ name = "pool", workers = 0 }', "--executor, field 'executor.workers'"),
+        ("{ name = ", "--executor: invalid TOML inline table"),
+    ):
+        result = bnbench("run", str(path), "--executor", value)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_report_before_any_run_says_what_to_do(tmp_path):
     path = tmp_path / "m.toml"
     path.write_text(tiny_manifest())
