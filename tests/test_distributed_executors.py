@@ -40,30 +40,37 @@ def ray_address() -> Iterator[str]:
     """A two-CPU Ray cluster on loopback, started for these tests and stopped after them."""
     pytest.importorskip("ray")
     port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "BNBENCH_TEST_STEP_SLEEP": "0.02"}
-    head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    with pytest.MonkeyPatch.context() as patch, (temp_dir / "head.log").open("w+") as log:
+        # No token authentication on this loopback cluster: Ray turns it on when it finds a token
+        # in ~/.ray, and drivers without the token then cannot connect. Set here for this process
+        # and the drivers it starts.
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "BNBENCH_TEST_STEP_SLEEP": "0.02"}
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if head.poll() is not None or time.monotonic() > deadline:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if head.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        pytest.fail(f"the Ray head did not start: {log.read()[-2000:]}")
+                    time.sleep(0.2)
+            yield f"127.0.0.1:{port}"
+        finally:
+            head.send_signal(signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
                 head.kill()
-                pytest.fail(f"the Ray head did not start: {head.communicate()[1][-2000:]}")
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    head.send_signal(signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        head.kill()
 
 
 def ray_executor(address: str) -> str:
@@ -215,3 +222,31 @@ def test_submitit_submits_one_slurm_job_array_and_cancels_unstarted_jobs_on_stop
     assert [o.interrupted for o in outcomes] == ["its job had not started when the sweep stopped"] * 4
     assert log.read_text().count("scancel") == 4
     assert worker_spec.stop_file.exists()  # runs already going would checkpoint and stop
+
+
+class FakeRay:
+    """What RayExecutor asks of a cluster: its resources."""
+
+    def __init__(self, **resources: float) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+def test_ray_reserves_gpus_only_when_the_cluster_has_them_and_fills_the_cluster():
+    pytest.importorskip("ray")
+    from plugins.executors.ray_cluster import RayExecutor, RayOptions
+
+    default = RayExecutor(RayOptions())
+    assert default._placement(FakeRay(CPU=4), "auto") == (0.0, "cpu")
+    assert default._placement(FakeRay(CPU=4, GPU=2), "auto") == (1.0, "cuda")
+    assert default._placement(FakeRay(CPU=4, GPU=2), "cpu") == (0.0, "cpu")
+    with pytest.raises(PluginError, match="needs num_gpus > 0"):
+        default._placement(FakeRay(CPU=4), "cuda")
+    with pytest.raises(PluginError, match="the cluster has no GPUs"):
+        RayExecutor(RayOptions(num_gpus=1))._placement(FakeRay(CPU=4), "auto")
+    two_cpus = RayExecutor(RayOptions(num_cpus=2))
+    assert two_cpus._slots(FakeRay(CPU=8, GPU=2), num_gpus=1) == 2  # GPUs are the limit
+    assert two_cpus._slots(FakeRay(CPU=8), num_gpus=0) == 4
+    assert RayExecutor(RayOptions(max_in_flight=3))._slots(FakeRay(CPU=8), num_gpus=0) == 3

@@ -96,7 +96,11 @@ class RayExecutor:
             try:
                 ray.init(address=self.options.address, **init)
             except Exception as exc:
-                raise PluginError(f"ray executor: cannot join the Ray cluster {self.options.address!r}: {exc}") from exc
+                raise PluginError(
+                    f"ray executor: cannot join the Ray cluster {self.options.address!r}: {exc} (is it running at "
+                    "that address? a cluster with token authentication needs its token in RAY_AUTH_TOKEN or "
+                    "~/.ray/auth_token)"
+                ) from exc
         try:
             yield from self._execute(ray, runs, context)
         finally:
