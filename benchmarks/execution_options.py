@@ -1,0 +1,123 @@
+"""Execution options: training throughput of ResNet-110 runs with each option, against plain PyTorch.
+
+    python benchmarks/execution_options.py                        # ResNet-110 on the GPU if present
+    python benchmarks/execution_options.py --model resnet20 --train-size 512 --device cpu
+
+Trains the same model (built by the same plugin) on CIFAR-shaped in-memory data through
+bnbench once per configuration of ``[harness] execution`` (fp32, cuDNN autotuning off,
+channels-last, bf16 and fp16 autocast, torch.compile and a combination), each after a
+warm-up run, and a hand-written fp32 PyTorch loop in the same process as the baseline.
+Prints images per second, CIFAR-10 epochs per second (49,920 training images per epoch at
+batch 128) and the ratio to the plain loop, with the notices of options that fell back
+(on a CPU: fp16 → bf16, no compilation, no cuDNN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from overhead import MANIFEST, MODELS, plain_loop
+
+from harness.execution import Execution
+from harness.manifest import load_manifest
+from harness.progress import Progress
+from harness.runner import Runner, resolve_device
+from harness.sweep import run_manifest
+
+CIFAR10_EPOCH_IMAGES = 390 * 128
+
+CONFIGURATIONS = {
+    "fp32": "{ cudnn_benchmark = true }",
+    "fp32, no cudnn.benchmark": "{ cudnn_benchmark = false }",
+    "channels_last": "{ channels_last = true }",
+    "bf16": '{ precision = "bf16" }',
+    "fp16": '{ precision = "fp16" }',
+    "bf16 + channels_last": '{ precision = "bf16", channels_last = true }',
+    "compile": "{ compile = true }",
+    "bf16 + channels_last + compile": '{ precision = "bf16", channels_last = true, compile = true }',
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=[m for m in MODELS if m != "mlp"], default="resnet110")
+    parser.add_argument("--train-size", type=int, default=4096)
+    parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--only", action="append", choices=list(CONFIGURATIONS), help="these configurations only")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    model_toml, shape, batch = MODELS[args.model]
+    images = args.epochs * (args.train_size // batch) * batch
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def manifest_with(execution: str, name: str) -> Path:
+            path = Path(tmp) / f"{name}.toml"
+            text = MANIFEST.format(
+                model=model_toml,
+                shape=shape,
+                train=args.train_size,
+                test=args.test_size,
+                epochs=args.epochs,
+                extra=f"execution = {execution}",
+                batch=batch,
+            )
+            path.write_text(text.replace('device = "cpu"', f'device = "{device.type}"'))
+            return path
+
+        def synchronized(seconds: float) -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return seconds
+
+        baseline = load_manifest(manifest_with("{}", "plain"))
+        planned = baseline.runs()[0]
+        runner = Runner(baseline.registry, base_dir=baseline.base_dir, device=device.type)
+        data = runner.data.get(planned.spec.dataset, runner.device)
+
+        def plain() -> float:
+            torch.manual_seed(0)
+            model, _ = runner.build_model(planned.spec, data.bundle.info)
+            start = time.perf_counter()
+            plain_loop(model, data, planned.spec, args.epochs)
+            return synchronized(time.perf_counter() - start)
+
+        plain()  # warm-up
+        plain_s = statistics.median(plain() for _ in range(args.repeats))
+        rows.append(("plain PyTorch loop (fp32)", images / plain_s, 1.0, ""))
+        for index, (name, execution) in enumerate(CONFIGURATIONS.items()):
+            if args.only and name not in args.only:
+                continue
+            manifest = load_manifest(manifest_with(execution, f"c{index}"))
+            notices = Execution.resolve(manifest.settings.execution, device).notices
+
+            def harness(manifest=manifest, name=name) -> float:
+                start = time.perf_counter()
+                summary = run_manifest(manifest, rerun=True, progress=Progress(1, stream=io.StringIO(), bars=False))
+                if set(summary.statuses) != {"done"}:
+                    raise SystemExit(f"{name}: the run did not finish: {dict(summary.statuses)}")
+                return synchronized(time.perf_counter() - start)
+
+            harness()  # warm-up: compilation, cuDNN autotuning, allocator
+            seconds = statistics.median(harness() for _ in range(args.repeats))
+            rows.append((f"bnbench {name}", images / seconds, plain_s / seconds, "; ".join(notices)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.model}, batch {batch}, {images} training images per run (+ test pass), {name}, medians")
+    print(f"{'configuration':<40} {'images/s':>10} {'epochs/s':>9} {'ratio':>6}  notices")
+    for label, ips, ratio, notices in rows:
+        print(f"{label:<40} {ips:>10.1f} {ips / CIFAR10_EPOCH_IMAGES:>9.4f} {ratio:>6.2f}  {notices}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
