@@ -152,8 +152,8 @@ class SubmititExecutor:
             finished = [job for job in in_flight if job.done()]
             for job in finished:
                 yield self._outcome(job, in_flight.pop(job), context)
+            context.keep_alive()
             if not finished:
-                context.keep_alive()
                 time.sleep(self.options.poll_s)
 
     @staticmethod
