@@ -20,6 +20,7 @@ from harness.api import (
     SiteKind,
     SiteRole,
     find_sites,
+    runtime_option,
 )
 from harness.errors import (
     BnbenchError,
@@ -56,4 +57,5 @@ __all__ = [
     "__version__",
     "find_sites",
     "hookimpl",
+    "runtime_option",
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 if TYPE_CHECKING:
@@ -34,6 +34,22 @@ class Options(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def runtime_fields(cls) -> frozenset[str]:
+        """The options declared with ``runtime_option``: left out of run ids."""
+        return frozenset(
+            name
+            for name, info in cls.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("run_identity") is False
+        )
+
+
+def runtime_option(default: Any, *, description: str, **constraints: Any) -> Any:
+    """Declare an option that changes how a component runs, not what a run computes (e.g. how
+    many loader processes read a dataset): it is left out of run ids, so changing it neither
+    makes a finished run pending nor keeps an interrupted one from resuming."""
+    return Field(default, description=description, json_schema_extra={"run_identity": False}, **constraints)
 
 
 class NoOptions(Options):

@@ -7,6 +7,7 @@ A dataset whose plugin returns ``SampleSource`` splits (too large for memory) is
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -282,11 +283,12 @@ class DataCache:
 
     def _get(self, dataset: Component, device: torch.device) -> DeviceData:
         entry = self.registry.get("dataset", dataset.name)
-        key = (str(entry.plugin), dataset.model_dump_json(), str(self.context.base_dir), str(device))
+        options = json.dumps(dataset.all_options, sort_keys=True)
+        key = (str(entry.plugin), dataset.name, options, str(self.context.base_dir), str(device))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        bundle = entry.factory(entry.options.model_validate(dataset.options), self.context)
+        bundle = entry.factory(entry.options.model_validate(dataset.all_options), self.context)
         if not isinstance(bundle, DataBundle):
             raise TypeError(
                 f"dataset plugin {dataset.name!r} ({entry.plugin}) returned {type(bundle).__name__}, "

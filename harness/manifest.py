@@ -333,7 +333,14 @@ class _Expander:
             validated = entry.options.model_validate(options)
         except ValidationError as exc:
             raise validation_error(exc, entry.options, file=self.file, study=self.study, prefix=field_name) from None
-        return {"name": entry.name, "options": validated.model_dump(mode="json")}
+        dumped = validated.model_dump(mode="json")
+        runtime_fields = getattr(entry.options, "runtime_fields", None)
+        runtime = runtime_fields() if runtime_fields is not None else frozenset()
+        return {
+            "name": entry.name,
+            "options": {k: v for k, v in dumped.items() if k not in runtime},
+            "runtime": {k: v for k, v in dumped.items() if k in runtime},
+        }
 
     def expand(self, raw: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """Yield ``(run fields, axis values)`` for every point of the study's sweep."""

@@ -213,7 +213,7 @@ class Report:
             for component in study.analyses:
                 entry = self.registry.get("analysis", component.name)
                 try:
-                    result = entry.factory(study.results(), entry.options.model_validate(component.options))
+                    result = entry.factory(study.results(), entry.options.model_validate(component.all_options))
                     if not isinstance(result, AnalysisResult):
                         raise TypeError(f"returned {type(result).__name__}, not an AnalysisResult")
                     outcomes.append((component, result))

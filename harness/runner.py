@@ -190,7 +190,7 @@ class Runner:
     def build_model(self, spec: RunSpec, data: DataInfo) -> tuple[nn.Module, dict[str, Any]]:
         """Model from its plugin, with the normalizer attached at the placement's sites."""
         model_entry = self.registry.get("model", spec.model.name)
-        model = model_entry.factory(model_entry.options.model_validate(spec.model.options), data)
+        model = model_entry.factory(model_entry.options.model_validate(spec.model.all_options), data)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model plugin {spec.model.name!r} returned {type(model).__name__}, not a torch.nn.Module")
         sites = find_sites(model)
@@ -198,13 +198,13 @@ class Runner:
             return model.to(self.device), {"parameters": _count(model), "sites": len(sites), "normalized_sites": []}
         placement = self.registry.get("placement", spec.placement.name)
         chosen = set(
-            placement.factory([info for info, _ in sites], placement.options.model_validate(spec.placement.options))
+            placement.factory([info for info, _ in sites], placement.options.model_validate(spec.placement.all_options))
         )
         unknown = chosen - {info.name for info, _ in sites}
         if unknown:
             raise ValueError(f"placement {spec.placement.name!r} chose sites the model lacks: {sorted(unknown)}")
         normalizer = self.registry.get("normalizer", spec.normalizer.name)
-        norm_options = normalizer.options.model_validate(spec.normalizer.options)
+        norm_options = normalizer.options.model_validate(spec.normalizer.all_options)
         traits = resolve_traits(normalizer.extras.get("traits"), norm_options)
         for info, site in sites:
             if info.name in chosen:
@@ -280,7 +280,7 @@ class Runner:
         context = ProbeContext(spec=spec, device=self.device, generator=generator, build_model=build, data=data)
         if progress:
             progress.start_run(run_label(planned), 1)
-        measurements = entry.factory(context, entry.options.model_validate(spec.probe.options))
+        measurements = entry.factory(context, entry.options.model_validate(spec.probe.all_options))
         if not isinstance(measurements, Mapping):
             raise TypeError(f"probe {name!r} returned {type(measurements).__name__}; probes return a mapping")
         try:
@@ -468,7 +468,7 @@ class InputPipeline:
         transform = None
         if spec.input_transform is not None:
             entry = registry.get("transform", spec.input_transform.name)
-            transform = entry.factory(entry.options.model_validate(spec.input_transform.options))
+            transform = entry.factory(entry.options.model_validate(spec.input_transform.all_options))
             if not callable(transform):
                 raise TypeError(f"transform plugin {spec.input_transform.name!r} returned a non-callable")
         pipeline = cls(data, transform, spec.seed, device)
@@ -669,7 +669,7 @@ def _compute_metrics(metrics: list[tuple[Any, Any]], context: EpochContext) -> d
     values: dict[str, float] = {}
     for component, entry in metrics:
         try:
-            value = entry.factory(context, entry.options.model_validate(component.options))
+            value = entry.factory(context, entry.options.model_validate(component.all_options))
         except Exception as exc:
             raise RuntimeError(
                 f"metric {component.name!r} ({entry.plugin}) raised {type(exc).__name__}: {exc}"

@@ -31,6 +31,13 @@ class Component(StrictModel):
 
     name: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    runtime: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    """Options the plugin declares with ``runtime_option``: passed to it, left out of run ids."""
+
+    @property
+    def all_options(self) -> dict[str, Any]:
+        """What the plugin's options model validates: ``options`` and ``runtime`` together."""
+        return {**self.options, **self.runtime}
 
     def label(self) -> str:
         """``name`` alone, or ``name(key=value, ...)`` for the options given explicitly."""

@@ -146,7 +146,7 @@ def run_manifest(
             stop_file=remote_stop.path,
         )
         entry = manifest.registry.get("executor", manifest.executor.name)
-        executor = entry.factory(entry.options.model_validate(manifest.executor.options))
+        executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))
         stop = threading.Event()
         progress = progress or Progress(len(pending))
         claimed: dict[str, PlannedRun] = {}

@@ -183,3 +183,20 @@ def test_bundled_manifest_expands_with_and_without_smoke(registry):
             spec = study.runs[0].spec
             assert spec.model.options["depth"] == 110 and spec.dataset.name == "cifar10"
             assert spec.probe.options["batch_size"] == 128
+
+
+def test_runtime_options_reach_the_plugin_but_stay_out_of_run_ids(write_manifest, registry):
+    synthetic = tiny_manifest().split("dataset = ")[1].split("\n")[0]
+    plain = load_manifest(write_manifest(tiny_manifest().replace(synthetic, '{ name = "mnist" }')), registry=registry)
+    streamed = load_manifest(
+        write_manifest(
+            tiny_manifest().replace(synthetic, '{ name = "mnist", storage = "stream", loader_workers = 2 }'), "s.toml"
+        ),
+        registry=registry,
+    )
+    assert [r.run_id for r in plain.runs()] == [r.run_id for r in streamed.runs()]
+    dataset = streamed.runs()[0].spec.dataset
+    assert dataset.runtime == {"storage": "stream", "loader_workers": 2}
+    assert dataset.all_options["loader_workers"] == 2 and "loader_workers" not in dataset.options
+    assert "loader_workers" not in streamed.runs()[0].spec.canonical_json()
+    assert plain.runs()[0].spec.dataset.runtime == {"storage": "memory", "loader_workers": 0}

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torchvision.transforms.functional import pil_to_tensor
 
-from harness import DatasetError, DatasetNotFoundError, Options
+from harness import DatasetError, DatasetNotFoundError, Options, runtime_option
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ class FileDatasetOptions(Options):
     download: bool = Field(False, description="Download the files into root when they are missing.")
     train_size: int | None = Field(None, gt=0, description="Use only the first N training images.")
     test_size: int | None = Field(None, gt=0, description="Use only the first N test images.")
-    storage: Literal["memory", "stream"] = Field(
+    storage: Literal["memory", "stream"] = runtime_option(
         "memory",
         description=(
             "memory: the images as tensors, moved to the training device once (fast); stream: read per "
@@ -28,7 +28,7 @@ class FileDatasetOptions(Options):
             "for datasets too large for device memory)."
         ),
     )
-    loader_workers: int = Field(
+    loader_workers: int = runtime_option(
         0, ge=0, description="DataLoader worker processes reading examples with storage = 'stream' (0: none)."
     )
 

@@ -67,14 +67,14 @@ def plan(tmp_path: Path, registry, dataset: str, storage: str = '["memory", "str
 
 
 class Weights:
-    """Records each run's final weights, by run id."""
+    """Records each run's final weights, in the order the runs end."""
 
     def __init__(self) -> None:
-        self.final: dict[str, dict[str, torch.Tensor]] = {}
+        self.final: list[dict[str, torch.Tensor]] = []
 
     @hookimpl
     def bnbench_run_end(self, run, result):
-        self.final[run.run_id] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        self.final.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
 
 
 def history(result) -> list:
@@ -96,7 +96,8 @@ def test_stream_storage_trains_bitwise_like_memory_storage(tmp_path: Path, regis
     manifest, runs = plan(tmp_path, registry, dataset, workers=workers)
     memory, stream = runs
     assert manifest.studies[0].axes == ["dataset.storage"]
-    assert (memory.spec.dataset.options["storage"], stream.spec.dataset.options["storage"]) == ("memory", "stream")
+    assert (memory.spec.dataset.runtime["storage"], stream.spec.dataset.runtime["storage"]) == ("memory", "stream")
+    assert memory.run_id == stream.run_id  # how the data is read is not what the run is
     weights = Weights()
     registry.manager.register(weights)
     try:
@@ -112,7 +113,7 @@ def test_stream_storage_trains_bitwise_like_memory_storage(tmp_path: Path, regis
     assert results[0].info["steps_per_epoch"] == results[1].info["steps_per_epoch"] == 4
     assert history(results[1]) == history(results[0])
     assert "robustness.train_accuracy" in results[1].epochs[-1].metrics  # fixed samples (``sample``) were read
-    first, second = weights.final[memory.run_id], weights.final[stream.run_id]
+    first, second = weights.final
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
 
