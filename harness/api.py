@@ -536,10 +536,34 @@ class Figure:
     draw: Callable[[Any], None]
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A value claims can test, with what its uncertainty is computed from.
+
+    ``replicates`` are the independent per-seed values the estimate summarizes: ``value`` is
+    their mean (``scale="linear"``) or geometric mean (``scale="log"``, for ratios and scales),
+    and the report puts a Student-t interval around it at each claim's confidence level
+    (``harness.analysis.interval``). A value with no replicates is a point value and ``basis``
+    says why (``"closed form"``, ``"pooled over seeds"``); its verdict rests on the point alone.
+    ``undecidable`` is a reason the value cannot decide a claim whatever it is (a rank trend
+    over two levels can only be +1 or -1): the verdict is then ``inconclusive``.
+    """
+
+    value: float
+    replicates: tuple[float, ...] = ()
+    scale: Literal["linear", "log"] = "linear"
+    basis: str = ""
+    undecidable: str = ""
+
+
+ClaimValue = float | Estimate
+"""What an analysis reports under a value name: a plain number (a point value) or an ``Estimate``."""
+
+
 @dataclass
 class AnalysisResult:
     """What an analysis returns: tables, figures, and named values that claims can test."""
 
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, ClaimValue] = field(default_factory=dict)

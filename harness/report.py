@@ -13,7 +13,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.api import AnalysisResult, RunRecord, StudyResults
+from harness.analysis import as_estimate, interval, verdict
+from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from harness.errors import BnbenchError
 from harness.manifest import Manifest
 from harness.registry import Registry
@@ -206,6 +207,8 @@ class Report:
     claims: list[ClaimSpec] = field(default_factory=list)
     analyses: dict[str, list[tuple[Component, AnalysisResult | str]]] = field(default_factory=dict)
     """Study → its analyses' results (or the error message of an analysis that failed)."""
+    scale_note: str = ""
+    """What the claims' verdicts are worth at this scale (a profile's note, e.g. a smoke profile's)."""
 
     def analyze(self) -> Report:
         for study in self.studies:
@@ -222,21 +225,51 @@ class Report:
             self.analyses[study.name] = outcomes
         return self
 
-    def value(self, study: str, name: str) -> float | None:
+    def value(self, study: str, name: str) -> Estimate | None:
+        """The value ``name`` of ``study``'s analyses (the first analysis reporting it), as an estimate."""
         for _, result in self.analyses.get(study, []):
             if isinstance(result, AnalysisResult) and name in result.values:
-                value = result.values[name]
-                return value if value is not None and math.isfinite(value) else None
+                return as_estimate(result.values[name])
         return None
 
     def claims_rows(self) -> list[list[Any]]:
+        """A row per claim: claim, study, measured, interval, threshold, source, verdict."""
         rows = []
         for claim in self.claims:
-            measured = self.value(claim.study, claim.value)
-            verdict = "not measured" if measured is None else ("holds" if claim.holds(measured) else "does not hold")
-            shown = "—" if measured is None else f"{measured:.4g}"
-            rows.append([claim.claim, claim.study, f"{claim.value} = {shown}", claim.threshold(), verdict])
+            estimate = self.value(claim.study, claim.value)
+            decision, reason = verdict(estimate, claim.at_least, claim.at_most, claim.confidence)
+            shown = "—" if estimate is None else _number(estimate.value)
+            if estimate is None:
+                spread = ""
+            elif not estimate.replicates:
+                spread = f"point value: {estimate.basis}" if estimate.basis else "point value"
+            else:
+                bounds = interval(estimate, claim.confidence)
+                n = len(estimate.replicates)
+                spread = (
+                    f"n={n}, no interval"
+                    if bounds is None
+                    else f"[{_number(bounds.low)}, {_number(bounds.high)}] ({100 * claim.confidence:g}%, n={n})"
+                )
+            label = decision + (f" ({reason})" if reason else "")
+            if self.scale_note:
+                label += f" [{self.scale_note}]"
+            rows.append(
+                [
+                    claim.claim,
+                    claim.study,
+                    f"{claim.value} = {shown}",
+                    spread,
+                    claim.threshold(),
+                    claim.source or "not given",
+                    label,
+                ]
+            )
         return rows
+
+    @property
+    def claims_title(self) -> str:
+        return f"Claims ({self.scale_note})" if self.scale_note else "Claims"
 
     def render(self, fmt: str = "github") -> str:
         """All tables in ``fmt``: github, latex, plain or csv."""
@@ -262,7 +295,7 @@ class Report:
                     text.append(tabulate(table.rows, headers=table.headers, tablefmt=tablefmt))
             sections.append("\n\n".join(text))
         if self.claims:
-            sections.append(_heading("Claims", fmt, 2))
+            sections.append(_heading(self.claims_title, fmt, 2))
             sections.append(tabulate(self.claims_rows(), headers=CLAIM_HEADERS, tablefmt=tablefmt))
         return "\n\n".join(sections) + "\n"
 
@@ -281,7 +314,7 @@ class Report:
                         writer.writerows(table.rows)
         if self.claims:
             writer.writerow([])
-            writer.writerow(["# claims"])
+            writer.writerow([f"# {self.claims_title}"])
             writer.writerow(CLAIM_HEADERS)
             writer.writerows(self.claims_rows())
         return out + buffer.getvalue()
@@ -314,7 +347,11 @@ class Report:
         return written
 
 
-CLAIM_HEADERS = ["claim", "study", "measured", "threshold", "verdict"]
+CLAIM_HEADERS = ["claim", "study", "measured", "interval", "threshold", "source", "verdict"]
+
+
+def _number(value: float) -> str:
+    return "inf" if value == math.inf else "-inf" if value == -math.inf else f"{value:.4g}"
 
 
 def _heading(title: str, fmt: str, level: int) -> str:
@@ -359,7 +396,8 @@ def from_manifest(manifest: Manifest, store: Store) -> Report:
         )
         for study in manifest.studies
     ]
-    return Report(studies, manifest.registry, manifest.claims).analyze()
+    note = manifest.settings.profile_notes.get(manifest.profile or "", "")
+    return Report(studies, manifest.registry, manifest.claims, scale_note=note).analyze()
 
 
 def from_store(store: Store, registry: Registry) -> Report:

@@ -230,6 +230,11 @@ class HarnessSettings(StrictModel):
     max_runs: int = Field(
         1000, gt=0, description="`bnbench run` asks for confirmation (or --yes) above this many pending runs."
     )
+    profile_notes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Profile name → what its results are worth, shown in the claims table's title and beside "
+        'each verdict, e.g. { smoke = "smoke scale: checks the software, not the claims" }.',
+    )
     divergence_check_every: int = Field(
         0,
         ge=0,
@@ -246,17 +251,22 @@ class ClaimSpec(StrictModel):
     value: str = Field(min_length=1, description="Name of the value (see the analysis' documentation).")
     at_least: float | None = Field(None, description="The claim holds if the value is >= this.")
     at_most: float | None = Field(None, description="The claim holds if the value is <= this.")
+    source: str = Field(
+        "",
+        description="Where the claim and its threshold come from: a figure, table or section of the paper, "
+        "or 'our reading: <why>'. The report shows it.",
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="Confidence level of the interval the verdict is decided on."
+    )
 
     @model_validator(mode="after")
     def _threshold(self) -> ClaimSpec:
         if self.at_least is None and self.at_most is None:
             raise ValueError("a claim needs a threshold: at_least, at_most or both")
+        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
+            raise ValueError(f"at_least ({self.at_least:g}) is larger than at_most ({self.at_most:g})")
         return self
-
-    def holds(self, measured: float) -> bool:
-        return (self.at_least is None or measured >= self.at_least) and (
-            self.at_most is None or measured <= self.at_most
-        )
 
     def threshold(self) -> str:
         parts = ([f">= {self.at_least:g}"] if self.at_least is not None else []) + (
