@@ -463,6 +463,24 @@ def _analyses(raw: dict[str, Any], runs: list[PlannedRun], expander: _Expander) 
     return [Component.model_validate(c) for c in resolved]
 
 
+def _disabled(raw_studies: list[dict[str, Any]], file: str, profile: str | None) -> set[str]:
+    """Names of the studies whose ``enabled`` is false (after the profile's overlays)."""
+    disabled = set()
+    for raw in raw_studies:
+        enabled = raw.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ManifestError(
+                f"must be true or false, got {enabled!r}", file=file, study=str(raw.get("name")), field="enabled"
+            )
+        if not enabled:
+            disabled.add(str(raw.get("name")))
+    if raw_studies and len(disabled) == len(raw_studies):
+        raise ManifestError(
+            "every study is disabled (enabled = false)" + (f" in profile {profile!r}" if profile else ""), file=file
+        )
+    return disabled
+
+
 def load_manifest(
     path: str | Path,
     profile: str | None = None,
@@ -486,6 +504,8 @@ def load_manifest(
     raw_studies = parsed.studies
     if profile is not None:
         raw_studies = apply_profile(raw_studies, parsed.profiles, profile, file)
+    disabled = _disabled(raw_studies, file, profile)
+    raw_studies = [raw for raw in raw_studies if str(raw.get("name")) not in disabled]
     if registry is None:
         try:
             registry = load_registry(parsed.harness.plugins, base_dir=path.parent)
@@ -502,6 +522,14 @@ def load_manifest(
     if studies:
         known = [s.name for s in expanded]
         for wanted in studies:
+            if wanted in disabled:
+                raise ManifestError(
+                    f"study {wanted!r} is disabled (enabled = false)"
+                    + (f" in profile {profile!r}" if profile else "")
+                    + f"; enabled studies: {', '.join(known)}",
+                    file=file,
+                    study=wanted,
+                )
             if wanted not in known:
                 raise ManifestError(
                     f"no study named {wanted!r}; studies: {', '.join(known)}." + did_you_mean(wanted, known),
@@ -509,7 +537,7 @@ def load_manifest(
                 )
         expanded = [s for s in expanded if s.name in studies]
     names = [s.name for s in expanded]
-    all_names = [str(raw.get("name")) for raw in raw_studies]
+    all_names = [str(raw.get("name")) for raw in raw_studies] + sorted(disabled)
     for index, claim in enumerate(parsed.claims):
         if claim.study not in all_names:
             raise ManifestError(

@@ -168,8 +168,9 @@ class RunSpec(StrictModel):
         return digest.hexdigest()[:16]
 
 
-STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses")
-"""Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``)."""
+STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses", "enabled")
+"""Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``;
+``enabled = false`` leaves a study out, so a profile can run a subset of the manifest)."""
 
 COMPONENT_FIELDS: dict[str, str] = {
     "model": "model",

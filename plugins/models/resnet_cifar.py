@@ -29,8 +29,13 @@ class ResNetOptions(Options):
     shortcut: Literal["A", "B"] = Field(
         "A", description="A: zero-padded identity (He et al. on CIFAR); B: 1×1 conv projection."
     )
-    init: Literal["kaiming_normal", "pytorch_default"] = Field(
-        "kaiming_normal", description="Convolution initialization (He et al. use kaiming_normal)."
+    init: Literal["kaiming_normal", "kaiming_normal_fan_in", "xavier_normal", "pytorch_default"] = Field(
+        "kaiming_normal",
+        description="Convolution initialization. kaiming_normal: N(0, 2/fan_out), He et al.'s (with BN); "
+        "kaiming_normal_fan_in: N(0, 2/fan_in); xavier_normal: N(0, 2/(fan_in+fan_out)); pytorch_default: "
+        "U(±1/sqrt(fan_in)), PyTorch's (variance 1/(3 fan_in)). Without normalization only pytorch_default "
+        "trains ResNet-110: the others double (kaiming) or grow 1.5x (xavier) the residual stream's variance "
+        "per block. docs/studies.md has the measurements.",
     )
     conv_bias: bool = Field(False, description="Give convolutions a bias term.")
 
@@ -99,10 +104,14 @@ class ResNetCifar(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(w3, data.num_classes)
         self.output_site = NormSite(data.num_classes, "fc", role="output", source=self.fc)
-        if options.init == "kaiming_normal":
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                if options.init == "kaiming_normal":
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                elif options.init == "kaiming_normal_fan_in":
+                    nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                elif options.init == "xavier_normal":
+                    nn.init.xavier_normal_(module.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.stem_site(self.stem(x)))

@@ -1,0 +1,64 @@
+"""``enabled = false`` leaves a study out, so a profile can run a subset of a manifest."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import ManifestError
+from harness.manifest import load_manifest
+
+TWO_STUDIES = """
+[harness]
+results = "results.sqlite"
+device = "cpu"
+profile_notes = { quick = "quick scale" }
+
+[[studies]]
+name = "a"
+model = { name = "mlp", widths = [4] }
+dataset = { name = "synthetic", image_shape = [1, 4, 4], train_size = 32, test_size = 8 }
+normalizer = "batchnorm"
+placement = "all"
+epochs = 1
+
+[[studies]]
+name = "b"
+model = { name = "mlp", widths = [4] }
+dataset = { name = "synthetic", image_shape = [1, 4, 4], train_size = 32, test_size = 8 }
+normalizer = "batchnorm"
+placement = "none"
+epochs = 1
+
+[[claims]]
+claim = "about b"
+study = "b"
+value = "x"
+at_least = 0
+
+[profiles.quick."*"]
+enabled = false
+[profiles.quick.a]
+enabled = true
+"""
+
+
+def test_a_profile_can_disable_studies_and_their_claims(write_manifest, registry):
+    path = write_manifest(TWO_STUDIES)
+    full = load_manifest(path, registry=registry)
+    assert [s.name for s in full.studies] == ["a", "b"] and len(full.claims) == 1
+    quick = load_manifest(path, "quick", registry=registry)
+    assert [s.name for s in quick.studies] == ["a"] and quick.claims == []
+    assert quick.settings.profile_notes == {"quick": "quick scale"}
+    assert full.studies[0].runs[0].run_id == quick.studies[0].runs[0].run_id  # `enabled` is not part of a run
+    with pytest.raises(ManifestError, match="'b' is disabled .* in profile 'quick'"):
+        load_manifest(path, "quick", registry=registry, studies=["b"])
+
+
+def test_enabled_must_be_a_boolean_and_something_must_stay_enabled(write_manifest, registry):
+    with pytest.raises(ManifestError, match="enabled.*true or false"):
+        load_manifest(
+            write_manifest(TWO_STUDIES.replace("enabled = false", 'enabled = "no"')), "quick", registry=registry
+        )
+    everything_off = TWO_STUDIES.replace("[profiles.quick.a]\nenabled = true\n", "")
+    with pytest.raises(ManifestError, match="every study is disabled"):
+        load_manifest(write_manifest(everything_off), "quick", registry=registry)
