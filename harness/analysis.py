@@ -44,6 +44,8 @@ def over_seeds(
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < len(values):
         point = math.inf if any(v == math.inf for v in values) else -math.inf
+    elif len(set(values)) == 1:
+        point = values[0]  # exactly, without a round trip through log and exp
     elif scale == "log":
         point = math.exp(statistics.fmean(math.log(v) for v in values))
     else:
@@ -91,7 +93,7 @@ def as_estimate(value: ClaimValue | None) -> Estimate | None:
     if isinstance(value, Estimate):
         return value if not math.isnan(value.value) else None
     number = float(value)
-    return None if math.isnan(number) else Estimate(number, basis="point value (the analysis gave no replicates)")
+    return None if math.isnan(number) else Estimate(number, basis="the analysis gave no replicates")
 
 
 def verdict(

@@ -65,7 +65,7 @@ def test_a_trend_over_two_levels_is_inconclusive_whatever_its_value():
 
 
 def test_plain_numbers_are_point_values_and_nan_is_not_measured():
-    assert as_estimate(2.0) == Estimate(2.0, basis="point value (the analysis gave no replicates)")
+    assert as_estimate(2.0) == Estimate(2.0, basis="the analysis gave no replicates")
     assert as_estimate(math.nan) is None and over_seeds([math.nan, None]) is None
 
 

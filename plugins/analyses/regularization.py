@@ -4,24 +4,39 @@ tuned L2, and weight-norm trajectories (Annamalai & Thakur 2022; the reading in 
 Runs are grouped by *configuration*: the values of the study's axes other than the seed and
 the axis an analysis puts on its x-axis, written ``short_axis=value`` joined by ``,`` (e.g.
 ``placement=all,weight_decay=0.0``). A run's value of a metric is its last recorded one; numbers
-in tables are means over seeds (± std). Diverged runs count as accuracy 0.
+in tables are means over seeds (± std). Diverged runs count as accuracy 0 and training loss +inf.
+
+Claimable values are ``harness.api.Estimate``s built from one replicate per seed
+(``harness.analysis.over_seeds``): a per-seed quantity is computed within each seed first (a
+seed's own tuned weight decay, its own trend over noise levels, its own worst level) and the
+estimate summarizes those replicates, so the report's interval reflects seed-to-seed variation.
+
+What the paper's claim (BN tunes its regularization to the data and the input noise) can be
+tested by is the ``tuned_l2_comparison``: the weight decay κ* explicit L2 needs at each noise
+level (``kappa_trend``) and whether untuned BN stays close to L2 tuned that way
+(``bn_minus_tuned_l2_min`` / ``_max``). The ``implied_regularization`` values are diagnostics:
+its multiplier λ̂ equals −(∂L/∂γ)/(2γ) exactly, which at any stationary point of training is 0,
+or half the weight decay on γ, whatever the noise (``plugins.metrics.geometry``).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
 
 from harness import Options
-from harness.api import AnalysisResult, Figure, RunRecord, StudyResults, Table
-from plugins.probes.common import axis_value, mean
+from harness.analysis import interval, over_seeds, point, spearman
+from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
+from plugins.probes.common import axis_value, mean, put
 from plugins.probes.common import clean as finite
 
 NOISE_AXIS = "input_transform.std"
+MIN_LEVELS = 3
+"""A rank trend over fewer levels can only be ±1 (or 0): it is reported but undecidable."""
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -71,6 +86,11 @@ def grouped(runs: Iterable[RunRecord], key: Callable[[RunRecord], Any]) -> dict[
     return groups
 
 
+def by_seed(runs: Iterable[RunRecord]) -> dict[int, list[RunRecord]]:
+    """Runs by seed, seeds in increasing order."""
+    return dict(sorted(grouped(runs, lambda r: r.seed).items()))
+
+
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     numbers = finite(values)
     if not numbers:
@@ -83,7 +103,10 @@ def fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def pm(values: Iterable[float | None], scale: float = 1.0, digits: int = 3, fixed: bool = False) -> str:
-    """``mean ± std`` of the finite values (``—`` when none)."""
+    """``mean ± std`` of the finite values (``—`` when none; ``inf`` when any is +inf)."""
+    values = [v for v in values if v is not None]
+    if any(v == math.inf for v in values):
+        return "inf"
     m, s = mean_std(values)
     if m is None:
         return "—"
@@ -91,32 +114,46 @@ def pm(values: Iterable[float | None], scale: float = 1.0, digits: int = 3, fixe
     return f"{m * scale:{spec}} ± {(s or 0.0) * scale:{spec}}"
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks from 1, ties sharing their average rank."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
+def average(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are not missing or NaN (+inf kept: an infinite mean); ``None`` if none."""
+    numbers = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return statistics.fmean(numbers) if numbers else None
 
 
-def spearman(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman rank correlation; ``None`` with fewer than two points or a constant side."""
-    if len(xs) < 2 or len(xs) != len(ys):
-        return None
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    sx = math.sqrt(sum((r - mx) ** 2 for r in rx))
-    sy = math.sqrt(sum((r - my) ** 2 for r in ry))
-    if sx == 0 or sy == 0:
-        return None
-    return sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True)) / (sx * sy)
+def seed_trends(
+    series: Mapping[int, Sequence[tuple[float, float]]], min_levels: int = MIN_LEVELS
+) -> tuple[dict[int, float], str]:
+    """Per seed, the Spearman correlation of its ``(x, y)`` points, and why they cannot decide a claim.
+
+    ``harness.analysis.spearman`` per seed; a seed whose ``y`` is the same at every one of two
+    or more levels has trend 0 (it did not move: no trend, rather than no value); a seed with
+    fewer than two levels has none. The reason is not empty when a seed has fewer than
+    ``min_levels`` levels (a rank trend over two levels can only be ±1 or 0).
+    """
+    rhos: dict[int, float] = {}
+    reason = ""
+    for seed, points in series.items():
+        xs = [float(x) for x, _ in points]
+        ys = [float(y) for _, y in points]
+        levels = len(set(xs))
+        if levels < 2:
+            continue
+        if levels < min_levels and not reason:
+            reason = f"a rank trend over {levels} levels (fewer than {min_levels}) can only be ±1 or 0"
+        if len(set(ys)) == 1:
+            rhos[seed] = 0.0
+            continue
+        estimate = spearman(xs, ys, min_levels)
+        if estimate is not None:
+            rhos[seed] = estimate.value
+            reason = reason or estimate.undecidable
+    return rhos, reason
+
+
+def seed_trend(series: Mapping[int, Sequence[tuple[float, float]]], min_levels: int = MIN_LEVELS) -> Estimate | None:
+    """The per-seed trends of ``seed_trends`` as an estimate over seeds (undecidable with its reason)."""
+    rhos, reason = seed_trends(series, min_levels)
+    return over_seeds(rhos.values(), undecidable=reason)
 
 
 def score(run: RunRecord, metric: str) -> float | None:
@@ -124,13 +161,26 @@ def score(run: RunRecord, metric: str) -> float | None:
     return 0.0 if run.status == "diverged" else run.final(metric)
 
 
-def put(values: dict[str, float], name: str, value: float | None) -> None:
-    if value is not None and math.isfinite(value):
-        values[name] = float(value)
+def final_loss(run: RunRecord, metric: str) -> float | None:
+    """The run's final ``metric`` (a loss); a diverged run's is +inf."""
+    return math.inf if run.status == "diverged" else run.final(metric)
 
 
 def _noise_key(level: float) -> str:
     return f"{level:g}"
+
+
+def _shown(estimate: ClaimValue | None, digits: int = 2) -> str:
+    """An estimate as ``value [low, high]`` (95% t-interval over seeds) or ``value (n=1)``."""
+    if estimate is None:
+        return "—"
+    if not isinstance(estimate, Estimate):
+        return f"{estimate:+.{digits}f}"
+    bounds = interval(estimate)
+    text = f"{estimate.value:+.{digits}f}"
+    if bounds is not None:
+        return f"{text} [{bounds.low:+.{digits}f}, {bounds.high:+.{digits}f}]"
+    return f"{text} (n={len(estimate.replicates)})" if estimate.replicates else text
 
 
 class SelectOptions(Options):
@@ -162,20 +212,40 @@ QUANTITIES = (
     ("‖w‖ median", "{g}.layer{k}.w_norm.median"),
 )
 
+DEGENERACY = (
+    "diagnostic only: λ̂ = −(∂L/∂γ)/(2γ) is 0, or half the weight decay on γ, at any stationary point "
+    "whatever the noise, so λ̂ and ρ = λ̂·σ² cannot show auto-tuning (see tuned_l2_comparison)"
+)
+
 
 def implied_regularization_analysis(study: StudyResults, options: ImpliedRegularizationOptions) -> AnalysisResult:
-    """BN's implied multiplier λ̂ and ridge rate against input noise (Annamalai & Thakur 2022; STUDIES.md).
+    """BN's implied multiplier λ̂ and ridge rate against input noise: a diagnostic (Annamalai & Thakur 2022).
 
     One table per study, columns the noise levels, rows per BN configuration and layer:
     λ̂ (median over units), the ridge rate ρ = λ̂·vᵀΣ_e v/‖v‖², SNR, the bound's tightness,
-    ‖v‖ and ‖w‖ (means over seeds of final values). Values, for each configuration ``c``
+    ‖v‖ and ‖w‖ (means over seeds of final values).
+
+    **These values cannot test the paper's claim.** λ̂_j = −v_jᵀ∇_vL/(2γ_j²) equals
+    −(∂L/∂γ_j)/(2γ_j) exactly (``plugins.metrics.geometry``): at any stationary point of training
+    it is 0 without weight decay on γ and half the weight decay with it, whatever the data or
+    the noise (measured full-batch: λ̂ = 5.0e-4 at weight decay 1e-3 and 5.0e-3 at 1e-2 for every
+    noise level from 0 to 2). Its deviations from that are how far training is from stationary
+    and the sample's gradient noise. So ``lambda_trend`` tests convergence noise,
+    ``ridge_trend`` mostly the factor σ_n² built into ρ's definition, ``ridge_rate_min`` the
+    sign of that convergence noise, and ``bound_within_min`` holds by construction (vᵀΣ_B v = γ²
+    with Σ_B = Σ_s + Σ_e bounds vᵀΣ_e v by γ² up to sampled signal-noise cross terms). What the
+    claim can be tested by is ``tuned_l2_comparison`` (``kappa_trend``, ``bn_minus_tuned_l2_*``).
+
+    Values (diagnostics; ``Estimate`` over seeds, linear scale), for each configuration ``c``
     (and without the suffix when there is one configuration), for the first listed layer:
-    ``ridge_trend.c`` and ``lambda_trend.c`` (Spearman correlation of noise level with the
-    seed-mean ρ and λ̂), ``ridge_rate.c.<noise>``, ``lambda.c.<noise>``, ``ridge_rate_min.c``
-    (the smallest seed-mean ρ over positive noise levels: > 0 when BN acts as a ridge
-    regularizer at every level), and ``bound_within_min.c`` (the smallest share of units inside
-    ‖v‖²σ_n² ≤ γ² over noisy runs). Every value also for each listed layer ``k``, as
-    ``<name>.c.layer<k>`` (``<name>.layer<k>`` with one configuration).
+    ``lambda.c.<noise>`` and ``ridge_rate.c.<noise>`` (seed means of the final λ̂ and ρ
+    medians), ``lambda_trend.c`` and ``ridge_trend.c`` (per seed, the Spearman correlation of
+    noise level with the seed's λ̂ / ρ over the levels, over positive levels only with
+    ``trend_excludes_zero``; a seed whose value is constant has trend 0; undecidable with fewer
+    than 3 levels), ``ridge_rate_min.c`` (per seed, the smallest ρ over positive noise levels)
+    and ``bound_within_min.c`` (per seed, the smallest share of units inside ‖v‖²σ_n² ≤ γ² over
+    noisy runs). Every value also for each listed layer ``k``, as ``<name>.c.layer<k>``
+    (``<name>.layer<k>`` with one configuration).
     """
     runs = [
         r
@@ -185,7 +255,7 @@ def implied_regularization_analysis(study: StudyResults, options: ImpliedRegular
     configs = grouped(runs, lambda r: config_label(r, {options.noise_axis}))
     levels = sorted({noise_level(r, options.noise_axis) for r in runs})
     rows: list[list[Any]] = []
-    values: dict[str, float] = {}
+    values: dict[str, ClaimValue] = {}
     curves: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     single = len(configs) == 1
     for label, members in configs.items():
@@ -210,7 +280,7 @@ def implied_regularization_analysis(study: StudyResults, options: ImpliedRegular
             _trend_values(values, members, levels, k, suffixes, options)
     tables = [
         Table(
-            "Implied regularization against input noise (BN runs; mean ± std over seeds, final epoch)",
+            f"Implied regularization against input noise (BN runs; mean ± std over seeds, final epoch; {DEGENERACY})",
             ["configuration", "layer", "quantity", *(f"σ_n={level:g}" for level in levels)],
             rows,
         )
@@ -220,7 +290,7 @@ def implied_regularization_analysis(study: StudyResults, options: ImpliedRegular
 
 
 def _trend_values(
-    values: dict[str, float],
+    values: dict[str, ClaimValue],
     members: list[RunRecord],
     levels: list[float],
     k: int,
@@ -231,27 +301,24 @@ def _trend_values(
     by_level = grouped(members, lambda r: noise_level(r, options.noise_axis))
     for short, trend, quantity in (("ridge_rate", "ridge_trend", "ridge"), ("lambda", "lambda_trend", "lambda")):
         key = f"{options.metric}.layer{k}.{quantity}.median"
-        xs, ys = [], []
+        series: dict[int, list[tuple[float, float]]] = {}
         for level in levels:
-            m = mean(r.final(key) for r in by_level.get(level, []))
-            if m is not None and (level > 0 or not options.trend_excludes_zero):
-                xs.append(level)
-                ys.append(m)
+            per_seed = {s: mean(r.final(key) for r in rs) for s, rs in by_seed(by_level.get(level, [])).items()}
+            per_seed = {s: v for s, v in per_seed.items() if v is not None}
             for suffix in suffixes:
-                put(values, f"{short}{suffix}.{_noise_key(level)}", m)
+                put(values, f"{short}{suffix}.{_noise_key(level)}", over_seeds(per_seed.values()))
+            if level > 0 or not options.trend_excludes_zero:
+                for s, v in per_seed.items():
+                    series.setdefault(s, []).append((level, v))
         for suffix in suffixes:
-            put(values, f"{trend}{suffix}", spearman(xs, ys))
+            put(values, f"{trend}{suffix}", seed_trend(series))
             if quantity == "ridge":
-                put(
-                    values,
-                    f"ridge_rate_min{suffix}",
-                    min((y for x, y in zip(xs, ys, strict=True) if x > 0), default=None),
-                )
-    noisy = [
-        r.final(f"{options.metric}.layer{k}.bound.within") for r in members if noise_level(r, options.noise_axis) > 0
-    ]
+                lowest = (min((y for x, y in points if x > 0), default=None) for points in series.values())
+                put(values, f"ridge_rate_min{suffix}", over_seeds(lowest))
+    noisy = by_seed(r for r in members if noise_level(r, options.noise_axis) > 0)
+    within = [finite(r.final(f"{options.metric}.layer{k}.bound.within") for r in rs) for rs in noisy.values()]
     for suffix in suffixes:
-        put(values, f"bound_within_min{suffix}", min(finite(noisy)) if finite(noisy) else None)
+        put(values, f"bound_within_min{suffix}", over_seeds(min(w) if w else None for w in within))
 
 
 def _last(run: RunRecord) -> dict[str, float]:
@@ -290,17 +357,31 @@ class TunedL2Options(Options):
     decay_axis: str = Field("optimizer.weight_decay", description="The L2 weight-decay axis tuned.")
     untuned_decay: float = Field(0.0, ge=0, description="Weight decay of the untuned BN and no-BN networks.")
     selection_metric: str = Field(
-        "validation_accuracy", description="Chooses the weight decay (mean over seeds); never a test metric."
+        "validation_accuracy",
+        description="Chooses each seed's weight decay at each noise level (final epoch); never a test metric.",
     )
     metric: str = Field("test_accuracy", description="Reported accuracy (inputs transformed like training).")
     clean_metric: str = Field("robustness.clean_test_accuracy", description="Reported clean-input accuracy.")
+    train_loss_metric: str = Field(
+        "train_loss", description="Final training loss shown beside accuracy and used for the undertrained flag."
+    )
+    train_accuracy_metric: str = Field("train_accuracy", description="Final training accuracy shown when recorded.")
+    undertrained_ratio: float = Field(
+        2.0,
+        gt=1,
+        description="Flag the tuned-L2 baseline undertrained when its training loss exceeds BN's by this factor…",
+    )
+    undertrained_nats: float = Field(
+        0.1, ge=0, description="…and by more than this many nats (both conditions, per seed and noise level)."
+    )
 
 
 def tune(
     runs: Iterable[RunRecord], decay_axis: str, selection_metric: str
 ) -> tuple[float, float, list[RunRecord]] | None:
     """``(weight decay, mean selection score, its runs)`` of the decay whose mean ``selection_metric``
-    (validation accuracy) is best; ties go to the smaller decay. Reads no other metric.
+    (validation accuracy, final epoch) over ``runs`` is best; ties go to the smaller decay. Reads
+    no other metric. ``tuned_l2_comparison`` calls it on one seed's runs at one noise level.
 
     A finished run without the selection metric is an error: tuning never falls back to test data.
     """
@@ -320,17 +401,108 @@ def tune(
     return best[2], best[0], best[3]
 
 
-def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> AnalysisResult:
-    """Accuracy under input noise: BN, no BN, and no BN with L2 tuned on the validation split (Annamalai & Thakur 2022).
+def kappa_estimate(kappas: Sequence[float]) -> Estimate | None:
+    """The seeds' chosen weight decays κ*_s as a geometric-mean estimate (log scale).
 
-    For each noise level: the BN network and the unnormalized one at ``untuned_decay``, and
-    the unnormalized network at the weight decay whose mean validation accuracy is best
-    (its test accuracy reported; the test set plays no part in the choice); also BN with its
-    own tuned decay, and clean-input accuracies when ``robustness`` is recorded. Values (in
-    percentage points): ``gap_points.<noise>`` = tuned L2 − BN, ``max_gap_points`` (the worst
-    level: "BN is within X points of the best-tuned L2 at every noise level" is
-    ``max_gap_points <= X``), ``mean_gap_points``, ``bn_gain_points.<noise>`` = BN − no BN,
-    ``min_bn_gain_points``, and ``tuned_decay.<noise>``.
+    When a seed chose weight decay 0 the geometric mean is 0 and a log-scale interval does not
+    exist: the value is then 0, undecidable, with the reason (``kappa_trend`` uses ranks and
+    needs no log).
+    """
+    if not kappas:
+        return None
+    if all(k > 0 for k in kappas):
+        return over_seeds(kappas, "log")
+    zeros = sum(k == 0 for k in kappas)
+    return Estimate(
+        0.0,
+        basis=f"geometric mean over {len(kappas)} seeds",
+        undecidable=f"{zeros} of {len(kappas)} seeds chose weight decay 0: no log-scale interval",
+    )
+
+
+def _loss_ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or math.isnan(numerator) or math.isnan(denominator):
+        return None
+    if math.isinf(numerator) and math.isinf(denominator):
+        return None
+    if denominator == 0:
+        return math.inf if numerator > 0 else None
+    return numerator / denominator
+
+
+def _differences(a: Mapping[int, float | None], b: Mapping[int, float | None], scale: float) -> dict[int, float]:
+    """Per seed measured in both, ``scale · (a − b)``."""
+    out = {}
+    for seed, x in a.items():
+        y = b.get(seed)
+        if x is not None and y is not None:
+            out[seed] = scale * (x - y)
+    return out
+
+
+def _excess(a: float | None, b: float | None) -> float:
+    """``a − b``, ``-inf`` when either is missing or the difference is undefined."""
+    if a is None or b is None or (math.isinf(a) and math.isinf(b)):
+        return -math.inf
+    return a - b
+
+
+def _joined(cells: Iterable[str]) -> str:
+    cells = list(cells)
+    return "—" if all(c == "—" for c in cells) else " / ".join(cells)
+
+
+def _decays(values: Iterable[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values) or "—"
+
+
+def _complete(per_level: Mapping[float, Mapping[int, float]]) -> dict[int, list[float]]:
+    """Per seed, its values at every level of ``per_level`` (seeds missing a level left out)."""
+    levels = [level for level, seeds in per_level.items() if seeds]
+    seeds = set.intersection(*(set(per_level[level]) for level in levels)) if levels else set()
+    return {s: [per_level[level][s] for level in levels] for s in sorted(seeds)}
+
+
+def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> AnalysisResult:
+    """BN against unnormalized nets with L2 tuned per seed on the validation split (Annamalai & Thakur 2022).
+
+    The paper's claim, that BN tunes its regularization to the data and to the input noise, is
+    tested here by what can be measured (``implied_regularization``'s λ̂ cannot test it: it is 0,
+    or half the weight decay, at any stationary point whatever the noise):
+
+    * κ*(σ): for the unnormalized network, the weight decay explicit L2 needs at noise level σ.
+      Per seed, κ*_s(σ) is the grid's weight decay with the best ``selection_metric``
+      (validation accuracy, final epoch; ties to the smaller decay): the test set plays no part.
+    * whether κ* grows with the noise: per seed, the Spearman correlation of κ*_s with the noise
+      level over the levels. A rank correlation needs no log, so weight decay 0 enters as the
+      smallest rank; a seed whose κ* is the same at every level has trend 0 (κ* did not move).
+    * whether untuned BN stays within a margin of tuned L2 at every level, in both directions:
+      per level and seed, ``gap_s = acc(BN, untuned decay) − acc(no BN, κ*_s)`` in accuracy points
+      (``metric``: test accuracy, final epoch, at the validation-chosen κ*_s), paired by seed.
+    * whether a BN win is only an undertrained baseline: the final ``train_loss_metric`` (and
+      ``train_accuracy_metric`` when recorded) of BN, of no BN and of tuned L2 beside the accuracy;
+      a seed's tuned-L2 net is flagged *undertrained* at a level when its final training loss is
+      more than ``undertrained_ratio`` × BN's and more than ``undertrained_nats`` above it.
+
+    Diverged runs score accuracy 0 and training loss +inf. Values (``Estimate`` over seeds):
+
+    ``kappa.<noise>``                 κ*_s (log scale: geometric mean; undecidable when a seed chose 0)
+    ``kappa_trend``                   per-seed Spearman(noise, κ*_s) (linear; undecidable under 3 levels)
+    ``bn_minus_tuned_l2.<noise>``     gap_s in points (linear)
+    ``bn_minus_tuned_l2_min``         per seed, its smallest gap over the levels (the worst level for BN)
+    ``bn_minus_tuned_l2_max``         per seed, its largest gap over the levels; "BN is within ±m points
+                                      of tuned L2 at every level" is ``_min >= -m`` and ``_max <= m``
+    ``bn_minus_tuned_l2_mean``        per seed, its mean gap over the levels
+    ``bn_gain_points.<noise>``        acc(BN) − acc(no BN), both untuned, in points (linear)
+    ``min_bn_gain_points``            per seed, its smallest such gain over the levels
+    ``baseline_train_loss_ratio.<noise>``  tuned-L2 final training loss ÷ BN's (log scale)
+    ``baseline_train_loss_ratio``     per seed, its largest ratio over the levels (log scale)
+    ``undertrained.<noise>``          share of seeds whose tuned-L2 net is flagged (a point value)
+
+    The ``_min`` / ``_max`` / ``_mean`` values and ``baseline_train_loss_ratio`` use the seeds
+    measured at every level. Tables: the accuracies (mean ± std over seeds, the gap with its 95%
+    t-interval), training losses and the undertrained flag per level; κ* per level (geometric
+    mean, per seed, validation accuracy at it) and ``kappa_trend``.
     """
     runs = [r for r in study.runs if r.status in ("done", "diverged") and r.epochs]
     levels = sorted({noise_level(r, options.noise_axis) for r in runs})
@@ -345,81 +517,175 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
     def untuned(group: list[RunRecord]) -> list[RunRecord]:
         return [r for r in group if _same(float(axis_value(r, options.decay_axis) or 0.0), options.untuned_decay)]
 
+    def acc(group: Iterable[RunRecord]) -> float | None:
+        return average(score(r, options.metric) for r in group)
+
+    def loss(group: Iterable[RunRecord]) -> float | None:
+        return average(final_loss(r, options.train_loss_metric) for r in group)
+
     rows: list[list[Any]] = []
-    values: dict[str, float] = {}
+    kappa_rows: list[list[Any]] = []
+    values: dict[str, ClaimValue] = {}
     curves: dict[str, list[tuple[float, float, float]]] = {}
-    gaps, gains = [], []
+    kappa_series: dict[int, list[tuple[float, float]]] = {}
+    gaps: dict[float, dict[int, float]] = {}
+    gains: dict[float, dict[int, float]] = {}
+    ratios: dict[float, dict[int, float]] = {}
     for level in levels:
-        bn_runs, none_runs = members(level, options.normalized), members(level, options.unnormalized)
-        bn, none = untuned(bn_runs), untuned(none_runs)
-        l2 = tune(none_runs, options.decay_axis, options.selection_metric) if none_runs else None
-        bn_l2 = tune(bn_runs, options.decay_axis, options.selection_metric) if bn_runs else None
-        acc = {
-            "BN": mean(score(r, options.metric) for r in bn),
-            "no BN": mean(score(r, options.metric) for r in none),
-            "no BN + tuned L2": mean(score(r, options.metric) for r in l2[2]) if l2 else None,
-            "BN + tuned L2": mean(score(r, options.metric) for r in bn_l2[2]) if bn_l2 else None,
+        bn_seeds, none_seeds = (
+            by_seed(members(level, options.normalized)),
+            by_seed(members(level, options.unnormalized)),
+        )
+        tuned = {s: t for s, rs in none_seeds.items() if (t := tune(rs, options.decay_axis, options.selection_metric))}
+        bn_tuned = {s: t for s, rs in bn_seeds.items() if (t := tune(rs, options.decay_axis, options.selection_metric))}
+        bn = {s: untuned(rs) for s, rs in bn_seeds.items() if untuned(rs)}
+        none = {s: untuned(rs) for s, rs in none_seeds.items() if untuned(rs)}
+        accuracy = {
+            "BN": {s: acc(rs) for s, rs in bn.items()},
+            "no BN": {s: acc(rs) for s, rs in none.items()},
+            "no BN + tuned L2": {s: acc(t[2]) for s, t in tuned.items()},
+            "BN + tuned L2": {s: acc(t[2]) for s, t in bn_tuned.items()},
         }
-        for name, group in (
-            ("BN", bn),
-            ("no BN", none),
-            ("no BN + tuned L2", l2[2] if l2 else []),
-            ("BN + tuned L2", bn_l2[2] if bn_l2 else []),
-        ):
-            m, s = mean_std(score(r, options.metric) for r in group)
+        losses = {
+            "BN": {s: loss(rs) for s, rs in bn.items()},
+            "no BN": {s: loss(rs) for s, rs in none.items()},
+            "no BN + tuned L2": {s: loss(t[2]) for s, t in tuned.items()},
+        }
+        train_acc = {
+            "BN": [average(score(r, options.train_accuracy_metric) for r in rs) for rs in bn.values()],
+            "no BN": [average(score(r, options.train_accuracy_metric) for r in rs) for rs in none.values()],
+            "no BN + tuned L2": [
+                average(score(r, options.train_accuracy_metric) for r in t[2]) for t in tuned.values()
+            ],
+        }
+        for name, per_seed in accuracy.items():
+            m, sd = mean_std(per_seed.values())
             if m is not None:
-                curves.setdefault(name, []).append((level, 100 * m, 100 * (s or 0.0)))
-            m = mean(r.final(options.clean_metric) for r in group)
-            if m is not None and name in ("BN", "no BN + tuned L2"):
+                curves.setdefault(name, []).append((level, 100 * m, 100 * (sd or 0.0)))
+        for name, group in (("BN", bn), ("no BN + tuned L2", {s: t[2] for s, t in tuned.items()})):
+            m = mean(r.final(options.clean_metric) for rs in group.values() for r in rs)
+            if m is not None:
                 curves.setdefault(f"{name} (clean inputs)", []).append((level, 100 * m, 0.0))
-        gap = None if acc["BN"] is None or acc["no BN + tuned L2"] is None else acc["no BN + tuned L2"] - acc["BN"]
-        gain = None if acc["BN"] is None or acc["no BN"] is None else acc["BN"] - acc["no BN"]
+
         key = _noise_key(level)
-        put(values, f"gap_points.{key}", None if gap is None else 100 * gap)
-        put(values, f"bn_gain_points.{key}", None if gain is None else 100 * gain)
-        put(values, f"tuned_decay.{key}", l2[0] if l2 else None)
-        if gap is not None:
-            gaps.append(100 * gap)
-        if gain is not None:
-            gains.append(100 * gain)
+        bn_acc, l2_acc, none_acc = accuracy["BN"], accuracy["no BN + tuned L2"], accuracy["no BN"]
+        gaps[level] = _differences(bn_acc, l2_acc, 100)
+        gains[level] = _differences(bn_acc, none_acc, 100)
+        ratios[level] = {
+            s: r
+            for s in losses["BN"]
+            if (r := _loss_ratio(losses["no BN + tuned L2"].get(s), losses["BN"][s])) is not None
+        }
+        flags = {
+            s: bool(
+                ratio > options.undertrained_ratio
+                and _excess(losses["no BN + tuned L2"].get(s), losses["BN"].get(s)) > options.undertrained_nats
+            )
+            for s, ratio in ratios[level].items()
+        }
+        kappas = {s: t[0] for s, t in tuned.items()}
+        for s, kappa in kappas.items():
+            kappa_series.setdefault(s, []).append((level, kappa))
+        gap = over_seeds(gaps[level].values())
+        put(values, f"kappa.{key}", kappa_estimate(list(kappas.values())))
+        put(values, f"bn_minus_tuned_l2.{key}", gap)
+        put(values, f"bn_gain_points.{key}", over_seeds(gains[level].values()))
+        put(values, f"baseline_train_loss_ratio.{key}", over_seeds(ratios[level].values(), "log"))
+        if flags:
+            share = sum(flags.values()) / len(flags)
+            put(values, f"undertrained.{key}", point(share, f"share of {len(flags)} seeds flagged"))
+        flag = "—" if not flags else ("yes" if all(flags.values()) else "no" if not any(flags.values()) else "some")
+        if flags and len(flags) > 1:
+            flag += f" ({sum(flags.values())}/{len(flags)} seeds)"
         rows.append(
             [
                 f"{level:g}",
-                pm((score(r, options.metric) for r in bn), 100, 2, fixed=True),
-                pm((score(r, options.metric) for r in none), 100, 2, fixed=True),
-                "—" if l2 is None else f"{l2[0]:g} ({100 * l2[1]:.2f})",
-                "—" if l2 is None else pm((score(r, options.metric) for r in l2[2]), 100, 2, fixed=True),
-                "—" if gap is None else f"{-100 * gap:+.2f}",
+                pm(bn_acc.values(), 100, 2, fixed=True),
+                pm(none_acc.values(), 100, 2, fixed=True),
+                _decays(kappas.values()),
+                pm(l2_acc.values(), 100, 2, fixed=True),
+                _shown(gap),
                 "—"
-                if bn_l2 is None
-                else f"{bn_l2[0]:g}: " + pm((score(r, options.metric) for r in bn_l2[2]), 100, 2, True),
-                pm((r.final(options.clean_metric) for r in bn), 100, 2, fixed=True),
-                "—" if l2 is None else pm((r.final(options.clean_metric) for r in l2[2]), 100, 2, fixed=True),
+                if not bn_tuned
+                else f"{_decays(t[0] for t in bn_tuned.values())}: "
+                + pm(accuracy["BN + tuned L2"].values(), 100, 2, fixed=True),
+                pm(losses["BN"].values()),
+                pm(losses["no BN"].values()),
+                pm(losses["no BN + tuned L2"].values()),
+                _joined(pm(v, 100, 1, fixed=True) for v in train_acc.values()),
+                flag,
+                pm((r.final(options.clean_metric) for rs in bn.values() for r in rs), 100, 2, fixed=True),
+                pm((r.final(options.clean_metric) for t in tuned.values() for r in t[2]), 100, 2, fixed=True),
             ]
         )
-    if gaps:
-        values["max_gap_points"] = max(gaps)
-        values["mean_gap_points"] = statistics.fmean(gaps)
-    if gains:
-        values["min_bn_gain_points"] = min(gains)
+        if kappas:
+            estimate = kappa_estimate(list(kappas.values()))
+            kappa_rows.append(
+                [
+                    f"{level:g}",
+                    "—"
+                    if estimate is None
+                    else f"{estimate.value:.3g}"
+                    + (f" ({estimate.undecidable.split(':')[0]})" if estimate.undecidable else ""),
+                    _decays(kappas.values()),
+                    f"{min(kappas.values()):g} – {max(kappas.values()):g}",
+                    pm((t[1] for t in tuned.values()), 100, 2, fixed=True),
+                ]
+            )
+    trend = seed_trend(kappa_series)
+    put(values, "kappa_trend", trend)
+    for name, per_level, combine in (
+        ("bn_minus_tuned_l2_min", gaps, min),
+        ("bn_minus_tuned_l2_max", gaps, max),
+        ("bn_minus_tuned_l2_mean", gaps, statistics.fmean),
+        ("min_bn_gain_points", gains, min),
+    ):
+        put(values, name, over_seeds(combine(v) for v in _complete(per_level).values()))
+    put(values, "baseline_train_loss_ratio", over_seeds((max(v) for v in _complete(ratios).values()), "log"))
+    if kappa_rows:
+        rhos, reason = seed_trends(kappa_series)
+        summary = (
+            "—" if trend is None else f"{trend.value:+.2f} (per seed: {', '.join(f'{r:+.2f}' for r in rhos.values())})"
+        )
+        kappa_rows.append(
+            [
+                "kappa_trend",
+                summary,
+                "Spearman(σ_n, κ*_s) per seed; weight decay 0 is the smallest rank",
+                reason or "",
+                "",
+            ]
+        )
     metric = options.metric.replace("_", " ")
     tables = [
         Table(
-            f"Accuracy under input noise: BN vs no BN vs no BN + L2 tuned on {options.selection_metric} "
-            f"({metric} %, mean ± std over seeds)",
+            f"Accuracy under input noise: BN vs no BN vs no BN + L2 tuned per seed on {options.selection_metric} "
+            f"({metric} %, mean ± std over seeds; BN − tuned L2 in points with its 95% t-interval over seeds; "
+            f"{options.train_loss_metric} final epoch, nats; baseline undertrained: tuned-L2 training loss "
+            f"> {options.undertrained_ratio:g}× BN's and > BN's + {options.undertrained_nats:g} nats)",
             [
                 "σ_n",
                 "BN",
                 "no BN",
-                "tuned wd (val %)",
+                "κ* per seed",
                 "no BN + tuned L2",
                 "BN − tuned L2 (points)",
                 "BN + tuned L2 (wd: acc)",
+                "train loss BN",
+                "train loss no BN",
+                "train loss tuned L2",
+                "train acc % BN / no BN / tuned L2",
+                "baseline undertrained",
                 "BN clean",
                 "tuned L2 clean",
             ],
             rows,
-        )
+        ),
+        Table(
+            f"Weight decay κ* explicit L2 needs (no BN; chosen per seed on {options.selection_metric}, final epoch)",
+            ["σ_n", "κ* (geometric mean)", "κ* per seed", "range", f"{options.selection_metric} % at κ*"],
+            kappa_rows,
+        ),
     ]
     figures = [Figure("noise_accuracy", lambda fig: _draw_accuracy(fig, curves, metric))] if curves else []
     return AnalysisResult(tables, figures, values)
@@ -433,7 +699,7 @@ def _draw_accuracy(fig: Any, curves: dict[str, list[tuple[float, float, float]]]
         ax.errorbar(xs, ms, yerr=ss, marker="o", linestyle=style, capsize=3, label=name)
     ax.set_xlabel("input noise σ_n")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title("Accuracy under input noise (L2 tuned on the validation split)")
+    ax.set_title("Accuracy under input noise (L2 tuned per seed on the validation split)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -456,14 +722,27 @@ def _curve(runs: list[RunRecord], key: str) -> list[tuple[int, float]]:
     return [(epoch, statistics.fmean(v)) for epoch, v in sorted(by_epoch.items())]
 
 
+def _ends(runs: list[RunRecord], key: str) -> tuple[float, float] | None:
+    """First and last recorded value of ``key`` (mean over ``runs`` per epoch), ``None`` if never recorded."""
+    curve = _curve(runs, key)
+    return (curve[0][1], curve[-1][1]) if curve else None
+
+
+def _ratio(ends: tuple[float, float] | None) -> float | None:
+    return ends[1] / ends[0] if ends is not None and ends[0] else None
+
+
 def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisResult:
     """Raw weight norms ‖w‖ and ‖γ‖ over training, against batch size (Annamalai & Thakur 2022; STUDIES.md).
 
     A row per configuration: median ‖w_j‖, ‖γ‖ and median ‖v_j‖ of the chosen layer at the
-    first and last recorded epoch (seed means), and η/‖w‖² at the end. Values:
-    ``gamma_ratio.<c>`` and ``w_ratio.<c>`` (last / first), ``gamma_final.<c>``, and
-    ``gamma_trend`` / ``w_trend`` (Spearman correlation of ``trend_axis`` with the final
-    ‖γ‖ / ‖w‖, averaged over the other configurations; also ``.<c>`` per configuration).
+    first and last recorded epoch (seed means), ‖γ‖ last/first (geometric mean over seeds of
+    each seed's ratio), and η/‖w‖² at the end. Values (``Estimate`` over seeds, one replicate
+    per seed): ``gamma_ratio.<c>`` and ``w_ratio.<c>`` (last / first; log scale),
+    ``gamma_final.<c>`` (log scale), and ``gamma_trend`` / ``w_trend`` (per seed, the Spearman
+    correlation of ``trend_axis`` with the seed's final ‖γ‖ / ‖w‖, averaged over the other
+    configurations; linear; undecidable with fewer than 3 levels of ``trend_axis``; also
+    ``.<c>`` per other configuration ``c``).
     """
     g, k = options.geometry_metric, options.layer
     keys = {
@@ -475,9 +754,9 @@ def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisRes
     runs = selected(study.runs, options.select)
     groups = grouped(runs, config_label)
     rows: list[list[Any]] = []
-    values: dict[str, float] = {}
+    values: dict[str, ClaimValue] = {}
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    finals: dict[str, dict[str, float | None]] = {}
+    finals: dict[str, dict[int, dict[str, float | None]]] = {}
     for label, members in groups.items():
         series = {name: _curve(members, key) for name, key in keys.items()}
         curves[label] = series
@@ -485,37 +764,47 @@ def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisRes
             continue
         first = {n: (s[0][1] if s else None) for n, s in series.items()}
         last = {n: (s[-1][1] if s else None) for n, s in series.items()}
-        finals[label] = last
-        gamma_ratio = last["gamma"] / first["gamma"] if first["gamma"] and last["gamma"] is not None else None
-        w_ratio = last["w"] / first["w"] if first["w"] and last["w"] is not None else None
+        seeds = {s: {n: _ends(rs, keys[n]) for n in ("w", "gamma")} for s, rs in by_seed(members).items()}
+        finals[label] = {s: {n: e[1] if e else None for n, e in ends.items()} for s, ends in seeds.items()}
+        gamma_ratio = over_seeds((_ratio(ends["gamma"]) for ends in seeds.values()), "log")
         rows.append(
             [
                 label,
                 f"{fmt(first['w'])} → {fmt(last['w'])}",
                 "—" if first["gamma"] is None else f"{fmt(first['gamma'])} → {fmt(last['gamma'])}",
-                fmt(gamma_ratio),
+                fmt(None if gamma_ratio is None else gamma_ratio.value),
                 "—" if first["v"] is None else f"{fmt(first['v'])} → {fmt(last['v'])}",
                 fmt(last["eff_lr"]),
             ]
         )
         put(values, f"gamma_ratio.{label}", gamma_ratio)
-        put(values, f"w_ratio.{label}", w_ratio)
-        put(values, f"gamma_final.{label}", last["gamma"])
+        put(values, f"w_ratio.{label}", over_seeds((_ratio(ends["w"]) for ends in seeds.values()), "log"))
+        put(values, f"gamma_final.{label}", over_seeds((f["gamma"] for f in finals[label].values()), "log"))
     if options.trend_axis in study.axes:
         for name in ("gamma", "w"):
-            trends = []
+            per_seed: dict[int, list[float]] = {}
+            reasons = []
             others = grouped(
                 (r for r in runs if config_label(r) in finals), lambda r: config_label(r, {options.trend_axis})
             )
             for other, members in others.items():
-                points = {float(axis_value(r, options.trend_axis)): finals[config_label(r)][name] for r in members}
-                xs = [x for x, y in sorted(points.items()) if y is not None]
-                ys = [y for _, y in sorted(points.items()) if y is not None]
-                trend = spearman(xs, ys)
-                put(values, f"{name}_trend.{other}", trend)
-                if trend is not None:
-                    trends.append(trend)
-            put(values, f"{name}_trend", statistics.fmean(trends) if trends else None)
+                series: dict[int, list[tuple[float, float]]] = {}
+                for label, same in grouped(members, config_label).items():
+                    x = float(axis_value(same[0], options.trend_axis))
+                    for seed, final in finals[label].items():
+                        if final[name] is not None:
+                            series.setdefault(seed, []).append((x, final[name]))
+                rhos, reason = seed_trends(series)
+                put(values, f"{name}_trend.{other}", over_seeds(rhos.values(), undecidable=reason))
+                reasons.append(reason)
+                for seed, rho in rhos.items():
+                    per_seed.setdefault(seed, []).append(rho)
+            reason = next((r for r in reasons if r), "")
+            put(
+                values,
+                f"{name}_trend",
+                over_seeds((statistics.fmean(v) for v in per_seed.values()), undecidable=reason),
+            )
     tables = [
         Table(
             f"Weight-norm trajectories, layer {k} (first → last recorded epoch, seed means)",

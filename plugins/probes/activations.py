@@ -2,11 +2,19 @@
 
 Without BN, the channel means and variances of a deep residual network grow exponentially
 with depth at initialization, and a large gradient step makes them explode (a diverging
-update); with BN every normalized layer's channels are re-centred and re-scaled, so the
-statistics stay flat. RQ2 and RQ5.
+update); with BN they stay bounded. RQ2 and RQ5.
 
 "Depth" is the index of a model's normalization site (``harness.find_sites``): the probe
-hooks every hidden ``NormSite`` and summarizes what passes through it.
+hooks every hidden ``NormSite``. By default it measures the site's *input*, the layer output
+before the normalizer (the paper plots the convolution outputs): after a normalizer the
+statistics are flat by construction, and a claim that they stay flat could not fail.
+``where="output"`` measures what leaves the site instead.
+
+The analysis reports per group, as Estimates over seeds (one run is one seed, log scale):
+``std_growth``, ``mean_growth`` (last ÷ first site at initialization), ``std_growth_after_step``,
+``max_std_after_step`` and ``loss_ratio_after_step`` (the one large step, the paper's
+"diverging update"), and ``std_growth_ratio`` (no BN ÷ BN, paired by seed); its figure draws
+the per-site mean and std curves at initialization and after the step.
 """
 
 from __future__ import annotations
@@ -19,28 +27,30 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import Options, find_sites
-from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
+from harness.analysis import over_seeds
+from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
 from plugins.probes.common import (
     CompareOptions,
+    by_seed,
     finite_or_nan,
     fmt,
     geomean_or_inf,
     group_runs,
     mean_curve,
+    paired_ratio,
     panel_grid,
     probe_runs,
     put,
-    put_group_ratio,
     take_batches,
 )
 
 
 class ActivationOptions(Options):
     batch_size: int = Field(128, gt=0, description="Mini-batch size (He et al. 2016: 128).")
-    point: Literal["output", "input"] = Field(
-        "output",
-        description="output: what leaves each site (after the normalizer, what the next layer sees); "
-        "input: the raw layer output before it.",
+    where: Literal["input", "output"] = Field(
+        "input",
+        description="input: what enters each site, the layer output before the normalizer (the paper's); "
+        "output: what leaves it (after the normalizer, what the next layer sees; flat with BN by construction).",
     )
     step_size: float = Field(
         0.1, ge=0, description="Learning rate of the one large SGD step measured after initialization (0: none)."
@@ -72,9 +82,10 @@ def _summary(means: list[torch.Tensor], variances: list[torch.Tensor]) -> dict[s
 def activation_stats(context: ProbeContext, options: ActivationOptions) -> dict[str, Any]:
     """Channel means and variances per layer at initialization and after a large step (Bjorck Figs. 4–5).
 
-    For every hidden normalization site, in order of depth: each channel's mean and variance
-    over the batch (and positions), and per layer the mean absolute channel mean and the root
-    mean channel variance (``layer_std``). Measured on one mini-batch in training mode, then
+    For every hidden normalization site, in order of depth, at its input (the layer output
+    before the normalizer) or output (``options.where``): each channel's mean and variance over
+    the batch (and positions), and per layer the mean absolute channel mean and the root mean
+    channel variance (``layer_std``). Measured on one mini-batch in training mode, then
     again on the same mini-batch after one plain SGD step of ``step_size`` along its gradient.
     """
     model = context.build_model()
@@ -84,14 +95,18 @@ def activation_stats(context: ProbeContext, options: ActivationOptions) -> dict[
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        captured.append(channel_stats(output if options.point == "output" else inputs[0]))
+        captured.append(channel_stats(output if options.where == "output" else inputs[0]))
 
     handles = [site.register_forward_hook(hook) for _, site in sites]
     ((images, labels),) = take_batches(context, options.batch_size, 1)
     try:
         loss = F.cross_entropy(model(images), labels)
         phases = {"init": _summary(*zip(*captured, strict=True))}
-        measured: dict[str, Any] = {"sites": [info.name for info, _ in sites], "loss_init": float(loss.detach())}
+        measured: dict[str, Any] = {
+            "sites": [info.name for info, _ in sites],
+            "where": options.where,
+            "loss_init": float(loss.detach()),
+        }
         if options.step_size > 0:
             params = [p for p in model.parameters() if p.requires_grad]
             grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -111,75 +126,100 @@ def activation_stats(context: ProbeContext, options: ActivationOptions) -> dict[
 
 
 def _growth(curve: list[float]) -> float | None:
-    """Last layer's value ÷ first layer's value (``None`` when not finite or zero)."""
-    if not curve or not all(math.isfinite(v) for v in (curve[0], curve[-1])) or curve[0] == 0:
+    """Last site's value ÷ first site's: ``None`` when the first is not finite and positive, +inf
+    when the last overflowed."""
+    if not curve or not (math.isfinite(curve[0]) and curve[0] > 0) or math.isnan(curve[-1]):
         return None
     return curve[-1] / curve[0]
+
+
+def _phase(run: RunRecord, phase: str) -> dict[str, list[float]] | None:
+    return run.measurements["phases"].get(phase)
+
+
+def _seed_values(run: RunRecord) -> dict[str, float | None]:
+    """The run's (one seed's) claimable statistics."""
+    init, after = _phase(run, "init"), _phase(run, "after_step")
+    after_std = [v for v in (after or {}).get("layer_std", []) if not math.isnan(v)]
+    m = run.measurements
+    loss_ratio = None
+    if m.get("loss_after_step") is not None and m["loss_init"]:
+        loss_ratio = m["loss_after_step"] / m["loss_init"]
+    return {
+        "std_growth": _growth(init["layer_std"]) if init else None,
+        "mean_growth": _growth(init["layer_abs_mean"]) if init else None,
+        "std_growth_after_step": _growth(after["layer_std"]) if after else None,
+        "max_std_after_step": max(after_std) if after_std else None,
+        "loss_ratio_after_step": loss_ratio,
+    }
+
+
+CLAIMABLE = ("std_growth", "mean_growth", "std_growth_after_step", "max_std_after_step", "loss_ratio_after_step")
 
 
 def activation_depth(study: StudyResults, options: CompareOptions) -> AnalysisResult:
     """Activation mean and std against depth at initialization and after a large step (Figs. 4–5).
 
-    Curves are geometric means over seeds. Values: ``std_growth.<group>`` (last site's std ÷
-    first site's at initialization), ``mean_growth.<group>`` (same for the mean absolute channel
-    mean), ``max_std_after_step.<group>`` (largest site std after the large step),
-    ``std_growth_ratio`` (unnormalized ÷ normalized growth), and
-    ``loss_ratio_after_step.<group>`` (loss after ÷ before the step). An overflow (infinite
-    std or loss) is reported as the largest float.
+    Curves are geometric means over seeds, drawn at initialization and after the step. Values,
+    per group, Estimates over seeds (log scale; an overflow is +inf): ``std_growth.<group>``
+    (last site's std ÷ first site's at initialization), ``mean_growth.<group>`` (same for the
+    mean absolute channel mean), ``std_growth_after_step.<group>`` (the same growth after the
+    large step), ``max_std_after_step.<group>`` (largest site std after the step),
+    ``loss_ratio_after_step.<group>`` (loss after ÷ before the step); and ``std_growth_ratio``
+    (unnormalized ÷ normalized growth, paired by seed).
     """
     groups = group_runs(probe_runs(study))
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
     curves: dict[str, dict[str, dict[str, list[float]]]] = {}
-    values: dict[str, float] = {}
+    values: dict[str, float | Estimate] = {}
+    growth: dict[str, dict[int, float]] = {}
     rows = []
     for label, runs in groups.items():
         per_phase: dict[str, dict[str, list[float]]] = {}
         for phase in ("init", "after_step"):
-            present = [r.measurements["phases"][phase] for r in runs if phase in r.measurements["phases"]]
+            present = [p for p in (_phase(r, phase) for r in runs) if p is not None]
             if present:
                 per_phase[phase] = {
                     key: mean_curve([p[key] for p in present], geomean_or_inf)
                     for key in ("layer_std", "layer_abs_mean")
                 }
         curves[label] = per_phase
-        init = per_phase["init"]
-        std_growth = _growth(init["layer_std"])
-        put(values, f"std_growth.{label}", std_growth)
-        put(values, f"mean_growth.{label}", _growth(init["layer_abs_mean"]))
-        after = per_phase.get("after_step")
-        after_std = [v for v in (after or {}).get("layer_std", []) if not math.isnan(v)]
-        put(values, f"max_std_after_step.{label}", max(after_std) if after_std else None)
-        loss_ratios = [
-            r.measurements["loss_after_step"] / r.measurements["loss_init"]
-            for r in runs
-            if r.measurements.get("loss_after_step") is not None and r.measurements["loss_init"]
-        ]
-        loss_ratio = geomean_or_inf(loss_ratios)
-        put(values, f"loss_ratio_after_step.{label}", loss_ratio)
+        seeds = by_seed((r.seed, _seed_values(r)) for r in runs)
+        growth[label] = seeds.get("std_growth", {})
+        estimates = {name: over_seeds(seeds.get(name, {}).values(), scale="log") for name in CLAIMABLE}
+        for name, estimate in estimates.items():
+            put(values, f"{name}.{label}", estimate)
+        init, after = per_phase["init"], per_phase.get("after_step")
+        shown = {name: None if e is None else e.value for name, e in estimates.items()}
         rows.append(
             [
                 label,
+                "/".join(sorted({r.measurements.get("where", "output") for r in runs})),
                 len(init["layer_std"]),
                 fmt(init["layer_std"][0]),
                 fmt(init["layer_std"][-1]),
-                fmt(std_growth),
+                fmt(shown["std_growth"]),
                 fmt(max(init["layer_abs_mean"], default=None)),
                 fmt(after["layer_std"][-1]) if after else "—",
-                fmt(loss_ratio),
+                fmt(shown["std_growth_after_step"]),
+                fmt(shown["loss_ratio_after_step"]),
             ]
         )
-    put_group_ratio(values, "std_growth", options.unnormalized, options.normalized)
+    if options.unnormalized in growth and options.normalized in growth:
+        put(values, "std_growth_ratio", paired_ratio(growth[options.unnormalized], growth[options.normalized]))
     table = Table(
         "Activations against depth (site std = root mean channel variance; geometric mean over seeds)",
         [
             "configuration",
+            "measured at site",
             "sites",
             "first site std",
             "last site std",
             "growth (last/first)",
             "max site mean |channel mean|",
             "last site std after step",
+            "growth after step",
             "loss after/before step",
         ],
         rows,

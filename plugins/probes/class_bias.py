@@ -2,8 +2,20 @@
 
 An unnormalized deep network at initialization predicts (almost) the same class for every
 input, and the gradients of the loss with respect to its outputs are nearly the same for all
-inputs (the images × classes heat map has constant columns); with BN the predictions spread
-over the classes and the gradients depend on the input. RQ2.
+inputs (the images × classes heat map has constant columns); with BN the gradients depend on
+the input. RQ2.
+
+The heat map's agreement is measured by ``gradient_cosine``: the mean cosine similarity between
+the output gradients g_i = ∂loss_i/∂logits_i of distinct inputs, in [−1, 1]. It is 1 when every
+row is the same. For cross-entropy g_i = p_i − e_{y_i}, so the label's term always differs
+between inputs of different labels: a saturated one-class predictor (p_i = e_k, y_i ≠ k) gives
+½ between different labels and 1 between equal ones, about ½ + ½·P(same label) in all; uniform
+logits give 1 between equal labels and −1/(C−1) between different ones, 0 in expectation over
+uniform labels. Rows of g sum to 0, so this is also their mean Pearson correlation.
+
+The analysis reports per group, as Estimates over seeds (one run is one seed; linear scale):
+``gradient_cosine`` and ``top_class_share`` (a diagnostic), and ``gradient_cosine_difference``
+(no BN − BN, paired by seed).
 """
 
 from __future__ import annotations
@@ -16,16 +28,18 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import Options
-from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
+from harness.analysis import over_seeds
+from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
 from plugins.probes.common import (
     CompareOptions,
     fmt,
     group_runs,
     mean,
+    paired_difference,
     panel_grid,
+    per_seed,
     probe_runs,
     put,
-    put_group_ratio,
     take_batches,
 )
 
@@ -44,29 +58,28 @@ def top_class_share(logits: torch.Tensor) -> tuple[float, list[int]]:
     return float(counts.max()) / logits.shape[0], counts.tolist()
 
 
-def row_correlation(matrix: torch.Tensor) -> float:
-    """Mean Pearson correlation between distinct rows of ``matrix`` (rows with no variance left out)."""
+def gradient_cosine(matrix: torch.Tensor) -> float:
+    """Mean cosine similarity between distinct rows of ``matrix`` (zero rows left out), exactly:
+    with unit rows u_i, (‖Σ u_i‖² − Σ ‖u_i‖²) / (N (N − 1)). NaN with fewer than two rows."""
     x = matrix.detach().double()
-    x = x - x.mean(1, keepdim=True)
     norms = x.norm(dim=1)
-    x = x[norms > 0] / norms[norms > 0, None]
-    n = x.shape[0]
+    u = x[norms > 0] / norms[norms > 0, None]
+    n = u.shape[0]
     if n < 2:
         return math.nan
-    gram = x @ x.T
-    return float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
+    return float((u.sum(0).pow(2).sum() - n) / (n * (n - 1)))
 
 
 def class_bias(context: ProbeContext, options: ClassBiasOptions) -> dict[str, Any]:
-    """Share of inputs predicted as one class, output-gradient correlation at init (Bjorck Fig. 5).
+    """Share of inputs predicted as one class, output-gradient agreement at init (Bjorck Fig. 5).
 
     Per mini-batch, in training mode: the predicted-class counts, ``top_class_share`` (the most
     frequent class's share), and the gradient of the mean cross-entropy with respect to the
-    model's outputs, an images × classes matrix, summarized by ``gradient_correlation`` (mean
-    Pearson correlation between its rows: near 1 when every input gets the same gradient).
+    model's outputs, an images × classes matrix, summarized by ``gradient_cosine`` (mean cosine
+    similarity between its rows, module doc). Both are averaged over the mini-batches.
     """
     model = context.build_model()
-    shares, correlations, counts = [], [], []
+    shares, cosines, counts = [], [], []
     heatmap: list[list[float]] = []
     heatmap_labels: list[int] = []
     for images, labels in take_batches(context, options.batch_size, options.batches):
@@ -76,42 +89,61 @@ def class_bias(context: ProbeContext, options: ClassBiasOptions) -> dict[str, An
         share, batch_counts = top_class_share(logits.detach())
         shares.append(share)
         counts.append(batch_counts)
-        correlations.append(row_correlation(grad))
+        cosines.append(gradient_cosine(grad))
         if not heatmap:
             heatmap = (grad[: options.heatmap_images] * images.shape[0]).tolist()
             heatmap_labels = labels[: options.heatmap_images].tolist()
     return {
         "top_class_share": sum(shares) / len(shares),
-        "gradient_correlation": mean(correlations),
+        "gradient_cosine": mean(cosines),
         "predicted_counts": [sum(c) for c in zip(*counts, strict=True)],
         "output_gradients": heatmap,
         "labels": heatmap_labels,
     }
 
 
+def _cosine(run: RunRecord) -> float | None:
+    """The run's ``gradient_cosine`` (runs stored before it was named ``gradient_correlation``: the
+    mean Pearson correlation of the rows, the same number since each row sums to 0)."""
+    m = run.measurements
+    value = m.get("gradient_cosine", m.get("gradient_correlation"))
+    return None if value is None else float(value)
+
+
 def class_bias_analysis(study: StudyResults, options: CompareOptions) -> AnalysisResult:
     """Predictions and output gradients at initialization per configuration (Fig. 5).
 
-    Values: ``top_class_share.<group>`` (mean over seeds; 1.0 when every input gets one class),
-    ``gradient_correlation.<group>`` and ``gradient_correlation_ratio`` (unnormalized ÷
-    normalized).
+    Values, Estimates over seeds (linear scale): ``gradient_cosine.<group>`` (mean cosine
+    similarity of the output gradients of distinct inputs, in [−1, 1]; module doc for its known
+    values), ``top_class_share.<group>`` (a diagnostic: 1.0 when every input gets one class), and
+    ``gradient_cosine_difference`` (unnormalized − normalized, paired by seed).
     """
     groups = group_runs(probe_runs(study))
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
-    values: dict[str, float] = {}
+    values: dict[str, float | Estimate] = {}
+    cosines: dict[str, dict[int, float]] = {}
     rows = []
     for label, runs in groups.items():
-        share = mean(r.measurements["top_class_share"] for r in runs)
-        corr = mean(r.measurements["gradient_correlation"] for r in runs)
+        shares = per_seed(runs, lambda r: r.measurements["top_class_share"])
+        cosines[label] = per_seed(runs, _cosine)
+        share, cosine = over_seeds(shares.values()), over_seeds(cosines[label].values())
         put(values, f"top_class_share.{label}", share)
-        put(values, f"gradient_correlation.{label}", corr)
+        put(values, f"gradient_cosine.{label}", cosine)
         classes = sum(1 for c in runs[0].measurements["predicted_counts"] if c)
-        rows.append([label, fmt(share), classes, fmt(corr)])
-    put_group_ratio(values, "gradient_correlation", options.unnormalized, options.normalized)
+        rows.append([label, len(runs), *(fmt(None if e is None else e.value) for e in (share, cosine)), classes])
+    if options.unnormalized in cosines and options.normalized in cosines:
+        difference = paired_difference(cosines[options.unnormalized], cosines[options.normalized])
+        put(values, "gradient_cosine_difference", difference)
     table = Table(
-        "Class bias at initialization",
-        ["configuration", "share of the top class", "classes predicted (first seed)", "output-gradient correlation"],
+        "Class bias at initialization (means over seeds)",
+        [
+            "configuration",
+            "seeds",
+            "share of the top class",
+            "output-gradient cosine",
+            "classes predicted (first seed)",
+        ],
         rows,
     )
 

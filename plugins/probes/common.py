@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from pydantic import Field
 
 from harness import Options
-from harness.api import ProbeContext, RunRecord, StudyResults
+from harness.api import ClaimValue, Estimate, ProbeContext, RunRecord, StudyResults
 
 
 class CompareOptions(Options):
@@ -158,16 +157,17 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-LARGEST = sys.float_info.max
-"""How an infinite value (an overflow: a diverged loss, exploded activations) is reported as a
-claimable value, which must be finite."""
+def put(values: dict[str, ClaimValue], name: str, value: ClaimValue | None) -> None:
+    """Record a claimable value when it was measured (a NaN or missing value is left out).
 
-
-def put(values: dict[str, float], name: str, value: float | None) -> None:
-    """Record a claimable value when it was measured; +inf becomes ``LARGEST``, NaN is left out."""
-    if value is None or math.isnan(value):
+    Infinities are kept: an overflow (a diverged loss, exploded activations) is the strongest
+    result and the report shows it as ``inf``.
+    """
+    if value is None or (isinstance(value, Estimate) and math.isnan(value.value)):
         return
-    values[name] = LARGEST if math.isinf(value) and value > 0 else float(value) if math.isfinite(value) else -LARGEST
+    if not isinstance(value, Estimate) and math.isnan(float(value)):
+        return
+    values[name] = value if isinstance(value, Estimate) else float(value)
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -183,3 +183,44 @@ def panel_grid(fig: Any, count: int, columns: int = 3) -> list[Any]:
 def finite_or_nan(values: Iterable[float | None]) -> list[float]:
     """Values for plotting: missing and infinite values become NaN (a gap in the line)."""
     return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
+
+
+# -- estimates over seeds -----------------------------------------------------------------------
+def by_seed(measured: Iterable[tuple[int, dict[str, float | None]]]) -> dict[str, dict[int, float]]:
+    """Named per-run statistics, given as ``(seed, {name: value})``, as ``{name: {seed: value}}``.
+
+    One run is one seed; runs sharing a seed are averaged. Missing and NaN values are left out;
+    infinities (overflows) are kept.
+    """
+    found: dict[str, dict[int, list[float]]] = {}
+    for seed, named in measured:
+        for name, value in named.items():
+            if value is not None and not math.isnan(float(value)):
+                found.setdefault(name, {}).setdefault(seed, []).append(float(value))
+    return {
+        name: {seed: statistics.fmean(vs) if len(vs) > 1 else vs[0] for seed, vs in seeds.items()}
+        for name, seeds in found.items()
+    }
+
+
+def per_seed(runs: Iterable[RunRecord], statistic: Callable[[RunRecord], float | None]) -> dict[int, float]:
+    """``statistic`` of each run by its seed (``by_seed`` for one statistic)."""
+    return by_seed((run.seed, {"": statistic(run)}) for run in runs).get("", {})
+
+
+def paired_ratio(numerator: dict[int, float], denominator: dict[int, float]) -> Estimate | None:
+    """An ``Estimate`` (log scale) of the per-seed ratio ``numerator[s] / denominator[s]`` over the
+    seeds both sides measured (a zero or non-finite denominator leaves its seed out)."""
+    from harness.analysis import over_seeds
+
+    seeds = sorted(numerator.keys() & denominator.keys())
+    ratios = [numerator[s] / denominator[s] for s in seeds if denominator[s] != 0 and math.isfinite(denominator[s])]
+    return over_seeds(ratios, scale="log")
+
+
+def paired_difference(minuend: dict[int, float], subtrahend: dict[int, float]) -> Estimate | None:
+    """An ``Estimate`` (linear scale) of the per-seed difference ``minuend[s] − subtrahend[s]`` over
+    the seeds both sides measured."""
+    from harness.analysis import over_seeds
+
+    return over_seeds([minuend[s] - subtrahend[s] for s in sorted(minuend.keys() & subtrahend.keys())])

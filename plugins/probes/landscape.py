@@ -4,13 +4,18 @@ For a mini-batch B and the network's parameters θ at initialization, the relati
 step of size η along the mini-batch gradient is L_B(θ − η ∇L_B(θ)) / L_B(θ). With BN it stays
 near or below 1 up to large steps; without BN it explodes (the paper: to 1e6 beyond ~1e-3).
 RQ1 and RQ5: BN permits larger steps, and large steps make unnormalized networks diverge.
+
+Divergence criterion: the paper's is absolute (a mini-batch loss above 10^3 counts as
+diverged); a relative rule (loss grows 1000x) calls a BN step that multiplies the loss by ~190
+"stable" and moves the BN ÷ no-BN ratio with the threshold. The analysis uses the absolute
+rule by default and tabulates the ratio at several thresholds.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,17 +23,9 @@ from pydantic import Field, model_validator
 from torch.func import functional_call
 
 from harness import Options
-from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
-from plugins.probes.common import (
-    CompareOptions,
-    fmt,
-    group_runs,
-    loss_ratio,
-    probe_runs,
-    put,
-    ratio,
-    take_batches,
-)
+from harness.analysis import over_seeds
+from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, RunRecord, StudyResults, Table
+from plugins.probes.common import CompareOptions, fmt, group_runs, loss_ratio, probe_runs, put, take_batches
 
 
 class LandscapeOptions(Options):
@@ -93,8 +90,16 @@ def loss_landscape(context: ProbeContext, options: LandscapeOptions) -> dict[str
 
 
 class LandscapeAnalysisOptions(CompareOptions):
-    threshold: float = Field(
-        1e3, gt=0, description="A step is stable while the relative loss stays below this (the paper's summaries: 1e3)."
+    criterion: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="absolute (the paper's): a step diverges when the mini-batch loss after it exceeds "
+        "`threshold`; relative: when the loss after ÷ before exceeds it.",
+    )
+    threshold: float = Field(1e3, gt=0, description="The divergence limit (the paper's: a loss of 1e3).")
+    sensitivity: list[float] = Field(
+        default_factory=lambda: [10.0, 100.0, 1e3, 1e4, 1e6],
+        description="Thresholds at which the report also shows the largest stable steps and their ratio, "
+        "so a reader sees how much the finding depends on the limit.",
     )
 
 
@@ -104,65 +109,125 @@ def _exploded(value: float | None) -> float:
 
 
 def largest_stable_step(steps: list[float], curve: list[float | None], threshold: float) -> float:
-    """The largest step size of the grid up to which the relative loss stays below ``threshold``
+    """The largest step size of the grid up to which ``curve`` stays at or below ``threshold``
     (0 when even the smallest step exceeds it)."""
     stable = 0.0
     for eta, value in zip(steps, curve, strict=False):
-        if value is None or not value < threshold:
+        if value is None or not value <= threshold:
             break
         stable = eta
     return stable
 
 
-def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -> AnalysisResult:
-    """Largest stable step per configuration and relative loss against step size (Fig. 2).
+def run_curve(run: RunRecord, criterion: str) -> list[float]:
+    """A probe run's curve on the criterion's scale (loss after the step, or after ÷ before),
+    the median over its mini-batches; an overflowed loss is infinite."""
+    batches = run.measurements["batches"]
+    scale = [b["loss"] if criterion == "absolute" else 1.0 for b in batches]
+    steps = run.measurements["step_sizes"]
+    return [
+        statistics.median(_exploded(b["relative_loss"][i]) * k for b, k in zip(batches, scale, strict=True))
+        for i in range(len(steps))
+    ]
 
-    The relative-loss curve of a group is the median over its mini-batches and seeds. Values:
-    ``max_stable_step.<group>`` (largest step whose median relative loss, and every smaller
-    step's, stays below ``threshold``; 0 when even the grid's smallest step exceeds it),
-    ``relative_loss_at_max.<group>`` and ``stable_step_ratio`` (normalized ÷ unnormalized; when
-    the unnormalized network is unstable at every step, ÷ the grid's smallest step: a lower
-    bound).
+
+def _stable_steps(runs: list[RunRecord], criterion: str, threshold: float) -> dict[int, float]:
+    """Seed → the largest stable step of its run; an unstable run counts as its grid's smallest
+    step (so ratios with it are lower bounds)."""
+    out = {}
+    for run in runs:
+        steps = run.measurements["step_sizes"]
+        out[run.seed] = largest_stable_step(steps, run_curve(run, criterion), threshold) or steps[0]
+    return out
+
+
+def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -> AnalysisResult:
+    """Largest stable step per configuration and loss against step size (Bjorck et al. Fig. 2).
+
+    A step is stable when the mini-batch loss after it stays at or below ``threshold`` (the
+    paper's absolute rule; ``criterion="relative"`` divides by the loss before). Per seed, the
+    run's curve is the median over its mini-batches and its largest stable step the largest
+    grid step up to which the curve stays stable (an unstable run: the grid's smallest step, a
+    lower bound). Values (Estimates over seeds, log scale): ``max_stable_step.<group>``,
+    ``stable_step_ratio`` (normalized ÷ unnormalized, paired by seed), and
+    ``stable_step_ratio_at_<threshold>`` for each ``sensitivity`` threshold; point value
+    ``relative_loss_at_max.<group>`` (median relative loss at the grid's largest step).
     """
     groups = group_runs(probe_runs(study))
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
+    unit = "loss after the step" if options.criterion == "absolute" else "loss after ÷ before"
     curves: dict[str, tuple[list[float], list[float], list[list[float]]]] = {}
     for label, runs in groups.items():
         steps = runs[0].measurements["step_sizes"]
-        all_curves = [b["relative_loss"] for r in runs for b in r.measurements["batches"]]
-        med = [statistics.median(_exploded(c[i]) for c in all_curves) for i in range(len(steps))]
+        all_curves = [run_curve(r, options.criterion) for r in runs]
+        med = [statistics.median(c[i] for c in all_curves) for i in range(len(steps))]
         curves[label] = (steps, med, all_curves)
-    values: dict[str, float] = {}
+    values: dict[str, ClaimValue] = {}
     decades = sorted({round(math.log10(s)) for _, (steps, _, _) in curves.items() for s in steps})
     rows = []
-    for label, (steps, med, all_curves) in curves.items():
-        stable = largest_stable_step(steps, med, options.threshold)
-        values[f"max_stable_step.{label}"] = stable
-        put(values, f"relative_loss_at_max.{label}", med[-1] if math.isfinite(med[-1]) else None)
+    for label, (steps, med, _) in curves.items():
+        per_seed = _stable_steps(groups[label], options.criterion, options.threshold)
+        put(values, f"max_stable_step.{label}", over_seeds(per_seed.values(), scale="log"))
+        relative = [run_curve(r, "relative")[-1] for r in groups[label]]
+        put(values, f"relative_loss_at_max.{label}", statistics.median(relative))
         at = []
         for decade in decades:
             nearest = min(range(len(steps)), key=lambda i, d=decade: abs(math.log10(steps[i]) - d))
             at.append(fmt(med[nearest]) if abs(math.log10(steps[nearest]) - decade) < 0.2 else "")
+        stable = largest_stable_step(steps, med, options.threshold)
         shown = fmt(stable)
         if stable == steps[-1]:
             shown = f"≥ {fmt(stable)} (grid end)"
         elif stable == 0:
             shown = f"< {fmt(steps[0])} (grid start)"
-        rows.append([label, len(all_curves), shown, *at])
-    if options.normalized in curves and options.unnormalized in curves:
-        unnormalized = values[f"max_stable_step.{options.unnormalized}"] or curves[options.unnormalized][0][0]
-        put(values, "stable_step_ratio", ratio(values[f"max_stable_step.{options.normalized}"], unnormalized))
-    table = Table(
-        f"One-step relative loss at initialization (median over mini-batches; stable: < {options.threshold:g})",
-        ["configuration", "curves", "largest stable step", *(f"η=1e{d}" for d in decades)],
-        rows,
-    )
+        rows.append([label, len(groups[label]), shown, *at])
+    sensitivity_rows = []
+    if options.normalized in groups and options.unnormalized in groups:
+        for threshold in sorted({*options.sensitivity, options.threshold}):
+            normalized = _stable_steps(groups[options.normalized], options.criterion, threshold)
+            unnormalized = _stable_steps(groups[options.unnormalized], options.criterion, threshold)
+            ratios = over_seeds(
+                (normalized[s] / unnormalized[s] for s in sorted(normalized.keys() & unnormalized.keys())), scale="log"
+            )
+            if threshold == options.threshold:
+                put(values, "stable_step_ratio", ratios)
+            if threshold in options.sensitivity:
+                put(values, f"stable_step_ratio_at_{threshold:g}", ratios)
+            sensitivity_rows.append(
+                [
+                    f"{threshold:g}" + (" (default)" if threshold == options.threshold else ""),
+                    fmt(statistics.median(normalized.values())),
+                    fmt(statistics.median(unnormalized.values())),
+                    fmt(None if ratios is None else ratios.value),
+                ]
+            )
+    tables = [
+        Table(
+            f"One SGD step at initialization: {unit} (median over mini-batches and seeds; "
+            f"stable: ≤ {options.threshold:g}, the {options.criterion} rule)",
+            ["configuration", "seeds", "largest stable step", *(f"η=1e{d}" for d in decades)],
+            rows,
+        )
+    ]
+    if sensitivity_rows:
+        tables.append(
+            Table(
+                f"How the largest stable step depends on the divergence threshold ({options.criterion} rule)",
+                [
+                    "threshold",
+                    f"{options.normalized}: stable step (median)",
+                    f"{options.unnormalized}: stable step (median)",
+                    "ratio (geometric mean over seeds)",
+                ],
+                sensitivity_rows,
+            )
+        )
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         for label, (steps, med, all_curves) in curves.items():
-            finite = [[v if v is not None and math.isfinite(v) else math.nan for v in c] for c in all_curves]
+            finite = [[v if math.isfinite(v) else math.nan for v in c] for c in all_curves]
             low = [min((c[i] for c in finite if not math.isnan(c[i])), default=math.nan) for i in range(len(steps))]
             high = [max((c[i] for c in finite if not math.isnan(c[i])), default=math.nan) for i in range(len(steps))]
             line = ax.plot(steps, [m if math.isfinite(m) else math.nan for m in med], marker=".", label=label)
@@ -173,9 +238,9 @@ def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("step size η")
-        ax.set_ylabel("relative loss  L(θ − η∇L) / L(θ)")
-        ax.set_title("One SGD step at initialization (median, min–max band)")
+        ax.set_ylabel("loss after the step" if options.criterion == "absolute" else "L(θ − η∇L) / L(θ)")
+        ax.set_title("One SGD step at initialization (median over seeds, min–max band)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
 
-    return AnalysisResult([table], [Figure("relative_loss_vs_step", draw)], values)
+    return AnalysisResult(tables, [Figure("relative_loss_vs_step", draw)], values)

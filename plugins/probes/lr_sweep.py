@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from harness.api import AnalysisResult, Figure, RunRecord, StudyResults, Table
+from harness.analysis import over_seeds
+from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
 from plugins.probes.common import (
     CompareOptions,
     axis_value,
@@ -24,25 +25,36 @@ from plugins.probes.common import (
     mean_curve,
     panel_grid,
     put,
-    ratio,
 )
 
 LR_AXIS = "optimizer.lr"
 
 
 class LrSweepOptions(CompareOptions):
-    metric: str = Field("test_accuracy", description="The per-epoch metric compared across learning rates.")
+    metric: str = Field("test_accuracy", description="The per-epoch metric reported at the chosen learning rate.")
+    select_on: str = Field(
+        "validation_accuracy",
+        description="The per-epoch metric the best learning rate is chosen on: a held-out validation split "
+        "(the study's validation_size), never the test set.",
+    )
     statistic: Literal["final", "best"] = Field(
         "final", description="final: the metric after the last epoch (the paper's); best: its maximum over epochs."
     )
     lr_axis: str = Field(LR_AXIS, description="The study's learning-rate axis.")
+    matched_lr: float | None = Field(
+        1e-4,
+        description="The matched-lr control (Bjorck et al. Fig. 1): normalized and unnormalized compared at this "
+        "same small learning rate. None: no control.",
+    )
 
 
-def _score(run: RunRecord, options: LrSweepOptions) -> float | None:
-    """A run's accuracy; a diverged run counts as 0 (so it is never the best learning rate)."""
-    if run.status == "diverged":
-        return 0.0
-    return run.final(options.metric) if options.statistic == "final" else run.best(options.metric)
+def _statistic(run: RunRecord, metric: str, options: LrSweepOptions) -> float | None:
+    return run.final(metric) if options.statistic == "final" else run.best(metric)
+
+
+def _score(run: RunRecord, metric: str, options: LrSweepOptions) -> float | None:
+    """A run's ``metric``: a diverged run counts as 0 (a learning rate at which it diverged is never best)."""
+    return 0.0 if run.status == "diverged" else _statistic(run, metric, options)
 
 
 def sweep_table(study: StudyResults, options: LrSweepOptions) -> dict[str, dict[float, list[RunRecord]]]:
@@ -55,60 +67,145 @@ def sweep_table(study: StudyResults, options: LrSweepOptions) -> dict[str, dict[
     return table
 
 
-def best_point(by_lr: dict[float, list[RunRecord]], options: LrSweepOptions) -> tuple[float | None, float | None]:
-    """``(learning rate, mean score)`` of the best learning rate of one group."""
-    scored = [(lr, mean(_score(r, options) for r in runs)) for lr, runs in by_lr.items()]
-    scored = [(lr, s) for lr, s in scored if s is not None]
+def choose_lr(by_lr: dict[float, list[RunRecord]], options: LrSweepOptions, seed: int | None = None) -> float | None:
+    """The learning rate with the highest ``select_on`` (mean over the group's seeds, or one seed's).
+
+    Only a learning rate at which a run finished (``done``) with a ``select_on`` value is a
+    candidate: a group in which every run diverged or failed has no best learning rate. Ties
+    go to the smaller learning rate (the conservative choice).
+    """
+    scored = []
+    for lr, runs in by_lr.items():
+        runs = [r for r in runs if seed is None or r.seed == seed]
+        if not any(r.status == "done" and _statistic(r, options.select_on, options) is not None for r in runs):
+            continue
+        score = mean(_score(r, options.select_on, options) for r in runs)
+        if score is not None:
+            scored.append((score, -lr))
     if not scored:
-        return None, None
-    lr, score = max(scored, key=lambda item: (item[1], item[0]))
-    return lr, score
+        return None
+    return -max(scored)[1]
+
+
+def per_seed_at_best(by_lr: dict[float, list[RunRecord]], options: LrSweepOptions) -> dict[int, tuple[float, float]]:
+    """Seed → ``(its best learning rate on select_on, its metric there)``: one replicate of the
+    whole protocol "tune the learning rate on validation, report the test metric" per seed."""
+    out: dict[int, tuple[float, float]] = {}
+    for seed in sorted({r.seed for runs in by_lr.values() for r in runs}):
+        lr = choose_lr(by_lr, options, seed)
+        if lr is None:
+            continue
+        value = next((_score(r, options.metric, options) for r in by_lr[lr] if r.seed == seed), None)
+        if value is not None:
+            out[seed] = (lr, value)
+    return out
+
+
+def _runs_at(by_lr: dict[float, list[RunRecord]], lr: float) -> list[RunRecord]:
+    return next((rs for value, rs in by_lr.items() if math.isclose(value, lr, rel_tol=1e-9)), [])
+
+
+def per_seed_at(by_lr: dict[float, list[RunRecord]], lr: float, options: LrSweepOptions) -> dict[int, float]:
+    """Seed → the metric at learning rate ``lr`` (a diverged run counts as 0)."""
+    scores = {r.seed: _score(r, options.metric, options) for r in _runs_at(by_lr, lr)}
+    return {seed: v for seed, v in scores.items() if v is not None}
+
+
+def paired(a: dict[int, float], b: dict[int, float], combine: Any) -> list[float]:
+    """``combine(a[s], b[s])`` for every seed both have."""
+    return [combine(a[s], b[s]) for s in sorted(a.keys() & b.keys())]
+
+
+def _has_selection_metric(table: dict[str, dict[float, list[RunRecord]]], options: LrSweepOptions) -> bool:
+    return any(
+        _statistic(r, options.select_on, options) is not None
+        for by_lr in table.values()
+        for runs in by_lr.values()
+        for r in runs
+    )
 
 
 def lr_sweep(study: StudyResults, options: LrSweepOptions) -> AnalysisResult:
     """Accuracy against learning rate per configuration, training curves (Bjorck et al. Fig. 1).
 
-    Values: ``accuracy.<group>`` (mean over seeds at the group's best learning rate, 0..1),
-    ``best_lr.<group>``, ``largest_stable_lr.<group>`` (largest learning rate no seed of which
-    diverged), ``diverged_runs.<group>``, and comparing ``normalized`` with ``unnormalized``:
-    ``best_lr_ratio`` and ``accuracy_gain``.
+    Each seed is one replicate of the protocol: its best learning rate is chosen on
+    ``select_on`` (validation accuracy; a diverged run scores 0 and a learning rate with no
+    finished run is no candidate) and its ``metric`` (test accuracy) is read at that rate.
+    Values (Estimates over seeds): ``accuracy.<group>`` (0..1), ``best_lr.<group>`` (geometric
+    mean of the per-seed best rates), ``best_lr_ratio`` (normalized ÷ unnormalized, paired by
+    seed) and ``accuracy_gain`` (normalized − unnormalized, paired by seed). The matched-lr
+    control at ``matched_lr``: ``accuracy_at_matched_lr.<group>`` and
+    ``accuracy_gain_at_matched_lr``. ``diverged_share.<group>.lr=<lr>``: the share of seeds that
+    diverged at each learning rate (``lr=0.0001``). Also ``largest_stable_lr.<group>`` (largest learning rate
+    no seed of which diverged) and ``diverged_runs.<group>``. A group with no finished run has
+    none of these: claims on them are "not measured".
     """
     table = sweep_table(study, options)
     if not table:
         return AnalysisResult()  # nothing run yet: no table, no figure, claims "not measured"
+    if not _has_selection_metric(table, options):
+        return AnalysisResult(
+            [
+                Table(
+                    f"Accuracy against learning rate: not measured (no run records {options.select_on!r}; "
+                    "give the study a validation_size and that metric: the best learning rate is chosen on a "
+                    "validation split, never on the test set)",
+                    [],
+                    [],
+                )
+            ]
+        )
     lrs = sorted({lr for by_lr in table.values() for lr in by_lr}, reverse=True)
-    values: dict[str, float] = {}
+    values: dict[str, ClaimValue] = {}
     rows = []
+    at_best: dict[str, dict[int, tuple[float, float]]] = {}
     for label, by_lr in table.items():
-        best_lr, best = best_point(by_lr, options)
+        at_best[label] = per_seed_at_best(by_lr, options)
+        best_lr = choose_lr(by_lr, options)
         stable = [lr for lr, runs in by_lr.items() if all(r.status != "diverged" for r in runs)]
         diverged = sum(r.status == "diverged" for runs in by_lr.values() for r in runs)
         cells = []
         for lr in lrs:
             runs = by_lr.get(lr, [])
-            score = mean(_score(r, options) for r in runs)
+            score = mean(_score(r, options.metric, options) for r in runs)
             down = sum(r.status == "diverged" for r in runs)
             cells.append(
                 ""
                 if not runs
                 else f"{fmt(None if score is None else 100 * score, 4)}" + (f" ({down} div)" if down else "")
             )
-        rows.append([label, *cells, fmt(best_lr), fmt(None if best is None else 100 * best, 4)])
-        put(values, f"accuracy.{label}", best)
-        put(values, f"best_lr.{label}", best_lr)
+        accuracy = over_seeds(v for _, v in at_best[label].values())
+        rows.append([label, *cells, fmt(best_lr), fmt(None if accuracy is None else 100 * accuracy.value, 4)])
+        put(values, f"accuracy.{label}", accuracy)
+        put(values, f"best_lr.{label}", over_seeds((lr for lr, _ in at_best[label].values()), scale="log"))
         put(values, f"largest_stable_lr.{label}", max(stable) if stable else None)
         values[f"diverged_runs.{label}"] = float(diverged)
+        for lr, runs in by_lr.items():
+            put(values, f"diverged_share.{label}.lr={lr:g}", over_seeds(float(r.status == "diverged") for r in runs))
+        if options.matched_lr is not None:
+            put(
+                values,
+                f"accuracy_at_matched_lr.{label}",
+                over_seeds(per_seed_at(by_lr, options.matched_lr, options).values()),
+            )
     normalized, unnormalized = table.get(options.normalized), table.get(options.unnormalized)
     if normalized and unnormalized:
-        (lr_n, acc_n), (lr_u, acc_u) = best_point(normalized, options), best_point(unnormalized, options)
-        put(values, "best_lr_ratio", ratio(lr_n, lr_u))
-        if acc_n is not None and acc_u is not None:
-            values["accuracy_gain"] = acc_n - acc_u
+        n, u = at_best[options.normalized], at_best[options.unnormalized]
+        put(values, "best_lr_ratio", over_seeds(paired(n, u, lambda a, b: a[0] / b[0]), scale="log"))
+        put(values, "accuracy_gain", over_seeds(paired(n, u, lambda a, b: a[1] - b[1])))
+        if options.matched_lr is not None:
+            gain = paired(
+                per_seed_at(normalized, options.matched_lr, options),
+                per_seed_at(unnormalized, options.matched_lr, options),
+                lambda a, b: a - b,
+            )
+            put(values, "accuracy_gain_at_matched_lr", over_seeds(gain))
     metric = f"{options.statistic} {options.metric.replace('_', ' ')} %"
     tables = [
         Table(
-            f"Accuracy against learning rate ({metric}, mean over seeds)",
-            ["configuration", *(f"lr {lr:g}" for lr in lrs), "best lr", "at best lr"],
+            f"Accuracy against learning rate ({metric}, mean over seeds; best lr chosen on "
+            f"{options.select_on.replace('_', ' ')}, never on the test set)",
+            ["configuration", *(f"lr {lr:g}" for lr in lrs), "best lr", f"at best lr (per seed, {metric})"],
             rows,
         )
     ]
@@ -123,7 +220,7 @@ def _draw_accuracy(fig: Any, table: dict[str, dict[float, list[RunRecord]]], opt
     ax = fig.add_subplot()
     for label, by_lr in table.items():
         lrs = sorted(by_lr)
-        scores = [mean(_score(r, options) for r in by_lr[lr]) for lr in lrs]
+        scores = [mean(_score(r, options.metric, options) for r in by_lr[lr]) for lr in lrs]
         ax.plot(lrs, [100 * s if s is not None else math.nan for s in scores], marker="o", label=label)
         diverged = [lr for lr in lrs if any(r.status == "diverged" for r in by_lr[lr])]
         if diverged:
@@ -174,39 +271,48 @@ class PlacementShareOptions(LrSweepOptions):
 def placement_share(study: StudyResults, options: PlacementShareOptions) -> AnalysisResult:
     """Share of BN's benefit that normalizing only the final layer recovers (Bjorck et al., RQ4).
 
-    At each group's best learning rate: ``normalization_gain = acc[full] - acc[baseline]`` and,
-    when that gain is positive (else there is no benefit to share), ``final_layer_share =
-    (acc[partial] - acc[baseline]) / (acc[full] - acc[baseline])``.
+    Per seed, at each placement's best learning rate for that seed (chosen on ``select_on``):
+    ``gain = acc[full] − acc[baseline]`` and, when that gain is positive (else there is no
+    benefit to share), ``share = (acc[partial] − acc[baseline]) / gain``. Values (Estimates over
+    seeds): ``normalization_gain`` and ``final_layer_share``.
     """
     table = sweep_table(study, options)
     if not table:
         return AnalysisResult()
-    best = {label: best_point(by_lr, options) for label, by_lr in table.items()}
-    base = best.get(options.baseline, (None, None))[1]
+    at_best = {label: per_seed_at_best(by_lr, options) for label, by_lr in table.items()}
+    empty: dict[int, tuple[float, float]] = {}
+    full, partial, base = (at_best.get(k, empty) for k in (options.full, options.partial, options.baseline))
+    gains = {s: full[s][1] - base[s][1] for s in full.keys() & base.keys()}
+    shares = [(partial[s][1] - base[s][1]) / gains[s] for s in sorted(gains.keys() & partial.keys()) if gains[s] > 0]
+    values: dict[str, ClaimValue] = {}
+    put(values, "normalization_gain", over_seeds(gains.values()))
+    put(values, "final_layer_share", over_seeds(shares))
+    accuracy = {label: over_seeds(v for _, v in at_best.get(label, empty).values()) for label in table}
+    base_acc = accuracy.get(options.baseline)
     rows = []
     for label in (options.full, options.partial, options.baseline):
-        lr, acc = best.get(label, (None, None))
-        gain = None if acc is None or base is None else acc - base
+        acc = accuracy.get(label)
+        best_lrs = sorted({lr for lr, _ in at_best.get(label, empty).values()})
+        gain = None if acc is None or base_acc is None else acc.value - base_acc.value
         rows.append(
-            [label, fmt(lr), fmt(None if acc is None else 100 * acc, 4), fmt(None if gain is None else 100 * gain, 3)]
+            [
+                label,
+                ", ".join(fmt(lr) for lr in best_lrs) or "—",
+                fmt(None if acc is None else 100 * acc.value, 4),
+                fmt(None if gain is None else 100 * gain, 3),
+            ]
         )
-    values: dict[str, float] = {}
-    full, partial = best.get(options.full, (None, None))[1], best.get(options.partial, (None, None))[1]
-    if full is not None and base is not None:
-        values["normalization_gain"] = full - base
-        if partial is not None and full - base > 0:
-            values["final_layer_share"] = (partial - base) / (full - base)
     share = values.get("final_layer_share")
-    if share is not None:
-        verdict = f"the final layer alone recovers {100 * share:.0f}% of BN's gain"
+    if isinstance(share, Estimate):
+        verdict = f"the final layer alone recovers {100 * share.value:.0f}% of BN's gain (mean over seeds)"
     elif "normalization_gain" in values:
         verdict = "BN gives no gain over the baseline here, so there is no share to measure"
     else:
         verdict = "not measured"
     tables = [
         Table(
-            f"Normalizing only the final layer (at each placement's best lr): {verdict}",
-            ["placement", "best lr", "accuracy %", "gain over baseline (points)"],
+            f"Normalizing only the final layer (at each placement's best lr per seed): {verdict}",
+            ["placement", "best lr (per seed)", "accuracy %", "gain over baseline (points)"],
             rows,
         )
     ]
@@ -214,8 +320,10 @@ def placement_share(study: StudyResults, options: PlacementShareOptions) -> Anal
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         labels = [options.full, options.partial, options.baseline]
-        accs = [best.get(label, (None, None))[1] for label in labels]
-        ax.bar(labels, [100 * a if a is not None else 0 for a in accs], color=["tab:blue", "tab:orange", "tab:gray"])
+        accs = [accuracy.get(label) for label in labels]
+        ax.bar(
+            labels, [100 * a.value if a is not None else 0 for a in accs], color=["tab:blue", "tab:orange", "tab:gray"]
+        )
         ax.set_xlabel("placement")
         ax.set_ylabel(f"{options.statistic} {options.metric.replace('_', ' ')} at best lr (%)")
         ax.set_title(f"Normalizing only the final layer: {verdict}", fontsize="medium")

@@ -12,14 +12,15 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from harness import Options
-from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
+from harness.analysis import over_seeds, point
+from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
 from plugins.probes.common import CompareOptions, axis_value, fmt, group_runs, probe_runs, put, ratio, take_batches
 
 
@@ -30,9 +31,12 @@ class MaxLrOptions(Options):
     )
     steps: int = Field(100, gt=0, description="SGD steps per learning rate (a fresh copy of the initial model each).")
     batch_size: int = Field(128, gt=0, description="Mini-batch size (He et al. 2016: 128).")
-    loss_limit: float = Field(
-        1e3, gt=1, description="A run also diverges when its loss exceeds this multiple of its first loss."
+    criterion: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="absolute (the paper's): a run diverges when a mini-batch loss exceeds `loss_limit`; "
+        "relative: when it exceeds `loss_limit` × the first loss.",
     )
+    loss_limit: float = Field(1e3, gt=1, description="The divergence limit (the paper's: a mini-batch loss of 1e3).")
 
     @field_validator("learning_rates")
     @classmethod
@@ -49,16 +53,18 @@ def train_steps(
     momentum: float,
     weight_decay: float,
     loss_limit: float,
+    criterion: str = "absolute",
 ) -> dict[str, Any]:
     """SGD on ``batches`` in order; stops at the first non-finite loss or one above
-    ``loss_limit`` × the first loss."""
+    ``loss_limit`` (``criterion="absolute"``) or ``loss_limit`` × the first loss ("relative")."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     first = last = math.nan
     for step, (images, labels) in enumerate(batches, start=1):
         loss = F.cross_entropy(model(images), labels)
         value = float(loss.detach())
         first = value if step == 1 else first
-        if not math.isfinite(value) or value > loss_limit * first:
+        limit = loss_limit if criterion == "absolute" else loss_limit * first
+        if not math.isfinite(value) or value > limit:
             return {"lr": lr, "diverged": True, "diverged_step": step, "first_loss": first, "final_loss": None}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -72,9 +78,10 @@ def max_lr(context: ProbeContext, options: MaxLrOptions) -> dict[str, Any]:
 
     From the same initial weights and the same mini-batches for every learning rate, SGD with
     the study's momentum and weight decay (``[studies.optimizer]``; its ``lr`` is not used)
-    runs ``steps`` steps; a run diverges at a non-finite loss or one above ``loss_limit`` × its
-    first loss, and stops there. The grid is scanned from the largest learning rate down to
-    the first that does not diverge: ``max_lr`` (0 if every one diverges). Diverging runs stop
+    runs ``steps`` steps; a run diverges at a non-finite loss or one above ``loss_limit`` (the
+    paper's absolute rule; ``criterion="relative"``: ``loss_limit`` × its first loss), and
+    stops there. The grid is scanned from the largest learning rate down to the first that
+    does not diverge: ``max_lr`` (0 if every one diverges). Diverging runs stop
     within a few steps, so the scan costs little more than one run.
     """
     model = context.build_model()
@@ -85,7 +92,9 @@ def max_lr(context: ProbeContext, options: MaxLrOptions) -> dict[str, Any]:
     for lr in reversed(options.learning_rates):
         model.load_state_dict(initial)
         model.train()
-        scan = train_steps(model, batches, lr, optimizer.momentum, optimizer.weight_decay, options.loss_limit)
+        scan = train_steps(
+            model, batches, lr, optimizer.momentum, optimizer.weight_decay, options.loss_limit, options.criterion
+        )
         scans.append(scan)
         if not scan["diverged"]:
             return {"max_lr": lr, "steps": options.steps, "learning_rates": options.learning_rates, "scans": scans}
@@ -99,41 +108,51 @@ class MaxLrAnalysisOptions(CompareOptions):
 def max_lr_analysis(study: StudyResults, options: MaxLrAnalysisOptions) -> AnalysisResult:
     """Maximal trainable learning rate against depth per configuration (Fig. 8).
 
-    The value of a (configuration, depth) is the median over seeds (0: every learning rate of
-    the grid diverged). Values: ``max_lr.<group>.<depth>``, ``depth_tolerance.<group>`` (max lr
-    at the shallowest depth ÷ at the deepest), ``max_lr_ratio`` (normalized ÷ unnormalized, the
-    smallest over depths). A 0 divisor is replaced by the grid's smallest learning rate, which
-    makes the ratio a lower bound.
+    The table shows the median over seeds of a (configuration, depth) (0: every learning rate
+    of the grid diverged). Values: ``max_lr.<group>.<depth>`` (point: median over seeds) and,
+    as Estimates over seeds (log scale), ``depth_tolerance.<group>`` (max lr at the shallowest
+    depth ÷ at the deepest) and ``max_lr_ratio`` (normalized ÷ unnormalized, paired by seed,
+    the smallest over depths). A 0 divisor is replaced by the grid's smallest learning rate,
+    which makes the ratio a lower bound.
     """
     groups = group_runs(probe_runs(study), exclude={options.depth_axis})
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
-    table: dict[str, dict[int, float]] = {}
     smallest = min(min(r.measurements.get("learning_rates") or [math.inf]) for rs in groups.values() for r in rs)
 
     def bounded(lr: float) -> float | None:
         """``lr`` as a divisor: below the grid means below its smallest learning rate."""
         return lr if lr > 0 else (smallest if math.isfinite(smallest) else None)
 
+    per_seed: dict[str, dict[int, dict[int, float]]] = {}  # group → depth → seed → max lr
     for label, runs in groups.items():
-        by_depth: dict[int, list[float]] = {}
         for run in runs:
             depth = axis_value(run, options.depth_axis)
-            by_depth.setdefault(int(depth) if depth is not None else 0, []).append(float(run.measurements["max_lr"]))
-        table[label] = {d: statistics.median(v) for d, v in sorted(by_depth.items())}
-    values: dict[str, float] = {}
+            depth_key = int(depth) if depth is not None else 0
+            per_seed.setdefault(label, {}).setdefault(depth_key, {})[run.seed] = float(run.measurements["max_lr"])
+    table = {
+        label: {d: statistics.median(seeds.values()) for d, seeds in sorted(by_depth.items())}
+        for label, by_depth in per_seed.items()
+    }
+    values: dict[str, ClaimValue] = {}
     depths = sorted({d for by_depth in table.values() for d in by_depth})
-    for label, by_depth in table.items():
-        for depth, lr in by_depth.items():
-            values[f"max_lr.{label}.{depth}"] = lr
+    for label, by_depth in per_seed.items():
+        for depth, lr in table[label].items():
+            values[f"max_lr.{label}.{depth}"] = point(lr, "median over seeds")
         if len(by_depth) > 1:
-            ordered = list(by_depth.values())
-            put(values, f"depth_tolerance.{label}", ratio(ordered[0], bounded(ordered[-1])))
-    normalized, unnormalized = table.get(options.normalized, {}), table.get(options.unnormalized, {})
-    ratios = [ratio(normalized[d], bounded(unnormalized[d])) for d in depths if d in normalized and d in unnormalized]
-    ratios = [r for r in ratios if r is not None]
-    if ratios:
-        values["max_lr_ratio"] = min(ratios)
+            shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
+            tolerance = [ratio(shallow[s], bounded(deep[s])) for s in sorted(shallow.keys() & deep.keys())]
+            put(values, f"depth_tolerance.{label}", over_seeds(tolerance, scale="log"))
+    normalized, unnormalized = per_seed.get(options.normalized, {}), per_seed.get(options.unnormalized, {})
+    common = [d for d in depths if d in normalized and d in unnormalized]
+    if common:
+        seeds = set.intersection(*(set(normalized[d]) & set(unnormalized[d]) for d in common))
+        smallest_ratio = []
+        for seed in sorted(seeds):
+            ratios = [ratio(normalized[d][seed], bounded(unnormalized[d][seed])) for d in common]
+            finite = [r for r in ratios if r is not None]
+            smallest_ratio.append(min(finite) if finite else None)
+        put(values, "max_lr_ratio", over_seeds(smallest_ratio, scale="log"))
     rows = [[depth, *(_cell(table[label].get(depth), smallest) for label in table)] for depth in depths]
     result_table = Table(
         "Maximal trainable learning rate (median over seeds)", ["depth", *(f"{label}" for label in table)], rows

@@ -16,6 +16,15 @@ is an independent χ_{N−i+1}/√N, so the sums' expectations are exactly M mu_
 Q_M times the triangular R_M ⋯ R_1, whose extreme singular values bound its diagonal, so the
 spread of the sums is a lower bound of the log condition number, off by O(1) for any M; the
 explicit product's SVD is recorded too while float64 resolves it.
+
+The closed form is exact only for Gaussian entries (``gaussian``, ``kaiming_normal``). For
+PyTorch's uniform ``nn.Linear`` init and for a model's weights (an MLP whose ReLUs the product
+leaves out) it is a Gaussian prediction for a non-Gaussian product, and the tables say so.
+
+The analysis reports, per initialization and for ``model``, Estimates over seeds (one run is
+one seed, linear scale): ``condition_slope``, ``condition_slope_error`` (per seed |measured −
+mu_1 + mu_N| / |mu_1 − mu_N|), ``exponent_error`` (per seed the largest |measured − closed-form|
+exponent) and ``log10_condition`` (at the largest M).
 """
 
 from __future__ import annotations
@@ -28,14 +37,21 @@ from pydantic import Field
 from torch import nn
 
 from harness import Options
-from harness.api import AnalysisResult, Figure, ProbeContext, StudyResults, Table
-from plugins.probes.common import fmt, group_runs, mean, panel_grid, probe_runs, put
+from harness.analysis import over_seeds
+from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from plugins.probes.common import by_seed, fmt, group_runs, panel_grid, probe_runs, put
 
 Init = Literal["gaussian", "kaiming_normal", "pytorch_default"]
 
 ENTRY_VARIANCE: dict[str, float] = {"gaussian": 1.0, "kaiming_normal": 2.0, "pytorch_default": 1.0 / 3.0}
 """Entry variance × N of each initialization: N(0, 1/N); Kaiming normal N(0, 2/N) (resnet_cifar's
 convolutions); U(−1/√N, 1/√N), PyTorch's default for ``nn.Linear`` (the MLP, ResNet's last layer)."""
+
+GAUSSIAN = frozenset({"gaussian", "kaiming_normal"})
+"""The initializations whose entries are Gaussian: the closed form is exact for their products."""
+
+NON_GAUSSIAN = "Gaussian prediction for a non-Gaussian product"
+"""How the tables label a closed form applied to a product it does not describe exactly."""
 
 
 class RandomMatrixOptions(Options):
@@ -177,66 +193,79 @@ def random_matrix(context: ProbeContext, options: RandomMatrixOptions) -> dict[s
     return measured
 
 
+STATISTICS = ("condition_slope", "condition_slope_error", "exponent_error", "log10_condition")
+
+
+def _seed_statistics(data: dict[str, Any]) -> dict[str, float]:
+    """One product's (one seed's) claimable statistics."""
+    predicted = data["predicted_condition_slope"]
+    errors = (abs(m - p) for m, p in zip(data["measured_exponents"], data["predicted_exponents"], strict=True))
+    return {
+        "condition_slope": data["condition_slope"],
+        "condition_slope_error": abs(data["condition_slope"] - predicted) / abs(predicted),
+        "exponent_error": max(errors),
+        "log10_condition": data["log_condition"][-1] / math.log(10),
+    }
+
+
 def random_matrix_analysis(study: StudyResults, options: Options) -> AnalysisResult:
     """Measured against predicted spread of singular values of random products (Fig. 7).
 
-    Per initialization (and ``model`` for the network's own weights): ``condition_slope.<init>``
-    (natural log of the condition number gained per factor), ``condition_slope_error.<init>``
-    (relative error against mu_1 − mu_N), ``exponent_error.<init>`` (largest |measured − predicted|
-    Lyapunov exponent) and ``log10_condition.<init>`` (at the largest M). A study with several
-    groups (e.g. sweeping ``probe.size``) suffixes every name with ``/<group>``.
+    Per initialization (and ``model`` for the network's own weights), Estimates over seeds
+    (linear scale): ``condition_slope.<init>`` (natural log of the condition number gained per
+    factor), ``condition_slope_error.<init>`` (relative error against mu_1 − mu_N),
+    ``exponent_error.<init>`` (largest |measured − predicted| Lyapunov exponent) and
+    ``log10_condition.<init>`` (at the largest M); each error is taken per seed, then averaged.
+    A study with several groups (e.g. sweeping ``probe.size``) suffixes every name with
+    ``/<group>``. Rows where the closed form is not exact are labelled ``NON_GAUSSIAN``.
     """
     groups = group_runs(probe_runs(study))
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
-    values: dict[str, float] = {}
+    values: dict[str, float | Estimate] = {}
     rows = []
     curves: dict[str, dict[str, Any]] = {}
     for label, runs in groups.items():
         suffix = f"/{label}" if len(groups) > 1 else ""
-        entries: dict[str, list[dict[str, Any]]] = {}
+        entries: dict[str, list[tuple[RunRecord, dict[str, Any]]]] = {}
         for run in runs:
             for init, data in run.measurements["inits"].items():
-                entries.setdefault(init, []).append(data)
+                entries.setdefault(init, []).append((run, data))
             if run.measurements.get("model"):
-                entries.setdefault("model", []).append(run.measurements["model"])
-        for init, data in entries.items():
-            measured_slope = mean(d["condition_slope"] for d in data)
-            predicted = data[0]["predicted_condition_slope"]
-            error = None if measured_slope is None else abs(measured_slope - predicted) / abs(predicted)
-            exponent_error = mean(
-                max(abs(m - p) for m, p in zip(d["measured_exponents"], d["predicted_exponents"], strict=True))
-                for d in data
-            )
-            log10_cond = mean(d["log_condition"][-1] / math.log(10) for d in data)
+                entries.setdefault("model", []).append((run, run.measurements["model"]))
+        for init, pairs in entries.items():
+            seeds = by_seed((run.seed, _seed_statistics(data)) for run, data in pairs)
+            estimates = {name: over_seeds(seeds.get(name, {}).values()) for name in STATISTICS}
             key = f"{init}{suffix}"
-            put(values, f"condition_slope.{key}", measured_slope)
-            put(values, f"condition_slope_error.{key}", error)
-            put(values, f"exponent_error.{key}", exponent_error)
-            put(values, f"log10_condition.{key}", log10_cond)
-            size = data[0].get("size", runs[0].measurements["size"])
-            factors = len(data[0]["log_condition"])
+            for name, estimate in estimates.items():
+                put(values, f"{name}.{key}", estimate)
+            shown = {name: None if e is None else e.value for name, e in estimates.items()}
+            data = pairs[0][1]
             rows.append(
                 [
                     label,
                     init,
-                    size,
-                    factors,
-                    fmt(measured_slope),
-                    fmt(predicted),
-                    fmt(error),
-                    fmt(exponent_error),
-                    fmt(log10_cond),
+                    "exact (Gaussian entries)" if init in GAUSSIAN else NON_GAUSSIAN,
+                    data.get("size", runs[0].measurements["size"]),
+                    len(data["log_condition"]),
+                    len(pairs),
+                    fmt(shown["condition_slope"]),
+                    fmt(data["predicted_condition_slope"]),
+                    fmt(shown["condition_slope_error"]),
+                    fmt(shown["exponent_error"]),
+                    fmt(shown["log10_condition"]),
                 ]
             )
-            curves[f"{label}: {init}" if len(groups) > 1 else init] = data[0]
+            curves[f"{label}: {init}" if len(groups) > 1 else init] = data
     table = Table(
-        "Products of random matrices: log condition number per factor, measured vs closed form",
+        "Products of random matrices: log condition number per factor, measured vs closed form (means over seeds)",
         [
             "configuration",
             "matrices",
+            "closed form",
             "N",
             "max M",
+            "seeds",
             "slope measured",
             "slope mu_1 − mu_N",
             "relative error",

@@ -130,6 +130,45 @@ def test_implied_multiplier_recovers_a_known_multiplier_of_a_quadratic_loss():
     assert grad_w.norm() > 1e-3
 
 
+def _quadratic(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (y - t).square().sum(dim=1).mean()
+
+
+def _stationary_gamma(model: nn.Sequential, x: torch.Tensor, targets: torch.Tensor, decay: float) -> None:
+    """Train γ and β (the raw weights fixed) to a stationary point of L + decay/2 ‖γ‖²."""
+    bn = model[1].norm
+    optimizer = torch.optim.LBFGS(
+        [bn.weight, bn.bias], max_iter=500, tolerance_grad=1e-14, tolerance_change=0, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        objective = _quadratic(model(x), targets) + decay / 2 * bn.weight.square().sum()
+        objective.backward()
+        return objective
+
+    optimizer.step(closure)
+
+
+@pytest.mark.parametrize("decay", [1e-3, 1e-2])
+def test_implied_multiplier_is_half_the_weight_decay_at_a_stationary_gamma_whatever_the_noise(decay):
+    """The degeneracy (module docstring): λ̂ = −(∂L/∂γ)/(2γ), so where γ is stationary under
+    L + decay/2 ‖γ‖² it is decay/2 at every input-noise level: λ̂ cannot show auto-tuning."""
+    torch.manual_seed(2)
+    n, d = 256, 6
+    clean = torch.randn(n, d, dtype=torch.float64)
+    targets = clean @ torch.randn(d, 4, dtype=torch.float64)
+    for noise in (0.0, 0.5, 2.0):
+        x = clean + noise * torch.randn(n, d, dtype=torch.float64)
+        model = bn_layer(torch.randn(4, d).tolist(), gamma=[1.0] * 4, eps=1e-12)
+        _stationary_gamma(model, x, targets, decay)
+        layers, bn = hidden_layers(model), model[1].norm
+        with preserved(model):
+            (captured,) = capture(model, layers, x, targets, loss_fn=_quadratic)
+        lam = implied_multiplier(layers[0].linear.weight, captured.x, captured.h, captured.grad_y, bn.weight, bn.eps)
+        assert torch.allclose(lam, torch.full_like(lam, decay / 2), rtol=1e-6), (noise, lam)
+
+
 def test_noise_quantities_measure_isotropic_noise_and_signal_to_noise():
     torch.manual_seed(2)
     n, d = 20000, 8

@@ -18,8 +18,8 @@ from harness.data import DeviceData
 from harness.report import Report, StudyRuns
 from harness.spec import ClaimSpec, Component, RunSpec
 from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
-from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, row_correlation
-from plugins.probes.common import LARGEST, CompareOptions, group_label
+from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
+from plugins.probes.common import CompareOptions, group_label
 from plugins.probes.gradients import (
     GradientOptions,
     gradient_analysis,
@@ -152,10 +152,10 @@ def test_landscape_probe_and_analysis_find_the_largest_stable_step():
         record({"placement": p}, {"step_sizes": steps, "batches": [{"relative_loss": c}, {"relative_loss": c}]})
         for p, c in curves.items()
     ]
-    result = landscape_analysis(study(runs), LandscapeAnalysisOptions(threshold=100))
-    assert result.values["max_stable_step.all"] == 1.0
-    assert result.values["max_stable_step.none"] == 1e-3
-    assert result.values["stable_step_ratio"] == pytest.approx(1000)
+    result = landscape_analysis(study(runs), LandscapeAnalysisOptions(criterion="relative", threshold=100))
+    assert result.values["max_stable_step.all"].value == 1.0
+    assert result.values["max_stable_step.none"].value == 1e-3
+    assert result.values["stable_step_ratio"].value == pytest.approx(1000)
     assert result.tables[0].rows[0][2] == "≥ 1 (grid end)"
     assert draw_all(result) == ["relative_loss_vs_step"]
     # an exploded batch counts in the median; unstable at every step: the ratio is a lower bound
@@ -164,9 +164,10 @@ def test_landscape_probe_and_analysis_find_the_largest_stable_step():
         record({"placement": p}, {"step_sizes": steps, "batches": [{"relative_loss": c} for c in curves]})
         for p, curves in exploding.items()
     ]
-    result = landscape_analysis(study(runs), LandscapeAnalysisOptions(threshold=10))
-    assert result.values["max_stable_step.all"] == 0.1 and result.values["max_stable_step.none"] == 0
-    assert result.values["stable_step_ratio"] == pytest.approx(0.1 / 1e-3)
+    result = landscape_analysis(study(runs), LandscapeAnalysisOptions(criterion="relative", threshold=10))
+    # unstable at every step: the grid's smallest step stands in, so the ratio is a lower bound
+    assert result.values["max_stable_step.all"].value == 0.1 and result.values["max_stable_step.none"].value == 1e-3
+    assert result.values["stable_step_ratio"].value == pytest.approx(0.1 / 1e-3)
     assert result.tables[0].rows[1][2] == "< 0.001 (grid start)"
 
 
@@ -216,7 +217,7 @@ def test_activation_stats_with_batchnorm_are_flat_and_a_step_is_measured():
         return model
 
     context = context_for(normalized, images, labels)
-    measured = activation_stats(context, ActivationOptions(batch_size=32, step_size=0.5))
+    measured = activation_stats(context, ActivationOptions(batch_size=32, step_size=0.5, where="output"))
     init, after = measured["phases"]["init"], measured["phases"]["after_step"]
     assert init["layer_std"] == pytest.approx([1, 1, 1], rel=1e-3) and max(init["layer_abs_mean"]) < 1e-5
     assert after["layer_std"] == pytest.approx([1, 1, 1], rel=0.1)  # only BN's scale and shift moved
@@ -224,20 +225,21 @@ def test_activation_stats_with_batchnorm_are_flat_and_a_step_is_measured():
     plain = activation_stats(context_for(Doubling, images, labels), ActivationOptions(batch_size=32))
     runs = [record({"placement": "all"}, measured), record({"placement": "none"}, plain)]
     result = activation_depth(study(runs), CompareOptions())
-    assert result.values["std_growth.all"] == pytest.approx(1, rel=1e-3)
-    assert result.values["std_growth.none"] == pytest.approx(4, rel=1e-4)
-    assert result.values["std_growth_ratio"] == pytest.approx(4, rel=1e-3)
+    assert result.values["std_growth.all"].value == pytest.approx(1, rel=1e-3)
+    assert result.values["std_growth.none"].value == pytest.approx(4, rel=1e-4)
+    assert result.values["std_growth_ratio"].value == pytest.approx(4, rel=1e-3)
     assert draw_all(result) == ["activation_stats_vs_depth", "channel_variance"]
 
 
-def test_an_overflowing_step_is_reported_as_the_largest_value():
+def test_an_overflowing_step_is_reported_as_infinite():
     inf_phase = {"layer_std": [1.0, math.inf], "layer_abs_mean": [0.1, math.inf], "channel_var": [[1.0], [math.inf]]}
     finite = {"layer_std": [1.0, 8.0], "layer_abs_mean": [0.1, 0.2], "channel_var": [[1.0], [64.0]]}
     measured = {"loss_init": 2.0, "loss_after_step": math.inf, "phases": {"init": finite, "after_step": inf_phase}}
     result = activation_depth(study([record({"placement": "none"}, measured)]), CompareOptions())
-    assert result.values["loss_ratio_after_step.none"] == LARGEST
-    assert result.values["max_std_after_step.none"] == LARGEST
-    assert result.values["std_growth.none"] == pytest.approx(8)
+    assert result.values["loss_ratio_after_step.none"].value == math.inf
+    assert result.values["max_std_after_step.none"].value == math.inf
+    assert result.values["std_growth_after_step.none"].value == math.inf
+    assert result.values["std_growth.none"].value == pytest.approx(8)
 
 
 # -- gradients ----------------------------------------------------------------------------------
@@ -264,18 +266,17 @@ def test_gradient_ratio_is_one_when_the_gradient_does_not_depend_on_the_input():
     torch.manual_seed(0)
     model = lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(32, 3))  # noqa: E731
     same = torch.rand(1, 1, 4, 4).expand(16, 1, 4, 4).contiguous()
-    measured = gradient_stats(context_for(model, same, torch.full((16,), 2)), GradientOptions(batch_size=8))
+    by_example = GradientOptions(batch_size=8, grouping="examples")  # identical examples: identical terms
+    measured = gradient_stats(context_for(model, same, torch.full((16,), 2)), by_example)
     assert measured["layers"] == ["0", "3"] and measured["kind"] == ["conv", "linear"]
     assert measured["sum_ratio"] == pytest.approx([1.0, 1.0])
-    varied = gradient_stats(
-        context_for(model, torch.rand(16, 1, 4, 4), torch.randint(0, 3, (16,))), GradientOptions(batch_size=8)
-    )
+    varied = gradient_stats(context_for(model, torch.rand(16, 1, 4, 4), torch.randint(0, 3, (16,))), by_example)
     assert varied["sum_ratio"][1] < 0.9
     assert varied["histogram"]["layer"] == 1 and sum(varied["histogram"]["counts"]) == 32 * 3
     runs = [record({"placement": "all"}, varied), record({"placement": "none"}, measured)]
     result = gradient_analysis(study(runs), CompareOptions())
-    assert result.values["sum_ratio.none"] == pytest.approx(1.0)
-    assert result.values["sum_ratio_ratio"] > 1
+    assert result.values["sum_ratio.none"].value == pytest.approx(1.0)
+    assert result.values["sum_ratio_difference"].value > 0.1
     assert draw_all(result) == ["gradient_histogram", "gradient_norm_vs_depth", "conv_gradient_sum_ratio"]
 
 
@@ -287,21 +288,21 @@ def test_a_constant_output_predicts_one_class_with_identical_gradients():
     measured = class_bias(context, ClassBiasOptions(batch_size=16, batches=2, heatmap_images=4))
     assert measured["top_class_share"] == 1.0
     assert measured["predicted_counts"] == [0, 32, 0]
-    assert measured["gradient_correlation"] == pytest.approx(1.0)
+    assert measured["gradient_cosine"] == pytest.approx(1.0)
     assert len(measured["output_gradients"]) == 4 and len(measured["output_gradients"][0]) == 3
     # softmax(z) - onehot(0), times the batch size, for every row
     expected = (F.softmax(torch.tensor([0.0, 3.0, 1.0]), 0) - torch.tensor([1.0, 0, 0])).tolist()
     assert measured["output_gradients"][0] == pytest.approx(expected, rel=1e-5)
 
-    spread = torch.eye(4).repeat(4, 1)  # four distinct rows, each four times
-    assert row_correlation(spread) == pytest.approx((16 * 3 * 1 + 16 * 12 * (-1 / 3)) / (16 * 15))
+    spread = torch.eye(4).repeat(4, 1)  # four orthogonal rows, each four times: 1 for 3 of the 15 others
+    assert gradient_cosine(spread) == pytest.approx(3 / 15)
     runs = [
         record({"placement": "none"}, measured),
-        record({"placement": "all"}, {**measured, "top_class_share": 0.25, "gradient_correlation": 0.1}),
+        record({"placement": "all"}, {**measured, "top_class_share": 0.25, "gradient_cosine": 0.1}),
     ]
     result = class_bias_analysis(study(runs), CompareOptions())
-    assert result.values["top_class_share.none"] == 1.0 and result.values["top_class_share.all"] == 0.25
-    assert result.values["gradient_correlation_ratio"] == pytest.approx(10)
+    assert result.values["top_class_share.none"].value == 1.0 and result.values["top_class_share.all"].value == 0.25
+    assert result.values["gradient_cosine_difference"].value == pytest.approx(0.9)
     assert draw_all(result) == ["class_bias_heatmap"]
 
 
@@ -330,8 +331,8 @@ def test_measured_condition_growth_matches_the_lyapunov_exponents():
     assert random_matrix(context_for(None, torch.rand(4, 1, 1, 1), torch.tensor([0, 1, 0, 1])), options) == measured
 
     result = random_matrix_analysis(study([record({}, measured)], axes=[]), CompareOptions())
-    assert result.values["condition_slope_error.gaussian"] < 0.05
-    assert result.values["exponent_error.gaussian"] < 0.05
+    assert result.values["condition_slope_error.gaussian"].value < 0.05
+    assert result.values["exponent_error.gaussian"].value < 0.05
     assert draw_all(result) == ["singular_value_spread", "lyapunov_exponents"]
 
 
@@ -360,6 +361,7 @@ def test_max_lr_scans_down_to_the_first_learning_rate_that_does_not_diverge():
     images, labels = torch.rand(64, 1, 2, 2), torch.randint(0, 3, (64,))  # random labels: not separable
     context = context_for(lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), images, labels)
     options = MaxLrOptions(learning_rates=[1e7, 1e-2, 1e-3, 1e8], steps=6, batch_size=16, loss_limit=10)
+    assert options.criterion == "absolute"  # the paper's rule: a mini-batch loss above the limit
     measured = max_lr(context, options)
     assert [s["lr"] for s in measured["scans"]] == [1e8, 1e7, 1e-2]  # 1e-3 not needed
     assert [s["diverged"] for s in measured["scans"]] == [True, True, False]
@@ -380,9 +382,11 @@ def test_max_lr_analysis_against_depth():
         for seed in (0, 1, 2)
     ]
     result = max_lr_analysis(study(runs), MaxLrAnalysisOptions())
-    assert result.values["max_lr.none.20"] == pytest.approx(0.2)  # the median of 0.1, 0.2, 0.3
-    assert result.values["max_lr_ratio"] == pytest.approx(10)  # 1/0.1 at depth 20, 2/0.02 at 56 → smallest
-    assert result.values["depth_tolerance.none"] == pytest.approx(10)
+    assert result.values["max_lr.none.20"].value == pytest.approx(0.2)  # the median of 0.1, 0.2, 0.3
+    # per seed: smallest over depths of all ÷ none (1/0.1 at depth 20, 1/0.01 at 56) → 10 for every seed
+    assert result.values["max_lr_ratio"].value == pytest.approx(10)
+    assert result.values["max_lr_ratio"].replicates == pytest.approx((10, 10, 10))
+    assert result.values["depth_tolerance.none"].value == pytest.approx(10)
     assert result.tables[0].rows == [[20, "2", "0.2"], [56, "2", "0.02"]]
     assert draw_all(result) == ["max_lr_vs_depth"]
     grid = [1e-4, 1e-2, 1.0]  # the deepest unnormalized net diverges at every learning rate of the grid
@@ -391,14 +395,18 @@ def test_max_lr_analysis_against_depth():
         for p, d, lr in [("all", 20, 1.0), ("all", 110, 1.0), ("none", 20, 1e-2), ("none", 110, 0.0)]
     ]
     result = max_lr_analysis(study(runs), MaxLrAnalysisOptions())
-    assert result.values["max_lr.none.110"] == 0 and result.tables[0].rows[1] == [110, "1", "< 0.0001 (all diverged)"]
-    assert result.values["max_lr_ratio"] == pytest.approx(100)  # depth 20; at 110 at least 1 / 1e-4
-    assert result.values["depth_tolerance.none"] == pytest.approx(100)
+    assert result.values["max_lr.none.110"].value == 0
+    assert result.tables[0].rows[1] == [110, "1", "< 0.0001 (all diverged)"]
+    assert result.values["max_lr_ratio"].value == pytest.approx(100)  # depth 20; at 110 at least 1 / 1e-4
+    assert result.values["depth_tolerance.none"].value == pytest.approx(100)
 
 
 # -- training-study analyses --------------------------------------------------------------------
 def training_run(placement: str, lr: float, test: list[float], seed: int = 0, status: str = "done") -> RunRecord:
-    epochs = [(i + 1, 10 * (i + 1), {"test_accuracy": a, "train_accuracy": a + 0.05}) for i, a in enumerate(test)]
+    epochs = [
+        (i + 1, 10 * (i + 1), {"test_accuracy": a, "validation_accuracy": a, "train_accuracy": a + 0.05})
+        for i, a in enumerate(test)
+    ]
     return record(
         {"placement": placement, "optimizer.lr": lr},
         None,
@@ -424,29 +432,37 @@ def hand_made_training_study() -> StudyResults:
 
 def test_lr_sweep_table_values_and_figures():
     result = lr_sweep(hand_made_training_study(), LrSweepOptions())
-    assert result.values["accuracy.all"] == pytest.approx(0.9) and result.values["best_lr.all"] == 0.1
-    assert result.values["best_lr.none"] == 0.01 and result.values["largest_stable_lr.none"] == 0.01
-    assert result.values["diverged_runs.none"] == 1 and result.values["diverged_runs.all"] == 0
-    assert result.values["best_lr_ratio"] == pytest.approx(10)
-    assert result.values["accuracy_gain"] == pytest.approx(0.4)
+    values = {k: getattr(v, "value", v) for k, v in result.values.items()}
+    assert values["accuracy.all"] == pytest.approx(0.9) and values["best_lr.all"] == pytest.approx(0.1)
+    assert values["best_lr.none"] == pytest.approx(0.01) and values["largest_stable_lr.none"] == 0.01
+    assert values["diverged_runs.none"] == 1 and values["diverged_runs.all"] == 0
+    assert values["best_lr_ratio"] == pytest.approx(10)
+    assert values["accuracy_gain"] == pytest.approx(0.4)
+    assert result.values["accuracy.all"].replicates == pytest.approx((0.9, 0.9))  # one per seed
     (table,) = result.tables
-    assert table.headers == ["configuration", "lr 0.1", "lr 0.01", "best lr", "at best lr"]
+    assert table.headers == [
+        "configuration",
+        "lr 0.1",
+        "lr 0.01",
+        "best lr",
+        "at best lr (per seed, final test accuracy %)",
+    ]
     assert table.rows[2] == ["none", "0 (1 div)", "50", "0.01", "50"]
     assert draw_all(result) == ["accuracy_vs_lr", "training_curves"]
     best = lr_sweep(hand_made_training_study(), LrSweepOptions(statistic="best", normalized="final"))
-    assert best.values["accuracy.final"] == pytest.approx(0.8)
+    assert best.values["accuracy.final"].value == pytest.approx(0.8)
 
 
 def test_placement_share_of_the_final_layer():
     result = placement_share(hand_made_training_study(), PlacementShareOptions())
-    assert result.values["final_layer_share"] == pytest.approx((0.8 - 0.5) / (0.9 - 0.5))
-    assert result.values["normalization_gain"] == pytest.approx(0.4)
+    assert result.values["final_layer_share"].value == pytest.approx((0.8 - 0.5) / (0.9 - 0.5))
+    assert result.values["normalization_gain"].value == pytest.approx(0.4)
     assert draw_all(result) == ["placement_share"]
     assert "recovers 75% of BN's gain" in result.tables[0].title
     only_two = study([r for r in hand_made_training_study().runs if r.axes["placement"] != "final"])
     assert "final_layer_share" not in placement_share(only_two, PlacementShareOptions()).values
     no_gain = placement_share(hand_made_training_study(), PlacementShareOptions(full="none", baseline="all"))
-    assert no_gain.values["normalization_gain"] < 0 and "final_layer_share" not in no_gain.values
+    assert no_gain.values["normalization_gain"].value < 0 and "final_layer_share" not in no_gain.values
 
 
 def test_group_label_uses_every_axis_but_the_excluded_ones():
@@ -474,8 +490,9 @@ def test_claims_table_from_a_hand_made_report(registry):
     ]
     report = Report([runs], registry, claims).analyze()
     rows = report.claims_rows()
-    assert [row[-1] for row in rows] == ["holds", "does not hold", "holds", "not measured"]
-    assert rows[1][2] == "final_layer_share = 0.75" and rows[2][3] == ">= 0.1 and <= 0.5"
+    # the unnormalized group has one finished seed: paired values have one replicate, no interval
+    assert [row[-1].split(" (")[0] for row in rows] == ["inconclusive", "inconclusive", "inconclusive", "not measured"]
+    assert rows[1][2] == "final_layer_share = 0.75" and rows[2][4] == ">= 0.1 and <= 0.5"
     text = report.render("github")
     assert "### Accuracy against learning rate" in text and "### Normalizing only the final layer" in text
 

@@ -1,0 +1,217 @@
+"""The Bjorck et al. criteria as the paper states them: the best learning rate chosen on
+validation (never when nothing finished), the absolute divergence rule, and the real
+unnormalized ResNet-110, which must train at lr 1e-4 and diverge at large rates."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import DataInfo
+from harness.analysis import verdict
+from harness.api import Estimate, RunRecord, StudyResults
+from plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
+from plugins.probes.landscape import LandscapeAnalysisOptions, landscape_analysis
+from plugins.probes.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
+from plugins.probes.max_lr import MaxLrAnalysisOptions, train_steps
+
+
+def run(
+    placement: str,
+    lr: float,
+    *,
+    seed: int = 0,
+    val: float | None = None,
+    test: float | None = None,
+    status: str = "done",
+) -> RunRecord:
+    metrics: dict[str, float] = {}
+    if val is not None:
+        metrics["validation_accuracy"] = val
+    if test is not None:
+        metrics["test_accuracy"] = test
+    return RunRecord(
+        run_id=f"{placement}-{lr}-{seed}",
+        axes={"placement": placement, "optimizer.lr": lr},
+        seed=seed,
+        spec={"placement": {"name": placement}, "optimizer": {"lr": lr}},
+        status=status,
+        diverged_step=5 if status == "diverged" else None,
+        epochs=[(1, 10, metrics)] if metrics else [],
+        measurements={},
+    )
+
+
+def study(runs: list[RunRecord], axes: list[str] | None = None) -> StudyResults:
+    return StudyResults("s", axes or ["placement", "optimizer.lr"], runs, planned=len(runs))
+
+
+def probe(placement: str, seed: int, measurements: dict[str, Any]) -> RunRecord:
+    return RunRecord(
+        run_id=f"{placement}-{seed}",
+        axes={"placement": placement},
+        seed=seed,
+        spec={"probe": {"name": "loss_landscape"}},
+        status="done",
+        diverged_step=None,
+        epochs=[],
+        measurements=measurements,
+    )
+
+
+# -- best learning rate ---------------------------------------------------------------------------
+def test_a_group_in_which_every_run_diverged_has_no_best_learning_rate():
+    runs = [run("all", lr, seed=s, val=0.8, test=0.8) for lr in (0.1, 1e-4) for s in (0, 1)]
+    runs += [run("none", lr, seed=s, status="diverged") for lr in (0.1, 1e-4) for s in (0, 1)]
+    result = lr_sweep(study(runs), LrSweepOptions())
+    assert "best_lr.none" not in result.values and "accuracy.none" not in result.values
+    assert "best_lr_ratio" not in result.values and "accuracy_gain" not in result.values
+    assert result.tables[0].rows[1][-2:] == ["—", "—"]
+    assert verdict(None, 10, None)[0] == "not measured"
+    share = placement_share(study(runs), PlacementShareOptions())
+    assert "final_layer_share" not in share.values and "normalization_gain" not in share.values
+
+
+def test_best_learning_rate_is_chosen_on_validation_and_test_accuracy_is_reported_there():
+    runs = []
+    for seed, noise in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        # the test set would pick lr 0.1 (0.95); validation picks 0.01, where test accuracy is 0.85
+        runs += [
+            run("all", 0.1, seed=seed, val=0.80 + noise, test=0.95 + noise),
+            run("all", 0.01, seed=seed, val=0.90 + noise, test=0.85 + noise),
+            run("none", 0.1, seed=seed, status="diverged"),
+            run("none", 1e-4, seed=seed, val=0.70 + noise, test=0.72 + noise),
+        ]
+    values = lr_sweep(study(runs), LrSweepOptions(matched_lr=0.1)).values
+    accuracy = values["accuracy.all"]
+    assert isinstance(accuracy, Estimate) and accuracy.value == pytest.approx(0.85)
+    assert accuracy.replicates == pytest.approx((0.85, 0.86, 0.84))
+    assert values["best_lr.all"].value == pytest.approx(0.01)
+    assert values["best_lr_ratio"].value == pytest.approx(100) and values["best_lr_ratio"].scale == "log"
+    assert values["accuracy_gain"].value == pytest.approx(0.85 - 0.72)
+    assert verdict(values["accuracy_gain"], 0.1, None)[0] == "holds"
+    # the matched-lr control: at lr 0.1 the unnormalized runs diverged (score 0)
+    assert values["accuracy_gain_at_matched_lr"].value == pytest.approx(0.95)
+    assert values["diverged_share.none.lr=0.1"].value == 1.0 and values["diverged_share.none.lr=0.0001"].value == 0
+    assert values["diverged_share.all.lr=0.1"].value == 0.0
+
+
+def test_without_a_validation_metric_the_best_learning_rate_is_not_measured():
+    runs = [run(p, lr, test=0.9) for p in ("all", "none") for lr in (0.1, 0.01)]
+    result = lr_sweep(study(runs), LrSweepOptions())
+    assert not result.values and "validation_size" in result.tables[0].title
+    test_chosen = lr_sweep(study(runs), LrSweepOptions(select_on="test_accuracy"))
+    assert "accuracy.all" in test_chosen.values and "test accuracy, never" in test_chosen.tables[0].title
+
+
+def test_ties_go_to_the_smaller_learning_rate():
+    runs = [run("all", lr, val=0.9, test=0.9) for lr in (0.1, 0.01)] + [run("none", 0.01, val=0.5, test=0.5)]
+    assert lr_sweep(study(runs), LrSweepOptions()).values["best_lr.all"].value == pytest.approx(0.01)
+
+
+# -- the paper's absolute divergence rule ---------------------------------------------------------
+STEPS = [1e-3, 1e-2, 1e-1, 1.0]
+
+
+def landscape_study(loss: dict[str, float], curves: dict[str, list[float]], seeds: int = 3) -> StudyResults:
+    runs = [
+        probe(
+            p,
+            s,
+            {"step_sizes": STEPS, "batches": [{"loss": loss[p] * (1 + 0.01 * s), "relative_loss": curves[p]}] * 2},
+        )
+        for p in curves
+        for s in range(seeds)
+    ]
+    return StudyResults("s", ["placement"], runs, planned=len(runs))
+
+
+def test_landscape_uses_the_absolute_loss_limit_by_default():
+    # BN: the loss grows 188x at step 1 from 2.3 (433 < 1e3: stable under the paper's rule);
+    # no BN: from a loss of 20, 100x at step 0.01 is 2000 (> 1e3: diverged), though only 100x relative
+    data = landscape_study(
+        {"all": 2.3, "none": 20.0}, {"all": [0.9, 0.9, 5.0, 188.0], "none": [0.9, 100.0, 1e5, math.inf]}
+    )
+    absolute = landscape_analysis(data, LandscapeAnalysisOptions()).values
+    assert absolute["max_stable_step.all"].value == pytest.approx(1.0)
+    assert absolute["max_stable_step.none"].value == pytest.approx(1e-3)
+    assert absolute["stable_step_ratio"].value == pytest.approx(1000)
+    relative = landscape_analysis(data, LandscapeAnalysisOptions(criterion="relative")).values
+    assert relative["max_stable_step.none"].value == pytest.approx(1e-2)  # today's rule: 100x is "stable"
+    assert relative["stable_step_ratio"].value == pytest.approx(100)
+
+
+def test_landscape_reports_how_the_ratio_depends_on_the_threshold():
+    data = landscape_study({"all": 2.0, "none": 2.0}, {"all": [0.9, 0.9, 5.0, 188.0], "none": [0.9, 20.0, 1e5, 1e7]})
+    result = landscape_analysis(data, LandscapeAnalysisOptions(sensitivity=[20.0, 1e3, 1e6]))
+    (_, sensitivity) = result.tables
+    assert [row[0] for row in sensitivity.rows] == ["20", "1000 (default)", "1e+06"]
+    # limit 20: BN stable to 0.1, no BN to 1e-3 → 100; 1e3: 1 / 0.01; 1e6: 1 / 0.1
+    assert [row[3] for row in sensitivity.rows] == ["100", "100", "10"]
+    assert result.values["stable_step_ratio_at_20"].value == pytest.approx(100)
+    assert result.values["stable_step_ratio_at_1e+06"].value == pytest.approx(10)
+
+
+def test_max_lr_uses_the_absolute_loss_limit_by_default():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(1e4)  # a loss in the thousands from the first step
+    batches = [(torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))) for _ in range(3)]
+    first = F.cross_entropy(model(batches[0][0]), batches[0][1]).item()
+    assert first > 1e3
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    absolute = train_steps(model, batches, 1e-9, 0.0, 0.0, 1e3)
+    assert absolute["diverged"] and absolute["diverged_step"] == 1
+    model.load_state_dict(state)
+    assert not train_steps(model, batches, 1e-9, 0.0, 0.0, 1e3, criterion="relative")["diverged"]
+    assert MaxLrAnalysisOptions().depth_axis == "model.depth"
+
+
+# -- the real unnormalized ResNet-110 (Bjorck et al. Fig. 1) --------------------------------------
+def cifar_shaped(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    prototypes = F.interpolate(torch.randn(10, 3, 8, 8, generator=generator), size=(32, 32), mode="bilinear")
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    images = 0.5 * prototypes[labels] + torch.randn(count, 3, 32, 32, generator=generator)
+    return (images - images.mean((0, 2, 3), keepdim=True)) / images.std((0, 2, 3), keepdim=True), labels
+
+
+def sgd_losses(init: str, lr: float, steps: int, batch: int = 32) -> list[float]:
+    torch.manual_seed(0)
+    model = ResNetCifar(ResNetOptions(depth=110, init=init), DataInfo((3, 32, 32), 10))
+    images, labels = cifar_shaped(batch * steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    losses = []
+    for step in range(steps):
+        loss = F.cross_entropy(
+            model(images[step * batch : (step + 1) * batch]), labels[step * batch : (step + 1) * batch]
+        )
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]) or losses[-1] > 1e3:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return losses
+
+
+def test_unnormalized_resnet110_trains_at_1e4_with_the_pytorch_default_init():
+    losses = sgd_losses("pytorch_default", 1e-4, steps=4)
+    assert len(losses) == 4 and all(1.5 < v < 3.5 for v in losses)  # ~ln 10 = 2.3 throughout
+
+
+@pytest.mark.parametrize("init", ["kaiming_normal", "kaiming_normal_fan_in", "xavier_normal"])
+def test_other_inits_make_the_unnormalized_resnet110_diverge_at_once(init):
+    losses = sgd_losses(init, 1e-4, steps=2)
+    assert len(losses) == 1 and losses[0] > 1e3  # the paper's rule: a mini-batch loss above 1e3
+
+
+def test_unnormalized_resnet110_diverges_at_a_large_learning_rate():
+    losses = sgd_losses("pytorch_default", 1.0, steps=40)
+    assert not math.isfinite(losses[-1]) or losses[-1] > 1e3
