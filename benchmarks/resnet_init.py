@@ -33,7 +33,15 @@ from harness import DataInfo
 from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
 from plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
 
-INITS = ["kaiming_normal", "kaiming_normal_fan_in", "xavier_normal", "pytorch_default"]
+INITS = [
+    "kaiming_normal",
+    "kaiming_normal_fan_in",
+    "xavier_normal",
+    "pytorch_default",
+    "kaiming_normal_fan_in*0.5",
+    "kaiming_normal_fan_in*0.6",
+]
+"""``init`` or ``init*gain`` (the model's ``init_gain``)."""
 
 
 def data(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +51,9 @@ def data(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (bundle.train_images - mean) / std, bundle.train_labels
 
 
-def build(init: str, depth: int, seed: int) -> nn.Module:
+def build(init: str, depth: int, seed: int, gain: float = 1.0) -> nn.Module:
     torch.manual_seed(seed)
-    return ResNetCifar(ResNetOptions(depth=depth, init=init), DataInfo((3, 32, 32), 10))
+    return ResNetCifar(ResNetOptions(depth=depth, init=init, init_gain=gain), DataInfo((3, 32, 32), 10))
 
 
 @torch.no_grad()
@@ -96,7 +104,7 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=110)
-    parser.add_argument("--inits", nargs="+", default=INITS, choices=INITS)
+    parser.add_argument("--inits", nargs="+", default=INITS, help="init names, or init*gain (e.g. xavier_normal*0.8)")
     parser.add_argument("--lrs", nargs="+", type=float, default=[0.1, 0.01, 0.001, 0.0001])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -105,20 +113,34 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels = data(4096)
-    print(f"ResNet-{args.depth}, no normalization, batch {args.batch_size}, {args.steps} SGD steps, "
-          f"{args.threads} torch thread(s), seed {args.seed}")
+    print(
+        f"ResNet-{args.depth}, no normalization, batch {args.batch_size}, {args.steps} SGD steps, "
+        f"{args.threads} torch thread(s), seed {args.seed}"
+    )
     init_rows, train_rows = [], []
     for init in args.inits:
-        stats = at_init(build(init, args.depth, args.seed), images[: args.batch_size], labels[: args.batch_size])
-        init_rows.append([init, *(f"{stats[k]:.3g}" for k in ("loss", "logit_std", "stream_growth", "conv_var_growth"))])
+        name, _, gain_text = init.partition("*")
+        gain = float(gain_text or 1.0)
+        stats = at_init(build(name, args.depth, args.seed, gain), images[: args.batch_size], labels[: args.batch_size])
+        init_rows.append(
+            [init, *(f"{stats[k]:.3g}" for k in ("loss", "logit_std", "stream_growth", "conv_var_growth"))]
+        )
         for lr in args.lrs:
             start = time.perf_counter()
-            status, first, last = train(build(init, args.depth, args.seed), images, labels, lr, args.steps, args.batch_size)
-            train_rows.append([init, f"{lr:g}", status, f"{first:.3g}", f"{last:.3g}", f"{time.perf_counter() - start:.0f}"])
+            model = build(name, args.depth, args.seed, gain)
+            status, first, last = train(model, images, labels, lr, args.steps, args.batch_size)
+            train_rows.append(
+                [init, f"{lr:g}", status, f"{first:.3g}", f"{last:.3g}", f"{time.perf_counter() - start:.0f}"]
+            )
             print(*train_rows[-1], flush=True)
     print()
-    print(tabulate(init_rows, headers=["init", "first loss", "logit std", "stream std last/first", "conv var last/first"],
-                   tablefmt="github"))
+    print(
+        tabulate(
+            init_rows,
+            headers=["init", "first loss", "logit std", "stream std last/first", "conv var last/first"],
+            tablefmt="github",
+        )
+    )
     print()
     print(tabulate(train_rows, headers=["init", "lr", "status", "first loss", "last loss", "s"], tablefmt="github"))
 

@@ -178,7 +178,10 @@ def _overlay_component(base: Any, over: Any) -> Any:
     over = _as_component_table(over)
     if not isinstance(over, dict) or not isinstance(base, str | dict | list):
         return over
-    if isinstance(base, list):
+    if isinstance(base, list):  # a swept component: options merge into each value of the axis...
+        names = {(_as_component_table(b) or {}).get("name") for b in base if isinstance(b, str | dict)}
+        if "name" in over and names != {over["name"]}:
+            return over  # ...but naming a plugin the axis does not consist of replaces the axis
         return [_overlay_component(b, over) for b in base]
     base = _as_component_table(base)
     if "name" in over and over["name"] != base.get("name"):

@@ -62,3 +62,14 @@ def test_enabled_must_be_a_boolean_and_something_must_stay_enabled(write_manifes
     everything_off = TWO_STUDIES.replace("[profiles.quick.a]\nenabled = true\n", "")
     with pytest.raises(ManifestError, match="every study is disabled"):
         load_manifest(write_manifest(everything_off), "quick", registry=registry)
+
+
+def test_a_profile_naming_one_plugin_replaces_a_swept_component(write_manifest, registry):
+    text = TWO_STUDIES.replace('placement = "all"', 'placement = ["all", "none"]')
+    text += '\n[profiles.one.a]\nplacement = "none"\n[profiles.opts.a]\nmodel = { widths = [8] }\n'
+    path = write_manifest(text)
+    (study, _) = load_manifest(path, "one", registry=registry).studies
+    assert [r.spec.placement.name for r in study.runs] == ["none"]  # not ["none", "none"]
+    swept = text.replace('model = { name = "mlp", widths = [4] }', 'model = [{ name = "mlp", widths = [4] }, "mlp"]', 1)
+    (study, _) = load_manifest(write_manifest(swept), "opts", registry=registry).studies
+    assert {tuple(r.spec.model.options["widths"]) for r in study.runs} == {(8,)}  # options merge into each value

@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 class FileDatasetOptions(Options):
     root: str = Field("data", description="Directory holding the dataset, relative to the manifest.")
-    download: bool = Field(False, description="Download the files into root when they are missing.")
+    download: bool = runtime_option(False, description="Download the files into root when they are missing.")
     train_size: int | None = Field(None, gt=0, description="Use only the first N training images.")
     test_size: int | None = Field(None, gt=0, description="Use only the first N test images.")
     storage: Literal["memory", "stream"] = runtime_option(

@@ -33,9 +33,15 @@ class ResNetOptions(Options):
         "kaiming_normal",
         description="Convolution initialization. kaiming_normal: N(0, 2/fan_out), He et al.'s (with BN); "
         "kaiming_normal_fan_in: N(0, 2/fan_in); xavier_normal: N(0, 2/(fan_in+fan_out)); pytorch_default: "
-        "U(±1/sqrt(fan_in)), PyTorch's (variance 1/(3 fan_in)). Without normalization only pytorch_default "
-        "trains ResNet-110: the others double (kaiming) or grow 1.5x (xavier) the residual stream's variance "
-        "per block. docs/studies.md has the measurements.",
+        "U(±1/sqrt(fan_in)), PyTorch's (variance 1/(3 fan_in)). Without normalization the residual stream's "
+        "variance grows per block by about 1 + 2·gain⁴ (fan-in kaiming): kaiming (x3) and xavier (x1.5) make "
+        "ResNet-110's first loss 1e3-1e9; docs/studies.md has the measurements.",
+    )
+    init_gain: float = Field(
+        1.0,
+        gt=0,
+        description="Multiplies the convolution weights after initialization (the std of the init). The bundled "
+        "Bjorck study's unnormalized ResNet-110 uses kaiming_normal_fan_in with 0.6 (docs/studies.md).",
     )
     conv_bias: bool = Field(False, description="Give convolutions a bias term.")
 
@@ -112,6 +118,9 @@ class ResNetCifar(nn.Module):
                     nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
                 elif options.init == "xavier_normal":
                     nn.init.xavier_normal_(module.weight)
+                if options.init_gain != 1.0:
+                    with torch.no_grad():
+                        module.weight.mul_(options.init_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.stem_site(self.stem(x)))
