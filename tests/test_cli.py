@@ -80,7 +80,13 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     shutil.copy(ROOT / "benchmarks.toml", manifest)
     smoke_plan = bnbench("plan", str(manifest), "--profile", "smoke").stdout
     smoke = planned_runs(smoke_plan)
-    known = {**TRAINING_STUDIES, **TRAINABILITY_STUDIES, **NORMALIZER_STUDIES, **PROBE_STUDIES, **REGULARIZATION_STUDIES}
+    known = {
+        **TRAINING_STUDIES,
+        **TRAINABILITY_STUDIES,
+        **NORMALIZER_STUDIES,
+        **PROBE_STUDIES,
+        **REGULARIZATION_STUDIES,
+    }
     expected = {study: counts[0] for study, counts in known.items()}
     assert {study: smoke[study] for study in expected} == expected
     # every run once: the normalizer comparison's MLP batchnorm run is mlp_mnist's lr 0.1 seed 0

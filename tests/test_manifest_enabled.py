@@ -50,12 +50,12 @@ def test_a_profile_can_disable_studies_and_their_claims(write_manifest, registry
     assert [s.name for s in quick.studies] == ["a"] and quick.claims == []
     assert quick.settings.profile_notes == {"quick": "quick scale"}
     assert full.studies[0].runs[0].run_id == quick.studies[0].runs[0].run_id  # `enabled` is not part of a run
-    with pytest.raises(ManifestError, match="'b' is disabled .* in profile 'quick'"):
+    with pytest.raises(ManifestError, match=r"'b' is disabled .* in profile 'quick'"):
         load_manifest(path, "quick", registry=registry, studies=["b"])
 
 
 def test_enabled_must_be_a_boolean_and_something_must_stay_enabled(write_manifest, registry):
-    with pytest.raises(ManifestError, match="enabled.*true or false"):
+    with pytest.raises(ManifestError, match=r"enabled.*true or false"):
         load_manifest(
             write_manifest(TWO_STUDIES.replace("enabled = false", 'enabled = "no"')), "quick", registry=registry
         )

@@ -1,4 +1,4 @@
-"""Built-in analyses of the regularization study of Annamalai & Thakur 2022 (STUDIES.md).
+"""Built-in analyses of the regularization study of Annamalai & Thakur 2022 (docs/studies.md).
 
 =========================  =====================================================================
 analysis                   what it reports

@@ -1,5 +1,5 @@
 """Analyses of the regularization study: implied regularization against input noise, BN against
-tuned L2, and weight-norm trajectories (Annamalai & Thakur 2022; the reading in STUDIES.md).
+tuned L2, and weight-norm trajectories (Annamalai & Thakur 2022; our reading in docs/studies.md).
 
 Runs are grouped by *configuration*: the values of the study's axes other than the seed and
 the axis an analysis puts on its x-axis, written ``short_axis=value`` joined by ``,`` (e.g.
@@ -733,7 +733,7 @@ def _ratio(ends: tuple[float, float] | None) -> float | None:
 
 
 def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisResult:
-    """Raw weight norms ‖w‖ and ‖γ‖ over training, against batch size (Annamalai & Thakur 2022; STUDIES.md).
+    """Raw weight norms ‖w‖ and ‖γ‖ over training, against batch size (Annamalai & Thakur 2022; docs/studies.md).
 
     A row per configuration: median ‖w_j‖, ‖γ‖ and median ‖v_j‖ of the chosen layer at the
     first and last recorded epoch (seed means), ‖γ‖ last/first (geometric mean over seeds of

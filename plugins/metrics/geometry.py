@@ -1,6 +1,6 @@
 """Weight-geometry metrics of batch normalization as a constraint (Annamalai & Thakur 2022).
 
-The reading of STUDIES.md. A hidden unit ``j`` of a fully connected layer computes
+Our reading of the paper (docs/studies.md). A hidden unit ``j`` of a fully connected layer computes
 ``h_ij = w_jᵀx_i + b_j`` on the layer inputs ``x_i`` of a batch ``i = 1..n``; batch normalization
 outputs ``y_ij = γ_j (h_ij − μ_j) / s_j + β_j`` with the batch mean ``μ_j`` and
 ``s_j = sqrt(σ_B,j² + ε)``, where ``σ_B,j² = w_jᵀΣ_B w_j`` is the batch variance of ``h_j``
@@ -336,7 +336,7 @@ def weight_geometry(context: EpochContext, options: GeometryOptions) -> dict[str
     batch normalization at the layer also ``v_norm`` (folded weights γw/σ_B; mean, median, q10,
     q90), ``gain`` (γ/σ_B, median), ``gamma_norm`` (‖γ‖) and ``constraint_err.max``
     (max |vᵀΣ_B v/γ² − 1|, ≈ ε/σ_B²). Cost: one extra forward pass of ``sample_size`` examples
-    per recorded epoch. STUDIES.md, the Annamalai & Thakur section.
+    per recorded epoch. docs/studies.md, the Annamalai & Thakur section.
     """
     if not due(context, options.every):
         return {}
