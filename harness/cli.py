@@ -109,6 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
     if summary.busy:
         counts += f", {summary.busy} being run by another process"
+    if summary.finished_elsewhere:
+        counts += f", {summary.finished_elsewhere} finished meanwhile by another process"
     print(
         f"{summary.planned} runs planned, {summary.skipped} already had results; {counts}. "
         f"Results: {manifest.results_path}",

@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.errors import StoreError
 from harness.manifest import PlannedRun
-from harness.runner import RunResult
+from harness.runner import FINISHED, RunResult
 
 SCHEMA_VERSION = 2
 
@@ -164,21 +164,30 @@ class Store:
                 [(r.study, r.run_id, json.dumps(r.axes, sort_keys=False)) for r in runs],
             )
 
-    def claim(self, planned: PlannedRun, *, stale_after: float = 3600.0) -> str | None:
-        """Claim a run for this process: status ``running``, old epochs dropped.
+    def claim(
+        self, planned: PlannedRun, *, stale_after: float = 3600.0, replace_finished_before: float | None = None
+    ) -> str | None:
+        """Claim a run for this process: status ``running``, old epochs dropped. Atomic.
 
-        Returns None when claimed, or the owner of a live claim by another process (a run
-        being run elsewhere right now). A claim whose owner is dead (same host: its pid is
-        gone; other host: no heartbeat for ``stale_after`` seconds) is taken over.
+        Returns None when claimed, or why not: the owner of a live claim by another process (a
+        run being run elsewhere right now), or ``"finished: <status>"`` for a run that already
+        has a final result (``done`` or ``diverged``), which is never taken over, so two sweeps
+        over one store train each run once. ``replace_finished_before`` (a ``--rerun`` sweep's
+        start time) replaces a result finished before then, but not one another sweep finished
+        since. A claim whose owner is dead (same host: its pid is gone; other host: no
+        heartbeat for ``stale_after`` seconds) is taken over.
         """
         me = _owner()
         now = time.time()
         with self.transaction():
             row = self.db.execute(
-                "SELECT status, owner, updated_at FROM runs WHERE id = ?", (planned.run_id,)
+                "SELECT status, owner, updated_at, finished_at FROM runs WHERE id = ?", (planned.run_id,)
             ).fetchone()
             if row is not None:
-                status, owner, updated_at = row
+                status, owner, updated_at, finished_at = row
+                replaceable = replace_finished_before is not None and (finished_at or 0) < replace_finished_before
+                if status in FINISHED and not replaceable:
+                    return f"finished: {status}"
                 if status == "running" and owner and owner != me and _alive(owner, updated_at, stale_after):
                     return owner
             self.db.execute("DELETE FROM epochs WHERE run_id = ?", (planned.run_id,))

@@ -30,6 +30,8 @@ class SweepSummary:
     interrupted: bool = False
     busy: int = 0
     """Runs skipped because another live process had claimed them."""
+    finished_elsewhere: int = 0
+    """Runs skipped because another sweep finished them after this one planned them."""
 
 
 def unique_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -127,6 +129,7 @@ def run_manifest(
     """
     runs = manifest.runs()
     settings = manifest.settings
+    started = time.time()
     with Store(manifest.results_path) as store:
         store.link(runs)
         pending = pending_runs(runs, store, rerun)
@@ -155,10 +158,16 @@ def run_manifest(
             for planned in pending:
                 if stop.is_set():
                     return
-                owner = store.claim(planned, stale_after=settings.claim_timeout_s)
-                if owner is not None:
+                refused = store.claim(
+                    planned, stale_after=settings.claim_timeout_s, replace_finished_before=started if rerun else None
+                )
+                if refused is not None and refused.startswith("finished: "):
+                    summary.finished_elsewhere += 1
+                    progress.log(f"{planned.run_id}: {refused.removeprefix('finished: ')} by another sweep; skipped")
+                    continue
+                if refused is not None:
                     summary.busy += 1
-                    progress.log(f"{planned.run_id}: being run by {owner}; skipped")
+                    progress.log(f"{planned.run_id}: being run by {refused}; skipped")
                     continue
                 if rerun:
                     checkpoints.discard(planned.run_id)

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from harness import Options
+from harness.analysis import over_seeds
 from harness.api import ClaimValue, Estimate, ProbeContext, RunRecord, StudyResults
 
 
@@ -129,11 +130,6 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def put_group_ratio(values: dict[str, float], name: str, unnormalized: str, normalized: str) -> None:
-    """Record ``<name>_ratio`` = ``<name>.<unnormalized>`` ÷ ``<name>.<normalized>`` when both are measured."""
-    put(values, f"{name}_ratio", ratio(values.get(f"{name}.{unnormalized}"), values.get(f"{name}.{normalized}")))
-
-
 def mean_curve(curves: Sequence[Sequence[float | None]], combine: Callable[..., float | None] = mean) -> list[float]:
     """Elementwise ``combine`` of equally long curves (NaN where no value is finite)."""
     if not curves:
@@ -211,8 +207,6 @@ def per_seed(runs: Iterable[RunRecord], statistic: Callable[[RunRecord], float |
 def paired_ratio(numerator: dict[int, float], denominator: dict[int, float]) -> Estimate | None:
     """An ``Estimate`` (log scale) of the per-seed ratio ``numerator[s] / denominator[s]`` over the
     seeds both sides measured (a zero or non-finite denominator leaves its seed out)."""
-    from harness.analysis import over_seeds
-
     seeds = sorted(numerator.keys() & denominator.keys())
     ratios = [numerator[s] / denominator[s] for s in seeds if denominator[s] != 0 and math.isfinite(denominator[s])]
     return over_seeds(ratios, scale="log")
@@ -221,6 +215,4 @@ def paired_ratio(numerator: dict[int, float], denominator: dict[int, float]) -> 
 def paired_difference(minuend: dict[int, float], subtrahend: dict[int, float]) -> Estimate | None:
     """An ``Estimate`` (linear scale) of the per-seed difference ``minuend[s] − subtrahend[s]`` over
     the seeds both sides measured."""
-    from harness.analysis import over_seeds
-
     return over_seeds([minuend[s] - subtrahend[s] for s in sorted(minuend.keys() & subtrahend.keys())])

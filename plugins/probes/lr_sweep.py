@@ -23,6 +23,8 @@ from plugins.probes.common import (
     group_runs,
     mean,
     mean_curve,
+    paired_difference,
+    paired_ratio,
     panel_grid,
     put,
 )
@@ -111,11 +113,6 @@ def per_seed_at(by_lr: dict[float, list[RunRecord]], lr: float, options: LrSweep
     return {seed: v for seed, v in scores.items() if v is not None}
 
 
-def paired(a: dict[int, float], b: dict[int, float], combine: Any) -> list[float]:
-    """``combine(a[s], b[s])`` for every seed both have."""
-    return [combine(a[s], b[s]) for s in sorted(a.keys() & b.keys())]
-
-
 def _has_selection_metric(table: dict[str, dict[float, list[RunRecord]]], options: LrSweepOptions) -> bool:
     return any(
         _statistic(r, options.select_on, options) is not None
@@ -191,15 +188,16 @@ def lr_sweep(study: StudyResults, options: LrSweepOptions) -> AnalysisResult:
     normalized, unnormalized = table.get(options.normalized), table.get(options.unnormalized)
     if normalized and unnormalized:
         n, u = at_best[options.normalized], at_best[options.unnormalized]
-        put(values, "best_lr_ratio", over_seeds(paired(n, u, lambda a, b: a[0] / b[0]), scale="log"))
-        put(values, "accuracy_gain", over_seeds(paired(n, u, lambda a, b: a[1] - b[1])))
+        lrs_n, lrs_u = ({s: lr for s, (lr, _) in g.items()} for g in (n, u))
+        acc_n, acc_u = ({s: acc for s, (_, acc) in g.items()} for g in (n, u))
+        put(values, "best_lr_ratio", paired_ratio(lrs_n, lrs_u))
+        put(values, "accuracy_gain", paired_difference(acc_n, acc_u))
         if options.matched_lr is not None:
-            gain = paired(
+            gain = paired_difference(
                 per_seed_at(normalized, options.matched_lr, options),
                 per_seed_at(unnormalized, options.matched_lr, options),
-                lambda a, b: a - b,
             )
-            put(values, "accuracy_gain_at_matched_lr", over_seeds(gain))
+            put(values, "accuracy_gain_at_matched_lr", gain)
     metric = f"{options.statistic} {options.metric.replace('_', ' ')} %"
     tables = [
         Table(
