@@ -15,7 +15,7 @@ from harness.manifest import load_manifest
 from harness.runner import RunResult
 from harness.store import Store
 
-COUNTER_PLUGIN = '''
+COUNTER_PLUGIN = """
 import os
 from harness import hookimpl
 
@@ -23,7 +23,7 @@ from harness import hookimpl
 def bnbench_run_start(run):
     with open(os.path.join(os.path.dirname(__file__), "starts.log"), "a") as log:
         log.write(run.spec.run_id() + "\\n")
-'''
+"""
 
 
 def test_a_finished_run_is_never_claimed_again(write_manifest, registry):
