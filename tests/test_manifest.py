@@ -196,7 +196,7 @@ def test_runtime_options_reach_the_plugin_but_stay_out_of_run_ids(write_manifest
     )
     assert [r.run_id for r in plain.runs()] == [r.run_id for r in streamed.runs()]
     dataset = streamed.runs()[0].spec.dataset
-    assert dataset.runtime == {"storage": "stream", "loader_workers": 2}
+    assert dataset.runtime == {"download": False, "storage": "stream", "loader_workers": 2}
     assert dataset.all_options["loader_workers"] == 2 and "loader_workers" not in dataset.options
     assert "loader_workers" not in streamed.runs()[0].spec.canonical_json()
-    assert plain.runs()[0].spec.dataset.runtime == {"storage": "memory", "loader_workers": 0}
+    assert plain.runs()[0].spec.dataset.runtime == {"download": False, "storage": "memory", "loader_workers": 0}
