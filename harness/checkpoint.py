@@ -1,22 +1,29 @@
-"""Checkpoints of runs in progress: written atomically, loaded safely, corrupt ones skipped.
+"""Checkpoints of runs in progress: written atomically, checksummed, loaded safely, damaged ones skipped.
 
 A run's checkpoints live in ``<directory>/<run id>/step-<step>.pt``; the newest ``keep`` are
-kept so that a corrupt newest one falls back to the one before. Files are written to a
-temporary name, fsynced and renamed, and read with ``torch.load(weights_only=True)``, which
-unpickles only tensors and plain containers.
+kept so that a damaged newest one falls back to the one before. Files are written to a
+temporary name, fsynced and renamed; each starts with a line carrying the SHA-256 of the rest,
+verified before anything is unpickled (a flipped bit inside a weight is caught, not resumed
+from), and is read with ``torch.load(weights_only=True)``, which unpickles only tensors and
+plain containers. A damaged checkpoint, or one that does not fit the run, is renamed
+``*.corrupt`` (kept for inspection, never deleted first) and the next older one is tried.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FORMAT = 1
+MAGIC = b"bnbench-checkpoint sha256="
+"""The first line of a checkpoint file: MAGIC, the hex SHA-256 of the rest of the file, a newline."""
 
 
 def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -67,6 +74,17 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def read_checkpoint(path: Path) -> Any:
+    """Load a checkpoint file after verifying its checksum (files from before checksums load as they are)."""
+    data = path.read_bytes()
+    if data.startswith(MAGIC):
+        header, _, payload = data.partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC) :]:
+            raise ValueError("its checksum does not match: the file is damaged")
+        data = payload
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
 class Checkpoints:
     """The checkpoints of every run of one results store."""
 
@@ -87,13 +105,17 @@ class Checkpoints:
         return sorted(folder.glob("step-*.pt"), reverse=True)
 
     def save(self, run_id: str, state: dict[str, Any]) -> Path:
-        """Write ``state`` atomically as the run's newest checkpoint; prune older ones."""
+        """Write ``state`` atomically, with its checksum, as the run's newest checkpoint; prune older ones."""
         folder = self._run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{state['step']:010d}.pt"
         temporary = folder / f".{path.name}.{os.getpid()}.tmp"
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "run_id": run_id, **state}, buffer)
+        payload = buffer.getvalue()
         with temporary.open("wb") as f:
-            torch.save({"format": FORMAT, "run_id": run_id, **state}, f)
+            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -102,18 +124,28 @@ class Checkpoints:
             old.unlink(missing_ok=True)
         return path
 
-    def load_latest(self, run_id: str, warn: Callable[[str], None]) -> dict[str, Any] | None:
-        """The newest readable checkpoint of the run, or None. Unreadable ones are reported and skipped."""
+    def candidates(self, run_id: str, warn: Callable[[str], None]) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """The run's intact checkpoints, newest first, as ``(path, state)``. Damaged ones (a checksum
+        that does not match, a file that does not unpickle, another run's) are reported and set aside."""
         for path in self.files(run_id):
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = read_checkpoint(path)
                 if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("run_id") != run_id:
                     raise ValueError("not a checkpoint of this run")
-                return state
             except Exception as exc:
-                warn(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying an older one")
-                path.rename(path.with_suffix(".corrupt"))
-        return None
+                self.reject(path, f"is unreadable ({type(exc).__name__}: {exc})", warn)
+                continue
+            yield path, state
+
+    def load_latest(self, run_id: str, warn: Callable[[str], None]) -> dict[str, Any] | None:
+        """The newest intact checkpoint of the run, or None."""
+        return next((state for _, state in self.candidates(run_id, warn)), None)
+
+    @staticmethod
+    def reject(path: Path, reason: str, warn: Callable[[str], None]) -> None:
+        """Set a checkpoint aside as ``*.corrupt`` (kept, not deleted) and say why."""
+        warn(f"checkpoint {path} {reason}; trying an older one")
+        path.rename(path.with_suffix(".corrupt"))
 
     def discard(self, run_id: str) -> None:
         """Remove the run's checkpoints (once its result is recorded)."""

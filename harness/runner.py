@@ -320,9 +320,11 @@ class Runner:
         inputs = InputPipeline.build(self.registry, spec, data, self.device)
         generators = {"data": generator, **inputs.generators()}
         state = TrainingState.fresh(self.device, self.check_every)
-        saved = self._load_checkpoint(planned.run_id, progress)
-        if saved is not None:
-            state = TrainingState.restore(saved, model, optimizer, generators, self.device)
+        restored = self._restore_checkpoint(
+            planned.run_id, progress, model, optimizer, generators, steps_per_epoch, data.train_size
+        )
+        if restored is not None:
+            state = restored
             result.epochs = state.records
             result.info["resumed_from_step"] = state.step
         context = RunContext(
@@ -426,11 +428,31 @@ class Runner:
                 self._save_checkpoint(planned.run_id, state, model, optimizer, generators, result)
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _load_checkpoint(self, run_id: str, progress: Progress | None) -> dict[str, Any] | None:
+    def _restore_checkpoint(
+        self,
+        run_id: str,
+        progress: Progress | None,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: dict[str, torch.Generator],
+        steps_per_epoch: int,
+        train_size: int,
+    ) -> TrainingState | None:
+        """The state of the newest intact checkpoint that fits this run, restored into ``model``,
+        ``optimizer`` and ``generators``; None (a fresh start) when none does. One that loads but
+        does not fit (a tensor of another shape, a missing key, a data order out of range) is set
+        aside like a damaged one and the next older one is tried: a good checkpoint is never lost."""
         if self.checkpoints is None:
             return None
         warn = progress.log if progress else (lambda message: None)
-        return self.checkpoints.load_latest(run_id, warn)
+        for path, saved in self.checkpoints.candidates(run_id, warn):
+            try:
+                TrainingState.check(saved, model, optimizer, generators, steps_per_epoch, train_size)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                self.checkpoints.reject(path, f"does not fit this run ({type(exc).__name__}: {exc})", warn)
+                continue
+            return TrainingState.restore(saved, model, optimizer, generators, self.device)
+        return None
 
     def _save_checkpoint(
         self,
@@ -569,6 +591,51 @@ class TrainingState:
             "rng": capture_rng(generators),
             "records": [[r.epoch, r.step, r.metrics] for r in records],
         }
+
+    @staticmethod
+    def check(
+        saved: dict[str, Any],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: dict[str, torch.Generator],
+        steps_per_epoch: int,
+        train_size: int,
+    ) -> None:
+        """Raise (``KeyError``, ``TypeError``, ``ValueError``) unless ``saved`` fits this run, before
+        anything is restored: a checkpoint that fails half-way would leave the model half-loaded."""
+        expected = model.state_dict()
+        weights = saved["model"]
+        if set(weights) != set(expected):
+            raise KeyError(f"model keys differ: {sorted(set(weights) ^ set(expected))[:5]}")
+        for name, tensor in expected.items():
+            if not isinstance(weights[name], torch.Tensor) or weights[name].shape != tensor.shape:
+                raise ValueError(
+                    f"model tensor {name!r} has shape {tuple(getattr(weights[name], 'shape', ()))}, "
+                    f"the run's has {tuple(tensor.shape)}"
+                )
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        groups = saved["optimizer"]["param_groups"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise ValueError("the optimizer's parameter groups differ")
+        for index, entry in saved["optimizer"]["state"].items():
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[int(index)].shape:
+                    raise ValueError(f"optimizer state {key!r} of parameter {index} has the wrong shape")
+        rng = saved["rng"]
+        if not {"torch", "python", "generators"} <= set(rng) or set(rng["generators"]) != set(generators):
+            raise KeyError("random states are missing")
+        order = saved["order"]
+        if order is not None and (
+            order.dim() != 1 or len(order) != train_size or int(order.min()) < 0 or int(order.max()) >= train_size
+        ):
+            raise ValueError("the data order does not index this run's training set")
+        if not 0 <= int(saved["batch"]) <= steps_per_epoch or int(saved["step"]) < 0 or int(saved["epoch"]) < 1:
+            raise ValueError("the position in training is out of range")
+        for key in ("loss_sum", "correct", "losses"):
+            if not isinstance(saved[key], torch.Tensor):
+                raise TypeError(f"{key!r} is not a tensor")
+        if not isinstance(saved["records"], list):
+            raise TypeError("the recorded epochs are not a list")
 
     @classmethod
     def restore(
