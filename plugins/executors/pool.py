@@ -7,10 +7,14 @@ modules; only the driver writes the results store.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -42,8 +46,43 @@ _worker: dict[str, Any] = {}
 """This worker process's sweep, device, thread count and stop event (set by ``_init_worker``)."""
 
 
-def _init_worker(worker: WorkerSpec, stop: Any, devices: Any, threads: int | None) -> None:
-    """In each worker: stop at the next step on SIGINT/SIGTERM, take a device, build a runner."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with(driver: int) -> None:
+    """End this worker as soon as the sweep's driver is gone, so that it never outlives its sweep
+    nor writes a checkpoint of a run a newer driver may own: at once through the kernel where it
+    can (Linux's parent-death signal, when the driver is the parent), else within a second by
+    polling the driver's pid. The run loses at most the work since its last checkpoint, as
+    under any SIGKILL."""
+    if os.getppid() == driver and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not _alive(driver) or (os.getppid() == 1 and driver != 1):
+        os._exit(1)
+
+    def watch() -> None:
+        while _alive(driver):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bnbench-driver-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when its parent dies."""
+
+
+def _init_worker(worker: WorkerSpec, stop: Any, devices: Any, threads: int | None, driver: int) -> None:
+    """In each worker: die with the driver, stop at the next step on SIGINT/SIGTERM, take a device."""
+    _die_with(driver)
 
     def request_stop(signum: int, frame: object) -> None:
         stop.set()
@@ -108,7 +147,7 @@ class PoolExecutor:
                 self.workers,
                 mp_context=mp_context,
                 initializer=_init_worker,
-                initargs=(context.worker, stop, devices, cpu_share),
+                initargs=(context.worker, stop, devices, cpu_share, os.getpid()),
             )
             in_flight: dict[Future[tuple[str, Any]], PlannedRun] = {}
             broken = False

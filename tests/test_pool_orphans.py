@@ -1,0 +1,79 @@
+"""Pool workers never outlive their driver: SIGKILL the driver and its workers go too, at once,
+whichever start method made them; the next driver resumes the runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_executors import manifest_text, results
+from test_reliability import SLOW_PLUGIN
+
+from harness.manifest import load_manifest
+from harness.sweep import run_manifest
+
+
+def descendants(pid: int) -> set[int]:
+    """The live processes below ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_pool_workers_die_with_their_driver(write_manifest, tmp_path, start_method):
+    executor = f'{{ name = "pool", workers = 2, start_method = "{start_method}" }}'
+    text = manifest_text(executor, "pool.sqlite").replace("plugins = [", f'plugins = ["{SLOW_PLUGIN}", ')
+    path = write_manifest(text)
+    env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.05"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(path), "--no-report"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoints = tmp_path / "pool.sqlite.checkpoints"
+    try:
+        wait_for(lambda: any(checkpoints.glob("*/step-*.pt")), "a worker's first checkpoint")
+        workers = descendants(driver.pid)
+        assert len(workers) >= 2, workers
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to end with their driver")
+    manifest = load_manifest(path)
+    assert run_manifest(manifest).statuses.get("done", 0) >= 1  # a new driver resumes what was left
+    assert {status for status, _ in results(manifest).values()} == {"done"}
