@@ -74,7 +74,9 @@ def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_
     text = manifest_text('{ name = "pool", workers = 2 }', "pool.sqlite").replace(
         "plugins = [", f'plugins = ["{SLOW_PLUGIN}", '
     )
-    path = write_manifest(text)
+    # 10 epochs of 4 steps of 50 ms: seconds of training left after the first checkpoint, so the
+    # signal lands mid-run even on a loaded machine
+    path = write_manifest(text.replace("epochs = 2", "epochs = 10"))
     env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.05"}
     process = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
