@@ -412,12 +412,23 @@ def _seeds(raw: dict[str, Any], expander: _Expander) -> list[int]:
     return seeds
 
 
+MAX_NAME_LENGTH = 100
+"""Longest study name: it becomes part of figure file names, which file systems cap at 255 bytes."""
+
+
 def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int) -> Study:
     """Validate one study table and expand it into its runs."""
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ManifestError(
             'every study needs name = "..." (a non-empty string)', file=file, field=f"studies[{index}].name"
+        )
+    if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
+        raise ManifestError(
+            f"study name {name[:40]!r}{'...' if len(name) > 40 else ''} must be printable (no control characters "
+            f"or terminal escapes) and at most {MAX_NAME_LENGTH} characters (it names files and report sections)",
+            file=file,
+            field=f"studies[{index}].name",
         )
     expander = _Expander(registry, file, name)
     for key in raw:

@@ -265,6 +265,11 @@ def load_registry(
     for reference in modules:
         name, module = _import_plugin(reference, base_dir)
         add(name, module)
+        if not manager.get_hookcallers(module):
+            raise PluginError(
+                f"plugin {reference!r} implements no bnbench hook (a plugin marks its functions with "
+                "@harness.hookimpl): is it the module you meant?"
+            )
     for name, plugin in objects:
         add(name, plugin)
     try:

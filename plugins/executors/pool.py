@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import multiprocessing
 import os
 import signal
@@ -32,7 +33,13 @@ PRELOAD = ["torch", "harness.runner", "plugins"]
 
 
 class PoolOptions(Options):
-    workers: int = Field(2, ge=1, description="Worker processes, each running one run at a time.")
+    workers: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="Worker processes, each running one run at a time (no more than the runs to do, nor, on the "
+        "CPU, than the cores; one GPU each when several are present).",
+    )
     start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
         "auto",
         description=(
@@ -127,15 +134,23 @@ class PoolExecutor:
         self.start_method = options.start_method
 
     def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
-        slots = _device_slots(context.worker.device, self.workers)
-        cpu_share = None if slots else max(1, (os.cpu_count() or 1) // self.workers)
+        # never more workers than runs to do (claimed as they would be anyway: they start at once)
+        first = list(itertools.islice(runs, self.workers))
+        if not first:
+            return
+        workers = len(first)
+        slots = _device_slots(context.worker.device, workers)
+        if slots is None and workers > (os.cpu_count() or 1):
+            context.progress.log(f"pool: {workers} workers on {os.cpu_count()} CPU cores; using {os.cpu_count()}")
+            workers = os.cpu_count() or 1
+        cpu_share = None if slots else max(1, (os.cpu_count() or 1) // workers)
         threads = context.worker.execution.threads or cpu_share
         method = start_method(self.start_method, threads, slots is not None)
         mp_context = multiprocessing.get_context(method)
         if method == "forkserver":
             mp_context.set_forkserver_preload(PRELOAD)
         stop = mp_context.Event()
-        pending = iter(runs)
+        pending = itertools.chain(first, runs)
         exhausted = False
         while True:  # a pool whose worker died is replaced, and the sweep goes on
             devices = None
@@ -144,7 +159,7 @@ class PoolExecutor:
                 for slot in slots:
                     devices.put(slot)
             pool = ProcessPoolExecutor(
-                self.workers,
+                workers,
                 mp_context=mp_context,
                 initializer=_init_worker,
                 initargs=(context.worker, stop, devices, cpu_share, os.getpid()),
@@ -153,7 +168,7 @@ class PoolExecutor:
             broken = False
             try:
                 while True:
-                    while not broken and len(in_flight) < self.workers and not context.stop.is_set():
+                    while not broken and len(in_flight) < workers and not context.stop.is_set():
                         planned = next(pending, None)
                         if planned is None:
                             exhausted = True

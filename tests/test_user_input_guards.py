@@ -1,0 +1,37 @@
+"""Input that cannot be meant is refused before anything runs: a plugin module that registers
+nothing, study names that would print terminal escapes or make unwritable file names, absurd
+pool sizes; and a pool never starts more workers than there are runs."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_manifest
+
+from harness.errors import ManifestError, PluginError
+from harness.manifest import load_manifest
+from harness.registry import load_registry
+from harness.sweep import run_manifest
+
+
+def test_a_plugin_module_that_registers_nothing_is_an_error():
+    with pytest.raises(PluginError, match=r"plugin 'os' implements no bnbench hook"):
+        load_registry(["os"])
+
+
+@pytest.mark.parametrize("name", ["bad\\u001b[31mred", "x" * 101, "tab\\there"])
+def test_study_names_must_be_printable_and_short(write_manifest, registry, name):
+    text = tiny_manifest().replace('name = "tiny"', f'name = "{name}"')
+    with pytest.raises(ManifestError, match="must be printable") as info:
+        load_manifest(write_manifest(text), registry=registry)
+    assert "\x1b" not in str(info.value)  # the error itself never prints the escape
+
+
+def test_absurd_pool_sizes_are_refused_and_a_pool_larger_than_its_runs_runs_them(write_manifest, registry):
+    absurd = tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nexecutor = { name = "pool", workers = 100000 }')
+    with pytest.raises(ManifestError, match="workers"):
+        load_manifest(write_manifest(absurd), registry=registry)
+    one_run = tiny_manifest(placement='"none"').replace(
+        'device = "cpu"', 'device = "cpu"\nexecutor = { name = "pool", workers = 64 }\nexecution = { threads = 1 }'
+    )
+    manifest = load_manifest(write_manifest(one_run, "one.toml"), registry=registry)
+    assert run_manifest(manifest).statuses == {"done": 1}
