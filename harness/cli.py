@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from tabulate import tabulate
 import harness
 from harness import report as reporting
 from harness.api import resolve_traits
-from harness.errors import BnbenchError, ManifestError
+from harness.errors import BnbenchError, ManifestError, StoreError
 from harness.manifest import Manifest, load_manifest
 from harness.registry import KINDS, Entry, load_registry
 from harness.runner import FINISHED
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_report(manifest: Manifest, fmt: str, figures: Path | None = None) -> None:
-    with Store(manifest.results_path) as store:
+    with Store(manifest.results_path, read_only=True) as store:
         report = reporting.from_manifest(manifest, store)
     _emit(report, fmt, figures)
 
@@ -130,7 +131,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     path = manifest.results_path
     statuses: dict[str, str] = {}
     if path.is_file():
-        with Store(path) as store:
+        with Store(path, read_only=True) as store:
             statuses = store.statuses(r.run_id for r in runs)
     rows = [
         [
@@ -158,7 +159,7 @@ def _is_sqlite(path: Path) -> bool:
 
 def cmd_report(args: argparse.Namespace) -> int:
     if _is_sqlite(args.source):
-        with Store(args.source, create=False) as store:
+        with Store(args.source, read_only=True) as store:
             report = reporting.from_store(store, load_registry())
         if args.study:
             report.studies = [s for s in report.studies if s.name in args.study]
@@ -166,6 +167,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise BnbenchError(f"results store {args.source} holds no studies")
         _emit(report, args.format, args.figures)
         return 0
+    if args.source.suffix in (".sqlite", ".sqlite3", ".db") and args.source.is_file():
+        raise StoreError(f"{args.source} is not a SQLite database (its header is damaged?): cannot report from it")
     manifest = load_manifest(args.source, args.profile, studies=args.study)
     if not manifest.results_path.is_file():
         raise BnbenchError(
@@ -296,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BnbenchError as exc:
         print(f"bnbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:  # a store damaged after it opened: a page of random bytes
+        error = StoreError(f"the results store is damaged or unreadable ({type(exc).__name__}: {exc})")
+        print(f"bnbench: error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("bnbench: interrupted", file=sys.stderr)
         return 130

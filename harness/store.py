@@ -101,10 +101,15 @@ def _alive(owner: str, updated_at: float, stale_after: float) -> bool:
 class Store:
     """Open (creating if needed) the store at ``path``."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False) -> None:
+        """``read_only``: for commands that only read (``plan``, ``report``): never writes, creates or
+        migrates, so it works on a read-only file and leaves any file it is pointed at as it was."""
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        if (read_only or not create) and not self.path.is_file():
             raise StoreError(f"results store {self.path} does not exist")
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -114,6 +119,26 @@ class Store:
                 self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open results store {self.path}: {exc}") from exc
+
+    def _open_read_only(self) -> None:
+        try:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            version = self._schema_version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read results store {self.path}: {exc} (is the file damaged?)") from exc
+        if version is None:
+            raise StoreError(f"{self.path} is not a bnbench results store")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"results store {self.path} has schema version {version}; this bnbench reads {SCHEMA_VERSION}"
+                + (" (`bnbench run` migrates it; this command only reads)" if version < SCHEMA_VERSION else "")
+            )
+
+    def _schema_version(self) -> int | None:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else None
 
     def _create_or_migrate(self) -> None:
         exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()

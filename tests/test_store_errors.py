@@ -1,0 +1,84 @@
+"""Damaged, read-only and empty stores: clear errors, never a traceback; commands that only read
+never write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_manifest
+
+from harness.errors import StoreError
+from harness.manifest import load_manifest
+from harness.store import Store
+from harness.sweep import run_manifest
+
+
+def bnbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture
+def finished(write_manifest, registry, tmp_path) -> Path:
+    """A manifest whose tiny sweep has run: its store holds results."""
+    path = write_manifest(tiny_manifest())
+    assert run_manifest(load_manifest(path, registry=registry)).statuses == {"done": 2}
+    return path
+
+
+def test_plan_and_report_read_a_read_only_store_without_writing(finished, tmp_path):
+    store = tmp_path / "results.sqlite"
+    before = store.read_bytes()
+    store.chmod(0o444)
+    try:
+        for command in ("plan", "report"):
+            result = bnbench(command, str(finished), cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+        assert "2 runs, 0 to run" in bnbench("plan", str(finished), cwd=tmp_path).stdout
+        assert bnbench("report", str(store), cwd=tmp_path).returncode == 0
+    finally:
+        store.chmod(0o644)
+    assert store.read_bytes() == before
+
+
+def test_plan_leaves_an_empty_file_empty(write_manifest, tmp_path):
+    path = write_manifest(tiny_manifest())
+    (tmp_path / "results.sqlite").write_bytes(b"")
+    result = bnbench("plan", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "is not a bnbench results store" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "results.sqlite").read_bytes() == b""
+
+
+def test_a_damaged_store_is_a_clear_error_in_every_command(finished, tmp_path):
+    store = tmp_path / "results.sqlite"
+    with Store(store) as opened:  # fold the write-ahead log into the file first
+        opened.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(store.read_bytes())
+    page = 4096
+    data[page : page * 3] = os.urandom(page * 2)  # random bytes over the tables' pages
+    store.write_bytes(bytes(data))
+    for args in (("plan", str(finished)), ("report", str(finished)), ("report", str(store)), ("run", str(finished))):
+        result = bnbench(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and "results store" in result.stderr, (args, result.stderr)
+
+
+def test_a_store_with_a_damaged_header_is_not_read_as_a_manifest(finished, tmp_path):
+    store = tmp_path / "results.sqlite"
+    data = bytearray(store.read_bytes())
+    data[:16] = b"x" * 16
+    store.write_bytes(bytes(data))
+    result = bnbench("report", str(store), cwd=tmp_path)
+    assert result.returncode == 2 and "not a SQLite database" in result.stderr and "TOML" not in result.stderr
+
+
+def test_read_only_store_refuses_a_missing_file(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "nothing.sqlite", read_only=True)
+    assert not (tmp_path / "nothing.sqlite").exists()
