@@ -11,6 +11,7 @@ plain containers. A damaged checkpoint, or one that does not fit the run, is ren
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -147,10 +148,18 @@ class Checkpoints:
         warn(f"checkpoint {path} {reason}; trying an older one")
         path.rename(path.with_suffix(".corrupt"))
 
+    def run_ids(self) -> list[str]:
+        """The runs that have a checkpoint folder."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if p.is_dir() and p.name.isalnum())
+
     def discard(self, run_id: str) -> None:
-        """Remove the run's checkpoints (once its result is recorded)."""
+        """Remove the run's checkpoints (once its result is recorded). A file another process
+        writes meanwhile keeps the folder; it is removed on a later discard, never an error."""
         folder = self._run_dir(run_id)
         if folder.is_dir():
             for path in folder.iterdir():
                 path.unlink(missing_ok=True)
-            folder.rmdir()
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -134,9 +134,14 @@ def run_manifest(
         store.link(runs)
         pending = pending_runs(runs, store, rerun)
         summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
+        checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+        if not rerun:  # a kill between recording a result and deleting its checkpoints left them behind
+            finished = store.statuses(r.run_id for r in unique_runs(runs))
+            for run_id in checkpoints.run_ids():
+                if finished.get(run_id) in FINISHED:
+                    checkpoints.discard(run_id)
         if not pending:
             return summary
-        checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
         remote_stop = StopFile(checkpoints.directory / f"stop-{uuid.uuid4().hex}")
         worker = WorkerSpec(
             plugins=tuple(settings.plugins),

@@ -82,3 +82,17 @@ def test_read_only_store_refuses_a_missing_file(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         Store(tmp_path / "nothing.sqlite", read_only=True)
     assert not (tmp_path / "nothing.sqlite").exists()
+
+
+def test_checkpoints_left_by_a_kill_after_recording_are_cleaned_up_on_the_next_run(finished, registry):
+    from harness.checkpoint import Checkpoints
+    from harness.sweep import checkpoint_directory
+
+    manifest = load_manifest(finished, registry=registry)
+    done = manifest.runs()[0].run_id
+    checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+    checkpoints.save(done, {"step": 3})  # as if killed between recording the result and discarding these
+    checkpoints.save("0123abcd", {"step": 1})  # a run this store has no result of: kept
+    summary = run_manifest(manifest)
+    assert summary.skipped == 2 and not summary.statuses
+    assert checkpoints.run_ids() == ["0123abcd"]
