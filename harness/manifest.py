@@ -285,6 +285,8 @@ class _Expander:
                 if not isinstance(value, dict):
                     raise self.error("must be a table of settings", key)
                 for sub, subvalue in value.items():
+                    if sub not in SUBMODELS[key].model_fields:
+                        continue  # an unknown setting: the model reports it, with the allowed names
                     annotation = _field_annotation(SUBMODELS[key], sub)
                     values = _axis(subvalue, _is_list_type(annotation))
                     if values is not None:
@@ -313,6 +315,8 @@ class _Expander:
         for key, value in component.items():
             if key == "name":
                 continue
+            if key not in entry.options.model_fields:
+                continue  # an unknown option: the options model reports it, with the allowed names
             values = _axis(value, _is_list_type(_field_annotation(entry.options, key)))
             if values is not None:
                 if not values:

@@ -35,3 +35,13 @@ def test_absurd_pool_sizes_are_refused_and_a_pool_larger_than_its_runs_runs_them
     )
     manifest = load_manifest(write_manifest(one_run, "one.toml"), registry=registry)
     assert run_manifest(manifest).statuses == {"done": 1}
+
+
+def test_an_unknown_option_given_as_a_list_is_reported_not_swept(write_manifest, registry):
+    # found by the fuzz tests: a key "." given a list made the sweep expansion raise KeyError
+    text = tiny_manifest().replace("test_size = 64 }", 'test_size = 64, "." = [0] }')
+    with pytest.raises(ManifestError, match="unknown field"):
+        load_manifest(write_manifest(text), registry=registry)
+    text = tiny_manifest().replace("weight_decay = 0.0", "weight_decay = 0.0\nnosuch = [1, 2]")
+    with pytest.raises(ManifestError, match="nosuch"):
+        load_manifest(write_manifest(text, "b.toml"), registry=registry)
