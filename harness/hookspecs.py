@@ -152,7 +152,9 @@ def bnbench_register_analyses(register: Register) -> None:
     ``factory(study: StudyResults, options) -> AnalysisResult``. A study lists its analyses
     with ``analyses = ["NAME", ...]``; ``bnbench report`` prints their tables,
     ``--figures DIR`` saves their figures, and ``[[claims]]`` in the manifest test their
-    values against thresholds.
+    values against thresholds. Report a value computed over seeds as an ``Estimate`` of one
+    replicate per seed (``harness.analysis.over_seeds``), so claims are decided on an interval;
+    a plain number is a point value.
     """
 
 
