@@ -141,14 +141,12 @@ class Store:
         return int(row[0]) if row else None
 
     def _create_or_migrate(self) -> None:
-        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
-        if not exists:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             return
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = int(row[0]) if row else 0
+        version = self._schema_version() or 0
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"results store {self.path} has schema version {version}, newer than this "

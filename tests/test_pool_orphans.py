@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from test_executors import manifest_text, results
-from test_reliability import SLOW_PLUGIN
+from test_reliability import SLOW_PLUGIN, wait_for
 
 from harness.manifest import load_manifest
 from harness.sweep import run_manifest
@@ -44,14 +43,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_pool_workers_die_with_their_driver(write_manifest, tmp_path, start_method):
@@ -67,13 +58,13 @@ def test_pool_workers_die_with_their_driver(write_manifest, tmp_path, start_meth
     )
     checkpoints = tmp_path / "pool.sqlite.checkpoints"
     try:
-        wait_for(lambda: any(checkpoints.glob("*/step-*.pt")), "a worker's first checkpoint")
+        wait_for(lambda: any(checkpoints.glob("*/step-*.pt")), timeout=120)
         workers = descendants(driver.pid)
         assert len(workers) >= 2, workers
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to end with their driver")
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=120)  # they end with their driver
     manifest = load_manifest(path)
     assert run_manifest(manifest).statuses.get("done", 0) >= 1  # a new driver resumes what was left
     assert {status for status, _ in results(manifest).values()} == {"done"}

@@ -4,23 +4,16 @@ never write."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import tiny_manifest
+from test_cli import bnbench
 
 from harness.errors import StoreError
 from harness.manifest import load_manifest
 from harness.store import Store
 from harness.sweep import run_manifest
-
-
-def bnbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
 
 
 @pytest.fixture
