@@ -7,6 +7,10 @@ verified before anything is unpickled (a flipped bit inside a weight is caught, 
 from), and is read with ``torch.load(weights_only=True)``, which unpickles only tensors and
 plain containers. A damaged checkpoint, or one that does not fit the run, is renamed
 ``*.corrupt`` (kept for inspection, never deleted first) and the next older one is tried.
+
+Beside them, ``<run id>/attempts`` has one line per process that started or resumed the run
+in the current sweep (host, pid, time): executors that retry a run whose worker died count
+its attempts there, and a test or an operator can see which process holds a run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import hashlib
 import io
 import os
 import random
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,8 @@ from typing import Any
 import torch
 
 FORMAT = 1
+ATTEMPTS = "attempts"
+"""The file, in a run's checkpoint folder, that logs the processes that started the run."""
 MAGIC = b"bnbench-checkpoint sha256="
 """The first line of a checkpoint file: MAGIC, the hex SHA-256 of the rest of the file, a newline."""
 
@@ -147,6 +155,35 @@ class Checkpoints:
         """Set a checkpoint aside as ``*.corrupt`` (kept, not deleted) and say why."""
         warn(f"checkpoint {path} {reason}; trying an older one")
         path.rename(path.with_suffix(".corrupt"))
+
+    def begin_attempt(self, run_id: str) -> int:
+        """Note that this process starts (or resumes) the run; its attempt number in this sweep."""
+        folder = self._run_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ATTEMPTS).open("a") as log:  # one short append: atomic between processes
+            log.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f}\n")
+        return self.attempts(run_id)
+
+    def attempts(self, run_id: str) -> int:
+        """How many processes started or resumed the run in this sweep (0: none yet)."""
+        try:
+            return len((self._run_dir(run_id) / ATTEMPTS).read_text().splitlines())
+        except OSError:
+            return 0
+
+    def attempt_pids(self, run_id: str) -> list[int]:
+        """The process ids of the run's attempts on this host, oldest first."""
+        try:
+            lines = (self._run_dir(run_id) / ATTEMPTS).read_text().splitlines()
+        except OSError:
+            return []
+        host = socket.gethostname()
+        return [int(f[1]) for f in map(str.split, lines) if len(f) == 3 and f[0] == host and f[1].isdigit()]
+
+    def reset_attempts(self, run_id: str) -> None:
+        """Start counting the run's attempts afresh (a new sweep claimed it)."""
+        with contextlib.suppress(OSError):
+            (self._run_dir(run_id) / ATTEMPTS).unlink()
 
     def run_ids(self) -> list[str]:
         """The runs that have a checkpoint folder."""

@@ -14,6 +14,7 @@ because it must be able to write its checkpoints there anyway.
 from __future__ import annotations
 
 import importlib
+import signal
 import threading
 import time
 import traceback
@@ -114,6 +115,9 @@ def run_in_worker(
 ) -> tuple[Literal["result", "interrupted"], Any]:
     """Run ``planned`` in this (worker) process: ``("result", RunResult)`` or ``("interrupted", why)``.
 
+    The attempt is logged beside the run's checkpoints (``Checkpoints.begin_attempt``) and its
+    number recorded in the result's ``info["attempts"]``: an executor that retries a run whose
+    worker died (each retry resumes from the last checkpoint) shows there how often it took.
     The runner (plugins loaded, datasets resident) is built on the first call and reused by
     later calls with the same arguments, as long-lived workers (Ray, a process pool) make
     them. It stops at a checkpoint when ``stop`` is set (default: when ``worker.stop_file``
@@ -125,10 +129,13 @@ def run_in_worker(
     key = (worker, device, threads, id(stop) if not isinstance(stop, StopFile) else stop.path)
     if _warm_runner is None or _warm_runner[0] != key:
         _warm_runner = (key, worker.runner(stop, device=device, threads=threads))
+    attempt = Checkpoints(worker.checkpoint_dir).begin_attempt(planned.run_id)
     try:
-        return "result", _warm_runner[1].run(planned)
+        result = _warm_runner[1].run(planned)
     except RunInterrupted as stopped:
         return "interrupted", str(stopped)
+    result.info["attempts"] = attempt
+    return "result", result
 
 
 @dataclass
@@ -145,6 +152,18 @@ def failed_result(planned: PlannedRun, message: str) -> RunResult:
     """A ``failed`` result for a run whose worker died or could not report one."""
     now = time.time()
     return RunResult(planned.run_id, "failed", error=message, started_at=now, finished_at=now)
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a process ended, in words: "was killed by SIGKILL", "exited with code 1"."""
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
 
 
 def error_text(exc: BaseException) -> str:

@@ -176,6 +176,7 @@ def run_manifest(
                     continue
                 if rerun:
                     checkpoints.discard(planned.run_id)
+                checkpoints.reset_attempts(planned.run_id)
                 claimed[planned.run_id] = planned
                 yield planned
 
@@ -192,6 +193,9 @@ def run_manifest(
                         summary.interrupted = True
                         progress.log(f"stopped: {outcome.interrupted}; run the same command again to resume")
                         continue
+                    attempts = checkpoints.attempts(planned.run_id)
+                    if attempts:  # a worker that died before reporting still counts
+                        outcome.result.info.setdefault("attempts", attempts)
                     store.record(planned, outcome.result)
                     checkpoints.discard(planned.run_id)
                     summary.statuses[outcome.result.status] += 1

@@ -47,7 +47,13 @@ class RayOptions(Options):
         0, ge=0, description="Runs submitted at once; 0: as many as the cluster's CPUs (and GPUs) can start."
     )
     max_retries: int = Field(
-        0, ge=0, description="Times Ray reruns a run whose worker process died; a rerun resumes from its checkpoint."
+        2,
+        ge=0,
+        le=100,
+        description=(
+            "Times Ray reruns a run whose worker process died (Ray's own task retries: the OOM killer, a lost "
+            "node); a rerun resumes from the run's last checkpoint, and the attempts are recorded."
+        ),
     )
     init_options: dict[str, Any] = Field(
         {}, description="More keyword arguments for ray.init (e.g. runtime_env, namespace)."

@@ -11,6 +11,7 @@ Slurm node sees the submitting user's shared home or work disk.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +57,17 @@ class SubmititOptions(Options):
     slurm_partition: str | None = Field(None, description="Slurm partition.")
     array_parallelism: int = Field(64, ge=1, description="Jobs of an array running at once (Slurm's %N).")
     max_in_flight: int = Field(0, ge=0, description="Runs submitted at once; 0: every pending run, as one job array.")
-    poll_s: float = Field(2.0, gt=0, description="Seconds between polls of the jobs' states.")
+    poll_s: float = Field(2.0, gt=0, le=3600, description="Seconds between polls of the jobs' states.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description=(
+            "Attempts of a run whose job ended without a result (its process killed: out of memory, a node "
+            "failure): the driver requeues it as a new job, which resumes from the run's last checkpoint. "
+            "(Timeouts and preemptions are requeued by submitit itself and do not count.)"
+        ),
+    )
     parameters: dict[str, Any] = Field(
         {}, description="More parameters for submitit's AutoExecutor.update_parameters (e.g. slurm_account)."
     )
@@ -123,6 +134,7 @@ class SubmititExecutor:
             device = "cpu"
         task = SubmititRun()
         in_flight: dict[Any, PlannedRun] = {}
+        attempts: Counter[str] = Counter()
         exhausted = False
         cancelled = False
         while True:
@@ -151,20 +163,38 @@ class SubmititExecutor:
                     yield Outcome(in_flight.pop(job), interrupted="its job had not started when the sweep stopped")
             finished = [job for job in in_flight if job.done()]
             for job in finished:
-                yield self._outcome(job, in_flight.pop(job), context)
+                planned = in_flight.pop(job)
+                outcome, died = self._outcome(job, planned, context)
+                attempts[planned.run_id] += 1
+                if died and attempts[planned.run_id] < self.options.max_attempts and not context.stopping():
+                    context.progress.log(
+                        f"submitit: job {job.job_id} ended without a result; requeued as attempt "
+                        f"{attempts[planned.run_id] + 1} of {self.options.max_attempts}, from its last checkpoint"
+                    )
+                    retry = executor.submit(task, context.worker, planned, device, self.options.cpus_per_task)
+                    in_flight[retry] = planned
+                    continue
+                yield outcome
             context.keep_alive()
             if not finished:
                 time.sleep(self.options.poll_s)
 
-    @staticmethod
-    def _outcome(job: Any, planned: PlannedRun, context: ExecutorContext) -> Outcome:
+    def _outcome(self, job: Any, planned: PlannedRun, context: ExecutorContext) -> tuple[Outcome, bool]:
+        """The run's outcome, and whether its job died without any result (its process killed,
+        as opposed to an error raised in the job): such a job may be requeued."""
         try:
             kind, payload = job.result()
         except Exception as exc:
             if context.stop.is_set():
-                return Outcome(planned, interrupted=f"its job ended while stopping: {error_text(exc)}")
-            return Outcome(planned, failed_result(planned, f"submitit job {job.job_id} failed: {error_text(exc)}"))
-        return Outcome(planned, interrupted=payload) if kind == "interrupted" else Outcome(planned, payload)
+                return Outcome(planned, interrupted=f"its job ended while stopping: {error_text(exc)}"), False
+            errors = self.submitit.core.utils
+            died = isinstance(exc, errors.UncompletedJobError) and not isinstance(exc, errors.FailedJobError)
+            message = f"submitit job {job.job_id} failed: {error_text(exc)}"
+            if died:
+                message = f"submitit job {job.job_id} ended without a result (killed?): {error_text(exc)}"
+            return Outcome(planned, failed_result(planned, message)), died
+        outcome = Outcome(planned, interrupted=payload) if kind == "interrupted" else Outcome(planned, payload)
+        return outcome, False
 
 
 def submitit_executor(options: SubmititOptions) -> SubmititExecutor:
