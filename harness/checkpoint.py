@@ -106,6 +106,13 @@ class Checkpoints:
             raise ValueError(f"invalid run id {run_id!r}")
         return self.directory / run_id
 
+    def check_writable(self) -> None:
+        """Create the directory and write a file in it, or raise ``OSError`` saying why not."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        probe = self.directory / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+
     def files(self, run_id: str) -> list[Path]:
         """The run's checkpoint files, newest first."""
         folder = self._run_dir(run_id)

@@ -299,8 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BnbenchError as exc:
         print(f"bnbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except sqlite3.DatabaseError as exc:  # a store damaged after it opened: a page of random bytes
-        error = StoreError(f"the results store is damaged or unreadable ({type(exc).__name__}: {exc})")
+    except sqlite3.DatabaseError as exc:  # a store damaged after it opened (a page of random bytes), or unwritable
+        if isinstance(exc, sqlite3.OperationalError):
+            error = StoreError(f"cannot use the results store: {exc} (is its folder writable? the disk full?)")
+        else:
+            error = StoreError(f"the results store is damaged or unreadable ({type(exc).__name__}: {exc})")
         print(f"bnbench: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import tomllib
 import types
@@ -18,7 +19,7 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,6 +36,8 @@ from harness.spec import (
     RunSpec,
     ScheduleSpec,
 )
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_RUNS_PER_STUDY = 100_000
 """A study that expands to more runs than this is rejected before anything is built."""
@@ -118,6 +121,15 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ManifestError("not a TOML file: it is not UTF-8 text", file=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"invalid TOML: {exc}", file=str(path)) from None
+    except RecursionError:
+        raise ManifestError("invalid TOML: arrays or tables nested too deeply", file=str(path)) from None
+
+
+def validate_toml(model: type[M], data: Any) -> M:
+    """Validate values read from TOML with TOML's own types: a string is never read as a number or
+    a boolean (``epochs = "8"``, ``affine = "no"``), nor ``true`` as 1; an integer is a float where a
+    float belongs, and an array a tuple. (Pydantic's strict JSON mode is exactly that.)"""
+    return model.model_validate_json(json.dumps(data, allow_nan=True, default=str), strict=True)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -337,7 +349,7 @@ class _Expander:
         entry = self.entry(kind, field_name, table["name"])
         options = {k: v for k, v in table.items() if k != "name"}
         try:
-            validated = entry.options.model_validate(options)
+            validated = validate_toml(entry.options, options)
         except ValidationError as exc:
             raise validation_error(exc, entry.options, file=self.file, study=self.study, prefix=field_name) from None
         dumped = validated.model_dump(mode="json")
@@ -385,7 +397,7 @@ class _Expander:
             ]
         run["seed"] = seed
         try:
-            return RunSpec.model_validate(run)
+            return validate_toml(RunSpec, run)
         except ValidationError as exc:
             raise validation_error(exc, RunSpec, file=self.file, study=self.study) from None
 
@@ -516,7 +528,7 @@ def load_manifest(
     file = str(path)
     data = read_toml(path)
     try:
-        parsed = ManifestFile.model_validate(data)
+        parsed = validate_toml(ManifestFile, data)
     except ValidationError as exc:
         raise validation_error(exc, ManifestFile, file=file, study=None) from None
     raw_studies = parsed.studies
@@ -565,6 +577,15 @@ def load_manifest(
                 field=f"claims[{index}].study",
             )
     claims = [c for c in parsed.claims if c.study in names]
+    for claim in claims:
+        study = next(s for s in expanded if s.name == claim.study)
+        if not study.analyses:
+            raise ManifestError(
+                f"claim {claim.claim!r} tests value {claim.value!r} of study {claim.study!r}, which has no analyses "
+                "to report it: list them in the study's analyses (`bnbench plugins --kind analysis` shows them)",
+                file=file,
+                field=f"claims[{parsed.claims.index(claim)}].value",
+            )
     if executor is None:
         resolver, field_name, raw_executor = _Expander(registry, file, ""), "harness.executor", parsed.harness.executor
     else:

@@ -232,12 +232,20 @@ class Report:
                 return as_estimate(result.values[name])
         return None
 
+    def reported_values(self, study: str) -> set[str]:
+        """The names of the values ``study``'s analyses reported."""
+        return {name for _, r in self.analyses.get(study, []) if isinstance(r, AnalysisResult) for name in r.values}
+
     def claims_rows(self) -> list[list[Any]]:
         """A row per claim: claim, study, measured, interval, threshold, source, verdict."""
         rows = []
         for claim in self.claims:
             estimate = self.value(claim.study, claim.value)
             decision, reason = verdict(estimate, claim.at_least, claim.at_most, claim.confidence)
+            reported = self.reported_values(claim.study)
+            if estimate is None and reported and claim.value not in reported:
+                shown_names = ", ".join(sorted(reported)[:12]) + (", ..." if len(reported) > 12 else "")
+                reason = f"its analyses report no value {claim.value!r} (a typo?); they report: {shown_names}"
             shown = "—" if estimate is None else _number(estimate.value)
             if estimate is None:
                 spread = ""

@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DEFAULT_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10**9
+MAX_BATCH = 2**20
+MAX_EXAMPLES = 10**9
+MAX_SEED = 2**32 - 1
+"""Bounds on run fields, far above any study's needs: a value beyond them is a typo or a run that
+never ends (``epochs = 1e26``), caught when the manifest is read rather than hours into a sweep."""
+MAX_PATH_BYTES = 4096
+MAX_PATH_COMPONENT_BYTES = 255
+
 
 class StrictModel(BaseModel):
     """Unknown fields are errors and values are immutable."""
@@ -125,17 +135,24 @@ class RunSpec(StrictModel):
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    epochs: int | None = Field(None, gt=0, description="Training length in epochs (or give steps).")
-    steps: int | None = Field(None, gt=0, description="Training length in optimizer steps.")
-    batch_size: int = Field(128, gt=0, description="Training mini-batch size.")
+    epochs: int | None = Field(
+        None, gt=0, le=MAX_EPOCHS, description=f"Training length in epochs, at most {MAX_EPOCHS:,} (or give steps)."
+    )
+    steps: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description=f"Training length in optimizer steps, at most {MAX_STEPS:,}."
+    )
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH, description=f"Training mini-batch size, at most {MAX_BATCH:,}.")
     validation_size: int | None = Field(
         None,
         gt=0,
+        le=MAX_EXAMPLES,
         description="Hold out this many training examples (a fixed subset) for validation: "
         "metrics can evaluate('validation'), and tuning picks on it, never on the test set.",
     )
-    eval_batch_size: int = Field(1000, gt=0, description="Mini-batch size of evaluation passes.")
-    seed: int = Field(0, ge=0, description="Seeds model init, data order and augmentation.")
+    eval_batch_size: int = Field(1000, gt=0, le=MAX_BATCH, description="Mini-batch size of evaluation passes.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seeds model init, data order and augmentation (0 to 2**32 - 1)."
+    )
     metrics: list[Component] = Field(
         default_factory=lambda: [Component(name=n) for n in DEFAULT_METRICS],
         description="Metric plugins recorded at the end of every epoch.",
@@ -190,7 +207,10 @@ class ExecutionSettings(StrictModel):
     """
 
     threads: int = Field(
-        0, ge=0, description="CPU threads per run (torch.set_num_threads); 0: all cores, or a worker's share."
+        0,
+        ge=0,
+        le=4096,
+        description="CPU threads per run (torch.set_num_threads, at most 4096); 0: all cores, or a worker's share.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype for forward passes; normalizer sites always compute in fp32."
@@ -220,7 +240,7 @@ class HarnessSettings(StrictModel):
         description="Extra plugin modules (import names or .py paths relative to the manifest).",
     )
     checkpoint_every: int = Field(
-        1, ge=0, description="Checkpoint a run every N epochs (0: only when stopped by a signal)."
+        1, ge=0, le=MAX_EPOCHS, description="Checkpoint a run every N epochs (0: only when stopped by a signal)."
     )
     claim_timeout_s: float = Field(
         3600.0,
@@ -229,7 +249,7 @@ class HarnessSettings(StrictModel):
         "is taken over (same-host owners are checked directly).",
     )
     max_runs: int = Field(
-        1000, gt=0, description="`bnbench run` asks for confirmation (or --yes) above this many pending runs."
+        1000, gt=0, le=10**9, description="`bnbench run` asks for confirmation (or --yes) above this many pending runs."
     )
     profile_notes: dict[str, str] = Field(
         default_factory=dict,
@@ -239,9 +259,33 @@ class HarnessSettings(StrictModel):
     divergence_check_every: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description="Check the loss for NaN/inf every N steps (0: the default, 25). "
         "The exact step of divergence is recorded either way.",
     )
+
+    @field_validator("results", "plugins")
+    @classmethod
+    def _paths(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for text in [value] if isinstance(value, str) else value or []:
+            check_path(text)
+        return value
+
+
+def check_path(text: str) -> str:
+    """A path a manifest names: no NUL byte, no component over 255 bytes, at most 4096 bytes in all
+    (what Linux and macOS accept), so that it fails here, not with an OS error mid-sweep."""
+    if "\0" in text:
+        raise ValueError("a path cannot contain a NUL byte")
+    if len(text.encode()) > MAX_PATH_BYTES:
+        raise ValueError(f"the path is {len(text.encode())} bytes long; at most {MAX_PATH_BYTES} are allowed")
+    longest = max(text.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > MAX_PATH_COMPONENT_BYTES:
+        raise ValueError(
+            f"the path component {longest[:40]!r}... is {len(longest.encode())} bytes long; "
+            f"file systems allow at most {MAX_PATH_COMPONENT_BYTES}"
+        )
+    return text
 
 
 class ClaimSpec(StrictModel):

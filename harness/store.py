@@ -118,7 +118,10 @@ class Store:
             with self.transaction():
                 self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open results store {self.path}: {exc}") from exc
+            hint = "" if os.access(self.path.parent, os.W_OK) else f" (the folder {self.path.parent} is not writable)"
+            raise StoreError(f"cannot open results store {self.path}: {exc}{hint}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create results store {self.path}: {exc.strerror} ({exc.filename})") from exc
 
     def _open_read_only(self) -> None:
         try:

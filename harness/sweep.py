@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -12,8 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from harness.api import RunContext
 from harness.checkpoint import Checkpoints
+from harness.errors import ManifestError, StoreError
 from harness.executors import ExecutorContext, StopFile, WorkerSpec
 from harness.hookspecs import hookimpl
 from harness.manifest import Manifest, PlannedRun
@@ -130,6 +135,10 @@ def run_manifest(
     runs = manifest.runs()
     settings = manifest.settings
     started = time.time()
+    if (device or settings.device) == "cuda" and not torch.cuda.is_available():
+        raise ManifestError(
+            'device = "cuda", but no CUDA device is available here; use "auto" or "cpu"', file=str(manifest.path)
+        )
     with Store(manifest.results_path) as store:
         store.link(runs)
         pending = pending_runs(runs, store, rerun)
@@ -139,9 +148,16 @@ def run_manifest(
             finished = store.statuses(r.run_id for r in unique_runs(runs))
             for run_id in checkpoints.run_ids():
                 if finished.get(run_id) in FINISHED:
-                    checkpoints.discard(run_id)
+                    with contextlib.suppress(OSError):
+                        checkpoints.discard(run_id)
         if not pending:
             return summary
+        try:
+            checkpoints.check_writable()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write checkpoints in {checkpoints.directory}: {exc.strerror or exc}; nothing was run"
+            ) from exc
         remote_stop = StopFile(checkpoints.directory / f"stop-{uuid.uuid4().hex}")
         worker = WorkerSpec(
             plugins=tuple(settings.plugins),
@@ -184,30 +200,57 @@ def run_manifest(
         manifest.registry.manager.register(heartbeat)
         files = manifest.results_path.with_name(manifest.results_path.name + ".executor")
         context = ExecutorContext(worker, manifest.registry, stop, progress, heartbeat.keep_alive, files)
+        unwritable: str | None = None
+        """Why the store stopped accepting writes mid-sweep (a read-only disk, a full one)."""
         try:
             with stop_on_signals(stop, progress.log):
                 for outcome in executor.execute(claim_as_needed(), context):
                     planned = claimed.pop(outcome.planned.run_id, outcome.planned)
+                    if unwritable is not None:
+                        continue  # stopping: nothing can be recorded; the checkpoints are kept
+                    try:
+                        if outcome.result is None:
+                            store.mark_interrupted(planned.run_id)
+                        else:
+                            record(store, planned, outcome.result, checkpoints)
+                    except sqlite3.Error as exc:
+                        unwritable = f"cannot write the results store {manifest.results_path}: {exc}"
+                        progress.log(f"{unwritable}; stopping the sweep (runs in progress checkpoint)")
+                        stop.set()
+                        continue
                     if outcome.result is None:
-                        store.mark_interrupted(planned.run_id)
                         summary.interrupted = True
                         progress.log(f"stopped: {outcome.interrupted}; run the same command again to resume")
                         continue
-                    attempts = checkpoints.attempts(planned.run_id)
-                    if attempts:  # a worker that died before reporting still counts
-                        outcome.result.info.setdefault("attempts", attempts)
-                    store.record(planned, outcome.result)
-                    checkpoints.discard(planned.run_id)
+                    try:
+                        checkpoints.discard(planned.run_id)
+                    except OSError as exc:  # the result is safe; a later sweep cleans the folder up
+                        progress.log(f"warning: cannot remove the checkpoints of {planned.run_id}: {exc}")
                     summary.statuses[outcome.result.status] += 1
                     progress.end_run(outcome.result.status, summarize(outcome.result), label=run_label(planned))
         except KeyboardInterrupt:
             progress.log("aborted: the runs in progress are not recorded; finished runs are kept")
         finally:
             for planned in claimed.values():  # claimed, never finished: not done, resumable
-                store.mark_interrupted(planned.run_id)
+                with contextlib.suppress(sqlite3.Error):
+                    store.mark_interrupted(planned.run_id)
                 summary.interrupted = True
             manifest.registry.manager.unregister(heartbeat)
-            remote_stop.clear()
+            with contextlib.suppress(OSError):
+                remote_stop.clear()
             progress.close()
+        if unwritable is not None:
+            raise StoreError(
+                f"{unwritable}. Every result recorded before it is kept, and so are the checkpoints of the runs "
+                "that were in progress: make the store writable and run the same command again to resume."
+            )
         summary.interrupted = summary.interrupted or stop.is_set()
     return summary
+
+
+def record(store: Store, planned: PlannedRun, result: RunResult, checkpoints: Checkpoints) -> None:
+    """Write a run's result, with the attempts it took (a worker that died before reporting counts)."""
+    attempts = checkpoints.attempts(planned.run_id)
+    if attempts:
+        result.info.setdefault("attempts", attempts)
+    store.record(planned, result)

@@ -451,7 +451,10 @@ def _models_and_placements(subject: Subject, model_name: str, placement_name: st
     model_entry, placement = registry.get("model", model_name), registry.get("placement", placement_name)
     bare_model = model_entry.factory(model_entry.options.model_validate(options["model"]), subject.data)
     sites = [info for info, _ in find_sites(bare_model)]
-    chosen_names = set(placement.factory(sites, placement.options.model_validate(options["placement"])))
+    try:
+        chosen_names = set(placement.factory(sites, placement.options.model_validate(options["placement"])))
+    except ValueError as exc:  # the placement does not apply to this model (no site with its tags)
+        raise _Skip(f"placement {placement_name!r} does not apply to model {model_name!r}: {exc}") from None
     for info in sites:
         refusal = subject.traits.refusal(info) if info.name in chosen_names else None
         if refusal:

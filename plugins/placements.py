@@ -69,8 +69,16 @@ def tagged(sites: Sequence[SiteInfo], options: TaggedOptions) -> list[str]:
     """The sites carrying the given tags (e.g. residual_branch_end, for SkipInit)."""
     wanted = set(options.tags)
     if options.match == "all":
-        return [s.name for s in sites if wanted <= s.tags]
-    return [s.name for s in sites if wanted & s.tags]
+        chosen = [s.name for s in sites if wanted <= s.tags]
+    else:
+        chosen = [s.name for s in sites if wanted & s.tags]
+    if not chosen:  # a misspelt tag would otherwise normalize nothing, silently
+        known = sorted(set().union(*(s.tags for s in sites)))
+        raise ValueError(
+            f"no site carries {'all' if options.match == 'all' else 'any'} of the tags {sorted(wanted)}; "
+            f"this model's sites carry: {', '.join(known) or 'no tags'}"
+        )
+    return chosen
 
 
 @hookimpl

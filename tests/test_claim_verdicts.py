@@ -90,7 +90,7 @@ def test_claims_table_shows_interval_source_and_verdict(registry, monkeypatch):
         "holds",
         "inconclusive (one seed: no interval)",
         "holds (closed form vs. Monte Carlo)",
-        "not measured (no finished run gives this value)",
+        "not measured (its analyses report no value 'nothing' (a typo?); they report: closed, gain, one_seed)",
     ]
     assert rows[1][5] == "not given" and rows[2][3] == "point value: closed form vs. Monte Carlo"
     report.scale_note = "smoke scale: checks the software, not the claims"

@@ -28,6 +28,7 @@ dataset = { name = "synthetic", image_shape = [1, 4, 4], train_size = 32, test_s
 normalizer = "batchnorm"
 placement = "none"
 epochs = 1
+analyses = ["lr_sweep"]
 
 [[claims]]
 claim = "about b"

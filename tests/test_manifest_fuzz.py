@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -198,3 +200,69 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(text: str) -> None:
         if code == 2:
             assert err.getvalue().startswith(f"bnbench: error: {path}")
             assert "Traceback" not in err.getvalue()
+
+
+def with_change(change: dict[tuple, Any]) -> dict[str, Any]:
+    document = json.loads(json.dumps(BASE))
+    for path, value in change.items():
+        set_at(document, path, value)
+    return document
+
+
+STUDY = ("studies", 0)
+REJECTED_AT_PLAN_TIME = {
+    "NUL byte in the results path": (("harness", "results"), "r\0.sqlite", "NUL byte"),
+    "a 300-byte path component": (("harness", "results"), "a" * 300 + "/r.sqlite", "300 bytes long"),
+    "a results path thousands of folders deep": (("harness", "results"), "a/" * 3000 + "r.sqlite", "bytes long"),
+    "threads = 2**40": (("harness", "execution"), {"threads": 2**40}, "less than or equal to 4096"),
+    "epochs = 10**26": ((*STUDY, "epochs"), 10**26, "less than or equal to 100000"),
+    "epochs = true": ((*STUDY, "epochs"), True, "valid integer"),
+    "epochs = '8'": ((*STUDY, "epochs"), "8", "valid integer"),
+    "a seed of 2**64": ((*STUDY, "seeds"), [2**64], "less than or equal to 4294967295"),
+    "a width of 1e18": ((*STUDY, "model"), {"name": "mlp", "widths": [10**18]}, "at most 1,048,576 units"),
+    "train_size of 1e18": (
+        (*STUDY, "dataset"),
+        {"name": "synthetic", "image_shape": [1, 4, 4], "train_size": 10**18},
+        "GiB of memory",
+    ),
+    "affine = 'no'": ((*STUDY, "normalizer"), {"name": "batchnorm", "affine": "no"}, "valid boolean"),
+    "groups = '8'": ((*STUDY, "normalizer"), {"name": "groupnorm", "groups": "8"}, "valid integer"),
+    "a claim on a study without analyses": (
+        ("claims",),
+        [{"claim": "c", "study": "tiny", "value": "nosuch", "at_least": 1}],
+        "no analyses to report it",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED_AT_PLAN_TIME))
+def test_values_that_cannot_work_are_refused_by_plan_in_one_line(case: str, tmp_path: Path) -> None:
+    path_in_document, value, message = REJECTED_AT_PLAN_TIME[case]
+    document = with_change({path_in_document: value})
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(to_toml(document))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["plan", str(manifest)])
+    assert code == 2, err.getvalue()
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bnbench: error: {manifest}") and message in lines[0], lines
+    assert list(tmp_path.iterdir()) == [manifest]  # nothing written
+
+
+def test_toml_nested_thousands_deep_is_a_manifest_error(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.toml"
+    path.write_text(to_toml(BASE) + "x = " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        load_manifest(path, registry=REGISTRY)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is present")
+def test_device_cuda_without_a_gpu_is_refused_before_a_store_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.toml"
+    path.write_text(to_toml(with_change({("harness", "device"): "cuda"})))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["run", str(path), "--no-report"])
+    assert code == 2 and "no CUDA device is available" in err.getvalue()
+    assert list(tmp_path.iterdir()) == [path]

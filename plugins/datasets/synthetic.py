@@ -7,12 +7,17 @@ dataset unless a manifest names it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness import BuildContext, DataBundle, Options
 from plugins.datasets.augment import cifar_augment
+
+MAX_GIB = 64
+"""The most memory the generated images may take: a larger dataset is a typo (``train_size = 1e18``)."""
 
 
 class SyntheticOptions(Options):
@@ -21,7 +26,7 @@ class SyntheticOptions(Options):
     train_size: int = Field(2048, gt=0, description="Number of training images.")
     test_size: int = Field(512, gt=0, description="Number of test images.")
     noise: float = Field(0.15, ge=0, description="Std of the pixel noise (the prototypes' std is 0.15).")
-    seed: int = Field(0, ge=0, description="Seed of the data (independent of the run's seed).")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the data (independent of the run's seed).")
     augment: bool = Field(False, description="Apply CIFAR-style pad/crop/flip to training batches.")
 
     @field_validator("image_shape")
@@ -30,6 +35,16 @@ class SyntheticOptions(Options):
         if len(shape) != 3 or any(s <= 0 for s in shape):
             raise ValueError("image_shape needs three positive sizes (C, H, W), e.g. [3, 32, 32]")
         return shape
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> SyntheticOptions:
+        gib = (self.train_size + self.test_size) * math.prod(self.image_shape) * 4 / 2**30
+        if gib > MAX_GIB:
+            raise ValueError(
+                f"train_size + test_size images of shape {self.image_shape} would take {gib:,.0f} GiB of memory; "
+                f"at most {MAX_GIB} GiB is allowed"
+            )
+        return self
 
 
 def _prototypes(options: SyntheticOptions, generator: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,10 @@ from harness import DataInfo, NormSite, Options
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 
+MAX_WIDTH = 2**20
+"""The widest layer allowed: wider is a typo (a 1e18-unit layer fails at allocation, mid-sweep)."""
+
+
 class MLPOptions(Options):
     widths: list[int] = Field(
         default_factory=lambda: [256, 256, 256],
@@ -32,6 +36,8 @@ class MLPOptions(Options):
     def _positive(cls, widths: list[int]) -> list[int]:
         if not widths or any(w <= 0 for w in widths):
             raise ValueError("widths needs at least one positive layer width, e.g. [256, 256]")
+        if any(w > MAX_WIDTH for w in widths) or len(widths) > 10_000:
+            raise ValueError(f"widths allows at most 10,000 layers of at most {MAX_WIDTH:,} units")
         return widths
 
 

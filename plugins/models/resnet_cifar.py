@@ -48,15 +48,15 @@ class ResNetOptions(Options):
     @field_validator("depth")
     @classmethod
     def _six_n_plus_two(cls, depth: int) -> int:
-        if depth < 8 or (depth - 2) % 6:
-            raise ValueError("depth must be 6n+2 with n >= 1: 8, 20, 32, 44, 56, 110, ...")
+        if depth < 8 or (depth - 2) % 6 or depth > 10_000:
+            raise ValueError("depth must be 6n+2 with 1 <= n <= 1666: 8, 20, 32, 44, 56, 110, ...")
         return depth
 
     @field_validator("widths")
     @classmethod
     def _three_positive(cls, widths: list[int]) -> list[int]:
-        if len(widths) != 3 or any(w <= 0 for w in widths):
-            raise ValueError("widths needs three positive channel counts, e.g. [16, 32, 64]")
+        if len(widths) != 3 or any(not 0 < w <= 2**16 for w in widths):
+            raise ValueError("widths needs three channel counts from 1 to 65536, e.g. [16, 32, 64]")
         return widths
 
 

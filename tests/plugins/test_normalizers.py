@@ -300,12 +300,20 @@ def test_skipinit_at_residual_branch_ends_starts_every_block_as_the_identity(reg
         ({"tags": ["residual_branch"]}, 6),
         ({"tags": ["stem", "residual_branch_end"]}, 4),
         ({"tags": ["residual_branch", "residual_branch_end"], "match": "all"}, 3),
-        ({"tags": ["stem", "residual_branch_end"], "match": "all"}, 0),
     ],
 )
 def test_tagged_placement_selects_sites_by_tag(registry, options, expected):
     _, info = build(registry, "batchnorm", Component(name="tagged", options=options))
     assert len(info["normalized_sites"]) == expected
+
+
+@pytest.mark.parametrize(
+    "options", [{"tags": ["stem", "residual_branch_end"], "match": "all"}, {"tags": ["residual_brnch"]}]
+)
+def test_tags_that_select_no_site_are_an_error_naming_the_tags_there_are(registry, options):
+    # a misspelt tag used to normalize nothing, silently: an unnormalized run labelled as a normalized one
+    with pytest.raises(ValueError, match=r"no site carries .* this model's sites carry: residual_branch, "):
+        build(registry, "batchnorm", Component(name="tagged", options=options))
 
 
 def test_tagged_placement_validates_its_options(registry):
