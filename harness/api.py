@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from harness.records import RunRecord
+
 if TYPE_CHECKING:
     from harness.spec import RunSpec
 
@@ -462,47 +464,6 @@ class ProbeContext:
 
 Measurements = Mapping[str, Any]
 """What a probe returns: JSON-serialisable values (numbers, strings, lists, nested mappings)."""
-
-
-@dataclass
-class RunRecord:
-    """One stored run as analyses see it."""
-
-    run_id: str
-    axes: dict[str, Any]
-    """The study's swept fields (dotted paths) → this run's values; the seed is ``seed``."""
-    seed: int
-    spec: dict[str, Any]
-    status: str
-    diverged_step: int | None
-    epochs: list[tuple[int, int, dict[str, float]]]
-    """``(epoch, step, metrics)`` in order, for training runs."""
-    measurements: dict[str, Any]
-    """What the probe returned, for probe runs."""
-    duration_s: float | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
-    """Versions, host, device and execution options of the process that ran it."""
-    info: dict[str, Any] = field(default_factory=dict)
-    """Facts about the built run: parameters, normalized sites, steps per epoch, total steps."""
-
-    @property
-    def images_per_second(self) -> float | None:
-        """Training images processed per second of the run's wall time."""
-        steps, batch = self.info.get("total_steps"), self.spec.get("batch_size")
-        if not steps or not batch or not self.duration_s:
-            return None
-        return steps * batch / self.duration_s
-
-    def series(self, metric: str) -> list[float]:
-        return [m[metric] for _, _, m in self.epochs if m.get(metric) is not None]
-
-    def final(self, metric: str) -> float | None:
-        values = self.series(metric)
-        return values[-1] if values else None
-
-    def best(self, metric: str) -> float | None:
-        values = self.series(metric)
-        return max(values) if values else None
 
 
 @dataclass

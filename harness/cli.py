@@ -19,10 +19,10 @@ from harness import report as reporting
 from harness.api import resolve_traits
 from harness.errors import BnbenchError, ManifestError, StoreError
 from harness.manifest import Manifest, load_manifest
+from harness.records import pending_runs, unique_runs
 from harness.registry import KINDS, Entry, load_registry
-from harness.runner import FINISHED
 from harness.store import Store
-from harness.sweep import run_manifest, unique_runs
+from harness.sweep import run_manifest
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -87,11 +87,11 @@ def _emit(report: reporting.Report, fmt: str, figures: Path | None) -> None:
 
 def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
     """Ask before a sweep with more pending runs than ``[harness] max_runs`` (or refuse without a terminal)."""
-    runs = unique_runs(manifest.runs())
+    statuses: dict[str, str] = {}
     if not rerun and manifest.results_path.is_file():
         with Store(manifest.results_path) as store:
-            statuses = store.statuses(r.run_id for r in runs)
-        runs = [r for r in runs if statuses.get(r.run_id) not in FINISHED]
+            statuses = store.statuses(r.run_id for r in unique_runs(manifest.runs()))
+    runs = pending_runs(manifest.runs(), statuses, rerun)
     limit = manifest.settings.max_runs
     if len(runs) <= limit or assume_yes:
         return
@@ -144,7 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for r in runs
     ]
     print(tabulate(rows, headers=["run id", "study", "axes", "seed", "status"], tablefmt="github"))
-    pending = sum(1 for r in unique_runs(runs) if statuses.get(r.run_id) not in ("done", "diverged"))
+    pending = len(pending_runs(runs, statuses))
     print(f"\n{len(unique_runs(runs))} runs, {pending} to run. Results store: {path}")
     return 0
 

@@ -25,10 +25,10 @@ from typing import Any, Literal, Protocol
 
 from harness.checkpoint import Checkpoints
 from harness.errors import PluginError
-from harness.manifest import PlannedRun
 from harness.progress import Progress
+from harness.records import PlannedRun, RunResult
 from harness.registry import Registry, load_registry
-from harness.runner import RunInterrupted, Runner, RunResult, StopRequest
+from harness.runner import RunInterrupted, Runner, StopRequest
 from harness.spec import ExecutionSettings
 
 

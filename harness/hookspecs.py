@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.api import RunContext
-    from harness.runner import RunResult
+    from harness.records import RunResult
 
 PROJECT = "bnbench"
 

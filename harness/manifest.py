@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from harness.errors import BnbenchError, ManifestError, did_you_mean
+from harness.records import PlannedRun
 from harness.registry import Entry, Registry, load_registry
 from harness.spec import (
     COMPONENT_FIELDS,
@@ -47,17 +48,6 @@ ALL_STUDIES = "*"
 
 SUBMODELS: dict[str, type[BaseModel]] = {"optimizer": OptimizerSpec, "schedule": ScheduleSpec}
 STUDY_FIELDS = tuple(sorted((set(RunSpec.model_fields) - {"seed"}) | set(STUDY_ONLY_FIELDS)))
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One run of a study: its id, resolved spec, and the values of the study's axes."""
-
-    run_id: str
-    study: str
-    spec: RunSpec
-    axes: dict[str, Any]
-    """Swept field (dotted path) → value, for this run; the seed is ``spec.seed``."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ import io
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from harness.errors import BnbenchError
 from harness.manifest import Manifest
 from harness.registry import Registry
 from harness.spec import ClaimSpec, Component
-from harness.store import Store, StoredRun
+from harness.store import Store
 
 FORMATS = ("github", "latex", "plain", "csv")
 ACCURACY = "test_accuracy"
@@ -374,22 +374,6 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _record(run: StoredRun, axes: dict[str, Any], seed: int) -> RunRecord:
-    return RunRecord(
-        run_id=run.run_id,
-        axes=axes,
-        seed=seed,
-        spec=run.spec,
-        status=run.status,
-        diverged_step=run.diverged_step,
-        epochs=run.epochs,
-        measurements=run.measurements,
-        duration_s=run.duration_s,
-        environment=run.environment,
-        info=run.info,
-    )
-
-
 def from_manifest(manifest: Manifest, store: Store) -> Report:
     """The manifest's studies (as expanded now) with whatever the store holds of them."""
     stored = store.load(run.run_id for run in manifest.runs())
@@ -398,7 +382,7 @@ def from_manifest(manifest: Manifest, store: Store) -> Report:
             name=study.name,
             axes=study.axes,
             planned=[(r.run_id, r.axes, r.spec.seed) for r in study.runs],
-            stored={r.run_id: _record(stored[r.run_id], r.axes, r.spec.seed) for r in study.runs if r.run_id in stored},
+            stored={r.run_id: replace(stored[r.run_id], axes=r.axes) for r in study.runs if r.run_id in stored},
             description=study.description,
             analyses=study.analyses,
         )
@@ -425,7 +409,7 @@ def from_store(store: Store, registry: Registry) -> Report:
             for run_id, run_axes in members
         ]
         records = {
-            run_id: _record(stored[run_id], run_axes, seed) for run_id, run_axes, seed in planned if run_id in stored
+            run_id: replace(stored[run_id], axes=run_axes) for run_id, run_axes, _ in planned if run_id in stored
         }
         probes = dict.fromkeys(r.spec["probe"]["name"] for r in records.values() if r.spec.get("probe"))
         analyses = [

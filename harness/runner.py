@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,48 +37,15 @@ from harness.checkpoint import Checkpoints, capture_rng, restore_rng
 from harness.data import BatchFunction, DataCache, DeviceData
 from harness.errors import BnbenchError
 from harness.execution import Execution
-from harness.manifest import PlannedRun
 from harness.progress import Progress
+from harness.records import EpochRecord, PlannedRun, RunResult
 from harness.registry import Registry
 from harness.spec import ExecutionSettings, RunSpec
-
-Status = Literal["done", "diverged", "failed"]
-FINISHED: tuple[str, ...] = ("done", "diverged")
 
 DEFAULT_CHECK_EVERY = 25
 """Steps between checks of the loss for NaN/inf (each check costs a host sync on a GPU, and
 tiny-op overhead on a CPU). The exact step of a divergence is recorded either way, and
 parameters are checked at every epoch end."""
-"""Statuses of a run whose result is final: a re-run of the manifest skips them."""
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    step: int
-    metrics: dict[str, float]
-
-
-@dataclass
-class RunResult:
-    """What a run produced. Only ``done`` and ``diverged`` results are final."""
-
-    run_id: str
-    status: Status
-    epochs: list[EpochRecord] = field(default_factory=list)
-    diverged_step: int | None = None
-    error: str | None = None
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    environment: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    """Facts about the built run: parameter count, normalized sites, steps per epoch."""
-    measurements: dict[str, Any] = field(default_factory=dict)
-    """What a probe measured (probe runs only)."""
-
-    @property
-    def duration_s(self) -> float:
-        return self.finished_at - self.started_at
 
 
 class StopRequest(Protocol):
@@ -279,7 +246,7 @@ class Runner:
         generator = torch.Generator(device=self.device).manual_seed(spec.seed)
         context = ProbeContext(spec=spec, device=self.device, generator=generator, build_model=build, data=data)
         if progress:
-            progress.start_run(run_label(planned), 1)
+            progress.start_run(planned.label, 1)
         measurements = entry.factory(context, entry.options.model_validate(spec.probe.all_options))
         if not isinstance(measurements, Mapping):
             raise TypeError(f"probe {name!r} returned {type(measurements).__name__}; probes return a mapping")
@@ -340,7 +307,7 @@ class Runner:
         schedule, base_lr = spec.schedule, spec.optimizer.lr
         stop = self.stop
         if progress:
-            progress.start_run(run_label(planned), total_steps)
+            progress.start_run(planned.label, total_steps)
             if state.step:
                 progress.advance(state.step, float("nan"))
 
@@ -674,12 +641,6 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def run_label(planned: PlannedRun) -> str:
-    """A short human label: study, axis values and seed."""
-    axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in planned.axes.items())
-    return f"{planned.study} {axes} seed={planned.spec.seed}".replace("  ", " ")
 
 
 def _check_logits(logits: Any, batch: int, classes: int, model: str) -> None:

@@ -14,13 +14,11 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import StoreError
-from harness.manifest import PlannedRun
-from harness.runner import FINISHED, RunResult
+from harness.records import FINISHED, EpochRecord, PlannedRun, RunRecord, RunResult
 
 SCHEMA_VERSION = 2
 
@@ -61,23 +59,6 @@ CREATE TABLE IF NOT EXISTS epochs (
     PRIMARY KEY (run_id, epoch, name)
 );
 """
-
-
-@dataclass
-class StoredRun:
-    """A run as the store holds it."""
-
-    run_id: str
-    spec: dict[str, Any]
-    status: str
-    duration_s: float | None
-    diverged_step: int | None
-    error: str | None
-    environment: dict[str, Any]
-    info: dict[str, Any]
-    measurements: dict[str, Any] = field(default_factory=dict)
-    epochs: list[tuple[int, int, dict[str, float]]] = field(default_factory=list)
-    """``(epoch, step, metrics)`` in epoch order."""
 
 
 def _owner() -> str:
@@ -295,10 +276,11 @@ class Store:
             result.setdefault(study, []).append((run_id, json.loads(axes)))
         return result
 
-    def load(self, run_ids: Iterable[str]) -> dict[str, StoredRun]:
-        """The stored runs among ``run_ids`` (absent ids are left out), with their epochs."""
+    def load(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
+        """The stored runs among ``run_ids`` (absent ids are left out), with their epochs. Their
+        ``axes`` are empty: a run's axis values belong to a study (``studies()``)."""
         ids = list(dict.fromkeys(run_ids))
-        runs: dict[str, StoredRun] = {}
+        runs: dict[str, RunRecord] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -307,9 +289,12 @@ class Store:
                 f"FROM runs WHERE id IN ({marks})",
                 chunk,
             ):
-                runs[row[0]] = StoredRun(
+                spec = json.loads(row[1])
+                runs[row[0]] = RunRecord(
                     run_id=row[0],
-                    spec=json.loads(row[1]),
+                    axes={},
+                    seed=int(spec.get("seed", 0)),
+                    spec=spec,
                     status=row[2],
                     duration_s=row[3],
                     diverged_step=row[4],
@@ -317,6 +302,7 @@ class Store:
                     environment=json.loads(row[6] or "{}"),
                     info=json.loads(row[7] or "{}"),
                     measurements=json.loads(row[8] or "{}"),
+                    epochs=[],
                 )
             by_epoch: dict[tuple[str, int], tuple[int, dict[str, float]]] = {}
             for run_id, epoch, step, name, value in self.db.execute(
@@ -326,5 +312,5 @@ class Store:
                 by_epoch.setdefault((run_id, epoch), (step, {}))[1][name] = value
             for (run_id, epoch), (step, metrics) in sorted(by_epoch.items()):
                 if run_id in runs:
-                    runs[run_id].epochs.append((epoch, step, metrics))
+                    runs[run_id].epochs.append(EpochRecord(epoch, step, metrics))
         return runs

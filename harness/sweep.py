@@ -21,9 +21,9 @@ from harness.checkpoint import Checkpoints
 from harness.errors import ManifestError, StoreError
 from harness.executors import ExecutorContext, StopFile, WorkerSpec
 from harness.hookspecs import hookimpl
-from harness.manifest import Manifest, PlannedRun
+from harness.manifest import Manifest
 from harness.progress import Progress
-from harness.runner import FINISHED, RunResult, run_label
+from harness.records import FINISHED, PlannedRun, RunResult, pending_runs, unique_runs
 from harness.store import Store
 
 
@@ -37,23 +37,6 @@ class SweepSummary:
     """Runs skipped because another live process had claimed them."""
     finished_elsewhere: int = 0
     """Runs skipped because another sweep finished them after this one planned them."""
-
-
-def unique_runs(runs: list[PlannedRun]) -> list[PlannedRun]:
-    """Runs in order, each id once (two studies may share a configuration)."""
-    seen: dict[str, PlannedRun] = {}
-    for run in runs:
-        seen.setdefault(run.run_id, run)
-    return list(seen.values())
-
-
-def pending_runs(runs: list[PlannedRun], store: Store, rerun: bool = False) -> list[PlannedRun]:
-    """Runs without a final result (``done`` or ``diverged``), or all of them with ``rerun``."""
-    unique = unique_runs(runs)
-    if rerun:
-        return unique
-    statuses = store.statuses(r.run_id for r in unique)
-    return [r for r in unique if statuses.get(r.run_id) not in FINISHED]
 
 
 def summarize(result: RunResult) -> str:
@@ -141,7 +124,7 @@ def run_manifest(
         )
     with Store(manifest.results_path) as store:
         store.link(runs)
-        pending = pending_runs(runs, store, rerun)
+        pending = pending_runs(runs, store.statuses(r.run_id for r in unique_runs(runs)), rerun)
         summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
         checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
         if not rerun:  # a kill between recording a result and deleting its checkpoints left them behind
@@ -227,7 +210,7 @@ def run_manifest(
                     except OSError as exc:  # the result is safe; a later sweep cleans the folder up
                         progress.log(f"warning: cannot remove the checkpoints of {planned.run_id}: {exc}")
                     summary.statuses[outcome.result.status] += 1
-                    progress.end_run(outcome.result.status, summarize(outcome.result), label=run_label(planned))
+                    progress.end_run(outcome.result.status, summarize(outcome.result), label=planned.label)
         except KeyboardInterrupt:
             progress.log("aborted: the runs in progress are not recorded; finished runs are kept")
         finally:

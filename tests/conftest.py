@@ -15,7 +15,7 @@ import torch
 
 from harness import hookimpl
 from harness.checkpoint import Checkpoints
-from harness.manifest import PlannedRun
+from harness.records import PlannedRun
 from harness.registry import Registry, load_registry
 from harness.runner import RunInterrupted, Runner
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_manifest
 
 from harness.manifest import load_manifest
-from harness.runner import RunResult
+from harness.records import RunResult
 from harness.store import Store
 
 COUNTER_PLUGIN = """

@@ -10,7 +10,7 @@ from conftest import TINY_STUDY, tiny_manifest
 
 from harness import report
 from harness.manifest import load_manifest
-from harness.runner import EpochRecord, RunResult
+from harness.records import EpochRecord, RunResult
 from harness.store import Store
 from harness.sweep import run_manifest
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from harness import NoOptions
 from harness.executors import ExecutorContext, Outcome
-from harness.manifest import PlannedRun
+from harness.records import PlannedRun
 from harness.runner import RunInterrupted
 
 

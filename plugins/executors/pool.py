@@ -37,8 +37,7 @@ from harness.executors import (
     failed_result,
     run_in_worker,
 )
-from harness.manifest import PlannedRun
-from harness.runner import run_label
+from harness.records import PlannedRun
 
 PRELOAD = ["torch", "harness.runner", "plugins"]
 """Imported once by the fork server, so that each worker starts without importing torch."""
@@ -329,7 +328,7 @@ class PoolExecutor:
         deaths[planned.run_id] += 1
         if deaths[planned.run_id] < self.options.max_attempts:
             context.progress.log(
-                f"pool: the worker running {run_label(planned)} {why}; retrying it on a new worker from its "
+                f"pool: the worker running {planned.label} {why}; retrying it on a new worker from its "
                 f"last checkpoint (attempt {deaths[planned.run_id] + 1} of {self.options.max_attempts})"
             )
             retries.append(planned)

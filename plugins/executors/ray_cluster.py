@@ -26,7 +26,7 @@ from harness.executors import (
     import_engine,
     run_in_worker,
 )
-from harness.manifest import PlannedRun
+from harness.records import PlannedRun
 
 
 class RayOptions(Options):

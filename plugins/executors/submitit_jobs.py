@@ -29,7 +29,7 @@ from harness.executors import (
     import_engine,
     run_in_worker,
 )
-from harness.manifest import PlannedRun
+from harness.records import PlannedRun
 
 NOT_STARTED = {"PENDING", "REQUEUED", "CONFIGURING", "UNKNOWN", "READY"}
 """Slurm job states of a job that has not started its run (cancelled when the sweep stops)."""

@@ -1,0 +1,130 @@
+"""The records of a run, from plan to store, in one torch-free module at the bottom of the core.
+
+A run has three shapes, one per stage, and every module uses these:
+
+- ``PlannedRun``: what to run (the manifest's plan): its id, study, resolved spec and axis values.
+- ``RunResult``: what running it produced (the runner, an executor's worker), written to the store.
+- ``RunRecord``: a run as the store holds it and analyses read it: the result with its spec, seed
+  and the study's axis values.
+
+``EpochRecord`` is one epoch's metrics in all three. Which runs of a plan are still to run is
+decided here too (``pending_runs``), from the statuses a store reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from harness.spec import RunSpec
+
+Status = Literal["done", "diverged", "failed"]
+"""How a run ended. A stored run may also be ``running`` (claimed) or ``interrupted``."""
+FINISHED: tuple[str, ...] = ("done", "diverged")
+"""Statuses of a run whose result is final: a re-run of the manifest skips them."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study: its id, resolved spec, and the values of the study's axes."""
+
+    run_id: str
+    study: str
+    spec: RunSpec
+    axes: dict[str, Any]
+    """Swept field (dotted path) → value, for this run; the seed is ``spec.seed``."""
+
+    @property
+    def label(self) -> str:
+        """A short human label: study, axis values and seed."""
+        axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items())
+        return f"{self.study} {axes} seed={self.spec.seed}".replace("  ", " ")
+
+
+class EpochRecord(NamedTuple):
+    """The metrics of one epoch, and the step it ended at (unpacks as ``epoch, step, metrics``)."""
+
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    """What a run produced. Only ``done`` and ``diverged`` results are final."""
+
+    run_id: str
+    status: Status
+    epochs: list[EpochRecord] = field(default_factory=list)
+    diverged_step: int | None = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
+    """Versions, host, device and execution options of the process that ran it."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts about the built run: parameter count, normalized sites, steps per epoch, attempts."""
+    measurements: dict[str, Any] = field(default_factory=dict)
+    """What a probe measured (probe runs only)."""
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class RunRecord:
+    """One stored run as reports and analyses see it."""
+
+    run_id: str
+    axes: dict[str, Any]
+    """The study's swept fields (dotted paths) → this run's values; the seed is ``seed``."""
+    seed: int
+    spec: dict[str, Any]
+    status: str
+    diverged_step: int | None
+    epochs: list[EpochRecord]
+    """One record per epoch, in order, for training runs."""
+    measurements: dict[str, Any]
+    """What the probe returned, for probe runs."""
+    duration_s: float | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    """Versions, host, device and execution options of the process that ran it."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts about the built run: parameters, normalized sites, steps per epoch, total steps."""
+    error: str | None = None
+    """Why a ``failed`` run failed."""
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Training images processed per second of the run's wall time."""
+        steps, batch = self.info.get("total_steps"), self.spec.get("batch_size")
+        if not steps or not batch or not self.duration_s:
+            return None
+        return steps * batch / self.duration_s
+
+    def series(self, metric: str) -> list[float]:
+        return [m[metric] for _, _, m in self.epochs if m.get(metric) is not None]
+
+    def final(self, metric: str) -> float | None:
+        values = self.series(metric)
+        return values[-1] if values else None
+
+    def best(self, metric: str) -> float | None:
+        values = self.series(metric)
+        return max(values) if values else None
+
+
+def unique_runs(runs: Iterable[PlannedRun]) -> list[PlannedRun]:
+    """Runs in order, each id once (two studies may share a configuration)."""
+    seen: dict[str, PlannedRun] = {}
+    for run in runs:
+        seen.setdefault(run.run_id, run)
+    return list(seen.values())
+
+
+def pending_runs(runs: Iterable[PlannedRun], statuses: Mapping[str, str], rerun: bool = False) -> list[PlannedRun]:
+    """The runs still to run, each once: those without a final result in ``statuses`` (all with ``rerun``)."""
+    unique = unique_runs(runs)
+    return unique if rerun else [r for r in unique if statuses.get(r.run_id) not in FINISHED]
