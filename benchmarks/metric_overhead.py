@@ -31,9 +31,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.api import EpochContext, EvalResult, RunContext
+from harness.evaluation import evaluate_split
+from harness.inputs import InputPipeline
 from harness.manifest import load_manifest
 from harness.registry import load_registry
-from harness.runner import InputPipeline, Runner, _evaluate
+from harness.runner import Runner
 
 METRICS = ("weight_geometry", "implied_regularization", "robustness")
 DATASETS = {
@@ -107,7 +109,7 @@ def measure(runner: Runner, path: Path, repeats: int) -> tuple[int, float, dict[
                 key = (split, transformed)
                 if key not in cache:
                     extra = inputs.eval_extra(split) if transformed else None
-                    cache[key] = _evaluate(model, data, split, spec.eval_batch_size, extra)
+                    cache[key] = evaluate_split(model, data, split, spec.eval_batch_size, extra)
                 return cache[key]
 
             context = EpochContext(run, 1, steps, 0.0, 0.0, evaluate, inputs.sample)

@@ -47,7 +47,7 @@ def manifest(folder: Path, name: str, executor: str, plugins: list[str]) -> Path
     text = deterministic_manifest(f"{name}.sqlite", seeds="[0, 1, 2, 3, 4, 5]").replace(
         'placement = "all"', 'placement = ["all", "none"]'
     )
-    header = f"executor = {executor}\nexecution = {{ threads = 1 }}\nplugins = [{', '.join(map(repr, plugins))}]\n"
+    header = f"executor = {executor}\nperformance = {{ threads = 1 }}\nplugins = [{', '.join(map(repr, plugins))}]\n"
     path = folder / f"{name}.toml"
     path.write_text(text.replace('device = "cpu"\n', 'device = "cpu"\n' + header.replace("'", '"')))
     return path

@@ -28,8 +28,9 @@ from harness.errors import PluginError
 from harness.progress import Progress
 from harness.records import PlannedRun, RunResult
 from harness.registry import Registry, load_registry
-from harness.runner import RunInterrupted, Runner, StopRequest
-from harness.spec import ExecutionSettings
+from harness.runner import Runner
+from harness.spec import PerformanceSettings
+from harness.training import RunInterrupted, StopRequest
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class WorkerSpec:
     divergence_check_every: int
     checkpoint_dir: Path
     checkpoint_every: int
-    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
     stop_file: Path | None = None
     """Created by the driver when the sweep must stop: workers elsewhere poll it (``StopFile``)."""
 
@@ -56,9 +57,9 @@ class WorkerSpec:
         threads: int | None = None,
     ) -> Runner:
         """A runner for this sweep; ``registry`` defaults to loading the plugins afresh."""
-        execution = self.execution
-        if threads is not None and not execution.threads:
-            execution = execution.model_copy(update={"threads": threads})
+        performance = self.performance
+        if threads is not None and not performance.threads:
+            performance = performance.model_copy(update={"threads": threads})
         return Runner(
             registry or load_registry(self.plugins, base_dir=self.base_dir),
             base_dir=self.base_dir,
@@ -67,7 +68,7 @@ class WorkerSpec:
             checkpoints=Checkpoints(self.checkpoint_dir),
             checkpoint_every=self.checkpoint_every,
             stop=stop,
-            execution=execution,
+            performance=performance,
         )
 
 
@@ -121,7 +122,7 @@ def run_in_worker(
     The runner (plugins loaded, datasets resident) is built on the first call and reused by
     later calls with the same arguments, as long-lived workers (Ray, a process pool) make
     them. It stops at a checkpoint when ``stop`` is set (default: when ``worker.stop_file``
-    appears). ``threads`` pins the CPU threads unless the execution settings name a count.
+    appears). ``threads`` pins the CPU threads unless the performance settings name a count.
     """
     global _warm_runner
     if stop is None and worker.stop_file is not None:

@@ -15,6 +15,13 @@ documented on their hook; any other keyword is an error. Two plugins registering
 name for the same kind is an error naming both. What ``factory`` must be differs by kind
 and is documented on each hook.
 
+Registration hooks are called one implementation at a time (``Registry`` walks
+``get_hookimpls()``), not through the hook relay: each component is then attributed to the
+plugin that registered it (``bnbench plugins`` shows the package), and a plugin whose
+registration raises is set aside with its error while the others load. Hook wrappers and
+``firstresult`` therefore do not apply to registration hooks; lifecycle hooks go through the
+relay (``registry.hook``) with pluggy's ordering and wrappers.
+
 Lifecycle hooks observe a run; they must not change its results unless that is their
 documented purpose. They run in the training process, on every step for
 ``bnbench_step_end``: keep them cheap (no host synchronisation on the GPU).
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.api import RunContext
-    from harness.records import RunResult
+    from harness.records import PlannedRun, RunResult
 
 PROJECT = "bnbench"
 
@@ -170,8 +177,10 @@ def bnbench_register_executors(register: Register) -> None:
 
 
 @hookspec
-def bnbench_run_start(run: RunContext) -> None:
-    """Called once the model, normalizer, data and optimizer of a run are built."""
+def bnbench_run_start(run: RunContext, planned: PlannedRun) -> None:
+    """Called when a training run starts, once its model, normalizer, data and optimizer are built
+    (and restored from its checkpoint when it resumes). Probe runs build their own models: they
+    have no start, only an end."""
 
 
 @hookspec
@@ -185,5 +194,8 @@ def bnbench_epoch_end(run: RunContext, epoch: int, metrics: dict[str, float]) ->
 
 
 @hookspec
-def bnbench_run_end(run: RunContext, result: RunResult) -> None:
-    """Called when a run ends: finished, diverged or failed (``result.status``)."""
+def bnbench_run_end(run: RunContext | None, result: RunResult, planned: PlannedRun) -> None:
+    """Called for every run that ends: finished, diverged or failed (``result.status``), probe runs
+    and runs that failed to build included. ``run`` is the live training run, or None when none
+    was built (a probe run, a build that failed); ``planned`` always names the run. A run stopped
+    by a signal has not ended: it resumes later."""

@@ -62,7 +62,7 @@ class RunResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
-    """Versions, host, device and execution options of the process that ran it."""
+    """Versions, host, device and performance options of the process that ran it."""
     info: dict[str, Any] = field(default_factory=dict)
     """Facts about the built run: parameter count, normalized sites, steps per epoch, attempts."""
     measurements: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +90,7 @@ class RunRecord:
     """What the probe returned, for probe runs."""
     duration_s: float | None = None
     environment: dict[str, Any] = field(default_factory=dict)
-    """Versions, host, device and execution options of the process that ran it."""
+    """Versions, host, device and performance options of the process that ran it."""
     info: dict[str, Any] = field(default_factory=dict)
     """Facts about the built run: parameters, normalized sites, steps per epoch, total steps."""
     error: str | None = None

@@ -200,7 +200,7 @@ COMPONENT_FIELDS: dict[str, str] = {
 """Study field → kind of plugin it names."""
 
 
-class ExecutionSettings(StrictModel):
+class PerformanceSettings(StrictModel):
     """How runs execute: speed options that do not change what a run is (not part of run ids).
 
     Each falls back on the CPU (or without support) with a one-line notice.
@@ -223,7 +223,7 @@ class ExecutionSettings(StrictModel):
 class HarnessSettings(StrictModel):
     """The ``[harness]`` table of a manifest."""
 
-    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     executor: str | dict[str, Any] = Field(
         "local",
         description='Executor plugin: "local" (in-process, sequential) or e.g. { name = "pool", workers = 2 }.',
@@ -263,6 +263,15 @@ class HarnessSettings(StrictModel):
         description="Check the loss for NaN/inf every N steps (0: the default, 25). "
         "The exact step of divergence is recorded either way.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "execution" in data:
+            raise ValueError(
+                "[harness] execution is now called performance (the same options): write performance = { ... }"
+            )
+        return data
 
     @field_validator("results", "plugins")
     @classmethod

@@ -149,7 +149,7 @@ def run_manifest(
             divergence_check_every=settings.divergence_check_every,
             checkpoint_dir=checkpoints.directory,
             checkpoint_every=settings.checkpoint_every,
-            execution=settings.execution,
+            performance=settings.performance,
             stop_file=remote_stop.path,
         )
         entry = manifest.registry.get("executor", manifest.executor.name)

@@ -34,7 +34,6 @@ import io
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -427,7 +426,7 @@ def example_options(options: type[BaseModel]) -> dict[str, Any] | None:
 
 
 def _models_and_placements(subject: Subject, model_name: str, placement_name: str) -> None:
-    from harness.runner import Runner  # the core's own build path, imported late (it is heavy)
+    from harness.assembly import assemble_model, build_bare_model, choose_sites  # the core's own build path
     from harness.spec import Component, RunSpec
 
     registry = subject.registry
@@ -448,20 +447,13 @@ def _models_and_placements(subject: Subject, model_name: str, placement_name: st
         placement=Component(name=placement_name, options=options["placement"]),
         epochs=1,
     )
-    model_entry, placement = registry.get("model", model_name), registry.get("placement", placement_name)
-    bare_model = model_entry.factory(model_entry.options.model_validate(options["model"]), subject.data)
-    sites = [info for info, _ in find_sites(bare_model)]
-    try:
-        chosen_names = set(placement.factory(sites, placement.options.model_validate(options["placement"])))
-    except ValueError as exc:  # the placement does not apply to this model (no site with its tags)
-        raise _Skip(f"placement {placement_name!r} does not apply to model {model_name!r}: {exc}") from None
-    for info in sites:
-        refusal = subject.traits.refusal(info) if info.name in chosen_names else None
-        if refusal:
-            raise _Skip(f"the core refuses this pairing: {refusal}")
+    bare_model = build_bare_model(registry, spec, subject.data)
+    try:  # the core's own checks, as a run makes them: a pairing they refuse is not the normalizer's fault
+        chosen_names = choose_sites(registry, spec, [info for info, _ in find_sites(bare_model)])
+    except ValueError as exc:
+        raise _Skip(f"the core refuses this pairing: {exc}") from None
     torch.manual_seed(0)
-    runner = Runner(registry, base_dir=Path.cwd(), device=str(subject.device))
-    model, info = runner.build_model(spec, subject.data)
+    model, info = assemble_model(registry, spec, subject.data, subject.device)
     if sorted(chosen_names) != info["normalized_sites"]:
         raise AssertionError(f"normalized sites {info['normalized_sites']}, not the placement's {sorted(chosen_names)}")
     batch = 4
@@ -529,7 +521,7 @@ def _subject(
     model_options: Mapping[str, Mapping[str, Any]] | None,
     placement_options: Mapping[str, Mapping[str, Any]] | None,
 ) -> Subject:
-    from harness.runner import resolve_device
+    from harness.assembly import resolve_device
 
     registry = registry or load_registry()
     entry = registry.get("normalizer", name)

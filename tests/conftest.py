@@ -17,7 +17,8 @@ from harness import hookimpl
 from harness.checkpoint import Checkpoints
 from harness.records import PlannedRun
 from harness.registry import Registry, load_registry
-from harness.runner import RunInterrupted, Runner
+from harness.runner import Runner
+from harness.training import RunInterrupted
 
 torch.set_num_threads(1)
 

@@ -179,7 +179,7 @@ def test_bad_manifest_exits_2_without_traceback(tmp_path, text, message):
 
 def test_executor_from_the_command_line_overrides_the_manifest(tmp_path):
     path = tmp_path / "m.toml"
-    path.write_text(tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nexecution = { threads = 1 }'))
+    path.write_text(tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nperformance = { threads = 1 }'))
     result = bnbench("run", str(path), "--no-report", "--executor", '{ name = "pool", workers = 2 }')
     assert result.returncode == 0, result.stderr
     assert "2 done" in result.stderr

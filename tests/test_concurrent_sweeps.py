@@ -46,7 +46,7 @@ def test_a_finished_run_is_never_claimed_again(write_manifest, registry):
 def test_concurrent_sweeps_train_each_run_once(tmp_path: Path, sweeps: int):
     (tmp_path / "counter.py").write_text(COUNTER_PLUGIN)
     text = tiny_manifest(placement='["all", "none"]', lr="[0.05, 0.1, 0.2]", seeds="[0, 1]", epochs=3)
-    text = text.replace('device = "cpu"\n', 'device = "cpu"\nplugins = ["counter.py"]\nexecution = { threads = 1 }\n')
+    text = text.replace('device = "cpu"\n', 'device = "cpu"\nplugins = ["counter.py"]\nperformance = { threads = 1 }\n')
     (tmp_path / "manifest.toml").write_text(text)
     processes = [
         subprocess.Popen(

@@ -20,7 +20,7 @@ def manifest_text(executor: str, results: str) -> str:
     text = tiny_manifest(placement='["all", "none"]', seeds="[0, 1]", epochs=2)
     text = text.replace(
         'results = "results.sqlite"',
-        f'results = "{results}"\nexecutor = {executor}\nexecution = {{ threads = 1 }}\nplugins = ["{FAULTS}"]',
+        f'results = "{results}"\nexecutor = {executor}\nperformance = {{ threads = 1 }}\nplugins = ["{FAULTS}"]',
     )
     return text.replace("[studies.optimizer]", "deterministic = true\n[studies.optimizer]")
 

@@ -214,7 +214,7 @@ REJECTED_AT_PLAN_TIME = {
     "NUL byte in the results path": (("harness", "results"), "r\0.sqlite", "NUL byte"),
     "a 300-byte path component": (("harness", "results"), "a" * 300 + "/r.sqlite", "300 bytes long"),
     "a results path thousands of folders deep": (("harness", "results"), "a/" * 3000 + "r.sqlite", "bytes long"),
-    "threads = 2**40": (("harness", "execution"), {"threads": 2**40}, "less than or equal to 4096"),
+    "threads = 2**40": (("harness", "performance"), {"threads": 2**40}, "less than or equal to 4096"),
     "epochs = 10**26": ((*STUDY, "epochs"), 10**26, "less than or equal to 100000"),
     "epochs = true": ((*STUDY, "epochs"), True, "valid integer"),
     "epochs = '8'": ((*STUDY, "epochs"), "8", "valid integer"),

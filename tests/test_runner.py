@@ -133,6 +133,26 @@ def test_lifecycle_hooks_observe_the_run(write_manifest):
     assert [c for c in calls if c[0] == "epoch"] == [("epoch", 1), ("epoch", 2)]
 
 
+def test_run_end_fires_for_every_run_that_ends_probe_runs_and_failed_builds_included(write_manifest):
+    ended = []
+
+    class Observer:
+        @hookimpl
+        def bnbench_run_end(self, run, result, planned):
+            ended.append((run is None, result.status, planned.run_id == result.run_id))
+
+    registry = load_registry(objects=[("observer", Observer())])
+    refused = tiny_manifest(placement='"all"').replace('normalizer = "batchnorm"', 'normalizer = "instancenorm"')
+    manifest, runs = plan(write_manifest, registry, refused)
+    assert run_one(manifest, runs[0]).status == "failed"  # instance norm cannot go at the MLP's fc sites
+    probe = tiny_manifest(placement='"all"').replace("epochs = 2", 'probe = "activation_stats"')
+    manifest, runs = plan(write_manifest, registry, probe)
+    assert run_one(manifest, runs[0]).status == "done"
+    manifest, runs = plan(write_manifest, registry, tiny_manifest(placement='"none"'))
+    run_one(manifest, runs[0])
+    assert ended == [(True, "failed", True), (True, "done", True), (False, "done", True)]
+
+
 def test_multistep_schedule_with_warmup():
     schedule = ScheduleSpec(kind="multistep", milestones=[0.5, 0.75], gamma=0.1, warmup_steps=4, warmup_factor=0.2)
     factors = [schedule.factor(step, 100) for step in (0, 2, 4, 49, 50, 74, 75, 99)]

@@ -31,7 +31,7 @@ def test_absurd_pool_sizes_are_refused_and_a_pool_larger_than_its_runs_runs_them
     with pytest.raises(ManifestError, match="workers"):
         load_manifest(write_manifest(absurd), registry=registry)
     one_run = tiny_manifest(placement='"none"').replace(
-        'device = "cpu"', 'device = "cpu"\nexecutor = { name = "pool", workers = 64 }\nexecution = { threads = 1 }'
+        'device = "cpu"', 'device = "cpu"\nexecutor = { name = "pool", workers = 64 }\nperformance = { threads = 1 }'
     )
     manifest = load_manifest(write_manifest(one_run, "one.toml"), registry=registry)
     assert run_manifest(manifest).statuses == {"done": 1}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from harness import NoOptions
 from harness.executors import ExecutorContext, Outcome
 from harness.records import PlannedRun
-from harness.runner import RunInterrupted
+from harness.training import RunInterrupted
 
 
 class LocalExecutor:
@@ -15,7 +15,7 @@ class LocalExecutor:
 
     def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
         runner = context.worker.runner(context.stop, registry=context.registry)
-        for notice in runner.execution.notices:
+        for notice in runner.performance.notices:
             context.progress.log(f"notice: {notice}")
         for planned in runs:
             try:

@@ -234,7 +234,7 @@ class PoolExecutor:
             context.progress.log(f"pool: {workers} workers on {os.cpu_count()} CPU cores; using {os.cpu_count()}")
             workers = os.cpu_count() or 1
         cpu_share = None if devices else max(1, (os.cpu_count() or 1) // workers)
-        threads = context.worker.execution.threads or cpu_share
+        threads = context.worker.performance.threads or cpu_share
         method = start_method(self.options.start_method, threads, devices is not None)
         mp_context = multiprocessing.get_context(method)
         if method == "forkserver":

@@ -10,8 +10,10 @@ from conftest import tiny_manifest
 
 from harness import hookimpl
 from harness.checkpoint import Checkpoints
+from harness.inputs import InputPipeline
 from harness.manifest import load_manifest
-from harness.runner import InputPipeline, RunInterrupted, Runner
+from harness.runner import Runner
+from harness.training import RunInterrupted
 from plugins.transforms import GaussianNoiseOptions, gaussian_noise
 
 NOISY = 'input_transform = {{ name = "gaussian_noise", std = {std}, apply_to = "{apply_to}" }}\n'

@@ -1,4 +1,4 @@
-"""Execution options of runs: threads, mixed precision, channels-last, compilation, cuDNN autotuning.
+"""Performance options of runs: threads, mixed precision, channels-last, compilation, cuDNN autotuning.
 
 They change how fast a run goes, not what it is, so they are harness settings rather than
 part of a run's spec (and id). Options the device cannot honour fall back with a notice.
@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.spec import ExecutionSettings
+from harness.spec import PerformanceSettings
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
-class Execution:
+class Performance:
     """The options in effect on one device, and the notices of those that fell back."""
 
     device: torch.device
@@ -30,9 +30,9 @@ class Execution:
     notices: list[str] = field(default_factory=list)
 
     @classmethod
-    def resolve(cls, settings: ExecutionSettings, device: torch.device) -> Execution:
-        execution = cls(device, channels_last=settings.channels_last)
-        notices = execution.notices
+    def resolve(cls, settings: PerformanceSettings, device: torch.device) -> Performance:
+        performance = cls(device, channels_last=settings.channels_last)
+        notices = performance.notices
         if settings.threads:
             torch.set_num_threads(settings.threads)
         if settings.precision != "fp32":
@@ -43,15 +43,15 @@ class Execution:
             elif device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
                 notices.append("precision bf16: this GPU lacks bf16; using fp16 with loss scaling")
                 dtype = torch.float16
-            execution.amp_dtype = dtype
+            performance.amp_dtype = dtype
         if settings.compile:
             if device.type == "cuda":
-                execution.compile = True
+                performance.compile = True
             else:
                 notices.append("compile: torch.compile is used on CUDA only; running eagerly on CPU")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = settings.cudnn_benchmark
-        return execution
+        return performance
 
     @property
     def loss_scaling(self) -> bool:

@@ -1,10 +1,10 @@
-"""Execution options: training throughput of ResNet-110 runs with each option, against plain PyTorch.
+"""Performance options: training throughput of ResNet-110 runs with each option, against plain PyTorch.
 
-    python benchmarks/execution_options.py                        # ResNet-110 on the GPU if present
-    python benchmarks/execution_options.py --model resnet20 --train-size 512 --device cpu
+    python benchmarks/performance_options.py                        # ResNet-110 on the GPU if present
+    python benchmarks/performance_options.py --model resnet20 --train-size 512 --device cpu
 
 Trains the same model (built by the same plugin) on CIFAR-shaped in-memory data through
-bnbench once per configuration of ``[harness] execution`` (fp32, cuDNN autotuning off,
+bnbench once per configuration of ``[harness] performance`` (fp32, cuDNN autotuning off,
 channels-last, bf16 and fp16 autocast, torch.compile and a combination), each after a
 warm-up run, and a hand-written fp32 PyTorch loop in the same process as the baseline.
 Prints images per second, CIFAR-10 epochs per second (49,920 training images per epoch at
@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from overhead import MANIFEST, MODELS, plain_loop
 
-from harness.execution import Execution
+from harness.assembly import resolve_device
 from harness.manifest import load_manifest
+from harness.performance import Performance
 from harness.progress import Progress
-from harness.runner import Runner, resolve_device
+from harness.runner import Runner
 from harness.sweep import run_manifest
 
 CIFAR10_EPOCH_IMAGES = 390 * 128
@@ -61,7 +62,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
 
-        def manifest_with(execution: str, name: str) -> Path:
+        def manifest_with(performance: str, name: str) -> Path:
             path = Path(tmp) / f"{name}.toml"
             text = MANIFEST.format(
                 model=model_toml,
@@ -69,7 +70,7 @@ def main() -> int:
                 train=args.train_size,
                 test=args.test_size,
                 epochs=args.epochs,
-                extra=f"execution = {execution}",
+                extra=f"performance = {performance}",
                 batch=batch,
             )
             path.write_text(text.replace('device = "cpu"', f'device = "{device.type}"'))
@@ -95,11 +96,11 @@ def main() -> int:
         plain()  # warm-up
         plain_s = statistics.median(plain() for _ in range(args.repeats))
         rows.append(("plain PyTorch loop (fp32)", images / plain_s, 1.0, ""))
-        for index, (name, execution) in enumerate(CONFIGURATIONS.items()):
+        for index, (name, performance) in enumerate(CONFIGURATIONS.items()):
             if args.only and name not in args.only:
                 continue
-            manifest = load_manifest(manifest_with(execution, f"c{index}"))
-            notices = Execution.resolve(manifest.settings.execution, device).notices
+            manifest = load_manifest(manifest_with(performance, f"c{index}"))
+            notices = Performance.resolve(manifest.settings.performance, device).notices
 
             def harness(manifest=manifest, name=name) -> float:
                 start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Execution options on the CPU: channels-last, bf16 autocast with fp32 normalizers, fallbacks, threads."""
+"""Performance options on the CPU: channels-last, bf16 autocast with fp32 normalizers, fallbacks, threads."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import torch
 from conftest import tiny_manifest
 
 from harness import NormSite
-from harness.execution import Execution
 from harness.manifest import load_manifest
+from harness.performance import Performance
 from harness.runner import Runner
-from harness.spec import ExecutionSettings
+from harness.spec import PerformanceSettings
 
 RESNET = tiny_manifest(placement='"all"', epochs=1).replace(
     'model = { name = "mlp", widths = [16] }', 'model = { name = "resnet_cifar", depth = 8, widths = [4, 8, 8] }'
@@ -18,7 +18,7 @@ RESNET = tiny_manifest(placement='"all"', epochs=1).replace(
 
 def run_with(write_manifest, registry, text: str, **settings):
     manifest = load_manifest(write_manifest(text), registry=registry)
-    runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", execution=ExecutionSettings(**settings))
+    runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", performance=PerformanceSettings(**settings))
     return runner, runner.run(manifest.runs()[0])
 
 
@@ -26,7 +26,7 @@ def test_channels_last_and_bf16_train_a_conv_net_on_cpu(write_manifest, registry
     runner, result = run_with(write_manifest, registry, RESNET, channels_last=True, precision="bf16")
     assert result.status == "done", result.error
     assert result.environment["precision"] == "bf16" and result.environment["channels_last"] is True
-    assert not runner.execution.notices
+    assert not runner.performance.notices
 
 
 def test_normalizer_sites_compute_in_fp32_under_autocast():
@@ -40,22 +40,22 @@ def test_normalizer_sites_compute_in_fp32_under_autocast():
 
 
 def test_unsupported_options_fall_back_with_a_notice():
-    execution = Execution.resolve(ExecutionSettings(precision="fp16", compile=True), torch.device("cpu"))
-    assert execution.amp_dtype == torch.bfloat16 and not execution.compile
-    assert len(execution.notices) == 2 and all(len(n.splitlines()) == 1 for n in execution.notices)
-    assert execution.grad_scaler() is None
+    performance = Performance.resolve(PerformanceSettings(precision="fp16", compile=True), torch.device("cpu"))
+    assert performance.amp_dtype == torch.bfloat16 and not performance.compile
+    assert len(performance.notices) == 2 and all(len(n.splitlines()) == 1 for n in performance.notices)
+    assert performance.grad_scaler() is None
 
 
 def test_threads_are_pinned():
     before = torch.get_num_threads()
     try:
-        Execution.resolve(ExecutionSettings(threads=1), torch.device("cpu"))
+        Performance.resolve(PerformanceSettings(threads=1), torch.device("cpu"))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
 
-def test_execution_settings_do_not_change_run_ids(write_manifest, registry):
+def test_performance_settings_do_not_change_run_ids(write_manifest, registry):
     plain = load_manifest(write_manifest(RESNET, "a.toml"), registry=registry).runs()[0].run_id
-    fast = RESNET.replace('device = "cpu"', 'device = "cpu"\nexecution = { precision = "bf16", channels_last = true }')
+    fast = RESNET.replace('device = "cpu"', 'device = "cpu"\nperformance = { precision = "bf16", channels_last = true }')
     assert load_manifest(write_manifest(fast, "b.toml"), registry=registry).runs()[0].run_id == plain
