@@ -138,6 +138,11 @@ def bnbench_register_metrics(register: Register) -> None:
     the end of each epoch; a single number is stored under the metric's registered name,
     a mapping key by key under ``"<name>.<key>"``. Use
     ``context.evaluate(split)`` for evaluation passes: they are shared between metrics.
+
+    Extra keywords: ``measures`` (``"loss"`` or ``"accuracy"``) and ``split`` (``"train"``,
+    ``"validation"`` or ``"test"``) declare what the metric is. A declared loss that is not finite
+    makes the run ``diverged``; the standard results table and progress lines show the metrics
+    declared as the training loss and the test accuracy. The core names no metric itself.
     """
 
 

@@ -28,6 +28,7 @@ from harness.records import PlannedRun
 from harness.registry import Entry, Registry, load_registry
 from harness.spec import (
     COMPONENT_FIELDS,
+    DEFAULT_EXECUTOR,
     STUDY_ONLY_FIELDS,
     ClaimSpec,
     Component,
@@ -68,7 +69,7 @@ class Manifest:
     studies: list[Study]
     registry: Registry = field(repr=False)
     claims: list[ClaimSpec] = field(default_factory=list)
-    executor: Component = field(default_factory=lambda: Component(name="local"))
+    executor: Component = field(default_factory=lambda: Component(name=DEFAULT_EXECUTOR))
 
     @property
     def base_dir(self) -> Path:

@@ -15,8 +15,18 @@ def _fmt(metrics: dict[str, float]) -> str:
 class Progress:
     """One bar for the sweep and one for the current run (loss and accuracy in its postfix)."""
 
-    def __init__(self, total_runs: int, *, stream: TextIO | None = None, bars: bool | None = None) -> None:
+    def __init__(
+        self,
+        total_runs: int,
+        *,
+        stream: TextIO | None = None,
+        bars: bool | None = None,
+        headline: tuple[str, ...] = (),
+    ) -> None:
+        """``headline``: the metrics a bar's postfix shows (the sweep passes the training loss and
+        test accuracy, found by what metrics declare they measure)."""
         self.stream = stream or sys.stderr
+        self.headline = headline
         self.bars = self.stream.isatty() if bars is None else bars
         self.total_runs = total_runs
         self.done = 0
@@ -46,7 +56,7 @@ class Progress:
 
     def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         if self._run is not None:
-            short = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("train_loss", "test_accuracy")}
+            short = {k: f"{v:.4g}" for k, v in metrics.items() if k in self.headline}
             self._run.set_postfix(epoch=f"{epoch}/{epochs}", **short)
         else:
             self.log(f"  {self._label} epoch {epoch}/{epochs} {_fmt(metrics)}")

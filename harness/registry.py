@@ -40,8 +40,15 @@ KINDS: tuple[str, ...] = tuple(REGISTRATION_HOOKS)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "normalizer": ("traits",),
     "probe": ("analyses",),
+    "metric": ("measures", "split"),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
+
+METRIC_MEASURES = ("loss", "accuracy")
+"""What a metric may declare it measures (``measures=``): a loss that is not finite is a
+divergence; the report's standard table and the progress lines show the training loss and the
+test accuracy, found by these declarations."""
+METRIC_SPLITS = ("train", "validation", "test")
 
 
 def _check_traits(value: Any) -> str | None:
@@ -50,7 +57,18 @@ def _check_traits(value: Any) -> str | None:
     return f"{value!r} is neither a harness.NormalizerTraits nor a function of the options returning one"
 
 
-EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {("normalizer", "traits"): _check_traits}
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"{value!r}; allowed: {', '.join(map(repr, allowed))}"
+
+    return check
+
+
+EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("normalizer", "traits"): _check_traits,
+    ("metric", "measures"): _one_of(*METRIC_MEASURES),
+    ("metric", "split"): _one_of(*METRIC_SPLITS),
+}
 """(kind, keyword) → a check of the value a plugin gives: what is wrong with it, or ``None``."""
 
 
@@ -185,6 +203,13 @@ class Registry:
 
     def has(self, kind: str, name: str) -> bool:
         return name in self._entries[kind]
+
+    def metric_named(self, measures: str, split: str) -> str | None:
+        """The name of the registered metric declaring it ``measures`` on ``split``, if one does."""
+        for name, entry in self._entries["metric"].items():
+            if entry.extras.get("measures") == measures and entry.extras.get("split") == split:
+                return name
+        return None
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry registered as ``name``, or ``UnknownNameError`` listing the known names."""

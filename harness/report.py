@@ -22,7 +22,26 @@ from harness.spec import ClaimSpec, Component
 from harness.store import Store
 
 FORMATS = ("github", "latex", "plain", "csv")
-ACCURACY = "test_accuracy"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metrics the standard table shows: those registered as measuring accuracy on the test
+    split and loss on the training split (``measures``/``split`` when they register)."""
+
+    accuracy: str | None
+    loss: str | None
+
+    @classmethod
+    def of(cls, registry: Registry) -> Headline:
+        return cls(registry.metric_named("accuracy", "test"), registry.metric_named("loss", "train"))
+
+    def final(self, runs: Sequence[RunRecord], which: str) -> tuple[float | None, float | None]:
+        name = getattr(self, which)
+        return _stats([r.final(name) for r in runs]) if name else (None, None)
+
+    def best_accuracy(self, runs: Sequence[RunRecord]) -> tuple[float | None, float | None]:
+        return _stats([r.best(self.accuracy) for r in runs]) if self.accuracy else (None, None)
 
 
 @dataclass
@@ -121,10 +140,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def study_table(study: StudyRuns, fmt: str = "github") -> str:
+def study_table(study: StudyRuns, headline: Headline, fmt: str = "github") -> str:
     """The study's comparison table in ``fmt`` (github, latex, plain or csv)."""
     if fmt == "csv":
-        return _csv([study])
+        return _csv([study], headline)
     rows = group_rows(study)
     axes = study.axes or ["(single configuration)"]
     body = []
@@ -133,9 +152,9 @@ def study_table(study: StudyRuns, fmt: str = "github") -> str:
         body.append(
             [
                 *config,
-                _pm(_stats([r.final(ACCURACY) for r in row.done]), 100),
-                _pm(_stats([r.best(ACCURACY) for r in row.done]), 100),
-                _pm(_stats([r.final("train_loss") for r in row.done]), 1, 4),
+                _pm(headline.final(row.done, "accuracy"), 100),
+                _pm(headline.best_accuracy(row.done), 100),
+                _pm(headline.final(row.done, "loss"), 1, 4),
                 f"{len(row.done) + len(row.diverged)}/{row.seeds}",
                 _diverged_cell(row),
                 str(row.failed) if row.failed else "",
@@ -170,12 +189,12 @@ CSV_MEASURES = [
 ]
 
 
-def _csv_measures(row: Row) -> list[Any]:
+def _csv_measures(row: Row, headline: Headline) -> list[Any]:
     cells: list[Any] = []
     for stats in (
-        _stats([r.final(ACCURACY) for r in row.done]),
-        _stats([r.best(ACCURACY) for r in row.done]),
-        _stats([r.final("train_loss") for r in row.done]),
+        headline.final(row.done, "accuracy"),
+        headline.best_accuracy(row.done),
+        headline.final(row.done, "loss"),
     ):
         cells += ["" if v is None else f"{v:.6g}" for v in stats]
     cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
@@ -185,7 +204,7 @@ def _csv_measures(row: Row) -> list[Any]:
     return cells
 
 
-def _csv(studies: list[StudyRuns]) -> str:
+def _csv(studies: list[StudyRuns], headline: Headline) -> str:
     """One CSV table of several studies: a column per axis of any study (empty where a study has
     no such axis), then the measures."""
     axes = list(dict.fromkeys(a for study in studies for a in study.axes))
@@ -194,7 +213,7 @@ def _csv(studies: list[StudyRuns]) -> str:
     writer.writerow(["study", *axes, *CSV_MEASURES])
     for study in studies:
         for row in group_rows(study):
-            writer.writerow([study.name, *(row.config.get(a, "") for a in axes), *_csv_measures(row)])
+            writer.writerow([study.name, *(row.config.get(a, "") for a in axes), *_csv_measures(row, headline)])
     return out.getvalue()
 
 
@@ -293,7 +312,7 @@ class Report:
             if pending and fmt != "latex":
                 text.append(f"({pending} of {len(study.planned)} runs not yet run)")
             if study.is_training:
-                text.append(study_table(study, fmt))
+                text.append(study_table(study, Headline.of(self.registry), fmt))
             for _, result in self.analyses.get(study.name, []):
                 if isinstance(result, str):
                     text.append(result)
@@ -309,7 +328,7 @@ class Report:
 
     def _render_csv(self) -> str:
         training = [s for s in self.studies if s.is_training]
-        out = _csv(training) if training else ""
+        out = _csv(training, Headline.of(self.registry)) if training else ""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for study in self.studies:

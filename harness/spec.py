@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+"""The metrics of a study that lists none (the manifest schema's default; the built-ins register them)."""
+DEFAULT_EXECUTOR = "local"
+"""Where runs execute when a manifest names no executor (the built-in in-process executor)."""
 
 MAX_EPOCHS = 100_000
 MAX_STEPS = 10**9
@@ -225,7 +228,7 @@ class HarnessSettings(StrictModel):
 
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     executor: str | dict[str, Any] = Field(
-        "local",
+        DEFAULT_EXECUTOR,
         description='Executor plugin: "local" (in-process, sequential) or e.g. { name = "pool", workers = 2 }.',
     )
 

@@ -24,6 +24,7 @@ from harness.hookspecs import hookimpl
 from harness.manifest import Manifest
 from harness.progress import Progress
 from harness.records import FINISHED, PlannedRun, RunResult, pending_runs, unique_runs
+from harness.registry import Registry
 from harness.store import Store
 
 
@@ -39,13 +40,20 @@ class SweepSummary:
     """Runs skipped because another sweep finished them after this one planned them."""
 
 
-def summarize(result: RunResult) -> str:
+def headline_metrics(registry: Registry) -> tuple[str, ...]:
+    """The metrics a run's one-line summary shows: the training loss and the test accuracy, as
+    the metrics registered for them declare (``measures``, ``split``)."""
+    found = (registry.metric_named("loss", "train"), registry.metric_named("accuracy", "test"))
+    return tuple(name for name in found if name is not None)
+
+
+def summarize(result: RunResult, headline: tuple[str, ...] = ()) -> str:
     if result.status == "diverged":
         return f"diverged at step {result.diverged_step}"
     if result.status == "failed":
         return (result.error or "").splitlines()[0]
     last = result.epochs[-1].metrics if result.epochs else {}
-    shown = {k: v for k, v in last.items() if k in ("train_loss", "test_accuracy")}
+    shown = {k: v for k, v in last.items() if k in headline}
     text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
     return f"{text} ({result.duration_s:.1f}s)"
 
@@ -155,7 +163,8 @@ def run_manifest(
         entry = manifest.registry.get("executor", manifest.executor.name)
         executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))
         stop = threading.Event()
-        progress = progress or Progress(len(pending))
+        headline = headline_metrics(manifest.registry)
+        progress = progress or Progress(len(pending), headline=headline)
         claimed: dict[str, PlannedRun] = {}
 
         def claim_as_needed() -> Iterator[PlannedRun]:
@@ -210,7 +219,7 @@ def run_manifest(
                     except OSError as exc:  # the result is safe; a later sweep cleans the folder up
                         progress.log(f"warning: cannot remove the checkpoints of {planned.run_id}: {exc}")
                     summary.statuses[outcome.result.status] += 1
-                    progress.end_run(outcome.result.status, summarize(outcome.result), label=planned.label)
+                    progress.end_run(outcome.result.status, summarize(outcome.result, headline), label=planned.label)
         except KeyboardInterrupt:
             progress.log("aborted: the runs in progress are not recorded; finished runs are kept")
         finally:

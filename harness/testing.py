@@ -440,12 +440,10 @@ def _models_and_placements(subject: Subject, model_name: str, placement_name: st
         if chosen is None:
             raise _Skip(f"{kind} {name!r} has required options without examples; pass {kind}_options")
         options[kind] = entry.options.model_validate(chosen).model_dump(mode="json")
-    spec = RunSpec(
+    spec = RunSpec.model_construct(  # no dataset: the kit hands the model its DataInfo itself
         model=Component(name=model_name, options=options["model"]),
-        dataset=Component(name="synthetic"),
         normalizer=Component(name=subject.name, options=subject.options.model_dump(mode="json")),
         placement=Component(name=placement_name, options=options["placement"]),
-        epochs=1,
     )
     bare_model = build_bare_model(registry, spec, subject.data)
     try:  # the core's own checks, as a run makes them: a pairing they refuse is not the normalizer's fault

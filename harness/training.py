@@ -185,6 +185,7 @@ class Training:
         hook = registry.hook
         step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
         metrics = [(m, registry.get("metric", m.name)) for m in spec.metrics]
+        losses_measured = {m.name for m, entry in metrics if entry.extras.get("measures") == "loss"}
         losses = state.losses
         schedule, base_lr = spec.schedule, spec.optimizer.lr
         total_steps = context.total_steps
@@ -248,8 +249,8 @@ class Training:
             _check_parameters(model, step)
             train_loss = float(state.loss_sum) / max(1, state.batch)
             values = compute_metrics(metrics, self._epoch_context(train_model, epoch, step, train_loss))
-            for name, value in values.items():
-                if not math.isfinite(value) and name.endswith("loss"):
+            for name, value in values.items():  # a loss metric (declared so) that is not finite
+                if not math.isfinite(value) and name.split(".")[0] in losses_measured:
                     raise Diverged(step, f"{name} ({value})")
             hook.bnbench_epoch_end(run=context, epoch=epoch, metrics=values)
             record = EpochRecord(epoch, step, values)

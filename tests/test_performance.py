@@ -57,5 +57,7 @@ def test_threads_are_pinned():
 
 def test_performance_settings_do_not_change_run_ids(write_manifest, registry):
     plain = load_manifest(write_manifest(RESNET, "a.toml"), registry=registry).runs()[0].run_id
-    fast = RESNET.replace('device = "cpu"', 'device = "cpu"\nperformance = { precision = "bf16", channels_last = true }')
+    fast = RESNET.replace(
+        'device = "cpu"', 'device = "cpu"\nperformance = { precision = "bf16", channels_last = true }'
+    )
     assert load_manifest(write_manifest(fast, "b.toml"), registry=registry).runs()[0].run_id == plain

@@ -194,3 +194,34 @@ def test_plugins_command_lists_kinds_with_provider(capsys):
     out = capsys.readouterr().out
     assert "normalizers:" in out and "batchnorm" in out and "bnbench 0.1.0" in out
     assert textwrap.dedent(out).count("\n") > 3
+
+
+def test_the_core_names_no_built_in_plugin():
+    """Outside the manifest schema's defaults (``harness/spec.py``: the default metrics and the
+    ``local`` executor), no code of the core names a built-in plugin: what a metric measures, which
+    dataset the kit uses, which analyses run, all come from what plugins declare."""
+    import ast
+    from pathlib import Path
+
+    import harness
+
+    registry = load_registry()
+    built_in = {entry.name for kind in KINDS for entry in registry.entries(kind) if entry.plugin.package == "bnbench"}
+    named: list[str] = []
+    for path in sorted(Path(harness.__file__).parent.glob("*.py")):
+        if path.name == "spec.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            literal = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            if literal and node.value in built_in:
+                named.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert named == []

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_manifest
 
 from harness import hookimpl
+from harness.errors import PluginError
 from harness.manifest import load_manifest
 from harness.registry import load_registry
 from harness.runner import Runner
@@ -198,3 +199,27 @@ def test_validation_metric_without_a_validation_split_fails_clearly(write_manife
     manifest, runs = plan(write_manifest, registry, text)
     result = run_one(manifest, runs[0])
     assert result.status == "failed" and "set validation_size in the study" in result.error
+
+
+def test_a_metric_declared_as_a_loss_diverges_the_run_when_not_finite_and_others_do_not(write_manifest):
+    class Metrics:
+        @hookimpl
+        def bnbench_register_metrics(self, register):
+            register("nan_risk", lambda context, options: float("nan"), measures="loss", split="test")
+            register("nan_overloss", lambda context, options: float("nan"))  # named like a loss, not declared one
+
+    registry = load_registry(objects=[("nan_metrics", Metrics())])
+    for metric, status in (("nan_risk", "diverged"), ("nan_overloss", "done")):
+        text = tiny_manifest(placement='"none"').replace("epochs = 2", f'epochs = 2\nmetrics = ["{metric}"]')
+        manifest, runs = plan(write_manifest, registry, text)
+        assert run_one(manifest, runs[0]).status == status, metric
+
+
+def test_metric_declarations_are_checked_when_registered():
+    class Bad:
+        @hookimpl
+        def bnbench_register_metrics(self, register):
+            register("odd", lambda context, options: 0.0, measures="perplexity")
+
+    with pytest.raises(PluginError, match=r"invalid measures: 'perplexity'; allowed: 'loss', 'accuracy'"):
+        load_registry(objects=[("bad_metrics", Bad())])

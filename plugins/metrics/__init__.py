@@ -19,12 +19,12 @@ from plugins.metrics.robustness import RobustnessOptions, robustness
 
 @hookimpl
 def bnbench_register_metrics(register: Register) -> None:
-    register("train_loss", train_loss)
-    register("train_accuracy", train_accuracy)
-    register("test_loss", test_loss)
-    register("test_accuracy", test_accuracy)
-    register("validation_loss", validation_loss)
-    register("validation_accuracy", validation_accuracy)
+    register("train_loss", train_loss, measures="loss", split="train")
+    register("train_accuracy", train_accuracy, measures="accuracy", split="train")
+    register("test_loss", test_loss, measures="loss", split="test")
+    register("test_accuracy", test_accuracy, measures="accuracy", split="test")
+    register("validation_loss", validation_loss, measures="loss", split="validation")
+    register("validation_accuracy", validation_accuracy, measures="accuracy", split="validation")
     register("weight_geometry", weight_geometry, options=GeometryOptions)
     register("implied_regularization", implied_regularization, options=GeometryOptions)
     register("robustness", robustness, options=RobustnessOptions)
