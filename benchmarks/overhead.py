@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from harness.manifest import load_manifest
 from harness.progress import Progress
+from harness.registry import load_registry
 from harness.runner import Runner
 from harness.sweep import run_manifest
 
@@ -107,7 +108,7 @@ def main() -> int:
         )
         manifest = load_manifest(path)
         planned = manifest.runs()[0]
-        runner = Runner(manifest.registry, base_dir=manifest.base_dir, device="cpu")
+        runner = Runner(load_registry(), base_dir=manifest.base_dir, device="cpu")
         data = runner.data.get(planned.spec.dataset, runner.device)
         images = args.epochs * (data.train_size // batch) * batch
 

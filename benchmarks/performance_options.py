@@ -29,6 +29,7 @@ from harness.assembly import resolve_device
 from harness.manifest import load_manifest
 from harness.performance import Performance
 from harness.progress import Progress
+from harness.registry import load_registry
 from harness.runner import Runner
 from harness.sweep import run_manifest
 
@@ -83,7 +84,7 @@ def main() -> int:
 
         baseline = load_manifest(manifest_with("{}", "plain"))
         planned = baseline.runs()[0]
-        runner = Runner(baseline.registry, base_dir=baseline.base_dir, device=device.type)
+        runner = Runner(load_registry(), base_dir=baseline.base_dir, device=device.type)
         data = runner.data.get(planned.spec.dataset, runner.device)
 
         def plain() -> float:

@@ -21,6 +21,7 @@ from harness.errors import BnbenchError, ManifestError, StoreError
 from harness.manifest import Manifest, load_manifest
 from harness.records import pending_runs, unique_runs
 from harness.registry import KINDS, Entry, load_registry
+from harness.session import Session, open_session
 from harness.store import Store
 from harness.sweep import run_manifest
 
@@ -72,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_report(manifest: Manifest, fmt: str, figures: Path | None = None) -> None:
-    with Store(manifest.results_path, read_only=True) as store:
-        report = reporting.from_manifest(manifest, store)
+def _print_report(session: Session, fmt: str, figures: Path | None = None) -> None:
+    with session.store(read_only=True) as store:
+        report = reporting.from_manifest(session.manifest, store, session.registry)
     _emit(report, fmt, figures)
 
 
@@ -104,9 +105,10 @@ def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest, args.profile, studies=args.study, executor=args.executor)
+    session = open_session(args.manifest, args.profile, studies=args.study, executor=args.executor)
+    manifest = session.manifest
     _confirm_size(manifest, args.rerun, args.yes)
-    summary = run_manifest(manifest, rerun=args.rerun, device=args.device)
+    summary = run_manifest(manifest, registry=session.registry, rerun=args.rerun, device=args.device)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
     if summary.busy:
         counts += f", {summary.busy} being run by another process"
@@ -118,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not args.no_report:
-        _print_report(manifest, args.format)
+        _print_report(session, args.format)
     if summary.interrupted:
         print("Stopped before the sweep finished: run the same command again to resume.", file=sys.stderr)
         return 130
@@ -169,13 +171,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if args.source.suffix in (".sqlite", ".sqlite3", ".db") and args.source.is_file():
         raise StoreError(f"{args.source} is not a SQLite database (its header is damaged?): cannot report from it")
-    manifest = load_manifest(args.source, args.profile, studies=args.study)
+    session = open_session(args.source, args.profile, studies=args.study)
+    manifest = session.manifest
     if not manifest.results_path.is_file():
         raise BnbenchError(
             f"no results yet at {manifest.results_path}; run `bnbench run {args.source}"
             f"{' --profile ' + args.profile if args.profile else ''}` first"
         )
-    _print_report(manifest, args.format, args.figures)
+    _print_report(session, args.format, args.figures)
     return 0
 
 
@@ -244,11 +247,7 @@ PLURALS = {"analysis": "analyses"}
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    if args.manifest:
-        manifest = load_manifest(args.manifest)
-        registry = manifest.registry
-    else:
-        registry = load_registry()
+    registry = open_session(args.manifest).registry if args.manifest else load_registry()
     kinds = args.kind or KINDS
     if args.json:
         components = [describe_entry(e) for kind in kinds for e in registry.entries(kind)]

@@ -67,7 +67,6 @@ class Manifest:
     settings: HarnessSettings
     profile: str | None
     studies: list[Study]
-    registry: Registry = field(repr=False)
     claims: list[ClaimSpec] = field(default_factory=list)
     executor: Component = field(default_factory=lambda: Component(name=DEFAULT_EXECUTOR))
 
@@ -510,7 +509,22 @@ def load_manifest(
     studies: list[str] | None = None,
     executor: str | None = None,
 ) -> Manifest:
-    """Read, overlay, validate and expand a manifest. Every problem is a ``ManifestError``.
+    """The plan of a manifest: read, overlaid, validated and expanded (a pure value). Every problem
+    is a ``ManifestError``. A command that also runs or reports opens a ``harness.session.Session``,
+    which keeps the registry the plan was validated with."""
+    return plan_manifest(path, profile, registry=registry, studies=studies, executor=executor)[0]
+
+
+def plan_manifest(
+    path: str | Path,
+    profile: str | None = None,
+    *,
+    registry: Registry | None = None,
+    studies: list[str] | None = None,
+    executor: str | None = None,
+) -> tuple[Manifest, Registry]:
+    """Read, overlay, validate and expand a manifest; the plan and the registry it was validated
+    with (``registry``, or the installed plugins and the manifest's own ``[harness] plugins``).
 
     ``executor`` (a plugin name, or a TOML inline table such as ``{ name = "pool", workers = 4 }``)
     replaces the manifest's ``[harness] executor``: where runs execute is not part of what they are.
@@ -582,12 +596,12 @@ def load_manifest(
     else:
         resolver, field_name, raw_executor = _Expander(registry, "--executor", ""), "executor", parse_inline(executor)
     resolved_executor = resolver.resolve_component("executor", field_name, resolver.component(field_name, raw_executor))
-    return Manifest(
+    manifest = Manifest(
         path=path,
         settings=parsed.harness,
         profile=profile,
         studies=expanded,
-        registry=registry,
         claims=claims,
         executor=Component.model_validate(resolved_executor),
     )
+    return manifest, registry

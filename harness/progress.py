@@ -1,8 +1,11 @@
-"""Progress display: tqdm bars on a terminal, plain log lines otherwise."""
+"""What a sweep hears from its runs: a progress display (tqdm bars on a terminal, plain log lines
+otherwise), and a sign of life at each epoch end (``keep_alive``: the sweep refreshes the claims
+of its runs there, so that other sweeps see their owner is alive)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
@@ -27,6 +30,8 @@ class Progress:
         test accuracy, found by what metrics declare they measure)."""
         self.stream = stream or sys.stderr
         self.headline = headline
+        self.keep_alive: Callable[[], None] = lambda: None
+        """Called at each epoch end of an in-process run (the sweep sets it)."""
         self.bars = self.stream.isatty() if bars is None else bars
         self.total_runs = total_runs
         self.done = 0
@@ -55,6 +60,7 @@ class Progress:
             self._run.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
     def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        self.keep_alive()
         if self._run is not None:
             short = {k: f"{v:.4g}" for k, v in metrics.items() if k in self.headline}
             self._run.set_postfix(epoch=f"{epoch}/{epochs}", **short)

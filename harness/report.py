@@ -13,7 +13,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.analysis import as_estimate, interval, verdict
+from harness.analysis import as_estimate, interval, mean_std, pm, verdict
 from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from harness.errors import BnbenchError
 from harness.manifest import Manifest
@@ -36,12 +36,13 @@ class Headline:
     def of(cls, registry: Registry) -> Headline:
         return cls(registry.metric_named("accuracy", "test"), registry.metric_named("loss", "train"))
 
-    def final(self, runs: Sequence[RunRecord], which: str) -> tuple[float | None, float | None]:
+    def final(self, runs: Sequence[RunRecord], which: str) -> list[float | None]:
+        """Each run's last value of the headline metric ``which`` (``accuracy`` or ``loss``)."""
         name = getattr(self, which)
-        return _stats([r.final(name) for r in runs]) if name else (None, None)
+        return [r.final(name) for r in runs] if name else []
 
-    def best_accuracy(self, runs: Sequence[RunRecord]) -> tuple[float | None, float | None]:
-        return _stats([r.best(self.accuracy) for r in runs]) if self.accuracy else (None, None)
+    def best_accuracy(self, runs: Sequence[RunRecord]) -> list[float | None]:
+        return [r.best(self.accuracy) for r in runs] if self.accuracy else []
 
 
 @dataclass
@@ -72,20 +73,6 @@ class Row:
     diverged: list[RunRecord] = field(default_factory=list)
     failed: int = 0
     pending: int = 0
-
-
-def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    clean = [v for v in values if v is not None and math.isfinite(v)]
-    if not clean:
-        return None, None
-    return statistics.fmean(clean), (statistics.stdev(clean) if len(clean) > 1 else 0.0)
-
-
-def _pm(stats: tuple[float | None, float | None], scale: float = 1.0, digits: int = 2) -> str:
-    mean, std = stats
-    if mean is None:
-        return "—"
-    return f"{mean * scale:.{digits}f} ± {(std or 0.0) * scale:.{digits}f}"
 
 
 def group_rows(study: StudyRuns) -> list[Row]:
@@ -152,9 +139,9 @@ def study_table(study: StudyRuns, headline: Headline, fmt: str = "github") -> st
         body.append(
             [
                 *config,
-                _pm(headline.final(row.done, "accuracy"), 100),
-                _pm(headline.best_accuracy(row.done), 100),
-                _pm(headline.final(row.done, "loss"), 1, 4),
+                pm(headline.final(row.done, "accuracy"), 100, 2, fixed=True),
+                pm(headline.best_accuracy(row.done), 100, 2, fixed=True),
+                pm(headline.final(row.done, "loss"), 1, 4, fixed=True),
                 f"{len(row.done) + len(row.diverged)}/{row.seeds}",
                 _diverged_cell(row),
                 str(row.failed) if row.failed else "",
@@ -192,9 +179,9 @@ CSV_MEASURES = [
 def _csv_measures(row: Row, headline: Headline) -> list[Any]:
     cells: list[Any] = []
     for stats in (
-        headline.final(row.done, "accuracy"),
-        headline.best_accuracy(row.done),
-        headline.final(row.done, "loss"),
+        mean_std(headline.final(row.done, "accuracy")),
+        mean_std(headline.best_accuracy(row.done)),
+        mean_std(headline.final(row.done, "loss")),
     ):
         cells += ["" if v is None else f"{v:.6g}" for v in stats]
     cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
@@ -393,8 +380,9 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def from_manifest(manifest: Manifest, store: Store) -> Report:
-    """The manifest's studies (as expanded now) with whatever the store holds of them."""
+def from_manifest(manifest: Manifest, store: Store, registry: Registry) -> Report:
+    """The manifest's studies (as planned) with whatever the store holds of them, analysed with
+    ``registry`` (the session's: the plan is not expanded again nor the plugins reloaded)."""
     stored = store.load(run.run_id for run in manifest.runs())
     studies = [
         StudyRuns(
@@ -408,7 +396,7 @@ def from_manifest(manifest: Manifest, store: Store) -> Report:
         for study in manifest.studies
     ]
     note = manifest.settings.profile_notes.get(manifest.profile or "", "")
-    return Report(studies, manifest.registry, manifest.claims, scale_note=note).analyze()
+    return Report(studies, registry, manifest.claims, scale_note=note).analyze()
 
 
 def from_store(store: Store, registry: Registry) -> Report:

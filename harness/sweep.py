@@ -16,15 +16,13 @@ from pathlib import Path
 
 import torch
 
-from harness.api import RunContext
 from harness.checkpoint import Checkpoints
 from harness.errors import ManifestError, StoreError
 from harness.executors import ExecutorContext, StopFile, WorkerSpec
-from harness.hookspecs import hookimpl
 from harness.manifest import Manifest
 from harness.progress import Progress
 from harness.records import FINISHED, PlannedRun, RunResult, pending_runs, unique_runs
-from harness.registry import Registry
+from harness.registry import Registry, load_registry
 from harness.store import Store
 
 
@@ -85,18 +83,14 @@ def stop_on_signals(stop: threading.Event, log: Callable[[str], None]) -> Iterat
 
 class _Heartbeat:
     """Keeps claimed runs' ``updated_at`` fresh so other processes see their owner is alive:
-    at each epoch end of in-process runs, and whenever an executor waiting on runs elsewhere
-    calls ``keep_alive`` (at most once per ``every_s``)."""
+    at each epoch end of in-process runs (through ``Progress.keep_alive``), and whenever an
+    executor waiting on runs elsewhere calls ``keep_alive`` (at most once per ``every_s``)."""
 
     def __init__(self, store: Store, claimed: dict[str, PlannedRun], every_s: float) -> None:
         self.store = store
         self.claimed = claimed
         self.every_s = every_s
         self.last = time.monotonic()
-
-    @hookimpl
-    def bnbench_epoch_end(self, run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
-        self.store.heartbeat(run.run_id)
 
     def keep_alive(self) -> None:
         if time.monotonic() - self.last >= self.every_s:
@@ -113,6 +107,7 @@ def checkpoint_directory(results_path: Path) -> Path:
 def run_manifest(
     manifest: Manifest,
     *,
+    registry: Registry | None = None,
     rerun: bool = False,
     device: str | None = None,
     progress: Progress | None = None,
@@ -122,6 +117,8 @@ def run_manifest(
     A run is claimed in the store just before the executor starts it, so two sweeps over
     one store never run the same run at once. SIGINT/SIGTERM checkpoint the runs in progress
     and stop the sweep; every finished result is kept and running the same command resumes.
+    ``registry``: the plugins the plan was validated with (a ``Session``'s); by default the
+    installed plugins and the manifest's own.
     """
     runs = manifest.runs()
     settings = manifest.settings
@@ -160,10 +157,12 @@ def run_manifest(
             performance=settings.performance,
             stop_file=remote_stop.path,
         )
-        entry = manifest.registry.get("executor", manifest.executor.name)
+        if registry is None:  # the installed plugins and the manifest's own, as the plan was validated with
+            registry = load_registry(settings.plugins, base_dir=manifest.base_dir)
+        entry = registry.get("executor", manifest.executor.name)
         executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))
         stop = threading.Event()
-        headline = headline_metrics(manifest.registry)
+        headline = headline_metrics(registry)
         progress = progress or Progress(len(pending), headline=headline)
         claimed: dict[str, PlannedRun] = {}
 
@@ -189,9 +188,9 @@ def run_manifest(
                 yield planned
 
         heartbeat = _Heartbeat(store, claimed, every_s=min(60.0, settings.claim_timeout_s / 4))
-        manifest.registry.manager.register(heartbeat)
+        progress.keep_alive = heartbeat.keep_alive
         files = manifest.results_path.with_name(manifest.results_path.name + ".executor")
-        context = ExecutorContext(worker, manifest.registry, stop, progress, heartbeat.keep_alive, files)
+        context = ExecutorContext(worker, registry, stop, progress, heartbeat.keep_alive, files)
         unwritable: str | None = None
         """Why the store stopped accepting writes mid-sweep (a read-only disk, a full one)."""
         try:
@@ -227,7 +226,6 @@ def run_manifest(
                 with contextlib.suppress(sqlite3.Error):
                     store.mark_interrupted(planned.run_id)
                 summary.interrupted = True
-            manifest.registry.manager.unregister(heartbeat)
             with contextlib.suppress(OSError):
                 remote_stop.clear()
             progress.close()

@@ -210,7 +210,7 @@ def test_submitit_submits_one_slurm_job_array_and_cancels_unstarted_jobs_on_stop
         stop_file=tmp_path / "slurm.sqlite.checkpoints" / "stop-test",
     )
     context = ExecutorContext(
-        worker_spec, manifest.registry, stop, StopAfterSubmitting(4, stream=io.StringIO(), bars=False),
+        worker_spec, load_registry(), stop, StopAfterSubmitting(4, stream=io.StringIO(), bars=False),
         files=tmp_path / "slurm.sqlite.executor",
     )  # fmt: skip
 

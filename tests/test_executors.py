@@ -132,6 +132,6 @@ def test_remote_runs_claims_are_kept_alive_while_the_executor_waits(write_manife
     text = manifest_text('"waiting"', "w.sqlite").replace("seeds = [0, 1]", "seeds = [0]")
     text = text.replace("[harness]", "[harness]\nclaim_timeout_s = 0.4", 1)  # keep-alive every 0.1 s
     manifest = load_manifest(write_manifest(text), registry=registry)
-    assert run_manifest(manifest).statuses == {"failed": 2}
+    assert run_manifest(manifest, registry=registry).statuses == {"failed": 2}
     assert len(seen) == 6
     assert seen[0] < seen[1] < seen[2] and seen[3] < seen[4] < seen[5]  # refreshed while waiting

@@ -97,11 +97,11 @@ def test_probe_study_runs_without_training_and_reports(write_manifest, probe_reg
     (study,) = manifest.studies
     assert [a.name for a in study.analyses] == ["logit_table"]  # the probe's default analysis
     assert all(r.spec.is_probe and r.spec.epochs is None for r in study.runs)
-    summary = run_manifest(manifest)
+    summary = run_manifest(manifest, registry=probe_registry)
     assert summary.statuses == {"done": 2}
     with Store(manifest.results_path) as store:
         stored = store.load(r.run_id for r in study.runs)
-        report = from_manifest(manifest, store)
+        report = from_manifest(manifest, store, probe_registry)
     measured = [s.measurements for s in stored.values()]
     assert all(m["per_class"] == [0, 1, 2] and m["logit_norm"] > 0 for m in measured)
     text = report.render("github")
@@ -124,16 +124,17 @@ def test_claim_for_unknown_study_is_a_manifest_error(write_manifest, probe_regis
 def test_a_failing_analysis_is_reported_not_raised(write_manifest, probe_registry):
     text = MANIFEST.replace('placement = ["final", "none"]', 'placement = "none"\nanalyses = ["logit_table", "broken"]')
     manifest = load_manifest(write_manifest(text), registry=probe_registry)
-    run_manifest(manifest)
+    run_manifest(manifest, registry=probe_registry)
     with Store(manifest.results_path) as store:
-        rendered = from_manifest(manifest, store).render("plain")
+        rendered = from_manifest(manifest, store, probe_registry).render("plain")
     assert "Logit norms" in rendered  # one placement only: no ratio, so the claim is not measured
     assert "not measured" in rendered
     assert "analysis 'broken' failed: ValueError: no data to summarize" in rendered
 
 
 def test_training_study_needs_its_components(write_manifest, registry):
-    path = write_manifest(MANIFEST.replace('probe = "logit_norm"\n', "epochs = 1\n"))
+    training = MANIFEST.split("[[claims]]")[0].replace('probe = "logit_norm"\n', "epochs = 1\n")  # no analyses
+    path = write_manifest(training)
     manifest = load_manifest(path, registry=load_registry(objects=[("probe_plugin", ProbePlugin())]))
     assert not manifest.studies[0].runs[0].spec.is_probe
     bare = MANIFEST.replace('probe = "logit_norm"\n', "epochs = 1\n").replace('normalizer = "batchnorm"\n', "")

@@ -11,6 +11,7 @@ from conftest import TINY_STUDY, tiny_manifest
 from harness import report
 from harness.manifest import load_manifest
 from harness.records import EpochRecord, RunResult
+from harness.registry import load_registry
 from harness.store import Store
 from harness.sweep import run_manifest
 
@@ -52,7 +53,7 @@ def known_store(write_manifest, registry):
 
 def test_table_aggregates_seeds(known_store):
     with Store(known_store.results_path) as store:
-        text = report.from_manifest(known_store, store).render("github")
+        text = report.from_manifest(known_store, store, load_registry()).render("github")
     lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     # all: final 0.90 and 0.70 → 80.00 ± 14.14; best 0.90 and 0.70 → same
     assert "80.00 ± 14.14" in lines["all"]
@@ -67,14 +68,14 @@ def test_table_aggregates_seeds(known_store):
 
 def test_report_from_the_database_alone_matches(known_store):
     with Store(known_store.results_path) as store:
-        from_db = report.from_store(store, known_store.registry).render("plain")
-        from_manifest = report.from_manifest(known_store, store).render("plain")
+        from_db = report.from_store(store, load_registry()).render("plain")
+        from_manifest = report.from_manifest(known_store, store, load_registry()).render("plain")
     assert from_db.split("\n\n")[-1] == from_manifest.split("\n\n")[-1]
 
 
 def test_csv_has_numbers(known_store):
     with Store(known_store.results_path) as store:
-        text = report.from_manifest(known_store, store).render("csv")
+        text = report.from_manifest(known_store, store, load_registry()).render("csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     by_placement = {r["placement"]: r for r in rows}
     assert float(by_placement["all"]["final_test_acc_mean"]) == pytest.approx(0.8)
@@ -87,7 +88,7 @@ def test_csv_of_studies_with_different_axes_has_every_axis_column(write_manifest
     manifest = load_manifest(write_manifest(tiny_manifest(epochs=1) + second), registry=registry)
     run_manifest(manifest)
     with Store(manifest.results_path) as store:
-        text = report.from_manifest(manifest, store).render("csv")
+        text = report.from_manifest(manifest, store, load_registry()).render("csv")
     rows = list(csv.DictReader(io.StringIO(text)))  # no analyses or claims: one table
     assert list(rows[0])[:3] == ["study", "placement", "optimizer.lr"]
     assert [(r["study"], r["placement"], r["optimizer.lr"]) for r in rows] == [
@@ -101,9 +102,9 @@ def test_csv_of_studies_with_different_axes_has_every_axis_column(write_manifest
 
 def test_latex_and_pending_runs(write_manifest, registry, known_store):
     with Store(known_store.results_path) as store:
-        latex = report.from_manifest(known_store, store).render("latex")
+        latex = report.from_manifest(known_store, store, load_registry()).render("latex")
     assert "\\toprule" in latex and "80.00 ± 14.14" in latex
     bigger = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1, 2]")), registry=registry)
     with Store(bigger.results_path) as store:
-        text = report.from_manifest(bigger, store).render("github")
+        text = report.from_manifest(bigger, store, load_registry()).render("github")
     assert "(2 of 6 runs not yet run)" in text and "| 2/3 " in text

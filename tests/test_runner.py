@@ -9,9 +9,9 @@ from conftest import tiny_manifest
 
 from harness import hookimpl
 from harness.errors import PluginError
-from harness.manifest import load_manifest
 from harness.registry import load_registry
 from harness.runner import Runner
+from harness.session import open_session
 from harness.spec import ScheduleSpec
 
 
@@ -21,12 +21,13 @@ def fault_registry():
 
 
 def plan(write_manifest, registry, text):
-    manifest = load_manifest(write_manifest(text), registry=registry)
-    return manifest, manifest.runs()
+    session = open_session(write_manifest(text), registry=registry)
+    return session, session.manifest.runs()
 
 
-def run_one(manifest, planned, check_every=0):
-    runner = Runner(manifest.registry, base_dir=manifest.base_dir, device="cpu", divergence_check_every=check_every)
+def run_one(session, planned, check_every=0):
+    manifest = session.manifest
+    runner = Runner(session.registry, base_dir=manifest.base_dir, device="cpu", divergence_check_every=check_every)
     return runner.run(planned)
 
 
@@ -181,7 +182,7 @@ def test_validation_split_is_held_out_of_training_and_evaluated(write_manifest, 
     assert result.status == "done", result.error
     assert result.info["steps_per_epoch"] == 3  # 128 - 32 held out = 96 examples / 32
     assert 0 <= result.epochs[-1].metrics["validation_accuracy"] <= 1
-    runner = Runner(registry, base_dir=manifest.base_dir, device="cpu")
+    runner = Runner(registry, base_dir=manifest.manifest.base_dir, device="cpu")
     data = runner.data.get(runs[0].spec.dataset, runner.device, 32)
     full = runner.data.get(runs[0].spec.dataset, runner.device)
     held = {tuple(x.flatten().tolist()) for x in data.validation_images}

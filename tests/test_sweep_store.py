@@ -46,9 +46,9 @@ def test_failed_runs_rerun_and_diverged_runs_are_final(write_manifest):
         'model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "nan_after", at_step = 2 }]'
     )
     manifest = load_manifest(write_manifest(text), registry=registry)
-    summary = run_manifest(manifest, progress=quiet(2))
+    summary = run_manifest(manifest, registry=registry, progress=quiet(2))
     assert summary.statuses == {"failed": 1, "diverged": 1}
-    again = run_manifest(manifest, progress=quiet(1))
+    again = run_manifest(manifest, registry=registry, progress=quiet(1))
     assert again.skipped == 1 and again.statuses == {"failed": 1}
     with Store(manifest.results_path) as store:
         (crashed,) = [s for s in store.load(r.run_id for r in manifest.runs()).values() if s.status == "failed"]
@@ -67,7 +67,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes(write_manifest):
     plugin = Interrupt()
     registry = load_registry(objects=[("interrupt", plugin)])
     manifest = load_manifest(write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1, 2]")), registry=registry)
-    summary = run_manifest(manifest, progress=quiet(3))
+    summary = run_manifest(manifest, registry=registry, progress=quiet(3))
     assert summary.interrupted and summary.statuses == {"done": 1}
     ids = [r.run_id for r in manifest.runs()]
     with Store(manifest.results_path) as store:
@@ -75,7 +75,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes(write_manifest):
         assert statuses == {ids[0]: "done", ids[1]: "interrupted"}
         assert not store.load([ids[1]])[ids[1]].epochs  # nothing of the interrupted run is kept
     plugin.armed = False
-    resumed = run_manifest(manifest, progress=quiet(2))
+    resumed = run_manifest(manifest, registry=registry, progress=quiet(2))
     assert resumed.skipped == 1 and resumed.statuses == {"done": 2}
 
 

@@ -1,8 +1,11 @@
-"""Built-in analyses of the regularization study of Annamalai & Thakur 2022 (docs/studies.md).
+"""Built-in analyses of training studies (the probes' own analyses live with them, ``plugins.probes``).
 
 =========================  =====================================================================
 analysis                   what it reports
 =========================  =====================================================================
+``lr_sweep``               Bjorck et al. 2018: accuracy against the learning rate, each seed's
+                           best rate chosen on the validation split, training curves (Fig. 1)
+``placement_share``        Bjorck et al. 2018: the final layer's share of BN's benefit (RQ4)
 ``implied_regularization`` BN's implied multiplier λ̂, its ridge rate, per-unit SNR and the noise
                            bound against the input-noise level (table, figure, trend values)
 ``tuned_l2_comparison``    accuracy under noise: BN, no BN, and no BN with the weight decay tuned
@@ -10,7 +13,8 @@ analysis                   what it reports
 ``trajectories``           raw weight norms and ‖γ‖ over training, against batch size
 =========================  =====================================================================
 
-They read the metrics ``weight_geometry``, ``implied_regularization``, ``robustness`` and
+The last three belong to the regularization study of Annamalai & Thakur 2022
+(docs/studies.md); they read the metrics ``weight_geometry``, ``implied_regularization``, ``robustness`` and
 ``validation_accuracy`` (``plugins.metrics``).
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 from harness import hookimpl
 from harness.hookspecs import Register
+from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.analyses.regularization import (
     ImpliedRegularizationOptions,
     TrajectoryOptions,
@@ -30,6 +35,8 @@ from plugins.analyses.regularization import (
 
 @hookimpl
 def bnbench_register_analyses(register: Register) -> None:
+    register("lr_sweep", lr_sweep, options=LrSweepOptions)
+    register("placement_share", placement_share, options=PlacementShareOptions)
     register("implied_regularization", implied_regularization_analysis, options=ImpliedRegularizationOptions)
     register("tuned_l2_comparison", tuned_l2_comparison, options=TunedL2Options)
     register("trajectories", trajectories, options=TrajectoryOptions)

@@ -23,16 +23,30 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
 
 from harness import Options
-from harness.analysis import interval, over_seeds, point, spearman
+from harness.analysis import (
+    average,
+    axis_value,
+    config_label,
+    finite,
+    fmt,
+    grouped,
+    interval,
+    mean,
+    mean_std,
+    over_seeds,
+    pm,
+    point,
+    put,
+    runs_by_seed,
+    spearman,
+)
 from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
-from plugins.probes.common import axis_value, mean, put
-from plugins.probes.common import clean as finite
 
 NOISE_AXIS = "input_transform.std"
 MIN_LEVELS = 3
@@ -66,58 +80,6 @@ def selected(runs: Iterable[RunRecord], select: Mapping[str, Any]) -> list[RunRe
         if keep:
             out.append(run)
     return out
-
-
-def _short(axis: str) -> str:
-    return axis.rsplit(".", 1)[-1]
-
-
-def config_label(run: RunRecord, exclude: Collection[str] = ()) -> str:
-    """``short_axis=value`` of the run's axes except ``exclude`` and the seed, joined by ``,``."""
-    parts = [f"{_short(axis)}={value}" for axis, value in run.axes.items() if axis not in exclude and axis != "seed"]
-    return ",".join(parts) or "runs"
-
-
-def grouped(runs: Iterable[RunRecord], key: Callable[[RunRecord], Any]) -> dict[Any, list[RunRecord]]:
-    """Runs by ``key(run)``, in the order keys first appear."""
-    groups: dict[Any, list[RunRecord]] = {}
-    for run in runs:
-        groups.setdefault(key(run), []).append(run)
-    return groups
-
-
-def by_seed(runs: Iterable[RunRecord]) -> dict[int, list[RunRecord]]:
-    """Runs by seed, seeds in increasing order."""
-    return dict(sorted(grouped(runs, lambda r: r.seed).items()))
-
-
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    numbers = finite(values)
-    if not numbers:
-        return None, None
-    return statistics.fmean(numbers), statistics.stdev(numbers) if len(numbers) > 1 else 0.0
-
-
-def fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
-    return "—" if value is None else f"{value * scale:.{digits}g}"
-
-
-def pm(values: Iterable[float | None], scale: float = 1.0, digits: int = 3, fixed: bool = False) -> str:
-    """``mean ± std`` of the finite values (``—`` when none; ``inf`` when any is +inf)."""
-    values = [v for v in values if v is not None]
-    if any(v == math.inf for v in values):
-        return "inf"
-    m, s = mean_std(values)
-    if m is None:
-        return "—"
-    spec = f".{digits}{'f' if fixed else 'g'}"
-    return f"{m * scale:{spec}} ± {(s or 0.0) * scale:{spec}}"
-
-
-def average(values: Iterable[float | None]) -> float | None:
-    """Mean of the values that are not missing or NaN (+inf kept: an infinite mean); ``None`` if none."""
-    numbers = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    return statistics.fmean(numbers) if numbers else None
 
 
 def seed_trends(
@@ -303,7 +265,7 @@ def _trend_values(
         key = f"{options.metric}.layer{k}.{quantity}.median"
         series: dict[int, list[tuple[float, float]]] = {}
         for level in levels:
-            per_seed = {s: mean(r.final(key) for r in rs) for s, rs in by_seed(by_level.get(level, [])).items()}
+            per_seed = {s: mean(r.final(key) for r in rs) for s, rs in runs_by_seed(by_level.get(level, [])).items()}
             per_seed = {s: v for s, v in per_seed.items() if v is not None}
             for suffix in suffixes:
                 put(values, f"{short}{suffix}.{_noise_key(level)}", over_seeds(per_seed.values()))
@@ -315,7 +277,7 @@ def _trend_values(
             if quantity == "ridge":
                 lowest = (min((y for x, y in points if x > 0), default=None) for points in series.values())
                 put(values, f"ridge_rate_min{suffix}", over_seeds(lowest))
-    noisy = by_seed(r for r in members if noise_level(r, options.noise_axis) > 0)
+    noisy = runs_by_seed(r for r in members if noise_level(r, options.noise_axis) > 0)
     within = [finite(r.final(f"{options.metric}.layer{k}.bound.within") for r in rs) for rs in noisy.values()]
     for suffix in suffixes:
         put(values, f"bound_within_min{suffix}", over_seeds(min(w) if w else None for w in within))
@@ -533,8 +495,8 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
     ratios: dict[float, dict[int, float]] = {}
     for level in levels:
         bn_seeds, none_seeds = (
-            by_seed(members(level, options.normalized)),
-            by_seed(members(level, options.unnormalized)),
+            runs_by_seed(members(level, options.normalized)),
+            runs_by_seed(members(level, options.unnormalized)),
         )
         tuned = {s: t for s, rs in none_seeds.items() if (t := tune(rs, options.decay_axis, options.selection_metric))}
         bn_tuned = {s: t for s, rs in bn_seeds.items() if (t := tune(rs, options.decay_axis, options.selection_metric))}
@@ -764,7 +726,7 @@ def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisRes
             continue
         first = {n: (s[0][1] if s else None) for n, s in series.items()}
         last = {n: (s[-1][1] if s else None) for n, s in series.items()}
-        seeds = {s: {n: _ends(rs, keys[n]) for n in ("w", "gamma")} for s, rs in by_seed(members).items()}
+        seeds = {s: {n: _ends(rs, keys[n]) for n in ("w", "gamma")} for s, rs in runs_by_seed(members).items()}
         finals[label] = {s: {n: e[1] if e else None for n, e in ends.items()} for s, ends in seeds.items()}
         gamma_ratio = over_seeds((_ratio(ends["gamma"]) for ends in seeds.values()), "log")
         rows.append(

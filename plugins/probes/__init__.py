@@ -11,8 +11,8 @@ probe                 default analysis      measures (paper)
 ``max_lr``            ``max_lr_depth``      largest non-diverging learning rate vs depth (Fig. 8)
 ====================  ====================  ===========================================================================
 
-Analyses of training studies: ``lr_sweep`` (accuracy vs learning rate, training curves; Fig. 1)
-and ``placement_share`` (the final layer's share of BN's benefit; RQ4).
+The analyses of Bjorck et al.'s training studies (``lr_sweep``, ``placement_share``) are in
+``plugins.analyses``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_a
 from plugins.probes.common import CompareOptions
 from plugins.probes.gradients import GradientOptions, gradient_analysis, gradient_stats
 from plugins.probes.landscape import LandscapeAnalysisOptions, LandscapeOptions, landscape_analysis, loss_landscape
-from plugins.probes.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
 from plugins.probes.random_matrix import RandomMatrixOptions, random_matrix, random_matrix_analysis
 
@@ -41,8 +40,6 @@ def bnbench_register_probes(register: Register) -> None:
 
 @hookimpl
 def bnbench_register_analyses(register: Register) -> None:
-    register("lr_sweep", lr_sweep, options=LrSweepOptions)
-    register("placement_share", placement_share, options=PlacementShareOptions)
     register("loss_landscape", landscape_analysis, options=LandscapeAnalysisOptions)
     register("activation_depth", activation_depth, options=CompareOptions)
     register("gradient_stats", gradient_analysis, options=CompareOptions)

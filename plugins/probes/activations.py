@@ -27,22 +27,19 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import Options, find_sites
-from harness.analysis import over_seeds
-from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import (
-    CompareOptions,
+from harness.analysis import (
     by_seed,
     finite_or_nan,
     fmt,
     geomean_or_inf,
     group_runs,
     mean_curve,
+    over_seeds,
     paired_ratio,
-    panel_grid,
-    probe_runs,
     put,
-    take_batches,
 )
+from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
 
 
 class ActivationOptions(Options):

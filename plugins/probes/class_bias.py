@@ -28,20 +28,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import Options
-from harness.analysis import over_seeds
+from harness.analysis import fmt, group_runs, mean, over_seeds, paired_difference, per_seed, put
 from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import (
-    CompareOptions,
-    fmt,
-    group_runs,
-    mean,
-    paired_difference,
-    panel_grid,
-    per_seed,
-    probe_runs,
-    put,
-    take_batches,
-)
+from plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
 
 
 class ClassBiasOptions(Options):

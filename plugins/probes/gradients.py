@@ -31,24 +31,21 @@ from pydantic import Field
 from torch import nn
 
 from harness import Options
-from harness.analysis import over_seeds
-from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import (
-    CompareOptions,
+from harness.analysis import (
     finite_or_nan,
     fmt,
     geomean,
     group_runs,
     mean,
     mean_curve,
+    over_seeds,
     paired_difference,
     paired_ratio,
-    panel_grid,
     per_seed,
-    probe_runs,
     put,
-    take_batches,
 )
+from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
 
 Grouping = Literal["positions", "examples"]
 

@@ -23,9 +23,9 @@ from pydantic import Field, model_validator
 from torch.func import functional_call
 
 from harness import Options
-from harness.analysis import over_seeds
+from harness.analysis import fmt, group_runs, over_seeds, put
 from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, fmt, group_runs, loss_ratio, probe_runs, put, take_batches
+from plugins.probes.common import CompareOptions, loss_ratio, probe_runs, take_batches
 
 
 class LandscapeOptions(Options):

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from harness import Options
-from harness.analysis import over_seeds, point
+from harness.analysis import axis_value, fmt, group_runs, over_seeds, point, put, ratio
 from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
-from plugins.probes.common import CompareOptions, axis_value, fmt, group_runs, probe_runs, put, ratio, take_batches
+from plugins.probes.common import CompareOptions, probe_runs, take_batches
 
 
 class MaxLrOptions(Options):

@@ -37,9 +37,9 @@ from pydantic import Field
 from torch import nn
 
 from harness import Options
-from harness.analysis import over_seeds
+from harness.analysis import by_seed, fmt, group_runs, over_seeds, put
 from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import by_seed, fmt, group_runs, panel_grid, probe_runs, put
+from plugins.probes.common import panel_grid, probe_runs
 
 Init = Literal["gaussian", "kaiming_normal", "pytorch_default"]
 

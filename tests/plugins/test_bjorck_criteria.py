@@ -17,9 +17,9 @@ from torch import nn
 from harness import DataInfo
 from harness.analysis import verdict
 from harness.api import Estimate, RunRecord, StudyResults
+from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
 from plugins.probes.landscape import LandscapeAnalysisOptions, landscape_analysis
-from plugins.probes.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.probes.max_lr import MaxLrAnalysisOptions, train_steps
 
 

@@ -18,11 +18,12 @@ from test_probes import Constant, Doubling, context_for, record, study
 from torch import nn
 
 from harness import find_sites
+from harness.analysis import paired_difference, paired_ratio
 from harness.api import DataInfo, Estimate
 from plugins.models.resnet_cifar import ResNetOptions, build_resnet
 from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
 from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
-from plugins.probes.common import CompareOptions, paired_difference, paired_ratio
+from plugins.probes.common import CompareOptions
 from plugins.probes.gradients import (
     GradientOptions,
     contribution_sums,

@@ -13,13 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import NormSite
+from harness.analysis import group_label
 from harness.api import AnalysisResult, DataBundle, ProbeContext, RunRecord, StudyResults
 from harness.data import DeviceData
 from harness.report import Report, StudyRuns
 from harness.spec import ClaimSpec, Component, RunSpec
+from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
 from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
-from plugins.probes.common import CompareOptions, group_label
+from plugins.probes.common import CompareOptions
 from plugins.probes.gradients import (
     GradientOptions,
     gradient_analysis,
@@ -35,7 +37,6 @@ from plugins.probes.landscape import (
     loss_landscape,
     relative_losses,
 )
-from plugins.probes.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
 from plugins.probes.random_matrix import (
     RandomMatrixOptions,

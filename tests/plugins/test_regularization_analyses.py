@@ -373,7 +373,7 @@ def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_man
     manifest = load_manifest(write_manifest(STUDY), registry=registry)
     assert run_manifest(manifest).statuses == {"done": 8}
     with Store(manifest.results_path) as store:
-        report = from_manifest(manifest, store)
+        report = from_manifest(manifest, store, registry)
     text = report.render("github")
     assert "### Implied regularization against input noise" in text and "failed" not in text.split("## Claims")[1]
     assert "### Accuracy under input noise" in text and "### Weight-norm trajectories" in text

@@ -12,10 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from harness.analysis import over_seeds
-from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
-from plugins.probes.common import (
-    CompareOptions,
+from harness.analysis import (
     axis_value,
     finished,
     finite_or_nan,
@@ -23,11 +20,13 @@ from plugins.probes.common import (
     group_runs,
     mean,
     mean_curve,
+    over_seeds,
     paired_difference,
     paired_ratio,
-    panel_grid,
     put,
 )
+from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
+from plugins.probes.common import CompareOptions, panel_grid
 
 LR_AXIS = "optimizer.lr"
 

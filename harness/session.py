@@ -1,0 +1,40 @@
+"""A command's session: the one object that owns the plugins, the plan and the results store.
+
+``bnbench run``, ``plan`` and ``report`` open one session: the manifest is read and expanded
+once, with the registry of plugins it was validated against, and that registry is the one
+the sweep runs and the report analyses with (never reloaded, never re-expanded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.manifest import Manifest, plan_manifest
+from harness.registry import Registry
+from harness.store import Store
+
+
+@dataclass(frozen=True)
+class Session:
+    """The plan of a manifest (a pure value) and the registry of plugins it names."""
+
+    manifest: Manifest
+    registry: Registry
+
+    def store(self, *, read_only: bool = False) -> Store:
+        """The manifest's results store (``read_only`` for commands that only read)."""
+        return Store(self.manifest.results_path, read_only=read_only)
+
+
+def open_session(
+    path: str | Path,
+    profile: str | None = None,
+    *,
+    registry: Registry | None = None,
+    studies: list[str] | None = None,
+    executor: str | None = None,
+) -> Session:
+    """Read and expand the manifest at ``path`` (see ``harness.manifest.plan_manifest``) into a session."""
+    manifest, registry = plan_manifest(path, profile, registry=registry, studies=studies, executor=executor)
+    return Session(manifest, registry)
