@@ -29,6 +29,7 @@ from harness.registry import Entry, Registry, load_registry
 from harness.spec import (
     COMPONENT_FIELDS,
     DEFAULT_EXECUTOR,
+    MAX_NAME_LENGTH,
     STUDY_ONLY_FIELDS,
     ClaimSpec,
     Component,
@@ -37,6 +38,7 @@ from harness.spec import (
     OptimizerSpec,
     RunSpec,
     ScheduleSpec,
+    StudyHeader,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -403,39 +405,16 @@ def _sweep_size(raw_axes: list[tuple[str, list[Any]]]) -> int:
     return math.prod(len(values) for _, values in raw_axes)
 
 
-def _seeds(raw: dict[str, Any], expander: _Expander) -> list[int]:
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
-    ):
-        raise expander.error(f"must be a non-empty list of non-negative integers, got {seeds!r}", "seeds")
-    if len(set(seeds)) != len(seeds):
-        raise expander.error(f"seeds repeat: {seeds!r}", "seeds")
-    return seeds
-
-
-MAX_NAME_LENGTH = 100
-"""Longest study name: it becomes part of figure file names, which file systems cap at 255 bytes."""
-
-
 def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int) -> Study:
     """Validate one study table and expand it into its runs."""
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ManifestError(
-            'every study needs name = "..." (a non-empty string)', file=file, field=f"studies[{index}].name"
-        )
-    if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
-        raise ManifestError(
-            f"study name {name[:40]!r}{'...' if len(name) > 40 else ''} must be printable (no control characters "
-            f"or terminal escapes) and at most {MAX_NAME_LENGTH} characters (it names files and report sections)",
-            file=file,
-            field=f"studies[{index}].name",
-        )
+    given = raw.get("name")
+    known = given if isinstance(given, str) and given.isprintable() and 0 < len(given) <= MAX_NAME_LENGTH else None
+    try:
+        header = validate_toml(StudyHeader, {k: raw[k] for k in StudyHeader.model_fields if k in raw})
+    except ValidationError as exc:
+        where = f"studies[{index}]" if known is None else ""
+        raise validation_error(exc, StudyHeader, file=file, study=known, prefix=where) from None
+    name, description, seeds = header.name, header.description, header.seeds
     expander = _Expander(registry, file, name)
     for key in raw:
         if key not in STUDY_FIELDS:
@@ -443,10 +422,6 @@ def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int)
                 f"unknown field; allowed fields: {', '.join(STUDY_FIELDS)}." + did_you_mean(key, STUDY_FIELDS),
                 key,
             )
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise expander.error("must be a string", "description")
-    seeds = _seeds(raw, expander)
     core_axes = expander.axes(raw)
     if _sweep_size(core_axes) * len(seeds) > MAX_RUNS_PER_STUDY:
         raise expander.error(

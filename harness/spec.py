@@ -188,6 +188,55 @@ class RunSpec(StrictModel):
         return digest.hexdigest()[:16]
 
 
+MAX_NAME_LENGTH = 100
+"""Longest study name: it becomes part of figure file names, which file systems cap at 255 bytes."""
+
+
+class StudyHeader(BaseModel):
+    """The fields of a ``[[studies]]`` table that describe the study, not its runs (the others
+    are run fields, swept by giving a list; ``analyses`` is resolved through its plugins)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(
+        description=f"The study's name: printable, at most {MAX_NAME_LENGTH} characters (it names files and "
+        "report sections), unique in the manifest.",
+    )
+    description: str = Field("", description="What the study tests, shown in reports.")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="The replicates: each configuration runs once per seed (0 to 2**32 - 1, no repeats).",
+    )
+    enabled: bool = Field(True, description="false leaves the study out (a profile can run a subset).")
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError('every study needs name = "..." (a non-empty string)')
+        if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"a study name must be printable (no control characters or terminal escapes) and at most "
+                f"{MAX_NAME_LENGTH} characters: it names files and report sections"
+            )
+        return name
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _one_seed(cls, seeds: Any) -> Any:
+        return [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if any(not 0 <= s <= MAX_SEED for s in seeds):
+            raise ValueError(f"seeds are integers from 0 to {MAX_SEED}, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat: {seeds!r}")
+        return seeds
+
+
 STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses", "enabled")
 """Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``;
 ``enabled = false`` leaves a study out, so a profile can run a subset of the manifest)."""

@@ -218,7 +218,7 @@ REJECTED_AT_PLAN_TIME = {
     "epochs = 10**26": ((*STUDY, "epochs"), 10**26, "less than or equal to 100000"),
     "epochs = true": ((*STUDY, "epochs"), True, "valid integer"),
     "epochs = '8'": ((*STUDY, "epochs"), "8", "valid integer"),
-    "a seed of 2**64": ((*STUDY, "seeds"), [2**64], "less than or equal to 4294967295"),
+    "a seed of 2**64": ((*STUDY, "seeds"), [2**64], "seeds are integers from 0 to 4294967295"),
     "a width of 1e18": ((*STUDY, "model"), {"name": "mlp", "widths": [10**18]}, "at most 1,048,576 units"),
     "train_size of 1e18": (
         (*STUDY, "dataset"),

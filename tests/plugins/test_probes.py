@@ -513,7 +513,9 @@ def test_probes_and_analyses_register_through_the_entry_point_with_documentation
     for kind, names in (("probe", PROBES), ("analysis", [*PROBES.values(), "lr_sweep", "placement_share"])):
         for name in names:
             entry = registry.get(kind, name)
-            assert entry.plugin.package == "bnbench" and entry.factory.__module__.startswith(("plugins.probes", "plugins.analyses"))
+            assert entry.plugin.package == "bnbench" and entry.factory.__module__.startswith(
+                ("plugins.probes", "plugins.analyses")
+            )
             assert any(cite in entry.factory.__doc__ for cite in ("Fig.", "Figs.", "RQ")), (kind, name)
             undocumented = [f for f, info in entry.options.model_fields.items() if not info.description]
             assert not undocumented, (kind, name, undocumented)
