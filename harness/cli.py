@@ -51,9 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=reporting.FORMATS, default="github", help="report table format")
     run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
     run.add_argument("--yes", "-y", action="store_true", help="do not ask before a sweep larger than max_runs")
+    run.add_argument(
+        "--verbose", "-v", action="store_true", help="off a terminal, a line per epoch too (default: one per run)"
+    )
 
     plan = commands.add_parser("plan", help="list every run of a manifest and whether it has a result")
     _add_manifest_args(plan)
+    plan.add_argument(
+        "--resolved",
+        action="store_true",
+        help="print each study's fully resolved run spec instead, every default filled in, and its swept values",
+    )
 
     rep = commands.add_parser("report", help="print comparison tables from a manifest or a results store")
     rep.add_argument("source", type=Path, help="manifest TOML or results SQLite file")
@@ -104,11 +112,17 @@ def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
         raise BnbenchError("nothing run")
 
 
+RUNS_FAILED = 4
+"""Exit status of ``bnbench run`` when the sweep finished but some runs failed (scripts and CI notice)."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     session = open_session(args.manifest, args.profile, studies=args.study, executor=args.executor)
     manifest = session.manifest
     _confirm_size(manifest, args.rerun, args.yes)
-    summary = run_manifest(manifest, registry=session.registry, rerun=args.rerun, device=args.device)
+    summary = run_manifest(
+        manifest, registry=session.registry, rerun=args.rerun, device=args.device, verbose=args.verbose
+    )
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
     if summary.busy:
         counts += f", {summary.busy} being run by another process"
@@ -124,11 +138,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print("Stopped before the sweep finished: run the same command again to resume.", file=sys.stderr)
         return 130
+    failed = summary.statuses.get("failed", 0)
+    if failed:
+        print(
+            f"{failed} run{'s' * (failed != 1)} failed (each error is in the store; `bnbench report` shows them, "
+            "and the next `bnbench run` retries them): exit status 4.",
+            file=sys.stderr,
+        )
+        return RUNS_FAILED
     return 0
+
+
+def _print_resolved(manifest: Manifest) -> None:
+    """Each study's first run as the runner sees it (every default filled in), and what its sweep varies."""
+    for study in manifest.studies:
+        swept = {axis: list(dict.fromkeys(str(r.axes.get(axis)) for r in study.runs)) for axis in study.axes}
+        seeds = [str(seed) for seed in dict.fromkeys(r.spec.seed for r in study.runs)]
+        print(f"## {study.name}: {len(study.runs)} runs")
+        for axis, values in {**swept, "seed": seeds}.items():
+            print(f"#   {axis} in {', '.join(values)}")
+        spec = study.runs[0].spec.model_dump(mode="json", exclude_none=True)
+        print(json.dumps(spec, indent=2, sort_keys=True) + "\n")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest, args.profile, studies=args.study)
+    if args.resolved:
+        _print_resolved(manifest)
+        return 0
     runs = manifest.runs()
     path = manifest.results_path
     statuses: dict[str, str] = {}

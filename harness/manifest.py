@@ -287,7 +287,10 @@ class _Expander:
                 continue
             if key in SUBMODELS:
                 if not isinstance(value, dict):
-                    raise self.error("must be a table of settings", key)
+                    example = {"schedule": f'{{ kind = "{value}" }}', "optimizer": f"{{ lr = {value} }}"}.get(
+                        key, "{ ... }"
+                    )
+                    raise self.error(f"must be a table of settings, e.g. {key} = {example}", key)
                 for sub, subvalue in value.items():
                     if sub not in SUBMODELS[key].model_fields:
                         continue  # an unknown setting: the model reports it, with the allowed names

@@ -25,14 +25,17 @@ class Progress:
         stream: TextIO | None = None,
         bars: bool | None = None,
         headline: tuple[str, ...] = (),
+        verbose: bool = False,
     ) -> None:
         """``headline``: the metrics a bar's postfix shows (the sweep passes the training loss and
-        test accuracy, found by what metrics declare they measure)."""
+        test accuracy, found by what metrics declare they measure). Off a terminal, each run is one
+        line when it ends; ``verbose`` adds a line when it starts and one per epoch."""
         self.stream = stream or sys.stderr
         self.headline = headline
         self.keep_alive: Callable[[], None] = lambda: None
         """Called at each epoch end of an in-process run (the sweep sets it)."""
         self.bars = self.stream.isatty() if bars is None else bars
+        self.verbose = verbose
         self.total_runs = total_runs
         self.done = 0
         self._sweep = (
@@ -51,7 +54,7 @@ class Progress:
         self._label = label
         if self.bars:
             self._run = tqdm(total=total_steps, desc=label, unit="step", position=1, leave=False, file=self.stream)
-        else:
+        elif self.verbose:
             self.log(f"[{self.done + 1}/{self.total_runs}] {label}: {total_steps} steps")
 
     def advance(self, steps: int, loss: float) -> None:
@@ -64,7 +67,7 @@ class Progress:
         if self._run is not None:
             short = {k: f"{v:.4g}" for k, v in metrics.items() if k in self.headline}
             self._run.set_postfix(epoch=f"{epoch}/{epochs}", **short)
-        else:
+        elif self.verbose:
             self.log(f"  {self._label} epoch {epoch}/{epochs} {_fmt(metrics)}")
 
     def end_run(self, status: str, summary: str, label: str | None = None) -> None:
@@ -75,7 +78,8 @@ class Progress:
             self._run = None
         if self._sweep is not None:
             self._sweep.update(1)
-        self.log(f"{self._label}: {status}{' — ' + summary if summary else ''}")
+        count = "" if self.bars else f"[{self.done}/{self.total_runs}] "
+        self.log(f"{count}{self._label}: {status}{' — ' + summary if summary else ''}")
 
     def close(self) -> None:
         if self._run is not None:

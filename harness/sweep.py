@@ -111,6 +111,7 @@ def run_manifest(
     rerun: bool = False,
     device: str | None = None,
     progress: Progress | None = None,
+    verbose: bool = False,
 ) -> SweepSummary:
     """Run every pending run of ``manifest`` on its executor, recording each result as it finishes.
 
@@ -118,7 +119,7 @@ def run_manifest(
     one store never run the same run at once. SIGINT/SIGTERM checkpoint the runs in progress
     and stop the sweep; every finished result is kept and running the same command resumes.
     ``registry``: the plugins the plan was validated with (a ``Session``'s); by default the
-    installed plugins and the manifest's own.
+    installed plugins and the manifest's own. ``verbose``: off a terminal, a line per epoch too.
     """
     runs = manifest.runs()
     settings = manifest.settings
@@ -163,7 +164,7 @@ def run_manifest(
         executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))
         stop = threading.Event()
         headline = headline_metrics(registry)
-        progress = progress or Progress(len(pending), headline=headline)
+        progress = progress or Progress(len(pending), headline=headline, verbose=verbose)
         claimed: dict[str, PlannedRun] = {}
 
         def claim_as_needed() -> Iterator[PlannedRun]:

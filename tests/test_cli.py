@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_manifest
+
+from harness.cli import main
 
 ROOT = Path(__file__).parent.parent
 
@@ -206,11 +209,41 @@ def test_missing_dataset_files_fail_the_run_with_a_clear_message(tmp_path):
     end = text.index("\n", start)
     path.write_text(text[:start] + 'dataset = { name = "mnist", root = "nowhere" }' + text[end:])
     result = bnbench("run", str(path))
-    assert result.returncode == 0  # a failed run is a result; the sweep goes on
+    assert result.returncode == 4  # the sweep goes on, and the command says that runs failed
     assert "failed" in result.stderr and f"{tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in result.stderr
+    assert "1 run failed" in result.stderr and "exit status 4" in result.stderr
 
 
 def test_version_and_entry_point():
     result = bnbench("--version")
     assert result.returncode == 0 and result.stdout.startswith("bnbench ")
     assert shutil.which("bnbench", path=str(Path(sys.executable).parent)) is not None
+
+
+def test_off_a_terminal_a_sweep_prints_one_line_per_run_and_v_adds_epochs(tmp_path, capsys):
+    path = tmp_path / "m.toml"
+    path.write_text(tiny_manifest(seeds="[0, 1]"))  # 4 runs of 2 epochs
+    assert main(["run", str(path), "--no-report"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 5 and all(": done — " in line for line in lines[:4]), lines  # 4 runs, then the summary
+    assert lines[0].startswith("[1/4] tiny ") and lines[3].startswith("[4/4] tiny ")
+    assert main(["run", str(path), "--no-report", "--rerun", "-v"]) == 0
+    verbose = capsys.readouterr().err
+    assert verbose.count(" epoch 1/2 ") == 4 and verbose.count(" epoch 2/2 ") == 4 and ": 8 steps" in verbose
+
+
+def test_plan_resolved_shows_every_default_and_a_schedule_string_suggests_the_table(tmp_path, capsys):
+    path = tmp_path / "m.toml"
+    path.write_text(tiny_manifest(seeds="[0, 1]"))
+    assert main(["plan", str(path), "--resolved"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## tiny: 4 runs\n#   placement in all, none\n#   seed in 0, 1\n")
+    spec = json.loads(out.split("\n", 3)[3])
+    assert spec["schedule"] == {
+        "gamma": 0.1, "kind": "multistep", "milestones": [0.5, 0.75], "warmup": "linear", "warmup_factor": 0.1,
+        "warmup_steps": 0,
+    }  # fmt: skip
+    assert spec["optimizer"]["momentum"] == 0.9 and spec["normalizer"]["options"]["eps"] == 1e-5
+    path.write_text(tiny_manifest().replace("batch_size = 32", 'batch_size = 32\nschedule = "constant"'))
+    assert main(["plan", str(path)]) == 2
+    assert 'schedule = { kind = "constant" }' in capsys.readouterr().err
