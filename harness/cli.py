@@ -253,17 +253,24 @@ def describe_entry(entry: Entry) -> dict[str, Any]:
             described["traits"] = {k: sorted(v) if isinstance(v, frozenset) else v for k, v in asdict(traits).items()}
         except (TypeError, ValueError):  # required options (no defaults), or a broken traits function
             described["traits"] = None
+        described["traits_depend_on_options"] = callable(entry.extras.get("traits"))
     return described
 
 
 def _options_cell(options: list[dict[str, Any]]) -> str:
-    lines = [f"{o['name']} (required)" if o["required"] else f"{o['name']} = {o['default']!r}" for o in options]
+    """Each option with its default (or required) and its description."""
+    lines = []
+    for option in options:
+        head = f"{option['name']} (required)" if option["required"] else f"{option['name']} = {option['default']!r}"
+        lines.append(f"{head}: {option['description']}" if option["description"] else head)
     return "\n".join(lines) or "—"
 
 
-def _traits_cell(traits: dict[str, Any] | None) -> str:
+def _traits_cell(traits: dict[str, Any] | None, depend_on_options: bool = False) -> str:
     if traits is None:
         return "?"
+    if depend_on_options:
+        return "depends on the options; at the defaults:\n" + _traits_cell(traits)
     words = []
     if traits["site_kinds"] != ["conv", "fc"]:
         words.append(f"{'/'.join(traits['site_kinds'])} sites only")
@@ -297,12 +304,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             described = describe_entry(entry)
             package = f"{entry.plugin.package} {entry.plugin.version}" if entry.plugin.package else entry.plugin.name
             row = [entry.name, package, entry.description, _options_cell(described["options"])]
-            rows.append([*row, _traits_cell(described["traits"])] if kind == "normalizer" else row)
+            traits = _traits_cell(described["traits"], described.get("traits_depend_on_options", False))
+            rows.append([*row, traits] if kind == "normalizer" else row)
         headers = ["name", "package", "description", "options"]
         if kind == "normalizer":
             headers.append("traits")
         print(f"{PLURALS.get(kind, kind + 's')}:")
-        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 30, 50, 44, 24][: len(headers)]))
+        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 20, 40, 60, 24][: len(headers)]))
         print()
     for plugin, why in registry.broken.items():
         print(f"warning: plugin {plugin} failed to register: {why}", file=sys.stderr)

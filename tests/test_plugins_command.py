@@ -52,6 +52,10 @@ def test_tables_show_package_version_options_and_traits(capsys):
     batchrenorm = next(line for line in out.splitlines() if line.startswith("batchrenorm "))
     assert "bnbench 0.1.0" in batchrenorm and "eps = 1e-05" in batchrenorm and "batch-dependent" in batchrenorm
     assert "rmax = 3.0" in out and "tags (required)" in out and "conv sites only" in out
+    # every option's description, as --json gives it; traits computed from the options are marked so
+    assert "eps = 1e-05: Added to the batch variance for stability." in out
+    batchnorm = out.split("\nbatchnorm ")[1].split("\nbatchrenorm ")[0]
+    assert "depends on the options;" in batchnorm and "depends on" not in out.split("\ngroupnorm ")[1].split("\n")[0]
 
 
 def test_a_manifest_plugin_is_listed_by_module_name(tmp_path, capsys):
