@@ -304,8 +304,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             described = describe_entry(entry)
             package = f"{entry.plugin.package} {entry.plugin.version}" if entry.plugin.package else entry.plugin.name
             row = [entry.name, package, entry.description, _options_cell(described["options"])]
-            traits = _traits_cell(described["traits"], described.get("traits_depend_on_options", False))
-            rows.append([*row, traits] if kind == "normalizer" else row)
+            if kind == "normalizer":
+                row.append(_traits_cell(described["traits"], described["traits_depend_on_options"]))
+            rows.append(row)
         headers = ["name", "package", "description", "options"]
         if kind == "normalizer":
             headers.append("traits")
