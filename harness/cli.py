@@ -311,7 +311,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if kind == "normalizer":
             headers.append("traits")
         print(f"{PLURALS.get(kind, kind + 's')}:")
-        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 20, 40, 60, 24][: len(headers)]))
+        print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 30, 40, 60, 24][: len(headers)]))
         print()
     for plugin, why in registry.broken.items():
         print(f"warning: plugin {plugin} failed to register: {why}", file=sys.stderr)

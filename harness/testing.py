@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -87,6 +88,14 @@ class NormalizerContractError(AssertionError):
 
 class _Skip(Exception):
     """A check that does not apply (the traits exclude it, or a model cannot host the normalizer)."""
+
+
+class _PassedInPart(Exception):
+    """A check whose first part ran and passed, and whose other part does not apply: a pass, with a note."""
+
+
+class ContractCheckSkipped(UserWarning):
+    """Warned when a contract check is skipped outside pytest (under pytest it is a pytest skip)."""
 
 
 @dataclass(frozen=True)
@@ -235,14 +244,18 @@ def _batch_of_one(subject: Subject, site: KitSite) -> None:
     _applies(subject, site)
     traits = subject.traits
     unit = subject.build(site)
-    if traits.running_stats or not traits.batch_dependent:
+    evaluated = traits.running_stats or not traits.batch_dependent
+    if evaluated:
         unit.eval()
         with torch.no_grad():
             out = unit(subject.inputs(site, 1))
         if not _finite(out):
             raise AssertionError("non-finite outputs for one example in eval mode")
     if not traits.train_batch_of_one:
-        raise _Skip("traits.train_batch_of_one is False (batch statistics need two or more examples)")
+        why = "traits.train_batch_of_one is False (batch statistics need two or more examples)"
+        if evaluated:
+            raise _PassedInPart(f"eval mode checked; training mode not: {why}")
+        raise _Skip(why)
     unit.train()
     x = subject.inputs(site, 1).requires_grad_(True)
     out = unit(x)
@@ -485,6 +498,8 @@ class ContractCheck:
         """Run the check: ``passed``, ``failed`` (with what happened) or ``skipped`` (with why)."""
         try:
             self.body()
+        except _PassedInPart as note:
+            return CheckResult(self.name, self.site, "passed", f"note: {note}")
         except _Skip as skip:
             return CheckResult(self.name, self.site, "skipped", str(skip))
         except AssertionError as exc:
@@ -496,15 +511,20 @@ class ContractCheck:
     def violation(self, result: CheckResult) -> ContractViolation:
         return ContractViolation(self.subject.name, self.name, self.site, self.expected, result.detail)
 
-    def __call__(self) -> None:
-        """Run in a test: raise ``ContractViolation`` on failure; skip through pytest if it is loaded."""
+    def __call__(self) -> CheckResult:
+        """Run in a test: raise ``ContractViolation`` on failure. A skipped check is a pytest skip
+        under pytest, and elsewhere a ``ContractCheckSkipped`` warning (never silent, like a pass).
+        Returns the result."""
         result = self.run()
         if result.status == "failed":
             raise self.violation(result)
-        if result.status == "skipped" and "pytest" in sys.modules:
-            import pytest
+        if result.status == "skipped":
+            if "pytest" in sys.modules:
+                import pytest
 
-            pytest.skip(f"{self}: {result.detail}")
+                pytest.skip(f"{self}: {result.detail}")
+            warnings.warn(f"{self}: skipped: {result.detail}", ContractCheckSkipped, stacklevel=2)
+        return result
 
     def __str__(self) -> str:
         return f"{self.name}[{self.site}]"
@@ -614,6 +634,7 @@ __all__ = [
     "CHECKS",
     "CheckResult",
     "ContractCheck",
+    "ContractCheckSkipped",
     "ContractViolation",
     "NormalizerContractError",
     "check_normalizer",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from pydantic import Field
@@ -204,3 +207,28 @@ def test_example_options_fill_required_fields_from_field_examples(registry):
         width: int
 
     assert example_options(Required) is None
+
+
+def test_a_check_that_ran_in_part_passes_with_a_note(registry):
+    # batch norm evaluates one example (running statistics) but cannot train on one: the eval part ran
+    results = check_normalizer("batchnorm", registry=registry, device="cpu", checks=["batch_of_one"])
+    assert {r.status for r in results} == {"passed"}
+    assert all(
+        r.detail.startswith("note: eval mode checked; training mode not: traits.train_batch_of_one") for r in results
+    )
+    group = check_normalizer("groupnorm", registry=registry, device="cpu", checks=["batch_of_one"])
+    assert {r.status for r in group} == {"passed"} and not any(r.detail for r in group)  # ran in full
+
+
+def test_outside_pytest_a_skipped_check_is_a_warning_not_a_silent_pass():
+    code = (
+        "import warnings\n"
+        "from harness.testing import ContractCheckSkipped, normalizer_checks\n"
+        "check = normalizer_checks('instancenorm', checks=['state_dict'], device='cpu')[-1]\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    result = check()\n"
+        "print(result.status, [str(w.message) for w in caught if w.category is ContractCheckSkipped])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith('skipped ["state_dict[fc site') and "skipped: traits.site_kinds" in out
