@@ -475,6 +475,8 @@ class StudyResults:
     runs: list[RunRecord]
     planned: int
     """How many runs the study has, stored or not."""
+    plan: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
+    """``(run id, axes, seed)`` of every planned run, stored or not, in plan order."""
 
 
 @dataclass
@@ -484,6 +486,8 @@ class Table:
     title: str
     headers: list[str]
     rows: list[list[Any]]
+    records: list[dict[str, Any]] | None = None
+    """The same rows for machines (numbers, not formatted text), keyed by column: CSV output uses them."""
 
 
 @dataclass

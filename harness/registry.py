@@ -41,6 +41,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "normalizer": ("traits",),
     "probe": ("analyses",),
     "metric": ("measures", "split"),
+    "analysis": ("standard",),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
 
@@ -68,6 +69,7 @@ EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("normalizer", "traits"): _check_traits,
     ("metric", "measures"): _one_of(*METRIC_MEASURES),
     ("metric", "split"): _one_of(*METRIC_SPLITS),
+    ("analysis", "standard"): lambda value: None if isinstance(value, bool) else f"{value!r} is not true or false",
 }
 """(kind, keyword) → a check of the value a plugin gives: what is wrong with it, or ``None``."""
 

@@ -1,19 +1,18 @@
-"""Comparison tables: one per study, a row per configuration, seeds aggregated."""
+"""The report: each study's analyses (the standard ones first, for training studies: the
+comparison table, a row per configuration), the claims and their verdicts, and figures."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from harness.analysis import as_estimate, interval, mean_std, pm, verdict
+from harness.analysis import as_estimate, interval, verdict
 from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from harness.errors import BnbenchError
 from harness.manifest import Manifest
@@ -22,27 +21,6 @@ from harness.spec import ClaimSpec, Component
 from harness.store import Store
 
 FORMATS = ("github", "latex", "plain", "csv")
-
-
-@dataclass(frozen=True)
-class Headline:
-    """The metrics the standard table shows: those registered as measuring accuracy on the test
-    split and loss on the training split (``measures``/``split`` when they register)."""
-
-    accuracy: str | None
-    loss: str | None
-
-    @classmethod
-    def of(cls, registry: Registry) -> Headline:
-        return cls(registry.metric_named("accuracy", "test"), registry.metric_named("loss", "train"))
-
-    def final(self, runs: Sequence[RunRecord], which: str) -> list[float | None]:
-        """Each run's last value of the headline metric ``which`` (``accuracy`` or ``loss``)."""
-        name = getattr(self, which)
-        return [r.final(name) for r in runs] if name else []
-
-    def best_accuracy(self, runs: Sequence[RunRecord]) -> list[float | None]:
-        return [r.best(self.accuracy) for r in runs] if self.accuracy else []
 
 
 @dataclass
@@ -62,146 +40,9 @@ class StudyRuns:
         return any(not r.spec.get("probe") for r in self.stored.values()) or not self.stored
 
     def results(self) -> StudyResults:
-        return StudyResults(self.name, self.axes, list(self.stored.values()), planned=len(self.planned))
-
-
-@dataclass
-class Row:
-    config: dict[str, Any]
-    seeds: int = 0
-    done: list[RunRecord] = field(default_factory=list)
-    diverged: list[RunRecord] = field(default_factory=list)
-    failed: int = 0
-    pending: int = 0
-
-
-def group_rows(study: StudyRuns) -> list[Row]:
-    rows: dict[str, Row] = {}
-    for run_id, axes, _seed in study.planned:
-        key = repr(sorted((k, repr(v)) for k, v in axes.items()))
-        row = rows.setdefault(key, Row(config=axes))
-        row.seeds += 1
-        stored = study.stored.get(run_id)
-        if stored is None or stored.status in ("running", "interrupted"):
-            row.pending += 1
-        elif stored.status == "done":
-            row.done.append(stored)
-        elif stored.status == "diverged":
-            row.diverged.append(stored)
-        else:
-            row.failed += 1
-    return list(rows.values())
-
-
-COLUMNS = (
-    "final test acc %",
-    "best test acc %",
-    "final train loss",
-    "seeds",
-    "diverged",
-    "failed",
-    "time/run",
-    "img/s",
-    "device",
-)
-
-
-def _cost_cells(row: Row) -> list[str]:
-    """Mean wall time per finished run, training images per second, and the devices used."""
-    runs = row.done + row.diverged
-    durations = [r.duration_s for r in runs if r.duration_s]
-    speeds = [r.images_per_second for r in row.done if r.images_per_second]
-    devices = sorted({str(r.environment.get("gpu") or r.environment.get("device", "?")) for r in runs})
-    return [
-        _duration(statistics.fmean(durations)) if durations else "—",
-        f"{statistics.fmean(speeds):.0f}" if speeds else "—",
-        ", ".join(devices) or "—",
-    ]
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def study_table(study: StudyRuns, headline: Headline, fmt: str = "github") -> str:
-    """The study's comparison table in ``fmt`` (github, latex, plain or csv)."""
-    if fmt == "csv":
-        return _csv([study], headline)
-    rows = group_rows(study)
-    axes = study.axes or ["(single configuration)"]
-    body = []
-    for row in rows:
-        config = [row.config.get(a, "") for a in study.axes] or ["—"]
-        body.append(
-            [
-                *config,
-                pm(headline.final(row.done, "accuracy"), 100, 2, fixed=True),
-                pm(headline.best_accuracy(row.done), 100, 2, fixed=True),
-                pm(headline.final(row.done, "loss"), 1, 4, fixed=True),
-                f"{len(row.done) + len(row.diverged)}/{row.seeds}",
-                _diverged_cell(row),
-                str(row.failed) if row.failed else "",
-                *_cost_cells(row),
-            ]
+        return StudyResults(
+            self.name, self.axes, list(self.stored.values()), planned=len(self.planned), plan=list(self.planned)
         )
-    return tabulate(body, headers=[*axes, *COLUMNS], tablefmt={"latex": "latex_booktabs"}.get(fmt, fmt))
-
-
-def _diverged_cell(row: Row) -> str:
-    if not row.diverged:
-        return "0"
-    steps = sorted(r.diverged_step for r in row.diverged if r.diverged_step is not None)
-    at = f" (step {steps[0]})" if len(steps) == 1 else (f" (steps {steps[0]}–{steps[-1]})" if steps else "")
-    return f"{len(row.diverged)}{at}"
-
-
-CSV_MEASURES = [
-    "final_test_acc_mean",
-    "final_test_acc_std",
-    "best_test_acc_mean",
-    "best_test_acc_std",
-    "final_train_loss_mean",
-    "final_train_loss_std",
-    "seeds",
-    "finished",
-    "diverged",
-    "failed",
-    "pending",
-    "seconds_per_run",
-    "images_per_second",
-]
-
-
-def _csv_measures(row: Row, headline: Headline) -> list[Any]:
-    cells: list[Any] = []
-    for stats in (
-        mean_std(headline.final(row.done, "accuracy")),
-        mean_std(headline.best_accuracy(row.done)),
-        mean_std(headline.final(row.done, "loss")),
-    ):
-        cells += ["" if v is None else f"{v:.6g}" for v in stats]
-    cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
-    durations = [r.duration_s for r in row.done + row.diverged if r.duration_s]
-    speeds = [r.images_per_second for r in row.done if r.images_per_second]
-    cells += [f"{statistics.fmean(d):.6g}" if d else "" for d in (durations, speeds)]
-    return cells
-
-
-def _csv(studies: list[StudyRuns], headline: Headline) -> str:
-    """One CSV table of several studies: a column per axis of any study (empty where a study has
-    no such axis), then the measures."""
-    axes = list(dict.fromkeys(a for study in studies for a in study.axes))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["study", *axes, *CSV_MEASURES])
-    for study in studies:
-        for row in group_rows(study):
-            writer.writerow([study.name, *(row.config.get(a, "") for a in axes), *_csv_measures(row, headline)])
-    return out.getvalue()
 
 
 @dataclass
@@ -216,10 +57,15 @@ class Report:
     scale_note: str = ""
     """What the claims' verdicts are worth at this scale (a profile's note, e.g. a smoke profile's)."""
 
+    def standard(self) -> list[Component]:
+        """The analyses registered as standard (``standard=True``): every training study gets them first."""
+        return [Component(name=e.name) for e in self.registry.entries("analysis") if e.extras.get("standard")]
+
     def analyze(self) -> Report:
+        standard = self.standard()
         for study in self.studies:
             outcomes: list[tuple[Component, AnalysisResult | str]] = []
-            for component in study.analyses:
+            for component in (standard if study.is_training else []) + study.analyses:
                 entry = self.registry.get("analysis", component.name)
                 try:
                     result = entry.factory(study.results(), entry.options.model_validate(component.all_options))
@@ -298,8 +144,6 @@ class Report:
             pending = sum(1 for run_id, _, _ in study.planned if run_id not in study.stored)
             if pending and fmt != "latex":
                 text.append(f"({pending} of {len(study.planned)} runs not yet run)")
-            if study.is_training:
-                text.append(study_table(study, Headline.of(self.registry), fmt))
             for _, result in self.analyses.get(study.name, []):
                 if isinstance(result, str):
                     text.append(result)
@@ -314,24 +158,30 @@ class Report:
         return "\n\n".join(sections) + "\n"
 
     def _render_csv(self) -> str:
-        training = [s for s in self.studies if s.is_training]
-        out = _csv(training, Headline.of(self.registry)) if training else ""
+        """One CSV table of the standard analyses' records across studies (a column per axis of
+        any study, empty where a study lacks it), then every other table, each under a title row."""
+        standard = {c.name for c in self.standard()}
+        combined: list[tuple[StudyRuns, dict[str, Any]]] = []
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for study in self.studies:
-            for _, result in self.analyses.get(study.name, []):
-                if isinstance(result, AnalysisResult):
-                    for table in result.tables:
-                        writer.writerow([])
-                        writer.writerow([f"# {study.name}: {table.title}"])
-                        writer.writerow(table.headers)
-                        writer.writerows(table.rows)
+            for component, result in self.analyses.get(study.name, []):
+                if not isinstance(result, AnalysisResult):
+                    continue
+                for table in result.tables:
+                    if component.name in standard and table.records is not None:
+                        combined += [(study, record) for record in table.records]
+                        continue
+                    writer.writerow([])
+                    writer.writerow([f"# {study.name}: {table.title}"])
+                    writer.writerow(table.headers)
+                    writer.writerows(table.rows)
         if self.claims:
             writer.writerow([])
             writer.writerow([f"# {self.claims_title}"])
             writer.writerow(CLAIM_HEADERS)
             writer.writerows(self.claims_rows())
-        return out + buffer.getvalue()
+        return _combined_csv(combined) + buffer.getvalue()
 
     def save_figures(self, directory: Path) -> list[Path]:
         """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
@@ -362,6 +212,21 @@ class Report:
 
 
 CLAIM_HEADERS = ["claim", "study", "measured", "interval", "threshold", "source", "verdict"]
+
+
+def _combined_csv(rows: list[tuple[StudyRuns, dict[str, Any]]]) -> str:
+    """``study``, every axis of any study, then the measures, one line per record."""
+    if not rows:
+        return ""
+    axes = list(dict.fromkeys(a for study, _ in rows for a in study.axes))
+    measures = list(dict.fromkeys(k for study, record in rows for k in record if k not in study.axes))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["study", *axes, *measures])
+    for study, record in rows:
+        writer.writerow([study.name, *(record.get(a, "") if a in study.axes else "" for a in axes)]
+                        + [record.get(m, "") for m in measures])  # fmt: skip
+    return out.getvalue()
 
 
 def _number(value: float) -> str:

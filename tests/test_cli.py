@@ -100,7 +100,7 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     assert "Traceback" not in run.stderr
     out = run.stdout
     for study in TRAINING_STUDIES:
-        standard_table = section(out, study).split("\n### ")[0]
+        standard_table = section(out, study).split("\n### Results\n")[1].split("\n### ")[0]
         for placement in ("all", "final", "none"):
             rows = [line for line in standard_table.splitlines() if line.startswith(f"| {placement} ")]
             assert len(rows) == 3  # three learning rates

@@ -108,3 +108,32 @@ def test_latex_and_pending_runs(write_manifest, registry, known_store):
     with Store(bigger.results_path) as store:
         text = report.from_manifest(bigger, store, load_registry()).render("github")
     assert "(2 of 6 runs not yet run)" in text and "| 2/3 " in text
+
+
+def test_the_standard_table_is_an_analysis_and_a_plugin_can_add_a_standard_one(known_store):
+    from harness import hookimpl
+    from harness.api import AnalysisResult, Table
+    from harness.errors import PluginError
+
+    class Seeds:
+        @hookimpl
+        def bnbench_register_analyses(self, register):
+            def seed_count(study, options):
+                """How many seeds the study stored."""
+                return AnalysisResult(tables=[Table("Seeds", ["seeds"], [[len({r.seed for r in study.runs})]])])
+
+            register("seed_count", seed_count, standard=True)
+
+    registry = load_registry(objects=[("seeds", Seeds())])
+    assert registry.get("analysis", "results_table").extras == {"standard": True}  # the built-in table, by declaration
+    with Store(known_store.results_path) as store:
+        text = report.from_manifest(known_store, store, registry).render("github")
+    assert "### Results" in text and "### Seeds" in text and "80.00 ± 14.14" in text
+
+    class Bad:
+        @hookimpl
+        def bnbench_register_analyses(self, register):
+            register("odd", lambda study, options: AnalysisResult(), standard="yes")
+
+    with pytest.raises(PluginError, match="invalid standard: 'yes' is not true or false"):
+        load_registry(objects=[("bad", Bad())])

@@ -3,6 +3,8 @@
 =========================  =====================================================================
 analysis                   what it reports
 =========================  =====================================================================
+``results_table``          the standard table of every training study (``standard=True``): final
+                           and best accuracy, final loss, seeds, divergences, cost, per configuration
 ``lr_sweep``               Bjorck et al. 2018: accuracy against the learning rate, each seed's
                            best rate chosen on the validation split, training curves (Fig. 1)
 ``placement_share``        Bjorck et al. 2018: the final layer's share of BN's benefit (RQ4)
@@ -31,10 +33,12 @@ from plugins.analyses.regularization import (
     trajectories,
     tuned_l2_comparison,
 )
+from plugins.analyses.results_table import ResultsTableOptions, results_table
 
 
 @hookimpl
 def bnbench_register_analyses(register: Register) -> None:
+    register("results_table", results_table, options=ResultsTableOptions, standard=True)
     register("lr_sweep", lr_sweep, options=LrSweepOptions)
     register("placement_share", placement_share, options=PlacementShareOptions)
     register("implied_regularization", implied_regularization_analysis, options=ImpliedRegularizationOptions)

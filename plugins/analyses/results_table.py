@@ -1,0 +1,141 @@
+"""The standard results table of a training study: a row per configuration, seeds aggregated.
+
+Registered with ``standard=True``: the report runs it on every training study, before the
+study's own analyses, and ``bnbench report --format csv`` gathers its machine-readable rows
+(``Table.records``) across studies into one table.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field
+
+from harness import Options
+from harness.analysis import mean_std, pm
+from harness.api import AnalysisResult, RunRecord, StudyResults, Table
+
+
+class ResultsTableOptions(Options):
+    accuracy: str = Field("test_accuracy", description="The metric shown as accuracy (final and best, in %).")
+    loss: str = Field("train_loss", description="The metric shown as the final loss.")
+
+
+@dataclass
+class Row:
+    """One configuration of the study: its runs by how they ended."""
+
+    config: dict[str, Any]
+    seeds: int = 0
+    done: list[RunRecord] = field(default_factory=list)
+    diverged: list[RunRecord] = field(default_factory=list)
+    failed: int = 0
+    pending: int = 0
+
+
+def group_rows(study: StudyResults) -> list[Row]:
+    """The study's planned runs by configuration (their axis values), in plan order."""
+    stored = {run.run_id: run for run in study.runs}
+    rows: dict[str, Row] = {}
+    for run_id, axes, _seed in study.plan:
+        key = repr(sorted((k, repr(v)) for k, v in axes.items()))
+        row = rows.setdefault(key, Row(config=axes))
+        row.seeds += 1
+        run = stored.get(run_id)
+        if run is None or run.status in ("running", "interrupted"):
+            row.pending += 1
+        elif run.status == "done":
+            row.done.append(run)
+        elif run.status == "diverged":
+            row.diverged.append(run)
+        else:
+            row.failed += 1
+    return list(rows.values())
+
+
+CSV_MEASURES = (
+    "final_test_acc_mean",
+    "final_test_acc_std",
+    "best_test_acc_mean",
+    "best_test_acc_std",
+    "final_train_loss_mean",
+    "final_train_loss_std",
+    "seeds",
+    "finished",
+    "diverged",
+    "failed",
+    "pending",
+    "seconds_per_run",
+    "images_per_second",
+)
+
+
+def results_table(study: StudyResults, options: ResultsTableOptions) -> AnalysisResult:
+    """Final and best accuracy, final loss (mean ± std over seeds), seeds finished, divergences
+    (and at which step), failures, time per run and throughput, per configuration."""
+    accuracy = "test acc" if options.accuracy == "test_accuracy" else options.accuracy
+    loss = "train loss" if options.loss == "train_loss" else options.loss
+    columns = [f"final {accuracy} %", f"best {accuracy} %", f"final {loss}", "seeds", "diverged", "failed"]
+    columns += ["time/run", "img/s", "device"]
+    body, records = [], []
+    for row in group_rows(study):
+        finals = [r.final(options.accuracy) for r in row.done]
+        bests = [r.best(options.accuracy) for r in row.done]
+        losses = [r.final(options.loss) for r in row.done]
+        body.append(
+            [
+                *([row.config.get(a, "") for a in study.axes] or ["—"]),
+                pm(finals, 100, 2, fixed=True),
+                pm(bests, 100, 2, fixed=True),
+                pm(losses, 1, 4, fixed=True),
+                f"{len(row.done) + len(row.diverged)}/{row.seeds}",
+                _diverged_cell(row),
+                str(row.failed) if row.failed else "",
+                *_cost_cells(row),
+            ]
+        )
+        records.append({**{a: row.config.get(a, "") for a in study.axes}, **_measures(row, finals, bests, losses)})
+    headers = [*(study.axes or ["(single configuration)"]), *columns]
+    return AnalysisResult(tables=[Table("Results", headers, body, records=records)])
+
+
+def _measures(row: Row, finals: list, bests: list, losses: list) -> dict[str, Any]:
+    cells: list[Any] = []
+    for values in (finals, bests, losses):
+        cells += ["" if v is None else f"{v:.6g}" for v in mean_std(values)]
+    cells += [row.seeds, len(row.done) + len(row.diverged), len(row.diverged), row.failed, row.pending]
+    durations = [r.duration_s for r in row.done + row.diverged if r.duration_s]
+    speeds = [r.images_per_second for r in row.done if r.images_per_second]
+    cells += [f"{statistics.fmean(d):.6g}" if d else "" for d in (durations, speeds)]
+    return dict(zip(CSV_MEASURES, cells, strict=True))
+
+
+def _cost_cells(row: Row) -> list[str]:
+    """Mean wall time per finished run, training images per second, and the devices used."""
+    runs = row.done + row.diverged
+    durations = [r.duration_s for r in runs if r.duration_s]
+    speeds = [r.images_per_second for r in row.done if r.images_per_second]
+    devices = sorted({str(r.environment.get("gpu") or r.environment.get("device", "?")) for r in runs})
+    return [
+        _duration(statistics.fmean(durations)) if durations else "—",
+        f"{statistics.fmean(speeds):.0f}" if speeds else "—",
+        ", ".join(devices) or "—",
+    ]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _diverged_cell(row: Row) -> str:
+    if not row.diverged:
+        return "0"
+    steps = sorted(r.diverged_step for r in row.diverged if r.diverged_step is not None)
+    at = f" (step {steps[0]})" if len(steps) == 1 else (f" (steps {steps[0]}–{steps[-1]})" if steps else "")
+    return f"{len(row.diverged)}{at}"
