@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_reliability import SLOW_PLUGIN, deterministic_manifest, results_of
+from test_reliability import SLOW_PLUGIN, bnbench_process, deterministic_manifest, results_of
 
 from harness.checkpoint import Checkpoints
 from harness.manifest import load_manifest
@@ -53,21 +53,10 @@ def manifest(folder: Path, name: str, executor: str, plugins: list[str]) -> Path
     return path
 
 
-def sweep(path: Path, sleep: float) -> subprocess.Popen[str]:
-    env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": str(sleep), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def kill_trial(folder: Path, executor: str, kills: int, rng: random.Random, expected: dict, trial: int) -> list[str]:
     path = manifest(folder, f"{trial}", executor, [str(SLOW_PLUGIN)])
     checkpoints = Checkpoints(folder / f"{trial}.sqlite.checkpoints")
-    process = sweep(path, sleep=0.03)
+    process = bnbench_process(path, sleep=0.03)
     killed = 0
     deadline = time.monotonic() + 300
     while killed < kills and process.poll() is None and time.monotonic() < deadline:
@@ -93,7 +82,7 @@ def kill_trial(folder: Path, executor: str, kills: int, rng: random.Random, expe
 def concurrent_trial(folder: Path, sweeps: int, expected: dict) -> list[str]:
     (folder / "counter.py").write_text(COUNTER)
     path = manifest(folder, "shared", '"local"', [str(folder / "counter.py"), str(SLOW_PLUGIN)])
-    processes = [sweep(path, sleep=0.01) for _ in range(sweeps)]
+    processes = [bnbench_process(path, sleep=0.01) for _ in range(sweeps)]
     for process in processes:
         process.communicate(timeout=900)
     trainings = Counter((folder / "starts.log").read_text().split())

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from test_distributed_executors import SUBMITIT, ray_address, ray_executor  # noqa: F401 - a fixture
 from test_executors import manifest_text, results
 from test_pool_orphans import alive
-from test_reliability import SLOW_PLUGIN, wait_for
+from test_reliability import SLOW_PLUGIN, bnbench_process, wait_for
 
 from harness.checkpoint import Checkpoints
 from harness.manifest import load_manifest
@@ -105,14 +103,7 @@ def test_a_worker_killed_from_outside_is_replaced_while_the_sweep_goes_on(write_
         "plugins = [", f'plugins = ["{SLOW_PLUGIN}", '
     )
     path = write_manifest(text.replace("epochs = 2", "epochs = 3"), "pool.toml")
-    env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.1"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = bnbench_process(path, sleep=0.1)
     checkpoints = Checkpoints(tmp_path / "pool.sqlite.checkpoints")
     try:
         # the first run to checkpoint: kill the worker that runs it, as the OOM killer would
