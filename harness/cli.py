@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from harness.api import resolve_traits
 from harness.errors import BnbenchError, ManifestError, StoreError
 from harness.manifest import Manifest, load_manifest
 from harness.records import pending_runs, unique_runs
-from harness.registry import KINDS, Entry, load_registry
+from harness.registry import DISABLE_ENV, KINDS, Entry, disabled_plugins, load_registry
 from harness.session import Session, open_session
 from harness.store import Store
 from harness.sweep import run_manifest
@@ -37,6 +38,13 @@ def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnbench", description="Benchmark harness for normalization studies.")
     parser.add_argument("--version", action="version", version=f"bnbench {harness.__version__}")
+    parser.add_argument(
+        "--disable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"do not load this installed plugin (package or entry-point name; repeatable; or {DISABLE_ENV}=a,b)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every pending run of a manifest, then print the report")
@@ -339,6 +347,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.disable_plugin:  # in the environment, so that worker processes leave them out too
+        os.environ[DISABLE_ENV] = ",".join(sorted(disabled_plugins() | set(args.disable_plugin)))
     try:
         return COMMANDS[args.command](args)
     except BnbenchError as exc:

@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,13 +118,23 @@ def _first_line(text: str | None) -> str:
 class Registry:
     """Registered components by kind, and the plugin manager whose hooks observe runs."""
 
-    def __init__(self, manager: pluggy.PluginManager, plugin_info: dict[str, PluginInfo]) -> None:
+    def __init__(
+        self,
+        manager: pluggy.PluginManager,
+        plugin_info: dict[str, PluginInfo],
+        *,
+        broken: dict[str, str] | None = None,
+        isolated: Iterable[str] = (),
+    ) -> None:
+        """``broken``: plugins that failed to load, with why; ``isolated``: plugins (installed ones)
+        whose invalid registration sets them aside instead of raising."""
         self.manager = manager
         self.hook = manager.hook
         self._plugin_info = plugin_info
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self.broken: dict[str, str] = {}
-        """Plugin name → why its registration failed; its other components stay usable."""
+        self.broken: dict[str, str] = dict(broken or {})
+        """Plugin name → why it failed to load or register; the other plugins stay usable."""
+        self._isolated = set(isolated)
         self._collect()
 
     # -- building the tables -------------------------------------------------------------
@@ -136,10 +147,19 @@ class Registry:
                     continue
                 try:
                     impl.function(register=self._registrar(kind, info))
-                except PluginError:
-                    raise
+                except PluginError as exc:
+                    if info.name not in self._isolated:
+                        raise
+                    self._set_aside(info, str(exc))
                 except Exception as exc:
-                    self.broken[info.name] = f"{hook_name} raised {type(exc).__name__}: {exc}"
+                    self._set_aside(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
+
+    def _set_aside(self, plugin: PluginInfo, why: str) -> None:
+        """Record why ``plugin`` is broken and drop what it registered: it never half-loads."""
+        self.broken[plugin.name] = why
+        for table in self._entries.values():
+            for name in [n for n, entry in table.items() if entry.plugin.name == plugin.name]:
+                del table[name]
 
     def _registrar(self, kind: str, plugin: PluginInfo) -> Callable[..., None]:
         table = self._entries[kind]
@@ -277,18 +297,31 @@ def load_registry(
             raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
         info[name] = PluginInfo(name, package, version)
 
+    broken: dict[str, str] = {}
+    installed: list[str] = []
     if entry_points:
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value):
+        disabled = disabled_plugins()
+
+        def built_in_first(ep: importlib.metadata.EntryPoint) -> tuple[bool, str]:
+            return (ep.dist is None or ep.dist.metadata["Name"] != BUILT_IN_PACKAGE, ep.value)
+
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=built_in_first):
             dist = ep.dist
             package = dist.metadata["Name"] if dist is not None else None
             version = dist.version if dist is not None else None
+            name = f"{package}:{ep.name}" if package else ep.name
+            if disabled & {name, ep.name, package}:
+                continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"cannot load plugin {ep.name!r} ({ep.value}) from package {package}: {type(exc).__name__}: {exc}"
-                ) from exc
-            add(f"{package}:{ep.name}" if package else ep.name, plugin, package, version)
+            except Exception as exc:  # an installed plugin that cannot load never blocks the others
+                broken[name] = (
+                    f"package {package}, entry point {ep.name} = {ep.value!r}, failed to import: "
+                    f"{type(exc).__name__}: {exc} (skip it with --disable-plugin {package or ep.name})"
+                )
+                continue
+            add(name, plugin, package, version)
+            installed.append(name)
     for reference in modules:
         name, module = _import_plugin(reference, base_dir)
         add(name, module)
@@ -307,7 +340,17 @@ def load_registry(
             f"plugin {name!r} implements a hook bnbench does not define: {exc}. "
             f"Known hooks: {', '.join(sorted(h for h in dir(hookspecs) if h.startswith('bnbench_')))}"
         ) from exc
-    return Registry(manager, info)
+    return Registry(manager, info, broken=broken, isolated=installed)
+
+
+DISABLE_ENV = "BNBENCH_DISABLE_PLUGINS"
+"""Comma-separated installed plugins not to load (package or entry-point names), as ``--disable-plugin``."""
+BUILT_IN_PACKAGE = "bnbench"
+
+
+def disabled_plugins() -> set[str]:
+    """The installed plugins ``BNBENCH_DISABLE_PLUGINS`` (set by ``--disable-plugin``) leaves out."""
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
 
 __all__ = ["KINDS", "Entry", "Options", "PluginInfo", "Registry", "load_registry"]

@@ -130,13 +130,13 @@ def run_manifest(
         )
     with Store(manifest.results_path) as store:
         store.link(runs)
-        pending = pending_runs(runs, store.statuses(r.run_id for r in unique_runs(runs)), rerun)
+        statuses = store.statuses(r.run_id for r in unique_runs(runs))
+        pending = pending_runs(runs, statuses, rerun)
         summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
         checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
         if not rerun:  # a kill between recording a result and deleting its checkpoints left them behind
-            finished = store.statuses(r.run_id for r in unique_runs(runs))
             for run_id in checkpoints.run_ids():
-                if finished.get(run_id) in FINISHED:
+                if statuses.get(run_id) in FINISHED:
                     with contextlib.suppress(OSError):
                         checkpoints.discard(run_id)
         if not pending:

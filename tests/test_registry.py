@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import textwrap
 
@@ -225,3 +226,63 @@ def test_the_core_names_no_built_in_plugin():
             if literal and node.value in built_in:
                 named.append(f"{path.name}:{node.lineno}: {node.value!r}")
     assert named == []
+
+
+def install(site, package: str, module: str, code: str) -> None:
+    """A package installed the way pip does, with a bnbench entry point, under ``site``."""
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(code)
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[bnbench]\n{module} = {module}\n")
+
+
+COLLIDING = """
+from torch import nn
+from harness import hookimpl
+
+@hookimpl
+def bnbench_register_normalizers(register):
+    register("batchnorm", lambda num_features, kind, options: nn.Identity())
+"""
+
+
+@pytest.fixture
+def broken_packages(tmp_path, monkeypatch):
+    """Two installed packages: one whose import fails, one that takes a built-in's name."""
+    site = tmp_path / "site"
+    install(site, "bnbench-broken", "bnbench_broken", "raise ImportError('no module named torch_extras')")
+    install(site, "bnbench-colliding", "bnbench_colliding", COLLIDING)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield
+    for module in ("bnbench_broken", "bnbench_colliding"):
+        sys.modules.pop(module, None)
+
+
+def test_a_broken_installed_plugin_never_blocks_unrelated_work(broken_packages, write_manifest, capsys):
+    from harness.cli import main
+
+    registry = load_registry()
+    assert (
+        "package bnbench-broken, entry point bnbench_broken = 'bnbench_broken', failed to import: "
+        in (registry.broken["bnbench-broken:bnbench_broken"])
+    )
+    assert "registered twice" in registry.broken["bnbench-colliding:bnbench_colliding"]
+    assert registry.get("normalizer", "batchnorm").plugin.package == "bnbench"  # the built-in keeps its name
+    path = write_manifest(tiny_manifest())
+    assert main(["plan", str(path)]) == 0  # the manifest names neither: it plans
+    assert main(["plugins", "--kind", "placement"]) == 0
+    assert "warning: plugin bnbench-broken:bnbench_broken failed to register" in capsys.readouterr().err
+    with pytest.raises(UnknownNameError, match="plugin bnbench-broken:bnbench_broken failed to load"):
+        registry.get("normalizer", "torch_extras_norm")  # a manifest that needs it fails, saying why
+
+
+def test_an_installed_plugin_can_be_disabled_by_flag_or_environment(broken_packages, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.setenv("BNBENCH_DISABLE_PLUGINS", "bnbench-colliding")
+    assert set(load_registry().broken) == {"bnbench-broken:bnbench_broken"}
+    assert main(["--disable-plugin", "bnbench-broken", "plugins", "--json", "--kind", "model"]) == 0
+    assert json.loads(capsys.readouterr().out)["broken"] == {}
