@@ -248,6 +248,16 @@ class DataInfo:
     num_classes: int
 
 
+@dataclass(frozen=True)
+class DatasetDescription:
+    """What a dataset will be, known from its options without loading it (``describe=`` when it
+    registers): lets ``plan`` and ``run`` check a study before anything trains."""
+
+    info: DataInfo
+    train_size: int
+    """Training examples (before any validation split is held out)."""
+
+
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """A transform of a whole batch of ``[0, 1]`` images on the training device (augmentation).
 

@@ -4,13 +4,16 @@ and the contract kit assemble models through these functions, so the kit tests w
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.api import DataInfo, NormSite, SiteInfo, find_sites, resolve_traits
-from harness.errors import BnbenchError
+from harness.api import DataInfo, DatasetDescription, NormSite, SiteInfo, find_sites, resolve_traits
+from harness.errors import BnbenchError, ManifestError
+from harness.records import PlannedRun
 from harness.registry import Registry
 from harness.spec import RunSpec
 
@@ -86,3 +89,52 @@ def _attach(registry: Registry, spec: RunSpec, sites: list[tuple[SiteInfo, NormS
                 f"normalizer plugin {spec.normalizer.name!r} returned {type(module).__name__}, not a torch.nn.Module"
             )
         site.attach(module)
+
+
+def check_runs(runs: Iterable[PlannedRun], registry: Registry, file: str) -> None:
+    """What can be checked before anything trains, from the datasets' descriptions (``describe=``):
+    ``validation_size`` and ``batch_size`` against the training set, and each normalizer against
+    the sites its model and placement select (the refusal a run would meet), as ``ManifestError``s
+    naming the study and field. Runs on a dataset without a description are checked when it loads."""
+    described: dict[str, DatasetDescription | None] = {}
+    pairings: set[str] = set()
+    for planned in runs:
+        spec = planned.spec
+        if spec.dataset is None:
+            continue
+        key = json.dumps(spec.dataset.model_dump(mode="json"), sort_keys=True)
+        if key not in described:
+            entry = registry.get("dataset", spec.dataset.name)
+            describe = entry.extras.get("describe")
+            described[key] = describe(entry.options.model_validate(spec.dataset.all_options)) if describe else None
+        facts = described[key]
+        if facts is None:
+            continue
+        where = {"file": file, "study": planned.study}
+        held_out = spec.validation_size or 0
+        if spec.validation_size is not None and not 0 < held_out < facts.train_size:
+            raise ManifestError(
+                f"validation_size {held_out} must be below the {facts.train_size} training examples of dataset "
+                f"{spec.dataset.name!r}",
+                field="validation_size",
+                **where,
+            )
+        if not spec.is_probe and spec.batch_size > facts.train_size - held_out:
+            raise ManifestError(
+                f"batch_size {spec.batch_size} is larger than the {facts.train_size - held_out} training examples "
+                f"of dataset {spec.dataset.name!r}" + (f" left after validation_size {held_out}" if held_out else ""),
+                field="batch_size",
+                **where,
+            )
+        if spec.model is None or spec.placement is None or spec.normalizer is None:
+            continue
+        parts = (spec.model, spec.normalizer, spec.placement)
+        pairing = json.dumps([p.model_dump(mode="json") for p in parts] + [list(facts.info.input_shape)])
+        if pairing in pairings:
+            continue
+        pairings.add(pairing)
+        try:
+            model = build_bare_model(registry, spec, facts.info)
+            choose_sites(registry, spec, [info for info, _ in find_sites(model)])
+        except ValueError as exc:
+            raise ManifestError(str(exc), field="normalizer", **where) from None

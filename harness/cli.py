@@ -18,8 +18,9 @@ from tabulate import tabulate
 import harness
 from harness import report as reporting
 from harness.api import resolve_traits
+from harness.assembly import check_runs
 from harness.errors import BnbenchError, ManifestError, StoreError
-from harness.manifest import Manifest, load_manifest
+from harness.manifest import Manifest
 from harness.records import pending_runs, unique_runs
 from harness.registry import DISABLE_ENV, KINDS, Entry, disabled_plugins, load_registry
 from harness.session import Session, open_session
@@ -170,7 +171,9 @@ def _print_resolved(manifest: Manifest) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest, args.profile, studies=args.study)
+    session = open_session(args.manifest, args.profile, studies=args.study)
+    manifest = session.manifest
+    check_runs(manifest.runs(), session.registry, str(manifest.path))
     if args.resolved:
         _print_resolved(manifest)
         return 0

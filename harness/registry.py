@@ -43,6 +43,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "probe": ("analyses",),
     "metric": ("measures", "split"),
     "analysis": ("standard",),
+    "dataset": ("describe",),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
 

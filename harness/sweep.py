@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from harness.assembly import check_runs
 from harness.checkpoint import Checkpoints
 from harness.errors import ManifestError, StoreError
 from harness.executors import ExecutorContext, StopFile, WorkerSpec
@@ -128,6 +129,9 @@ def run_manifest(
         raise ManifestError(
             'device = "cuda", but no CUDA device is available here; use "auto" or "cpu"', file=str(manifest.path)
         )
+    if registry is None:  # the installed plugins and the manifest's own, as the plan was validated with
+        registry = load_registry(settings.plugins, base_dir=manifest.base_dir)
+    check_runs(runs, registry, str(manifest.path))  # before anything is recorded
     with Store(manifest.results_path) as store:
         store.link(runs)
         statuses = store.statuses(r.run_id for r in unique_runs(runs))
@@ -158,8 +162,6 @@ def run_manifest(
             performance=settings.performance,
             stop_file=remote_stop.path,
         )
-        if registry is None:  # the installed plugins and the manifest's own, as the plan was validated with
-            registry = load_registry(settings.plugins, base_dir=manifest.base_dir)
         entry = registry.get("executor", manifest.executor.name)
         executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))
         stop = threading.Event()

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from pydantic import Field
 
-from harness import BuildContext, DataBundle
+from harness import BuildContext, DataBundle, DataInfo, DatasetDescription
 from harness.api import Images
 from plugins.datasets.augment import cifar_augment
 from plugins.datasets.common import (
@@ -37,6 +37,11 @@ class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
     train_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
     test_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
     meta: ClassVar = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+
+
+def describe_cifar10(options: Cifar10Options) -> DatasetDescription:
+    """CIFAR-10 without loading it: 3×32×32 images, 10 classes, 50,000 training images (or train_size)."""
+    return DatasetDescription(DataInfo((3, 32, 32), 10), min(options.train_size or 50_000, 50_000))
 
 
 def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:

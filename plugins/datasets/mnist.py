@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from harness import BuildContext, DataBundle
+from harness import BuildContext, DataBundle, DataInfo, DatasetDescription
 from harness.api import Images
 from plugins.datasets.common import (
     FileDatasetOptions,
@@ -23,6 +23,11 @@ FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 
 class MnistOptions(FileDatasetOptions):
     pass
+
+
+def describe_mnist(options: MnistOptions) -> DatasetDescription:
+    """MNIST without loading it: 1×28×28 images, 10 classes, 60,000 training images (or train_size)."""
+    return DatasetDescription(DataInfo((1, 28, 28), 10), min(options.train_size or 60_000, 60_000))
 
 
 def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:

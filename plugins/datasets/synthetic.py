@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from harness import BuildContext, DataBundle, Options
+from harness import BuildContext, DataBundle, DataInfo, DatasetDescription, Options
 from plugins.datasets.augment import cifar_augment
 
 MAX_GIB = 64
@@ -63,6 +63,11 @@ def _sample(
     pixels = torch.randn(size, *prototypes.shape[1:], generator=generator)
     images = (0.5 + contrast * prototypes[labels] + noise * pixels).clamp_(0, 1)
     return images, labels
+
+
+def describe_synthetic(options: SyntheticOptions) -> DatasetDescription:
+    """The synthetic set's shape, classes and training size, as its options give them."""
+    return DatasetDescription(DataInfo(tuple(options.image_shape), options.num_classes), options.train_size)
 
 
 def make_synthetic(options: SyntheticOptions, context: BuildContext) -> DataBundle:
