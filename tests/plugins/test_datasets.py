@@ -325,14 +325,14 @@ def test_options_reject_unknown_and_invalid_fields(model, fields):
 def test_plugin_registers_the_three_datasets():
     registered = {}
 
-    def register(name, factory, *, options=None, description=None):
-        registered[name] = (factory, options)
+    def register(name, factory, *, options=None, description=None, describe=None):
+        registered[name] = (factory, options, describe.__name__)
 
     bnbench_register_datasets(register)
     assert registered == {
-        "cifar10": (load_cifar10, Cifar10Options),
-        "mnist": (load_mnist, MnistOptions),
-        "synthetic": (make_synthetic, SyntheticOptions),
+        "cifar10": (load_cifar10, Cifar10Options, "describe_cifar10"),
+        "mnist": (load_mnist, MnistOptions, "describe_mnist"),
+        "synthetic": (make_synthetic, SyntheticOptions, "describe_synthetic"),
     }
 
 
