@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tabulate import tabulate
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -106,7 +107,7 @@ def main() -> int:
         f"{torch.get_num_threads()} threads (best of {args.repeats})"
     )
     recipe_name = "DataLoader + ToTensor/Normalize"
-    rows = [("", "batches only", "ratio", "training epoch", "ratio")]
+    rows = [("path", "batches only", "ratio", "training epoch", "ratio")]
     for name in paths:
         data_s, epoch_s = times[name, False], times[name, True]
         rows.append(
@@ -118,9 +119,7 @@ def main() -> int:
                 f"{times[recipe_name, True] / epoch_s:.1f}x",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(tabulate(rows[1:], headers=rows[0], tablefmt="github"))
     memory_ratio = times[recipe_name, True] / times["bnbench in-memory tensors", True]
     print(f"epoch speed-up of the in-memory path over the recipe: {memory_ratio:.1f}x")
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from overhead import MANIFEST, MODELS, plain_loop
+from tabulate import tabulate
 
 from harness.assembly import resolve_device
 from harness.manifest import load_manifest
@@ -115,9 +116,9 @@ def main() -> int:
             rows.append((f"bnbench {name}", images / seconds, plain_s / seconds, "; ".join(notices)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model}, batch {batch}, {images} training images per run (+ test pass), {name}, medians")
-    print(f"{'configuration':<40} {'images/s':>10} {'epochs/s':>9} {'ratio':>6}  notices")
-    for label, ips, ratio, notices in rows:
-        print(f"{label:<40} {ips:>10.1f} {ips / CIFAR10_EPOCH_IMAGES:>9.4f} {ratio:>6.2f}  {notices}")
+    table = [(label, f"{ips:.1f}", f"{ips / CIFAR10_EPOCH_IMAGES:.4f}", f"{ratio:.2f}", notices)
+             for label, ips, ratio, notices in rows]  # fmt: skip
+    print(tabulate(table, headers=["configuration", "images/s", "epochs/s", "ratio", "notices"], tablefmt="github"))
     return 0
 
 
