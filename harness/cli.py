@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
     rep.add_argument("--format", "-f", choices=reporting.FORMATS, default="github")
     rep.add_argument("--figures", type=Path, metavar="DIR", help="also write the analyses' figures (PNG) here")
+    rep.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page (figures inside)",
+    )
 
     plugins = commands.add_parser("plugins", help="list registered plugins by kind")
     plugins.add_argument("--kind", choices=KINDS, action="append", help="only this kind (repeatable)")
@@ -90,17 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_report(session: Session, fmt: str, figures: Path | None = None) -> None:
+def _print_report(session: Session, fmt: str, figures: Path | None = None, page: Path | None = None) -> None:
     with session.store(read_only=True) as store:
         report = reporting.from_manifest(session.manifest, store, session.registry)
-    _emit(report, fmt, figures)
+    _emit(report, fmt, figures, page)
 
 
-def _emit(report: reporting.Report, fmt: str, figures: Path | None) -> None:
+def _emit(report: reporting.Report, fmt: str, figures: Path | None, page: Path | None = None) -> None:
     print(report.render(fmt), end="")
     if figures is not None:
         written = report.save_figures(figures)
         print(f"{len(written)} figures written to {figures}", file=sys.stderr)
+    if page is not None:
+        from harness.report_html import render_html
+
+        page.write_text(render_html(report), encoding="utf-8")
+        print(f"HTML report written to {page}", file=sys.stderr)
 
 
 def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
@@ -215,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             report.studies = [s for s in report.studies if s.name in args.study]
         if not report.studies:
             raise BnbenchError(f"results store {args.source} holds no studies")
-        _emit(report, args.format, args.figures)
+        _emit(report, args.format, args.figures, args.html)
         return 0
     if args.source.suffix in (".sqlite", ".sqlite3", ".db") and args.source.is_file():
         raise StoreError(f"{args.source} is not a SQLite database (its header is damaged?): cannot report from it")
@@ -226,7 +237,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"no results yet at {manifest.results_path}; run `bnbench run {args.source}"
             f"{' --profile ' + args.profile if args.profile else ''}` first"
         )
-    _print_report(session, args.format, args.figures)
+    _print_report(session, args.format, args.figures, args.html)
     return 0
 
 

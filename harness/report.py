@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,8 @@ class Report:
             writer.writerows(self.claims_rows())
         return _combined_csv(combined) + buffer.getvalue()
 
-    def save_figures(self, directory: Path) -> list[Path]:
-        """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
+    def figure_images(self, study: StudyRuns) -> Iterator[tuple[str, bytes]]:
+        """Each figure of ``study``'s analyses as ``(name, PNG bytes)``, drawn with matplotlib."""
         try:
             import matplotlib
         except ImportError:
@@ -193,21 +194,28 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        directory.mkdir(parents=True, exist_ok=True)
+        for _, result in self.analyses.get(study.name, []):
+            if not isinstance(result, AnalysisResult):
+                continue
+            for figure in result.figures:
+                fig = plt.figure(figsize=(6.4, 4.8))
+                try:
+                    figure.draw(fig)
+                    buffer = io.BytesIO()
+                    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+                finally:
+                    plt.close(fig)
+                yield figure.name, buffer.getvalue()
+
+    def save_figures(self, directory: Path) -> list[Path]:
+        """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
         written = []
         for study in self.studies:
-            for _, result in self.analyses.get(study.name, []):
-                if not isinstance(result, AnalysisResult):
-                    continue
-                for figure in result.figures:
-                    fig = plt.figure(figsize=(6.4, 4.8))
-                    try:
-                        figure.draw(fig)
-                        path = directory / f"{_safe(study.name)}__{_safe(figure.name)}.png"
-                        fig.savefig(path, dpi=120, bbox_inches="tight")
-                        written.append(path)
-                    finally:
-                        plt.close(fig)
+            for name, png in self.figure_images(study):
+                directory.mkdir(parents=True, exist_ok=True)
+                path = directory / f"{_safe(study.name)}__{_safe(name)}.png"
+                path.write_bytes(png)
+                written.append(path)
         return written
 
 

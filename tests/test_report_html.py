@@ -1,0 +1,95 @@
+"""``bnbench report --html FILE``: one self-contained page, every table and figure present, the
+claims with their verdicts, studies linkable, nothing pointing outside the page."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+from test_probes_contract import MANIFEST, ProbePlugin
+
+from harness.cli import main
+from harness.manifest import load_manifest
+from harness.registry import load_registry
+from harness.report import from_manifest
+from harness.report_html import anchor, render_html
+from harness.store import Store
+from harness.sweep import run_manifest
+
+
+class Page(HTMLParser):
+    """What a browser would fetch or link: every tag's attributes, tables, images and ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def of(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+@pytest.fixture
+def probe_report(write_manifest):
+    registry = load_registry(objects=[("probe_plugin", ProbePlugin())])
+    manifest = load_manifest(write_manifest(MANIFEST), registry=registry)
+    run_manifest(manifest, registry=registry)
+    with Store(manifest.results_path) as store:
+        return from_manifest(manifest, store, registry)
+
+
+def test_the_page_holds_every_table_figure_and_claim_and_links_nothing_outside(probe_report):
+    pytest.importorskip("matplotlib")
+    text = render_html(probe_report)
+    page = Page()
+    page.feed(text)
+    tables = sum(
+        len(r.tables) for outcomes in probe_report.analyses.values() for _, r in outcomes if hasattr(r, "tables")
+    )
+    assert len(page.of("table")) == tables + 1  # the analyses' tables and the claims
+    images = page.of("img")
+    assert len(images) == 1 and images[0]["alt"] == "logit_norms"
+    assert all((img["src"] or "").startswith("data:image/png;base64,") for img in images)
+    assert {a["href"] for a in page.of("a")} == {f"#{anchor('logits')}", "#claims"}
+    assert {attrs.get("id") for _, attrs in page.tags} >= {anchor("logits"), "claims"}
+    linked = [v for _, attrs in page.tags for k, v in attrs.items() if k in ("src", "href") and v]
+    assert not [v for v in linked if not v.startswith(("#", "data:"))]  # readable offline
+    assert "unnormalized logits are larger" in text and "not measured (its analyses report no value" in text
+
+
+def test_names_are_escaped_in_the_page(probe_report):
+    probe_report.studies[0].description = "<script>alert(1)</script> & more"
+    text = render_html(probe_report, title="a <b> report")
+    assert "<script>" not in text and "&lt;script&gt;" in text and "<title>a &lt;b&gt; report</title>" in text
+
+
+def test_report_html_from_the_command_line(write_manifest, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    path = write_manifest(MANIFEST)
+    registry = load_registry(objects=[("probe_plugin", ProbePlugin())])
+    run_manifest(load_manifest(path, registry=registry), registry=registry)
+    import harness.session
+
+    original = harness.session.plan_manifest
+    monkeypatch.setattr(harness.session, "plan_manifest", lambda *a, **k: original(*a, **{**k, "registry": registry}))
+    assert main(["report", str(path), "--html", str(tmp_path / "report.html")]) == 0
+    assert "HTML report written to" in capsys.readouterr().err
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package to render the page")
+def test_chromium_renders_the_page_to_a_screenshot(probe_report, tmp_path):
+    pytest.importorskip("matplotlib")
+    page = tmp_path / "report.html"
+    page.write_text(render_html(probe_report))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1280,2400",
+         page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
