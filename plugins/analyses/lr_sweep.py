@@ -217,15 +217,20 @@ def _draw_accuracy(fig: Any, table: dict[str, dict[float, list[RunRecord]]], opt
     ax = fig.add_subplot()
     for label, by_lr in table.items():
         lrs = sorted(by_lr)
-        scores = [mean(_score(r, options.metric, options) for r in by_lr[lr]) for lr in lrs]
+        # the line joins the finished runs only: a rate where every run diverged is a gap, not a 0
+        scores = [mean(_statistic(r, options.metric, options) for r in by_lr[lr] if r.status == "done") for lr in lrs]
         ax.plot(lrs, [100 * s if s is not None else math.nan for s in scores], marker="o", label=label)
         diverged = [lr for lr in lrs if any(r.status == "diverged" for r in by_lr[lr])]
-        if diverged:
-            ax.plot(diverged, [0] * len(diverged), "x", color=ax.lines[-1].get_color())
+        if diverged:  # marked apart, at the foot of the axis, with how many of the seeds diverged
+            color = ax.lines[-1].get_color()
+            ax.plot(diverged, [0] * len(diverged), "x", linestyle="none", color=color, markersize=9)
+            for lr in diverged:
+                share = f"{sum(r.status == 'diverged' for r in by_lr[lr])}/{len(by_lr[lr])}"
+                ax.annotate(share, (lr, 0), textcoords="offset points", xytext=(0, 6), ha="center", color=color)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"{options.statistic} {options.metric.replace('_', ' ')} (%)")
-    ax.set_title("Accuracy against learning rate (x: diverged)")
+    ax.set_title("Accuracy against learning rate (x: diverged seeds, not drawn as 0%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="configuration")
 

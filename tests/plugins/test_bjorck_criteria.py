@@ -228,3 +228,24 @@ def test_the_bundled_unnormalized_resnet110_diverges_at_a_large_learning_rate():
 def test_he_init_makes_the_unnormalized_resnet110_diverge_at_once(init):
     losses = sgd_losses({"depth": 110, "init": init}, 1e-4, steps=2)
     assert len(losses) == 1 and losses[0] > 1e3  # the paper's rule: a mini-batch loss above 1e3
+
+
+def test_the_accuracy_figure_marks_diverged_runs_instead_of_drawing_them_at_zero():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [run("none", 1e-4, seed=s, test=0.6) for s in (0, 1)]
+    runs += [run("none", 0.1, seed=s, status="diverged") for s in (0, 1)]
+    runs += [run("none", 0.01, seed=0, test=0.5), run("none", 0.01, seed=1, status="diverged")]
+    figure = next(f for f in lr_sweep(study(runs), LrSweepOptions(select_on="test_accuracy")).figures
+                  if f.name == "accuracy_vs_lr")  # fmt: skip
+    fig = plt.figure()
+    figure.draw(fig)
+    line, marks = fig.axes[0].lines[:2]
+    heights = dict(zip(line.get_xdata(), line.get_ydata(), strict=True))
+    assert heights[1e-4] == pytest.approx(60) and heights[0.01] == pytest.approx(50)
+    assert math.isnan(heights[0.1])  # every seed diverged: a gap in the line, not a point at 0%
+    assert list(marks.get_xdata()) == [0.01, 0.1] and marks.get_linestyle() == "None"
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["1/2", "2/2"]
+    plt.close(fig)
