@@ -1,7 +1,8 @@
 """The training loop of one run: SGD steps on the run's batches, the learning-rate schedule,
 divergence checks, per-epoch metrics, and checkpoints. It yields one ``EpochRecord`` per epoch;
 a divergence raises ``Diverged`` at its exact step and a stop request ``RunInterrupted`` after a
-checkpoint. It owns the training loss and accuracy: they are facts of the loop, not metrics."""
+checkpoint. It computes the epoch's training loss and accuracy (facts of the loop, which metrics
+read from ``EpochContext``); which metric is a loss, and so can diverge, the metrics declare."""
 
 from __future__ import annotations
 
