@@ -39,7 +39,7 @@ from harness.runner import Runner
 
 METRICS = ("weight_geometry", "implied_regularization", "robustness")
 DATASETS = {
-    "synthetic": '{ name = "synthetic", image_shape = [1, 28, 28], num_classes = 10, train_size = 60000, '
+    "synthetic": '{ name = "synthetic", noise = 0.15, image_shape = [1, 28, 28], num_classes = 10, train_size = 60000, '
     "test_size = 10000, noise = 0.6 }",
     "mnist": '{ name = "mnist", root = "ROOT" }',
 }

@@ -46,7 +46,7 @@ device = "cpu"
 [[studies]]
 name = "overhead"
 model = {model}
-dataset = {{ name = "synthetic", image_shape = {shape}, train_size = {train}, test_size = {test} }}
+dataset = {{ name = "synthetic", noise = 0.15, image_shape = {shape}, train_size = {train}, test_size = {test} }}
 normalizer = "batchnorm"
 placement = "all"
 epochs = {epochs}

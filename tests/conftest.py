@@ -26,7 +26,7 @@ TINY_STUDY = """
 [[studies]]
 name = "tiny"
 model = {{ name = "mlp", widths = [16] }}
-dataset = {{ name = "synthetic", image_shape = [1, 8, 8], num_classes = 4, train_size = 128, test_size = 64 }}
+dataset = {{ name = "synthetic", noise = 0.15, image_shape = [1, 8, 8], num_classes = 4, train_size = 128, test_size = 64 }}
 normalizer = "batchnorm"
 placement = {placement}
 epochs = {epochs}
@@ -36,7 +36,7 @@ seeds = {seeds}
 [studies.optimizer]
 lr = {lr}
 weight_decay = 0.0
-"""
+"""  # noqa: E501 - a TOML inline table cannot wrap
 
 
 @pytest.fixture(scope="session")

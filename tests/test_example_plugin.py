@@ -26,7 +26,7 @@ device = "cpu"
 [[studies]]
 name = "scalenorm_vs_bn"
 model = { name = "mlp", widths = [16] }
-dataset = { name = "synthetic", image_shape = [1, 8, 8], num_classes = 4, train_size = 128, test_size = 64 }
+dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 8, 8], num_classes = 4, train_size = 128, test_size = 64 }
 normalizer = ["batchnorm", { name = "scalenorm", init = 2.0 }]
 placement = "all"
 epochs = 1
@@ -34,7 +34,7 @@ batch_size = 32
 
 [studies.optimizer]
 lr = 0.05
-"""
+"""  # noqa: E501 - a TOML inline table cannot wrap
 
 
 def _builds_wheels_offline() -> bool:

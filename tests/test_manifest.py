@@ -78,7 +78,7 @@ def test_profile_overlays_all_studies_then_one(write_manifest, registry):
 epochs = 1
 [profiles.quick.tiny]
 model = { widths = [4] }
-dataset = { name = "synthetic", image_shape = [1, 4, 4], train_size = 64 }
+dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 4, 4], train_size = 64 }
 """
     )
     path = write_manifest(text)
@@ -98,9 +98,14 @@ def test_overlay_replaces_a_component_of_another_plugin_and_merges_tables():
         "optimizer": {"lr": 0.1, "momentum": 0.9},
     }
     merged = overlay(
-        study, {"dataset": {"name": "synthetic", "train_size": 8}, "normalizer": {"eps": 1.0}, "optimizer": {"lr": 1}}
+        study,
+        {
+            "dataset": {"name": "synthetic", "noise": 0.15, "train_size": 8},
+            "normalizer": {"eps": 1.0},
+            "optimizer": {"lr": 1},
+        },
     )
-    assert merged["dataset"] == {"name": "synthetic", "train_size": 8}
+    assert merged["dataset"] == {"name": "synthetic", "noise": 0.15, "train_size": 8}
     assert merged["normalizer"] == [{"name": "batchnorm", "eps": 1.0}, {"name": "none", "eps": 1.0}]
     assert merged["optimizer"] == {"lr": 1, "momentum": 0.9}
     assert study["dataset"] == {"name": "cifar10", "root": "data"}  # the input is not modified

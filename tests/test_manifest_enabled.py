@@ -16,7 +16,7 @@ profile_notes = { quick = "quick scale" }
 [[studies]]
 name = "a"
 model = { name = "mlp", widths = [4] }
-dataset = { name = "synthetic", image_shape = [1, 4, 4], train_size = 32, test_size = 8 }
+dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 4, 4], train_size = 32, test_size = 8 }
 normalizer = "batchnorm"
 placement = "all"
 epochs = 1
@@ -24,7 +24,7 @@ epochs = 1
 [[studies]]
 name = "b"
 model = { name = "mlp", widths = [4] }
-dataset = { name = "synthetic", image_shape = [1, 4, 4], train_size = 32, test_size = 8 }
+dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 4, 4], train_size = 32, test_size = 8 }
 normalizer = "batchnorm"
 placement = "none"
 epochs = 1

@@ -37,7 +37,7 @@ BASE: dict[str, Any] = {
         {
             "name": "tiny",
             "model": {"name": "mlp", "widths": [8]},
-            "dataset": {"name": "synthetic", "image_shape": [1, 4, 4], "train_size": 32},
+            "dataset": {"name": "synthetic", "noise": 0.15, "image_shape": [1, 4, 4], "train_size": 32},
             "normalizer": "batchnorm",
             "placement": ["all", "none"],
             "epochs": 1,
@@ -222,7 +222,7 @@ REJECTED_AT_PLAN_TIME = {
     "a width of 1e18": ((*STUDY, "model"), {"name": "mlp", "widths": [10**18]}, "at most 1,048,576 units"),
     "train_size of 1e18": (
         (*STUDY, "dataset"),
-        {"name": "synthetic", "image_shape": [1, 4, 4], "train_size": 10**18},
+        {"name": "synthetic", "noise": 0.15, "image_shape": [1, 4, 4], "train_size": 10**18},
         "GiB of memory",
     ),
     "affine = 'no'": ((*STUDY, "normalizer"), {"name": "batchnorm", "affine": "no"}, "valid boolean"),

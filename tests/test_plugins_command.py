@@ -68,7 +68,8 @@ def test_a_manifest_plugin_is_listed_by_module_name(tmp_path, capsys):
     )
     manifest = tmp_path / "m.toml"
     manifest.write_text(
-        '[harness]\nplugins = ["local_norm.py"]\n\n[[studies]]\nname = "s"\nmodel = "mlp"\ndataset = "synthetic"\n'
+        '[harness]\nplugins = ["local_norm.py"]\n\n[[studies]]\nname = "s"\nmodel = "mlp"\n'
+        'dataset = { name = "synthetic", noise = 0.15 }\n'
         'normalizer = "local"\nplacement = "all"\nepochs = 1\n'
     )
     listing = json.loads(plugins(capsys, "--json", "--kind", "normalizer", "--manifest", str(manifest)))

@@ -69,7 +69,7 @@ device = "cpu"
 name = "logits"
 probe = "logit_norm"
 model = { name = "mlp", widths = [8] }
-dataset = { name = "synthetic", image_shape = [1, 4, 4], num_classes = 3, train_size = 32, test_size = 8 }
+dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 4, 4], num_classes = 3, train_size = 32, test_size = 8 }
 normalizer = "batchnorm"
 placement = ["final", "none"]
 

@@ -1,8 +1,15 @@
-"""A seeded synthetic image dataset with learnable class structure, for smoke runs.
+"""A seeded synthetic image dataset with learnable class structure, for smoke runs and for
+comparisons that need no files.
 
 Each class has a smooth random prototype image; an example is its class prototype at a
 random contrast plus pixel noise, clipped to [0, 1]. It is never used in place of a real
 dataset unless a manifest names it.
+
+The default noise (1.2, eight times the prototypes' spread) makes it a task on which
+normalizers differ: the default MLP, one epoch at lr 0.1, 3 seeds, reaches 12.1 ± 1.0 %
+unnormalized, 87.2 ± 2.5 % with batch norm and 77.7 ± 2.6 % with group norm (97 %, 97 % and
+62 % after three epochs). ``noise = 0.15`` makes it trivially separable: every normalizer
+reaches 100 % in one epoch, which suits tests of the software, not comparisons.
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ class SyntheticOptions(Options):
     num_classes: int = Field(10, ge=2, description="Number of classes.")
     train_size: int = Field(2048, gt=0, description="Number of training images.")
     test_size: int = Field(512, gt=0, description="Number of test images.")
-    noise: float = Field(0.15, ge=0, description="Std of the pixel noise (the prototypes' std is 0.15).")
+    noise: float = Field(
+        1.2,
+        ge=0,
+        description="Std of the pixel noise (the prototypes' std is 0.15). 1.2: normalizers differ on an MLP; "
+        "0.15: trivially separable (every configuration reaches 100%, for software tests).",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the data (independent of the run's seed).")
     augment: bool = Field(False, description="Apply CIFAR-style pad/crop/flip to training batches.")
 
@@ -71,7 +83,7 @@ def describe_synthetic(options: SyntheticOptions) -> DatasetDescription:
 
 
 def make_synthetic(options: SyntheticOptions, context: BuildContext) -> DataBundle:
-    """Synthetic images: seeded class prototypes plus noise (for smoke runs and tests)."""
+    """Synthetic images: seeded class prototypes plus noise; by default hard enough that normalizers differ."""
     generator = torch.Generator().manual_seed(options.seed)
     prototypes = _prototypes(options, generator)
     train_images, train_labels = _sample(prototypes, options.train_size, options.noise, generator)

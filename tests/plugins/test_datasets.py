@@ -471,3 +471,34 @@ def test_cifar_augment_keeps_shape_and_is_seeded():
     direct = crop_offsets(images, out, 4)
     mirrored = crop_offsets(images, out.flip(3), 4)
     assert all(a or b for a, b in zip(direct, mirrored, strict=True))
+
+
+def test_with_its_defaults_synthetic_separates_normalizers(write_manifest):
+    # a comparison on the default synthetic data must be able to say something: with the default
+    # MLP, one epoch, batch norm beats no normalization by far (measured: 87 % against 12 %)
+    from harness.manifest import load_manifest
+    from harness.store import Store
+    from harness.sweep import run_manifest
+
+    text = """
+    [harness]
+    results = "r.sqlite"
+    device = "cpu"
+    [[studies]]
+    name = "defaults"
+    model = "mlp"
+    dataset = "synthetic"
+    normalizer = ["none", "batchnorm"]
+    placement = "all"
+    epochs = 1
+    seeds = [0, 1, 2]
+    [studies.optimizer]
+    lr = 0.1
+    """
+    manifest = load_manifest(write_manifest(text))
+    run_manifest(manifest)
+    with Store(manifest.results_path) as store:
+        runs = store.load(r.run_id for r in manifest.runs()).values()
+    accuracy = {name: [r.final("test_accuracy") for r in runs if r.spec["normalizer"]["name"] == name]
+                for name in ("none", "batchnorm")}  # fmt: skip
+    assert max(accuracy["none"]) < 0.4 and min(accuracy["batchnorm"]) > 0.7, accuracy

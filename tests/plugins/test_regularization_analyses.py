@@ -328,7 +328,7 @@ device = "cpu"
 [[studies]]
 name = "noise"
 model = { name = "mlp", widths = [16] }
-dataset = { name = "synthetic", image_shape = [1, 8, 8], num_classes = 4, train_size = 192, test_size = 64 }
+dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 8, 8], num_classes = 4, train_size = 192, test_size = 64 }
 input_transform = { name = "gaussian_noise", std = [0.0, 0.3] }
 normalizer = "batchnorm"
 placement = ["all", "none"]
@@ -361,7 +361,7 @@ claim = "bound"
 study = "noise"
 value = "bound_within_min"
 at_least = 0
-"""
+"""  # noqa: E501 - a TOML inline table cannot wrap
 
 
 def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_manifest, registry, tmp_path):
