@@ -36,6 +36,11 @@ class StudyRuns:
     analyses: list[Component] = field(default_factory=list)
 
     @property
+    def pending(self) -> int:
+        """How many of the study's planned runs the store holds nothing of yet."""
+        return sum(1 for run_id, _, _ in self.planned if run_id not in self.stored)
+
+    @property
     def is_training(self) -> bool:
         """Whether the study trains (else it only probes): probes have no accuracy table."""
         return any(not r.spec.get("probe") for r in self.stored.values()) or not self.stored
@@ -142,7 +147,7 @@ class Report:
             text = [_heading(study.name, fmt, 2)]
             if study.description and fmt != "latex":
                 text.append(study.description)
-            pending = sum(1 for run_id, _, _ in study.planned if run_id not in study.stored)
+            pending = study.pending
             if pending and fmt != "latex":
                 text.append(f"({pending} of {len(study.planned)} runs not yet run)")
             for _, result in self.analyses.get(study.name, []):

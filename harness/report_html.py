@@ -47,7 +47,7 @@ def render_html(report: Report, title: str = "bnbench report") -> str:
         parts.append(f'<section id="{anchor(study.name)}"><h2>{html.escape(study.name)}</h2>')
         if study.description:
             parts.append(f"<p>{html.escape(study.description)}</p>")
-        pending = sum(1 for run_id, _, _ in study.planned if run_id not in study.stored)
+        pending = study.pending
         if pending:
             parts.append(f'<p class="note">{pending} of {len(study.planned)} runs not yet run</p>')
         for _, result in report.analyses.get(study.name, []):
