@@ -204,6 +204,10 @@ class NormalizerTraits:
     needs_source: bool = False
     """It acts on the layer feeding the site (``bind_source``): every site it goes to must have
     a source, or the core refuses to build the run."""
+    packable: bool = True
+    """Its runs can train packed (``pack`` in a study): it works under ``torch.func.vmap``, with its
+    parameters and buffers batched per member and no Python branching on tensor values. When
+    ``False``, packs of its runs train one by one; the contract kit checks a ``True`` claim."""
 
     def __post_init__(self) -> None:
         kinds = frozenset(self.site_kinds)

@@ -1,9 +1,12 @@
 """The executor contract: where the runs of a sweep execute.
 
-The driver (``harness.sweep``) hands an executor the pending runs, lazily, one at a time as
-the executor asks for them (each is claimed in the store just before it is handed over), and
-receives one ``Outcome`` per run. Only the driver writes the results store: workers need no
-database. Executors are plugins (``bnbench_register_executors``); ``local`` runs in-process.
+The driver (``harness.sweep``) hands an executor the pending work, lazily, one unit at a time as
+the executor asks for it (each run is claimed in the store just before it is handed over), and
+receives one ``Outcome`` per unit. A unit is a ``PlannedRun`` or a ``PlannedPack`` (runs that
+train together, ``harness.packing``); an executor need not tell them apart: it sends either to
+``run_in_worker`` (or ``Runner.run_work``) and passes back what comes out. Only the driver
+writes the results store: workers need no database. Executors are plugins
+(``bnbench_register_executors``); ``local`` runs in-process.
 
 An executor whose runs execute in other processes or on other hosts sends each worker the
 picklable ``WorkerSpec`` and the ``PlannedRun`` and calls ``run_in_worker`` there. Stops reach
@@ -26,7 +29,7 @@ from typing import Any, Literal, Protocol
 from harness.checkpoint import Checkpoints
 from harness.errors import PluginError
 from harness.progress import Progress
-from harness.records import PlannedRun, RunResult
+from harness.records import PlannedPack, PlannedRun, RunResult, Work, WorkResult, members
 from harness.registry import Registry, load_registry
 from harness.runner import Runner
 from harness.spec import PerformanceSettings
@@ -108,13 +111,13 @@ _warm_runner: tuple[tuple[Any, ...], Runner] | None = None
 
 def run_in_worker(
     worker: WorkerSpec,
-    planned: PlannedRun,
+    planned: Work,
     *,
     device: str | None = None,
     threads: int | None = None,
     stop: StopRequest | None = None,
 ) -> tuple[Literal["result", "interrupted"], Any]:
-    """Run ``planned`` in this (worker) process: ``("result", RunResult)`` or ``("interrupted", why)``.
+    """Run ``planned`` in this (worker) process: ``("result", WorkResult)`` or ``("interrupted", why)``.
 
     The attempt is logged beside the run's checkpoints (``Checkpoints.begin_attempt``) and its
     number recorded in the result's ``info["attempts"]``: an executor that retries a run whose
@@ -132,27 +135,42 @@ def run_in_worker(
         _warm_runner = (key, worker.runner(stop, device=device, threads=threads))
     attempt = Checkpoints(worker.checkpoint_dir).begin_attempt(planned.run_id)
     try:
-        result = _warm_runner[1].run(planned)
+        result = _warm_runner[1].run_work(planned)
     except RunInterrupted as stopped:
         return "interrupted", str(stopped)
-    result.info["attempts"] = attempt
+    for each in result if isinstance(result, tuple) else (result,):
+        each.info["attempts"] = attempt
     return "result", result
 
 
 @dataclass
 class Outcome:
-    """What became of one run: its result, or why it stopped before having one."""
+    """What became of one unit of work: its result (one per member of a pack), or why it stopped
+    before having one."""
 
-    planned: PlannedRun
-    result: RunResult | None = None
+    planned: Work
+    result: WorkResult | None = None
     interrupted: str | None = None
-    """Set when the run was stopped (checkpointed if possible) before finishing."""
+    """Set when the work was stopped (checkpointed if possible) before finishing."""
+
+    def results(self) -> list[tuple[PlannedRun, RunResult | None]]:
+        """Each run of the unit with its result (None when the unit was interrupted)."""
+        runs = members(self.planned)
+        if self.result is None:
+            return [(run, None) for run in runs]
+        results = self.result if isinstance(self.result, tuple) else (self.result,)
+        if [r.run_id for r in results] != [run.run_id for run in runs]:
+            raise ValueError(f"the results of {self.planned.label} do not match its runs")
+        return list(zip(runs, results, strict=True))
 
 
-def failed_result(planned: PlannedRun, message: str) -> RunResult:
-    """A ``failed`` result for a run whose worker died or could not report one."""
+def failed_result(planned: Work, message: str) -> WorkResult:
+    """A ``failed`` result for work whose worker died or could not report one (per member of a pack)."""
     now = time.time()
-    return RunResult(planned.run_id, "failed", error=message, started_at=now, finished_at=now)
+    failed = tuple(
+        RunResult(run.run_id, "failed", error=message, started_at=now, finished_at=now) for run in members(planned)
+    )
+    return failed if isinstance(planned, PlannedPack) else failed[0]
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -209,11 +227,12 @@ class ExecutorContext:
 
 
 class Executor(Protocol):
-    """Runs the runs it pulls from ``runs`` and yields an ``Outcome`` for each, as they finish.
+    """Runs the work it pulls from ``runs`` (runs and packs) and yields an ``Outcome`` for each
+    unit, as they finish.
 
     It pulls a run only when it can start it. A run that raises is a ``failed`` result, never
     an exception out of ``execute``. When ``context.stop`` is set it stops pulling, lets the
     runs in progress checkpoint, yields them as interrupted and returns.
     """
 
-    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]: ...
+    def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]: ...

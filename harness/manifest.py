@@ -439,7 +439,7 @@ def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int)
                 axes.append(path)
         for seed in seeds:
             spec = expander.resolve(point, seed)
-            runs.append(PlannedRun(spec.run_id(), name, spec, dict(labels)))
+            runs.append(PlannedRun(spec.run_id(), name, spec, dict(labels), pack=header.pack))
             if len(runs) > MAX_RUNS_PER_STUDY:
                 raise expander.error(f"expands to more than {MAX_RUNS_PER_STUDY} runs")
     return Study(name=name, description=description, axes=axes, runs=runs, analyses=_analyses(raw, runs, expander))

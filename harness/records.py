@@ -13,6 +13,7 @@ decided here too (``pending_runs``), from the statuses a store reports.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -34,12 +35,41 @@ class PlannedRun:
     spec: RunSpec
     axes: dict[str, Any]
     """Swept field (dotted path) → value, for this run; the seed is ``spec.seed``."""
+    pack: int = 1
+    """How many runs of its study may train together with it (the study's ``pack``)."""
 
     @property
     def label(self) -> str:
         """A short human label: study, axis values and seed."""
         axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items())
         return f"{self.study} {axes} seed={self.spec.seed}".replace("  ", " ")
+
+
+@dataclass(frozen=True)
+class PlannedPack:
+    """Runs trained together in one process, each still its own run (``harness.packing``).
+
+    Executors handle a pack as they handle a run: one unit of work, sent to one worker, whose
+    result is one ``RunResult`` per member. Its ``run_id`` names its checkpoints and attempts.
+    """
+
+    members: tuple[PlannedRun, ...]
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha256(" ".join(sorted(m.run_id for m in self.members)).encode()).hexdigest()
+        return f"pack{digest[:16]}"
+
+    @property
+    def study(self) -> str:
+        return self.members[0].study
+
+    @property
+    def label(self) -> str:
+        first = self.members[0].label.removeprefix(self.study).strip()
+        return f"{self.study} pack of {len(self.members)} ({first}, ...)"
+
+
 
 
 class EpochRecord(NamedTuple):
@@ -128,3 +158,14 @@ def pending_runs(runs: Iterable[PlannedRun], statuses: Mapping[str, str], rerun:
     """The runs still to run, each once: those without a final result in ``statuses`` (all with ``rerun``)."""
     unique = unique_runs(runs)
     return unique if rerun else [r for r in unique if statuses.get(r.run_id) not in FINISHED]
+
+
+Work = PlannedRun | PlannedPack
+"""A unit of work an executor runs: one run, or a pack of runs."""
+WorkResult = RunResult | tuple[RunResult, ...]
+"""What a unit of work produced: a run's result, or one result per member of a pack."""
+
+
+def members(work: Work) -> tuple[PlannedRun, ...]:
+    """The runs of a unit of work."""
+    return work.members if isinstance(work, PlannedPack) else (work,)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import platform
 import socket
+import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ import harness
 from harness.api import ProbeContext, RunContext
 from harness.assembly import assemble_model, resolve_device
 from harness.checkpoint import Checkpoints
-from harness.data import DataCache, DeviceData
+from harness.data import DataCache, DeviceData, StreamData
 from harness.inputs import InputPipeline
+from harness.packed_training import PackedTraining, PackRefused
 from harness.performance import Performance
 from harness.progress import Progress
-from harness.records import EpochRecord, PlannedRun, RunResult, Status
+from harness.records import EpochRecord, PlannedPack, PlannedRun, RunResult, Status, Work, WorkResult
 from harness.registry import Registry
 from harness.spec import PerformanceSettings
 from harness.training import (
@@ -136,19 +138,118 @@ class Runner:
             error=error,
             started_at=started,
             finished_at=time.time(),
-            environment={**environment(self.device), **self.performance.describe()},
+            environment=self._environment(),
             info=info,
             measurements=measurements,
         )
         self.registry.hook.bnbench_run_end(run=context, result=result, planned=planned)
         return result
 
+    def run_work(self, work: Work, progress: Progress | None = None) -> WorkResult:
+        """Run one unit of work: a run (``run``) or a pack (``run_pack``)."""
+        return self.run_pack(work, progress) if isinstance(work, PlannedPack) else self.run(work, progress)
+
+    def run_pack(self, pack: PlannedPack, progress: Progress | None = None) -> tuple[RunResult, ...]:
+        """Train the runs of ``pack`` together (``harness.packed_training``), one result per member,
+        in order. A pack that cannot train packed (its model or normalizer fails under ``vmap``, a
+        performance option packs do not support) trains its runs one by one, with a notice: the
+        same runs, the same results within float tolerance. Hooks fire per member, as for runs."""
+        warn = progress.log if progress else _to_stderr
+        refusal = self._pack_refusal()
+        if refusal is None:
+            try:
+                return self._train_pack(pack, progress, warn)
+            except PackRefused as exc:
+                refusal = str(exc)
+        warn(f"{pack.label}: cannot train packed ({refusal}); training its {len(pack.members)} runs one by one")
+        results = tuple(self.run(member, progress) for member in pack.members)
+        for result in results:
+            result.info["pack_fallback"] = refusal
+        return results
+
+    def _pack_refusal(self) -> str | None:
+        if self.performance.compile:
+            return "compile = true: packs run eagerly"
+        if self.performance.loss_scaling:
+            return "fp16 with loss scaling: packs use fp32 or bf16"
+        return None
+
+    def _train_pack(
+        self, pack: PlannedPack, progress: Progress | None, warn: Callable[[str], None]
+    ) -> tuple[RunResult, ...]:
+        started = time.time()
+        with determinism(pack.members[0].spec.deterministic):
+            try:
+                built = [self._assemble(member, progress, resume=False) for member in pack.members]
+            except Exception as exc:  # one by one, each run reports its own failure
+                raise PackRefused(f"assembling a member failed: {type(exc).__name__}: {exc}") from exc
+            if isinstance(built[0][0].data, StreamData):
+                raise PackRefused(f"dataset {pack.members[0].spec.dataset.name!r} streams its examples")
+            try:
+                packed = PackedTraining.start(
+                    pack.run_id,
+                    [training for training, _ in built],
+                    check_every=self.check_every,
+                    checkpoints=self.checkpoints,
+                    warn=warn,
+                )
+            except PackRefused:
+                raise
+            except Exception as exc:  # one by one, each run reports its own failure
+                raise PackRefused(f"stacking its members failed: {type(exc).__name__}: {exc}") from exc
+            for planned, (training, _) in zip(pack.members, built, strict=True):
+                self.registry.hook.bnbench_run_start(run=training.context, planned=planned)
+            facts = [
+                {**model_facts, **training.facts, "pack": pack.run_id, "pack_size": len(pack.members)}
+                for training, model_facts in built
+            ]
+            error: str | None = None
+            try:
+                packed.train(
+                    self.registry,
+                    stop=self.stop,
+                    progress=progress,
+                    label=pack.label,
+                    checkpoints=self.checkpoints,
+                    checkpoint_every=self.checkpoint_every,
+                )
+            except Exception as exc:
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                error = f"{detail}\n\n{traceback.format_exc()}"
+        results = []
+        for planned, member, info in zip(pack.members, packed.members, facts, strict=True):
+            status: Status = "done"
+            if member.diverged is not None:
+                status = "diverged"
+            elif error is not None:
+                status = "failed"
+            result = RunResult(
+                planned.run_id,
+                status,
+                epochs=list(member.records),
+                diverged_step=member.diverged.step if member.diverged is not None else None,
+                error=str(member.diverged) if member.diverged is not None else error,
+                started_at=started,
+                finished_at=time.time(),
+                environment=self._environment(),
+                info=info,
+            )
+            self.registry.hook.bnbench_run_end(run=member.training.context, result=result, planned=planned)
+            results.append(result)
+        return tuple(results)
+
+    def _environment(self) -> dict[str, Any]:
+        return {**environment(self.device), **self.performance.describe()}
+
     def build_model(self, spec: Any, data: Any) -> tuple[nn.Module, dict[str, Any]]:
         """The run's model on this runner's device, normalized at the placement's sites."""
         return assemble_model(self.registry, spec, data, self.device)
 
-    def _assemble(self, planned: PlannedRun, progress: Progress | None) -> tuple[Training, dict[str, Any]]:
-        """The run ready to train, resumed from its checkpoint if it has one, and its model's facts."""
+    def _assemble(
+        self, planned: PlannedRun, progress: Progress | None, *, resume: bool = True
+    ) -> tuple[Training, dict[str, Any]]:
+        """The run ready to train, resumed from its checkpoint if it has one (and ``resume``), and
+        its model's facts."""
         spec = planned.spec
         seed_everything(spec.seed)
         data = self.data.get(spec.dataset, self.device, spec.validation_size)
@@ -162,7 +263,7 @@ class Runner:
             spec=spec,
             device=self.device,
             check_every=self.check_every,
-            checkpoints=self.checkpoints,
+            checkpoints=self.checkpoints if resume else None,
             warn=progress.log if progress else (lambda message: None),
         )
         return training, facts
@@ -201,6 +302,10 @@ class Runner:
         if progress:
             progress.advance(1, float("nan"))
         return plain
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _plain(value: Any) -> Any:

@@ -18,6 +18,8 @@ DEFAULT_EXECUTOR = "local"
 """Where runs execute when a manifest names no executor (the built-in in-process executor)."""
 
 MAX_EPOCHS = 100_000
+MAX_PACK = 1024
+"""The most runs one pack may hold."""
 MAX_STEPS = 10**9
 MAX_BATCH = 2**20
 MAX_EXAMPLES = 10**9
@@ -209,6 +211,15 @@ class StudyHeader(BaseModel):
         description="The replicates: each configuration runs once per seed (0 to 2**32 - 1, no repeats).",
     )
     enabled: bool = Field(True, description="false leaves the study out (a profile can run a subset).")
+    pack: int = Field(
+        1,
+        ge=1,
+        le=MAX_PACK,
+        description=f"Train up to this many of the study's runs at once in one process (torch.func.vmap, at most "
+        f"{MAX_PACK}): runs that differ only in seed, optimizer, schedule and input transform. Each stays its own "
+        "run (same id, own init, data order, statistics and status); results equal one-by-one training within "
+        "float tolerance. 1: one by one. Pays off where one run leaves the device idle (small models on a GPU).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -237,7 +248,7 @@ class StudyHeader(BaseModel):
         return seeds
 
 
-STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses", "enabled")
+STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses", "enabled", "pack")
 """Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``;
 ``enabled = false`` leaves a study out, so a profile can run a subset of the manifest)."""
 

@@ -21,8 +21,9 @@ from harness.checkpoint import Checkpoints
 from harness.errors import ManifestError, StoreError
 from harness.executors import ExecutorContext, StopFile, WorkerSpec
 from harness.manifest import Manifest
+from harness.packing import plan_work
 from harness.progress import Progress
-from harness.records import FINISHED, PlannedRun, RunResult, pending_runs, unique_runs
+from harness.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members, pending_runs, unique_runs
 from harness.registry import Registry, load_registry
 from harness.store import Store
 
@@ -169,26 +170,40 @@ def run_manifest(
         progress = progress or Progress(len(pending), headline=headline, verbose=verbose)
         claimed: dict[str, PlannedRun] = {}
 
-        def claim_as_needed() -> Iterator[PlannedRun]:
-            for planned in pending:
+        def claim(planned: PlannedRun) -> bool:
+            """Claim one run in the store (False: it is finished or running elsewhere; skipped)."""
+            refused = store.claim(
+                planned, stale_after=settings.claim_timeout_s, replace_finished_before=started if rerun else None
+            )
+            if refused is not None and refused.startswith("finished: "):
+                summary.finished_elsewhere += 1
+                progress.log(f"{planned.run_id}: {refused.removeprefix('finished: ')} by another sweep; skipped")
+                return False
+            if refused is not None:
+                summary.busy += 1
+                progress.log(f"{planned.run_id}: being run by {refused}; skipped")
+                return False
+            if rerun:
+                checkpoints.discard(planned.run_id)
+            checkpoints.reset_attempts(planned.run_id)
+            claimed[planned.run_id] = planned
+            return True
+
+        def claim_as_needed() -> Iterator[Work]:
+            """The pending work, each run claimed just before its unit is handed over; a pack
+            keeps the members it could claim."""
+            for unit in plan_work(pending, registry, resumable=checkpoints.run_ids(), log=progress.log):
                 if stop.is_set():
                     return
-                refused = store.claim(
-                    planned, stale_after=settings.claim_timeout_s, replace_finished_before=started if rerun else None
-                )
-                if refused is not None and refused.startswith("finished: "):
-                    summary.finished_elsewhere += 1
-                    progress.log(f"{planned.run_id}: {refused.removeprefix('finished: ')} by another sweep; skipped")
-                    continue
-                if refused is not None:
-                    summary.busy += 1
-                    progress.log(f"{planned.run_id}: being run by {refused}; skipped")
-                    continue
-                if rerun:
-                    checkpoints.discard(planned.run_id)
-                checkpoints.reset_attempts(planned.run_id)
-                claimed[planned.run_id] = planned
-                yield planned
+                runs = tuple(run for run in members(unit) if claim(run))
+                if len(runs) > 1:
+                    pack = PlannedPack(runs)
+                    if rerun:
+                        checkpoints.discard(pack.run_id)
+                    checkpoints.reset_attempts(pack.run_id)
+                    yield pack
+                elif runs:
+                    yield runs[0]
 
         heartbeat = _Heartbeat(store, claimed, every_s=min(60.0, settings.claim_timeout_s / 4))
         progress.keep_alive = heartbeat.keep_alive
@@ -199,29 +214,30 @@ def run_manifest(
         try:
             with stop_on_signals(stop, progress.log):
                 for outcome in executor.execute(claim_as_needed(), context):
-                    planned = claimed.pop(outcome.planned.run_id, outcome.planned)
-                    if unwritable is not None:
-                        continue  # stopping: nothing can be recorded; the checkpoints are kept
-                    try:
-                        if outcome.result is None:
-                            store.mark_interrupted(planned.run_id)
-                        else:
-                            record(store, planned, outcome.result, checkpoints)
-                    except sqlite3.Error as exc:
-                        unwritable = f"cannot write the results store {manifest.results_path}: {exc}"
-                        progress.log(f"{unwritable}; stopping the sweep (runs in progress checkpoint)")
-                        stop.set()
-                        continue
-                    if outcome.result is None:
+                    if outcome.result is None and unwritable is None:
                         summary.interrupted = True
                         progress.log(f"stopped: {outcome.interrupted}; run the same command again to resume")
-                        continue
-                    try:
-                        checkpoints.discard(planned.run_id)
-                    except OSError as exc:  # the result is safe; a later sweep cleans the folder up
-                        progress.log(f"warning: cannot remove the checkpoints of {planned.run_id}: {exc}")
-                    summary.statuses[outcome.result.status] += 1
-                    progress.end_run(outcome.result.status, summarize(outcome.result, headline), label=planned.label)
+                    for run, result in outcome.results():
+                        planned = claimed.pop(run.run_id, run)
+                        if unwritable is not None:
+                            continue  # stopping: nothing can be recorded; the checkpoints are kept
+                        try:
+                            if result is None:
+                                store.mark_interrupted(planned.run_id)
+                            else:
+                                record(store, planned, result, checkpoints, outcome.planned)
+                        except sqlite3.Error as exc:
+                            unwritable = f"cannot write the results store {manifest.results_path}: {exc}"
+                            progress.log(f"{unwritable}; stopping the sweep (runs in progress checkpoint)")
+                            stop.set()
+                            continue
+                        if result is None:
+                            continue
+                        discard_checkpoints(checkpoints, planned.run_id, progress)
+                        summary.statuses[result.status] += 1
+                        progress.end_run(result.status, summarize(result, headline), label=planned.label)
+                    if isinstance(outcome.planned, PlannedPack) and outcome.result is not None and unwritable is None:
+                        discard_checkpoints(checkpoints, outcome.planned.run_id, progress)
         except KeyboardInterrupt:
             progress.log("aborted: the runs in progress are not recorded; finished runs are kept")
         finally:
@@ -241,9 +257,18 @@ def run_manifest(
     return summary
 
 
-def record(store: Store, planned: PlannedRun, result: RunResult, checkpoints: Checkpoints) -> None:
-    """Write a run's result, with the attempts it took (a worker that died before reporting counts)."""
-    attempts = checkpoints.attempts(planned.run_id)
+def record(store: Store, planned: PlannedRun, result: RunResult, checkpoints: Checkpoints, work: Work) -> None:
+    """Write a run's result, with the attempts its work took (a worker that died before reporting counts)."""
+    attempts = checkpoints.attempts(work.run_id)
     if attempts:
         result.info.setdefault("attempts", attempts)
     store.record(planned, result)
+
+
+def discard_checkpoints(checkpoints: Checkpoints, run_id: str, progress: Progress) -> None:
+    """Remove a finished run's (or pack's) checkpoints; a failure only warns (the result is safe,
+    and a later sweep cleans the folder up)."""
+    try:
+        checkpoints.discard(run_id)
+    except OSError as exc:
+        progress.log(f"warning: cannot remove the checkpoints of {run_id}: {exc}")

@@ -55,7 +55,7 @@ class RunInterrupted(BaseException):
 class Diverged(Exception):
     def __init__(self, step: int, what: str) -> None:
         super().__init__(f"{what} is not finite at step {step}")
-        self.step = step
+        self.step, self.what = step, what
 
 
 def seed_everything(seed: int) -> None:

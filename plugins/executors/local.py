@@ -6,20 +6,20 @@ from collections.abc import Iterator
 
 from harness import NoOptions
 from harness.executors import ExecutorContext, Outcome
-from harness.records import PlannedRun
+from harness.records import Work
 from harness.training import RunInterrupted
 
 
 class LocalExecutor:
     """Runs in this process, one after another, with the driver's plugins and progress bars."""
 
-    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+    def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
         runner = context.worker.runner(context.stop, registry=context.registry)
         for notice in runner.performance.notices:
             context.progress.log(f"notice: {notice}")
         for planned in runs:
             try:
-                result = runner.run(planned, context.progress)
+                result = runner.run_work(planned, context.progress)
             except RunInterrupted as stopped:
                 yield Outcome(planned, interrupted=str(stopped))
                 return

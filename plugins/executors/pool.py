@@ -37,7 +37,7 @@ from harness.executors import (
     failed_result,
     run_in_worker,
 )
-from harness.records import PlannedRun
+from harness.records import Work
 
 PRELOAD = ["torch", "harness.runner", "plugins"]
 """Imported once by the fork server, so that each worker starts without importing torch."""
@@ -206,7 +206,7 @@ class _Slot:
     device: str | None
     process: BaseProcess | None = None
     connection: Connection | None = None
-    planned: PlannedRun | None = None
+    planned: Work | None = None
     stop_asked_at: float | None = None
 
 
@@ -223,7 +223,7 @@ class PoolExecutor:
     def __init__(self, options: PoolOptions) -> None:
         self.options = options
 
-    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+    def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
         # never more workers than runs to do (claimed as they would be anyway: they start at once)
         first = list(itertools.islice(runs, self.options.workers))
         if not first:
@@ -241,7 +241,7 @@ class PoolExecutor:
             mp_context.set_forkserver_preload(PRELOAD)
         shared_stop = SharedFlag(mp_context)
         slots = [_Slot(devices[i] if devices else None) for i in range(workers)]
-        retries: collections.deque[PlannedRun] = collections.deque()
+        retries: collections.deque[Work] = collections.deque()
         deaths: collections.Counter[str] = collections.Counter()
         fresh = itertools.chain(first, runs)
 
@@ -287,7 +287,7 @@ class PoolExecutor:
         self,
         slot: _Slot,
         deaths: collections.Counter[str],
-        retries: collections.deque[PlannedRun],
+        retries: collections.deque[Work],
         context: ExecutorContext,
     ) -> Outcome | None:
         """The outcome of the slot's run if it has one now. A dead worker's run is queued again

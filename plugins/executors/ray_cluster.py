@@ -26,7 +26,7 @@ from harness.executors import (
     import_engine,
     run_in_worker,
 )
-from harness.records import PlannedRun
+from harness.records import Work
 
 
 class RayOptions(Options):
@@ -60,7 +60,7 @@ class RayOptions(Options):
     )
 
 
-def _ray_task(worker: WorkerSpec, planned: PlannedRun, device: str, threads: int) -> tuple[str, Any]:
+def _ray_task(worker: WorkerSpec, planned: Work, device: str, threads: int) -> tuple[str, Any]:
     """What a Ray task runs (on whichever node Ray placed it)."""
     return run_in_worker(worker, planned, device=device, threads=threads)
 
@@ -94,7 +94,7 @@ class RayExecutor:
         # Ray sets CUDA_VISIBLE_DEVICES for a task to the GPUs it reserved: 'cuda' is the first of those.
         return num_gpus, ("cuda" if num_gpus else "cpu")
 
-    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+    def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
         ray = self.ray
         started_here = not ray.is_initialized()
         if started_here:
@@ -113,7 +113,7 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    def _execute(self, ray: Any, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+    def _execute(self, ray: Any, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
         num_gpus, device = self._placement(ray, context.worker.device)
         threads = max(1, int(self.options.num_cpus))
         task = ray.remote(_ray_task).options(
@@ -124,7 +124,7 @@ class RayExecutor:
         )
         slots = self._slots(ray, num_gpus)
         context.progress.log(f"ray: up to {slots} runs at once, {self.options.num_cpus} CPU and {num_gpus} GPU each")
-        in_flight: dict[Any, PlannedRun] = {}
+        in_flight: dict[Any, Work] = {}
         exhausted = False
         try:
             while True:

@@ -29,7 +29,7 @@ from harness.executors import (
     import_engine,
     run_in_worker,
 )
-from harness.records import PlannedRun
+from harness.records import Work
 
 NOT_STARTED = {"PENDING", "REQUEUED", "CONFIGURING", "UNKNOWN", "READY"}
 """Slurm job states of a job that has not started its run (cancelled when the sweep stops)."""
@@ -77,7 +77,7 @@ class SubmititRun:
     """What a job runs: one run. Checkpointable: on timeout or preemption submitit calls
     ``checkpoint`` and requeues the job, which then resumes from the run's last checkpoint."""
 
-    def __call__(self, worker: WorkerSpec, planned: PlannedRun, device: str, threads: int) -> tuple[str, Any]:
+    def __call__(self, worker: WorkerSpec, planned: Work, device: str, threads: int) -> tuple[str, Any]:
         return run_in_worker(worker, planned, device=device, threads=threads)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -125,7 +125,7 @@ class SubmititExecutor:
             raise PluginError(f"submitit executor: invalid parameters: {exc}") from exc
         return executor
 
-    def execute(self, runs: Iterator[PlannedRun], context: ExecutorContext) -> Iterator[Outcome]:
+    def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
         executor = self._executor(self.submitit, context)
         device = context.worker.device
         if not self.options.gpus_per_node:
@@ -133,14 +133,14 @@ class SubmititExecutor:
                 raise PluginError(f"device {device!r} needs gpus_per_node > 0 in the submitit executor's options")
             device = "cpu"
         task = SubmititRun()
-        in_flight: dict[Any, PlannedRun] = {}
+        in_flight: dict[Any, Work] = {}
         attempts: Counter[str] = Counter()
         exhausted = False
         cancelled = False
         while True:
             if not exhausted and not context.stopping():
                 room = (self.options.max_in_flight or float("inf")) - len(in_flight)
-                batch: list[PlannedRun] = []
+                batch: list[Work] = []
                 while len(batch) < room:
                     planned = next(runs, None)
                     if planned is None:
@@ -179,7 +179,7 @@ class SubmititExecutor:
             if not finished:
                 time.sleep(self.options.poll_s)
 
-    def _outcome(self, job: Any, planned: PlannedRun, context: ExecutorContext) -> tuple[Outcome, bool]:
+    def _outcome(self, job: Any, planned: Work, context: ExecutorContext) -> tuple[Outcome, bool]:
         """The run's outcome, and whether its job died without any result (its process killed,
         as opposed to an error raised in the job): such a job may be requeued."""
         try:
