@@ -36,6 +36,7 @@ STUDY = """
 results = "results.sqlite"
 device = "cpu"
 checkpoint_every = 1
+performance = {{ threads = 1 }}
 
 [[studies]]
 name = "packed"
