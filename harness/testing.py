@@ -23,7 +23,9 @@ source layer), preserves shape and dtype (float32, float64), trains and evaluate
 outputs and gradients, handles a batch of one example, depends on its batch-mates exactly as
 its traits say, keeps running statistics exactly as its traits say, moves to the device,
 survives a ``state_dict`` save and load, works under ``torch.autocast`` unless its traits say
-it does not, and works with every registered model and placement. A failure is a
+it does not, trains packed (``torch.func.vmap``, as a study's ``pack`` trains runs) exactly as
+alone unless its traits say ``packable=False``, and works with every registered model and
+placement. A failure is a
 ``ContractViolation`` naming the normalizer, the check, the site, what was expected and what
 happened.
 """
@@ -54,6 +56,7 @@ CHECKS: tuple[str, ...] = (
     "device",
     "state_dict",
     "mixed_precision",
+    "packed",
     "models_and_placements",
 )
 """Every check of the kit, in the order it runs them."""
@@ -390,6 +393,54 @@ def _mixed_precision(subject: Subject, site: KitSite) -> None:
         raise AssertionError(problem + f" under autocast to {low}")
 
 
+def _packed(subject: Subject, site: KitSite) -> None:
+    """Three instances (seeds 0, 1, 2) trained three SGD steps packed under ``vmap``, as packed
+    runs train, against each trained alone on the same batches: outputs, parameters and buffers
+    (running statistics) must agree within float tolerance."""
+    _applies(subject, site)
+    if not subject.traits.packable:
+        raise _Skip("traits.packable is False: packs of its runs train one by one")
+    seeds, steps = (0, 1, 2), 3
+    batches = [[subject.inputs(site, 8, seed=100 * seed + step) for step in range(steps)] for seed in seeds]
+    alone = []
+    for seed, inputs in zip(seeds, batches, strict=True):
+        unit = subject.build(site, seed=seed).train()
+        optimizer = torch.optim.SGD(unit.parameters(), lr=0.05, momentum=0.9)
+        for x in inputs:
+            optimizer.zero_grad()
+            unit(x).pow(2).mean().backward()
+            optimizer.step()
+        alone.append((unit, unit(inputs[-1]).detach()))
+    units = [subject.build(site, seed=seed).train() for seed in seeds]
+    params, buffers = torch.func.stack_module_state(units)
+    base = subject.build(site, seed=0).train()
+
+    def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(base, (p, b), (x,))
+
+    packed_forward = torch.func.vmap(forward)
+    optimizer = torch.optim.SGD(list(params.values()), lr=0.05, momentum=0.9)
+    try:
+        for step in range(steps):
+            optimizer.zero_grad()
+            x = torch.stack([inputs[step] for inputs in batches])
+            packed_forward(params, buffers, x).pow(2).mean(dim=tuple(range(1, x.dim()))).sum().backward()
+            optimizer.step()
+        out = packed_forward(params, buffers, torch.stack([inputs[-1] for inputs in batches])).detach()
+    except Exception as exc:
+        raise AssertionError(
+            f"it does not run under torch.func.vmap ({type(exc).__name__}: {exc}); register it with "
+            "traits=NormalizerTraits(packable=False) and packs of its runs train one by one"
+        ) from exc
+    for index, (unit, expected) in enumerate(alone):
+        if not _close(out[index], expected):
+            raise AssertionError(f"packed member {index}'s outputs differ from the same instance trained alone")
+        state = unit.state_dict()
+        for name, tensor in {**params, **buffers}.items():
+            if tensor[index].is_floating_point() and not _close(tensor[index].detach(), state[name]):
+                raise AssertionError(f"packed member {index}'s {name} differs from the same instance trained alone")
+
+
 UNIT_CHECKS: dict[str, tuple[str, Callable[[Subject, KitSite], None]]] = {
     "builds": ("the factory to return a module mapping the site's shape to itself", _builds),
     "shape_and_dtype": (
@@ -422,6 +473,11 @@ UNIT_CHECKS: dict[str, tuple[str, Callable[[Subject, KitSite], None]]] = {
         "finite outputs and gradients under torch.autocast, for the module on low-precision input and through "
         "the site, unless traits.mixed_precision is False",
         _mixed_precision,
+    ),
+    "packed": (
+        "instances trained packed under torch.func.vmap to match each trained alone (parameters, running "
+        "statistics, outputs), unless traits.packable is False",
+        _packed,
     ),
 }
 

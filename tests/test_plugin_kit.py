@@ -86,6 +86,28 @@ class SingleExampleNaN(nn.Module):
         return centred / (centred.pow(2).sum(0, keepdim=True) / (x.shape[0] - 1)).sqrt()
 
 
+class BranchesOnValues(nn.Module):
+    """Chooses its computation by a tensor's value in Python: cannot run under vmap."""
+
+    def forward(self, x):
+        return x - x.mean() if float(x.detach().mean()) > 0 else x
+
+
+class ReassignsItsBuffer(nn.Module):
+    """Updates its running mean by rebinding the attribute, not in place: runs under vmap, but a
+    pack's stacked buffer never sees the update (packed differs from alone)."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(num_features))
+
+    def forward(self, x):
+        if self.training:
+            dims = [0, *range(2, x.dim())]
+            self.running_mean = 0.5 * self.running_mean + 0.5 * x.detach().mean(dims)
+        return x - _channels(x, self.running_mean)
+
+
 class ScaleOptions(Options):
     factor: float = Field(2.0, gt=0)
 
@@ -108,6 +130,17 @@ class Broken:
             traits=NormalizerTraits(mixed_precision=False),
         )
         register("returns_a_function", lambda n, k, o: torch.relu)
+        register("branches_on_values", lambda n, k, o: BranchesOnValues())
+        register(
+            "branches_on_values_declared",
+            lambda n, k, o: BranchesOnValues(),
+            traits=NormalizerTraits(packable=False),
+        )
+        register(
+            "reassigns_its_buffer",
+            lambda n, k, o: ReassignsItsBuffer(n),
+            traits=NormalizerTraits(batch_dependent=True, running_stats=True),
+        )
         register("scaled", lambda n, k, o: nn.Identity(), options=ScaleOptions)
 
 
@@ -133,6 +166,8 @@ def failures(registry, name: str, device: str = "cpu", checks=CHECKS) -> list[Co
         ("undeclared_bn", "batch_dependence", "depends on its batch-mates, but traits.batch_dependent is False"),
         ("undeclared_bn", "running_stats", "updated 1.norm.running_mean"),
         ("returns_a_function", "builds", "not a torch.nn.Module"),
+        ("branches_on_values", "packed", "does not run under torch.func.vmap"),
+        ("reassigns_its_buffer", "packed", "differ from the same instance trained alone"),
     ],
 )
 def test_a_broken_normalizer_fails_the_named_check_at_each_site(broken, name, check, got):
@@ -161,6 +196,11 @@ def test_a_declared_limitation_is_skipped_with_its_reason(broken):
     results = check_normalizer("no_low_precision_declared", registry=broken, device="cpu", checks=["mixed_precision"])
     assert {r.status for r in results} == {"skipped"}
     assert "traits.mixed_precision is False" in results[0].detail
+
+
+def test_a_normalizer_that_declares_it_cannot_pack_skips_the_packed_check(broken):
+    results = check_normalizer("branches_on_values_declared", registry=broken, device="cpu", checks=["packed"])
+    assert {r.status for r in results} == {"skipped"} and "traits.packable is False" in results[0].detail
 
 
 def test_the_error_lists_every_violation(broken):
