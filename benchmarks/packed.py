@@ -1,0 +1,149 @@
+"""Packed runs against one-by-one: the MNIST regularization sweep's shape, in runs per second.
+
+    python benchmarks/packed.py                  # CPU, 1 torch thread, 5 alternating rounds
+    python benchmarks/packed.py --device cuda    # the same on a GPU
+
+24 runs of the mnist_noise_bn_vs_l2 study's shape: an MLP 3 x 256 with batch norm after every
+hidden layer, batch 128, SGD with momentum 0.9, differing in seed (2), learning rate (3),
+weight decay (2) and input-noise std (2). The data are MNIST-shaped synthetic images
+(1 x 28 x 28, 10 classes; MNIST itself cannot be downloaded here), ``--train-size`` of them,
+one epoch per run with the test set evaluated at its end, as the study does every epoch.
+
+Each side runs in a fresh child process (``--side``) so that the two never share a cache or
+an allocator: "alone" trains the 24 runs one after another through ``Runner.run``, "packed"
+trains them as one pack through ``Runner.run_pack``. Rounds alternate the sides. Printed: runs
+per second of each side and their ratio (min / median / max), and memory per member: the
+growth of the process's peak memory (CPU: max RSS; CUDA: peak allocated) from one run at a
+time to the pack, divided by the 23 extra members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from sides import add_arguments, alternate, table
+
+MANIFEST = """
+[harness]
+results = "packed.sqlite"
+device = "{device}"
+
+[[studies]]
+name = "packed_benchmark"
+model = {{ name = "mlp", widths = [256, 256, 256] }}
+dataset = {{ name = "synthetic", image_shape = [1, 28, 28], num_classes = 10, train_size = {train}, test_size = {test} }}
+normalizer = "batchnorm"
+placement = "all"
+input_transform = {{ name = "gaussian_noise", std = [0.0, 0.3], apply_to = "both" }}
+epochs = 1
+batch_size = 128
+seeds = [0, 1]
+pack = 24
+metrics = ["train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+
+[studies.optimizer]
+lr = [0.01, 0.02, 0.05]
+momentum = 0.9
+weight_decay = [0.0, 0.0001]
+"""  # noqa: E501 - a TOML inline table cannot wrap
+
+
+def child(side: str, device: str, train: int, test: int, threads: int) -> dict[str, float]:
+    """Train the 24 runs one way in this process; runs per second and peak memory."""
+    from harness.records import PlannedPack
+    from harness.registry import load_registry
+    from harness.runner import Runner
+    from harness.session import open_session
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "packed.toml"
+        path.write_text(MANIFEST.format(device=device, train=train, test=test))
+        session = open_session(path, registry=load_registry())
+        runs = session.manifest.runs()
+        assert len(runs) == 24
+        runner = Runner(session.registry, base_dir=Path(folder), device=device)
+        runner.data.get(runs[0].spec.dataset, runner.device, runs[0].spec.validation_size)  # load outside the clock
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        if side == "packed":
+            results = list(runner.run_pack(PlannedPack(tuple(runs))))
+        else:
+            results = [runner.run(run) for run in runs]
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        assert all(r.status == "done" for r in results), [r.error for r in results if r.status != "done"]
+        assert side != "packed" or all("pack_fallback" not in r.info for r in results)
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if runner.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
+        return {"runs_per_s": len(runs) / seconds, "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--train-size", type=int, default=12800, help="training images (100 steps of 128)")
+    parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--side", choices=["alone", "packed"], help=argparse.SUPPRESS)
+    add_arguments(parser, repeats=5)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(child(args.side, args.device, args.train_size, args.test_size, args.threads)))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    peaks: dict[str, list[float]] = {"alone": [], "packed": []}
+
+    def side(name: str):
+        def measure() -> float:
+            command = [
+                sys.executable,
+                __file__,
+                "--side",
+                name,
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--train-size",
+                str(args.train_size),
+                "--test-size",
+                str(args.test_size),
+            ]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            reply = json.loads(out.strip().splitlines()[-1])
+            peaks[name].append(reply["peak_mib"])
+            return reply["runs_per_s"]
+
+        return measure
+
+    values = alternate({"packed": side("packed"), "alone": side("alone")}, args.repeats)
+    steps = args.train_size // 128
+    print(
+        f"24 runs: MLP 3x256 + BN, batch 128, {steps} steps each + a {args.test_size}-image test pass, on {args.device}"
+    )
+    print(table(values, "runs/s", ratios=[("packed", "alone")], threads=args.threads))
+    per_member = (min(peaks["packed"]) - min(peaks["alone"])) / 23
+    kind = "peak allocated" if args.device == "cuda" else "max RSS"
+    print(
+        f"memory per member: {per_member:.1f} MiB ({kind}: alone {min(peaks['alone']):.0f} MiB, "
+        f"pack of 24 {min(peaks['packed']):.0f} MiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
