@@ -3,17 +3,23 @@
 The MNIST MLP (3 x 256, BN at every hidden layer or none, Gaussian input noise 0.3, a
 5000-example validation split) trains one epoch; every step is timed (batch preparation,
 forward, backward, SGD step: what the runner does). Then, on the trained model, each metric
-is called at the end of the epoch as the runner calls it, ``--repeats`` times interleaved,
+is called at the end of the epoch as the runner calls it: after one untimed warm-up call of
+each, the metrics alternate over ``--repeats`` rounds (the order reversed every other round),
 with the test pass that ``test_accuracy`` makes anyway already done (so a metric is charged
 only for its own extra work). The metrics record once per epoch at their default interval,
 so the slowdown of a training step is
 
     ratio = 1 + (metric time per epoch) / (steps per epoch x median step time),
 
-all measured in this one process:
+all measured in this one process, with ``--threads`` torch threads (default 1):
 
     python benchmarks/metric_overhead.py                      # synthetic MNIST-shaped data (60k/10k)
     python benchmarks/metric_overhead.py --dataset mnist      # the real files under data/MNIST/raw
+
+For each placement and batch size it prints min / median / max of the step time (over the
+epoch's steps), of each metric's time and of the three together (over the rounds), and of
+each one's ratio (per round, against the median step time), with the thread count; then the
+largest median single-metric ratio against the 1.10 budget.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sides import add_arguments, alternate, spread
+from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +48,7 @@ from harness.runner import Runner
 
 METRICS = ("weight_geometry", "implied_regularization", "robustness")
 DATASETS = {
-    "synthetic": '{ name = "synthetic", noise = 0.15, image_shape = [1, 28, 28], num_classes = 10, train_size = 60000, '
+    "synthetic": '{ name = "synthetic", image_shape = [1, 28, 28], num_classes = 10, train_size = 60000, '
     "test_size = 10000, noise = 0.6 }",
     "mnist": '{ name = "mnist", root = "ROOT" }',
 }
@@ -74,8 +83,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(runner: Runner, path: Path, repeats: int) -> tuple[int, float, dict[str, float]]:
-    """Steps per epoch, median step time, and the median time of each metric at the epoch's end."""
+def measure(runner: Runner, path: Path, repeats: int) -> tuple[list[float], dict[str, list[float]]]:
+    """The time of every training step of one epoch, and of each metric at the epoch's end in
+    each of ``repeats`` alternating rounds (after one untimed warm-up round)."""
     registry = runner.registry
     (planned,) = load_manifest(path, registry=registry).runs()
     spec, device = planned.spec, runner.device
@@ -100,12 +110,12 @@ def measure(runner: Runner, path: Path, repeats: int) -> tuple[int, float, dict[
         now = time.perf_counter()
         step_times.append(now - start)
         start = now
-    times: dict[str, list[float]] = {name: [] for name in METRICS}
-    for _ in range(repeats):
-        for name in METRICS:
+
+    def metric(name: str) -> Callable[[], float]:
+        def call() -> float:
             cache: dict[tuple[str, bool], EvalResult] = {}
 
-            def evaluate(split: str, transformed: bool = True, cache: dict = cache) -> EvalResult:
+            def evaluate(split: str, transformed: bool = True) -> EvalResult:
                 key = (split, transformed)
                 if key not in cache:
                     extra = inputs.eval_extra(split) if transformed else None
@@ -120,8 +130,28 @@ def measure(runner: Runner, path: Path, repeats: int) -> tuple[int, float, dict[
             start = time.perf_counter()
             entry.factory(context, options)
             sync(device)
-            times[name].append(time.perf_counter() - start)
-    return steps, statistics.median(step_times), {name: statistics.median(v) for name, v in times.items()}
+            return time.perf_counter() - start
+
+        return call
+
+    return step_times, alternate({name: metric(name) for name in METRICS}, repeats)
+
+
+def report(step_times: list[float], metrics: dict[str, list[float]], threads: int) -> tuple[str, float]:
+    """Min / median / max of the step time, of each metric's time and the three together, and of
+    their ratios (each round's time against the median step time); and the largest median
+    single-metric ratio."""
+    steps, step = len(step_times), statistics.median(step_times)
+    times = {**metrics, "all three": [sum(round_times) for round_times in zip(*metrics.values(), strict=True)]}
+    ratios = {name: [1 + t / (steps * step) for t in series] for name, series in times.items()}
+    rows = [["training step", "ms", *(1e3 * v for v in spread(step_times))]]
+    rows += [[name, "ms", *(1e3 * v for v in spread(series))] for name, series in times.items()]
+    rows += [[f"ratio {name}", "x", *spread(series)] for name, series in ratios.items()]
+    body = tabulate(rows, headers=["", "unit", "min", "median", "max"], floatfmt=".4f")
+    rounds = len(next(iter(metrics.values())))
+    footer = f"{steps} timed steps, {rounds} alternating rounds of the metrics, {threads} torch thread(s)"
+    worst = max(statistics.median(ratios[name]) for name in metrics)
+    return f"{body}\n{footer}", worst
 
 
 def main() -> int:
@@ -130,9 +160,8 @@ def main() -> int:
     parser.add_argument("--root", default="data", help="MNIST root (with --dataset mnist)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--placements", nargs="+", default=["all", "none"])
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
+    add_arguments(parser, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     registry = load_registry()
@@ -146,15 +175,12 @@ def main() -> int:
         for placement in args.placements:
             for batch_size in args.batch_sizes:
                 path.write_text(manifest_text(dataset, batch_size, placement, args.device))
-                steps, step, metrics = measure(runner, path, args.repeats)
-                total = sum(metrics.values())
-                cells = "  ".join(f"{n} {1e3 * t:7.1f} ms ({1 + t / (steps * step):.4f})" for n, t in metrics.items())
-                print(
-                    f"placement {placement:4s} batch {batch_size:3d}: {steps:4d} steps x {1e3 * step:6.3f} ms | "
-                    f"{cells} | all three {1 + total / (steps * step):.4f}"
-                )
-                worst = max(worst, *(1 + t / (steps * step) for t in metrics.values()))
-    print(f"largest single-metric ratio: {worst:.4f} (budget 1.10)")
+                step_times, metrics = measure(runner, path, args.repeats)
+                text, largest = report(step_times, metrics, args.threads)
+                print(f"\nplacement {placement}, batch {batch_size}:")
+                print(text)
+                worst = max(worst, largest)
+    print(f"\nlargest median single-metric ratio: {worst:.4f} (budget 1.10)")
     return 0
 
 

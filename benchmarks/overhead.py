@@ -7,16 +7,17 @@
 Both train the same model (built by the same plugin), on the same in-memory data, with the
 same batch size, optimizer and number of steps, and evaluate on the test set once per epoch.
 bnbench runs with everything on: lifecycle hooks, the default metrics, divergence checks,
-checkpoints every epoch, progress output and store writes. Repeats alternate the two and
-the medians are compared. Prints both throughputs (training images per second of wall time)
-and the ratio bnbench / plain.
+checkpoints every epoch, progress output and store writes. After one untimed warm-up of each,
+the two sides ("bnbench" and "plain") run alternately over ``--repeats`` rounds (the order
+reversed every other round) with ``--threads`` torch threads (default 1). Prints min / median
+/ max of each side's throughput (training images per second of wall time) and of the
+per-round ratio bnbench / plain, with the thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sides import add_arguments, alternate, table
 
 from harness.manifest import load_manifest
 from harness.progress import Progress
@@ -87,9 +89,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=8192)
     parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--harness", default="", help="extra [harness] lines, e.g. 'divergence_check_every = 25'")
+    add_arguments(parser, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_toml, shape, batch = MODELS[args.model]
@@ -115,28 +116,19 @@ def main() -> int:
         def harness() -> float:
             start = time.perf_counter()
             run_manifest(manifest, rerun=True, progress=Progress(1, stream=io.StringIO(), bars=False))
-            return time.perf_counter() - start
+            return images / (time.perf_counter() - start)
 
         def plain() -> float:
             torch.manual_seed(0)
             model, _ = runner.build_model(planned.spec, data.bundle.info)
             start = time.perf_counter()
             plain_loop(model, data, planned.spec, args.epochs)
-            return time.perf_counter() - start
+            return images / (time.perf_counter() - start)
 
-        harness(), plain()  # warm-up: dataset build, allocator, first-call costs
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            ours.append(harness())
-            theirs.append(plain())
-    ours_ips, theirs_ips = images / statistics.median(ours), images / statistics.median(theirs)
-    print(
-        f"model {args.model}, batch {batch}, {images} training images per run, {args.threads} threads, "
-        f"{args.repeats} repeats (medians)"
-    )
-    print(f"plain PyTorch loop: {theirs_ips:10.1f} images/s")
-    print(f"bnbench run:        {ours_ips:10.1f} images/s")
-    print(f"ratio bnbench / plain: {ours_ips / theirs_ips:.3f}")
+        # one untimed warm-up round first: dataset build, allocator, first-call costs
+        values = alternate({"bnbench": harness, "plain": plain}, args.repeats)
+    print(f"model {args.model}, batch {batch}, {images} training images per run, CPU")
+    print(table(values, "images/s", ratios=[("bnbench", "plain")], threads=args.threads, floatfmt=".5g"))
     return 0
 
 

@@ -2,12 +2,18 @@
 
     python benchmarks/packed.py                  # CPU, 1 torch thread, 5 alternating rounds
     python benchmarks/packed.py --device cuda    # the same on a GPU
+    python benchmarks/packed.py --workload max_lr [--device cuda]   # the max-lr probe's scan
 
 24 runs of the mnist_noise_bn_vs_l2 study's shape: an MLP 3 x 256 with batch norm after every
 hidden layer, batch 128, SGD with momentum 0.9, differing in seed (2), learning rate (3),
 weight decay (2) and input-noise std (2). The data are MNIST-shaped synthetic images
 (1 x 28 x 28, 10 classes; MNIST itself cannot be downloaded here), ``--train-size`` of them,
 one epoch per run with the test set evaluated at its end, as the study does every epoch.
+
+``--workload max_lr``: the max-lr probe (``resnet_max_lr``'s grid of 11 learning rates, SGD
+momentum 0.9, weight decay 1e-4) on a CIFAR-shaped ResNet (``--depth``, default 20) with and
+without batch norm, ``--probe-steps`` steps of batch 128, scanning the rates one after another
+(``packed = false``) against all at once (``packed = true``); probe runs per second.
 
 Each side runs in a fresh child process (``--side``) so that the two never share a cache or
 an allocator: "alone" trains the 24 runs one after another through ``Runner.run``, "packed"
@@ -56,6 +62,59 @@ weight_decay = [0.0, 0.0001]
 """  # noqa: E501 - a TOML inline table cannot wrap
 
 
+MAX_LR = """
+[harness]
+results = "max_lr.sqlite"
+device = "{device}"
+
+[[studies]]
+name = "max_lr_benchmark"
+probe = {{ name = "max_lr", steps = {steps}, batch_size = 128, packed = {packed}, learning_rates = [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0] }}
+model = {{ name = "resnet_cifar", depth = {depth}, init = "kaiming_normal_fan_in", init_gain = 0.6 }}
+dataset = {{ name = "synthetic", noise = 0.15, image_shape = [3, 32, 32], num_classes = 10, train_size = 2048, test_size = 128 }}
+normalizer = "batchnorm"
+placement = ["all", "none"]
+seeds = [0]
+
+[studies.optimizer]
+momentum = 0.9
+weight_decay = 0.0001
+"""  # noqa: E501 - a TOML inline table cannot wrap
+
+
+def max_lr_child(side: str, device: str, depth: int, steps: int, threads: int) -> dict[str, float]:
+    """The max-lr probe's scans, one rate after another or all at once; probe runs per second."""
+    from harness.registry import load_registry
+    from harness.runner import Runner
+    from harness.session import open_session
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "max_lr.toml"
+        packed = "true" if side == "packed" else "false"
+        path.write_text(MAX_LR.format(device=device, depth=depth, steps=steps, packed=packed))
+        session = open_session(path, registry=load_registry())
+        runs = session.manifest.runs()
+        runner = Runner(session.registry, base_dir=Path(folder), device=device)
+        runner.data.get(runs[0].spec.dataset, runner.device, None)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        results = [runner.run(run) for run in runs]
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        assert all(r.status == "done" for r in results), [r.error for r in results if r.status != "done"]
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if runner.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
+        found = {r.run_id: r.measurements["max_lr"] for r in results}
+        return {"runs_per_s": len(runs) / seconds, "peak_mib": peak, "max_lr": sorted(found.values())}
+
+
 def child(side: str, device: str, train: int, test: int, threads: int) -> dict[str, float]:
     """Train the 24 runs one way in this process; runs per second and peak memory."""
     from harness.records import PlannedPack
@@ -98,15 +157,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--train-size", type=int, default=12800, help="training images (100 steps of 128)")
     parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--workload", choices=["sweep", "max_lr"], default="sweep")
+    parser.add_argument("--depth", type=int, default=20, help="max_lr: the ResNet's depth")
+    parser.add_argument("--probe-steps", type=int, default=20, help="max_lr: SGD steps per learning rate")
     parser.add_argument("--side", choices=["alone", "packed"], help=argparse.SUPPRESS)
     add_arguments(parser, repeats=5)
     args = parser.parse_args()
+    if args.side and args.workload == "max_lr":
+        print(json.dumps(max_lr_child(args.side, args.device, args.depth, args.probe_steps, args.threads)))
+        return
     if args.side:
         print(json.dumps(child(args.side, args.device, args.train_size, args.test_size, args.threads)))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     peaks: dict[str, list[float]] = {"alone": [], "packed": []}
+    found: dict[str, object] = {}
 
     def side(name: str):
         def measure() -> float:
@@ -123,15 +189,29 @@ def main() -> None:
                 str(args.train_size),
                 "--test-size",
                 str(args.test_size),
+                "--workload",
+                args.workload,
+                "--depth",
+                str(args.depth),
+                "--probe-steps",
+                str(args.probe_steps),
             ]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             reply = json.loads(out.strip().splitlines()[-1])
             peaks[name].append(reply["peak_mib"])
+            found[name] = reply.get("max_lr")
             return reply["runs_per_s"]
 
         return measure
 
     values = alternate({"packed": side("packed"), "alone": side("alone")}, args.repeats)
+    if args.workload == "max_lr":
+        print(
+            f"max-lr probe: ResNet-{args.depth} with and without BN, 11 learning rates, {args.probe_steps} steps "
+            f"of batch 128, on {args.device}; max lr found: one by one {found['alone']}, packed {found['packed']}"
+        )
+        print(table(values, "probe runs/s", ratios=[("packed", "alone")], threads=args.threads))
+        return
     steps = args.train_size // 128
     print(
         f"24 runs: MLP 3x256 + BN, batch 128, {steps} steps each + a {args.test_size}-image test pass, on {args.device}"

@@ -1,9 +1,15 @@
-"""Parallel runs: the MNIST smoke sweep in-process (``local``) against two worker processes (``pool``).
+"""Parallel runs: the MNIST smoke sweep in-process (``local``) against worker processes (``pool``).
 
-    python benchmarks/parallel.py [--workers 2] [--start-method auto]
+    python benchmarks/parallel.py [--workers 2] [--start-method auto] [--repeats 5] [--threads 1]
 
-Runs the ``mlp_mnist`` study of the bundled manifest with ``--profile smoke`` twice, into
-fresh stores, and prints both wall times and the speed-up.
+Runs the ``mlp_mnist`` study of the bundled manifest with ``--profile smoke`` (18 runs; the
+study packs them, ``pack = 24``, and each pack is one unit of work) into a fresh store each
+time, once through the ``local`` executor (one unit at a time, in this process) and once
+through ``pool`` (``--workers`` units at a time), every run with ``--threads`` torch threads
+(default 1; set as ``[harness] performance.threads``, which pool workers take too). After one
+untimed warm-up of each, the two sides alternate over ``--repeats`` rounds (the order reversed
+every other round). Prints min / median / max of each side's runs per second of wall time and
+of the per-round ratio pool / local: the pool's speed-up.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
+from sides import add_arguments, alternate, table
 
 from harness.manifest import load_manifest
 from harness.progress import Progress
@@ -24,34 +34,51 @@ from harness.sweep import run_manifest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(path: Path, executor: Component) -> tuple[float, int]:
-    manifest = load_manifest(path, "smoke", studies=["mlp_mnist"])
-    manifest.executor = executor
-    start = time.perf_counter()
-    summary = run_manifest(manifest, progress=Progress(1, stream=io.StringIO(), bars=False))
-    return time.perf_counter() - start, sum(summary.statuses.values())
+def runs_per_second(executor: Component, threads: int, counts: set[int]) -> float:
+    """The smoke ``mlp_mnist`` study into a fresh store through ``executor``: runs per second
+    (the number of runs added to ``counts``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "benchmarks.toml"
+        shutil.copy(ROOT / "benchmarks.toml", path)
+        manifest = load_manifest(path, "smoke", studies=["mlp_mnist"])
+        manifest.executor = executor
+        performance = manifest.settings.performance.model_copy(update={"threads": threads})
+        manifest.settings = manifest.settings.model_copy(update={"performance": performance})
+        start = time.perf_counter()
+        summary = run_manifest(manifest, progress=Progress(1, stream=io.StringIO(), bars=False))
+        seconds = time.perf_counter() - start
+    if set(summary.statuses) != {"done"}:
+        raise SystemExit(f"{executor.name}: not every run finished: {dict(summary.statuses)}")
+    runs = sum(summary.statuses.values())
+    counts.add(runs)
+    return runs / seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--start-method", default="auto", choices=["auto", "fork", "forkserver", "spawn"])
+    add_arguments(parser, repeats=5)
     args = parser.parse_args()
-    times = {}
-    for name, executor in (
-        ("local", Component(name="local")),
-        (
-            f"pool({args.workers})",
-            Component(name="pool", options={"workers": args.workers, "start_method": args.start_method}),
-        ),
-    ):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "benchmarks.toml"
-            shutil.copy(ROOT / "benchmarks.toml", path)
-            times[name], runs = timed(path, executor)
-        print(f"{name:>8}: {runs} runs in {times[name]:6.1f} s")
-    local, pooled = times.values()
-    print(f"speed-up with {args.workers} workers: {local / pooled:.2f}x")
+    torch.set_num_threads(args.threads)
+    executors = {
+        "local": Component(name="local"),
+        "pool": Component(name="pool", options={"workers": args.workers, "start_method": args.start_method}),
+    }
+
+    counts: set[int] = set()
+
+    def side(name: str) -> Callable[[], float]:
+        return lambda: runs_per_second(executors[name], args.threads, counts)
+
+    values = alternate({name: side(name) for name in executors}, args.repeats)
+    runs = ", ".join(map(str, sorted(counts)))
+    print(
+        f"smoke mlp_mnist sweep, {runs} runs: local (one unit of work at a time) against pool "
+        f"({args.workers} workers, start method {args.start_method}), {args.threads} torch thread(s) per run"
+    )
+    print(table(values, "runs/s", ratios=[("pool", "local")], threads=args.threads))
+    print("ratio pool / local (runs/s over runs/s): the pool's speed-up, above 1 when it is faster")
     return 0
 
 

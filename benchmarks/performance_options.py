@@ -5,11 +5,15 @@
 
 Trains the same model (built by the same plugin) on CIFAR-shaped in-memory data through
 bnbench once per configuration of ``[harness] performance`` (fp32, cuDNN autotuning off,
-channels-last, bf16 and fp16 autocast, torch.compile and a combination), each after a
-warm-up run, and a hand-written fp32 PyTorch loop in the same process as the baseline.
-Prints images per second, CIFAR-10 epochs per second (49,920 training images per epoch at
-batch 128) and the ratio to the plain loop, with the notices of options that fell back
-(on a CPU: fp16 → bf16, no compilation, no cuDNN).
+channels-last, bf16 and fp16 autocast, torch.compile and a combination; ``--only`` picks some),
+and with a hand-written fp32 PyTorch loop in the same process as the baseline ("plain"). After
+one untimed warm-up round (compilation, cuDNN autotuning, allocator), all the sides run
+alternately over ``--repeats`` rounds, every configuration next to the baseline in each round
+(the order reversed every other round), with ``--threads`` torch threads (default 1). Prints
+min / median / max of each side's training images per second of wall time and of each
+per-round ratio configuration / plain, the thread count, and then each configuration's median
+CIFAR-10 epochs per second (49,920 training images per epoch at batch 128) with the notices of
+options that fell back (on a CPU: fp16 → bf16, no compilation, no cuDNN).
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from overhead import MANIFEST, MODELS, plain_loop
+from sides import add_arguments, alternate, table
 from tabulate import tabulate
 
 from harness.assembly import resolve_device
-from harness.manifest import load_manifest
+from harness.manifest import Manifest, load_manifest
 from harness.performance import Performance
 from harness.progress import Progress
 from harness.registry import load_registry
@@ -35,6 +41,7 @@ from harness.runner import Runner
 from harness.sweep import run_manifest
 
 CIFAR10_EPOCH_IMAGES = 390 * 128
+PLAIN = "plain"
 
 CONFIGURATIONS = {
     "fp32": "{ cudnn_benchmark = true }",
@@ -54,14 +61,15 @@ def main() -> int:
     parser.add_argument("--train-size", type=int, default=4096)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--only", action="append", choices=list(CONFIGURATIONS), help="these configurations only")
+    add_arguments(parser, repeats=3)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model_toml, shape, batch = MODELS[args.model]
     images = args.epochs * (args.train_size // batch) * batch
-    rows = []
+    notices: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
 
         def manifest_with(performance: str, name: str) -> Path:
@@ -78,47 +86,56 @@ def main() -> int:
             path.write_text(text.replace('device = "cpu"', f'device = "{device.type}"'))
             return path
 
-        def synchronized(seconds: float) -> float:
+        def rate(start: float) -> float:
+            """Images per second since ``start``, once the device has finished its work."""
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            return seconds
+            return images / (time.perf_counter() - start)
 
         baseline = load_manifest(manifest_with("{}", "plain"))
         planned = baseline.runs()[0]
         runner = Runner(load_registry(), base_dir=baseline.base_dir, device=device.type)
         data = runner.data.get(planned.spec.dataset, runner.device)
+        # each bnbench run sets cudnn.benchmark for the process; the plain loop keeps the one it started with
+        plain_cudnn_benchmark = torch.backends.cudnn.benchmark
 
         def plain() -> float:
+            torch.backends.cudnn.benchmark = plain_cudnn_benchmark
             torch.manual_seed(0)
             model, _ = runner.build_model(planned.spec, data.bundle.info)
             start = time.perf_counter()
             plain_loop(model, data, planned.spec, args.epochs)
-            return synchronized(time.perf_counter() - start)
+            return rate(start)
 
-        plain()  # warm-up
-        plain_s = statistics.median(plain() for _ in range(args.repeats))
-        rows.append(("plain PyTorch loop (fp32)", images / plain_s, 1.0, ""))
-        for index, (name, performance) in enumerate(CONFIGURATIONS.items()):
-            if args.only and name not in args.only:
-                continue
-            manifest = load_manifest(manifest_with(performance, f"c{index}"))
-            notices = Performance.resolve(manifest.settings.performance, device).notices
-
-            def harness(manifest=manifest, name=name) -> float:
+        def harness(manifest: Manifest, name: str) -> Callable[[], float]:
+            def measure() -> float:
                 start = time.perf_counter()
                 summary = run_manifest(manifest, rerun=True, progress=Progress(1, stream=io.StringIO(), bars=False))
                 if set(summary.statuses) != {"done"}:
                     raise SystemExit(f"{name}: the run did not finish: {dict(summary.statuses)}")
-                return synchronized(time.perf_counter() - start)
+                return rate(start)
 
-            harness()  # warm-up: compilation, cuDNN autotuning, allocator
-            seconds = statistics.median(harness() for _ in range(args.repeats))
-            rows.append((f"bnbench {name}", images / seconds, plain_s / seconds, "; ".join(notices)))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, batch {batch}, {images} training images per run (+ test pass), {name}, medians")
-    table = [(label, f"{ips:.1f}", f"{ips / CIFAR10_EPOCH_IMAGES:.4f}", f"{ratio:.2f}", notices)
-             for label, ips, ratio, notices in rows]  # fmt: skip
-    print(tabulate(table, headers=["configuration", "images/s", "epochs/s", "ratio", "notices"], tablefmt="github"))
+            return measure
+
+        sides: dict[str, Callable[[], float]] = {PLAIN: plain}
+        for index, (name, performance) in enumerate(CONFIGURATIONS.items()):
+            if args.only and name not in args.only:
+                continue
+            manifest = load_manifest(manifest_with(performance, f"c{index}"))
+            notices[name] = "; ".join(Performance.resolve(manifest.settings.performance, device).notices)
+            sides[name] = harness(manifest, name)
+        values = alternate(sides, args.repeats)  # one untimed warm-up round first
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{args.model}, batch {batch}, {images} training images per run (+ test pass), {name}")
+    print(f"{PLAIN}: a hand-written fp32 PyTorch loop; the others: bnbench runs with that performance setting")
+    ratios = [(side, PLAIN) for side in values if side != PLAIN]
+    print(table(values, "images/s", ratios=ratios, threads=args.threads, floatfmt=".5g"))
+    rows = [
+        (side, f"{statistics.median(series) / CIFAR10_EPOCH_IMAGES:.4f}", notices.get(side, ""))
+        for side, series in values.items()
+    ]
+    print()
+    print(tabulate(rows, headers=["configuration", "median CIFAR-10 epochs/s", "notices"], tablefmt="github"))
     return 0
 
 

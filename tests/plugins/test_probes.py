@@ -375,6 +375,44 @@ def test_max_lr_scans_down_to_the_first_learning_rate_that_does_not_diverge():
     assert max_lr(context_for(context.build_model, images, labels), options) == measured  # deterministic
 
 
+@pytest.mark.parametrize("normalized", [False, True])
+def test_max_lr_packed_measures_what_the_one_by_one_scan_measures(normalized):
+    """Every learning rate trained at once (vmap) gives the same max lr, the same scanned rates,
+    the same divergence steps and, within float tolerance, the same losses; with batch norm
+    (its running statistics per copy) and without, with momentum and weight decay."""
+    torch.manual_seed(0)
+    images, labels = torch.rand(64, 1, 4, 4), torch.randint(0, 3, (64,))
+
+    def build() -> nn.Module:
+        torch.manual_seed(1)
+        norm = [nn.BatchNorm1d(8)] if normalized else []
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), *norm, nn.ReLU(), nn.Linear(8, 3))
+
+    spec = RunSpec(
+        probe=Component(name="max_lr"),
+        model=Component(name="mlp"),
+        optimizer={"momentum": 0.9, "weight_decay": 1e-3},
+    )
+    grid = [1e-3, 1e-2, 0.1, 1.0, 30.0, 1e3, 1e5]
+    alone = max_lr(
+        context_for(build, images, labels, spec=spec),
+        MaxLrOptions(learning_rates=grid, steps=8, batch_size=16, loss_limit=10),
+    )
+    packed = max_lr(
+        context_for(build, images, labels, spec=spec),
+        MaxLrOptions(learning_rates=grid, steps=8, batch_size=16, loss_limit=10, packed=True),
+    )
+    assert any(s["diverged"] for s in alone["scans"]) and alone["max_lr"] > 0  # the scan can tell them apart
+    assert packed["max_lr"] == alone["max_lr"]
+    assert [(s["lr"], s["diverged"], s["diverged_step"]) for s in packed["scans"]] == [
+        (s["lr"], s["diverged"], s["diverged_step"]) for s in alone["scans"]
+    ]
+    for mine, theirs in zip(packed["scans"], alone["scans"], strict=True):
+        assert mine["first_loss"] == pytest.approx(theirs["first_loss"], rel=1e-5)
+        if theirs["final_loss"] is not None:
+            assert mine["final_loss"] == pytest.approx(theirs["final_loss"], rel=1e-4)
+
+
 def test_max_lr_analysis_against_depth():
     found = {("all", 20): 1.0, ("all", 56): 1.0, ("none", 20): 0.1, ("none", 56): 0.01}
     runs = [
