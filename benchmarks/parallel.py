@@ -1,9 +1,10 @@
 """Parallel runs: the MNIST smoke sweep in-process (``local``) against worker processes (``pool``).
 
-    python benchmarks/parallel.py [--workers 2] [--start-method auto] [--repeats 5] [--threads 1]
+    python benchmarks/parallel.py [--workers 2] [--start-method auto] [--repeats 5] [--threads 1] [--pack 1]
 
-Runs the ``mlp_mnist`` study of the bundled manifest with ``--profile smoke`` (18 runs; the
-study packs them, ``pack = 24``, and each pack is one unit of work) into a fresh store each
+Runs the ``mlp_mnist`` study of the bundled manifest with ``--profile smoke`` (18 runs, one by
+one: its ``pack`` is set to ``--pack``, default 1, so that each run is one unit of work; with
+``--pack 6`` the 18 runs are 3 packs and the pool has 3 units to spread) into a fresh store each
 time, once through the ``local`` executor (one unit at a time, in this process) and once
 through ``pool`` (``--workers`` units at a time), every run with ``--threads`` torch threads
 (default 1; set as ``[harness] performance.threads``, which pool workers take too). After one
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import shutil
+import re
 import sys
 import tempfile
 import time
@@ -34,12 +35,12 @@ from harness.sweep import run_manifest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def runs_per_second(executor: Component, threads: int, counts: set[int]) -> float:
+def runs_per_second(executor: Component, threads: int, pack: int, counts: set[int]) -> float:
     """The smoke ``mlp_mnist`` study into a fresh store through ``executor``: runs per second
     (the number of runs added to ``counts``)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "benchmarks.toml"
-        shutil.copy(ROOT / "benchmarks.toml", path)
+        path.write_text(re.sub(r"(?m)^pack = \d+", f"pack = {pack}", (ROOT / "benchmarks.toml").read_text()))
         manifest = load_manifest(path, "smoke", studies=["mlp_mnist"])
         manifest.executor = executor
         performance = manifest.settings.performance.model_copy(update={"threads": threads})
@@ -58,6 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--start-method", default="auto", choices=["auto", "fork", "forkserver", "spawn"])
+    parser.add_argument("--pack", type=int, default=1, help="the study's pack (default 1: one run per unit)")
     add_arguments(parser, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,12 +71,12 @@ def main() -> int:
     counts: set[int] = set()
 
     def side(name: str) -> Callable[[], float]:
-        return lambda: runs_per_second(executors[name], args.threads, counts)
+        return lambda: runs_per_second(executors[name], args.threads, args.pack, counts)
 
     values = alternate({name: side(name) for name in executors}, args.repeats)
     runs = ", ".join(map(str, sorted(counts)))
     print(
-        f"smoke mlp_mnist sweep, {runs} runs: local (one unit of work at a time) against pool "
+        f"smoke mlp_mnist sweep, {runs} runs (pack = {args.pack}): local (one unit of work at a time) against pool "
         f"({args.workers} workers, start method {args.start_method}), {args.threads} torch thread(s) per run"
     )
     print(table(values, "runs/s", ratios=[("pool", "local")], threads=args.threads))

@@ -21,7 +21,8 @@ from harness.api import resolve_traits
 from harness.assembly import check_runs
 from harness.errors import BnbenchError, ManifestError, StoreError
 from harness.manifest import Manifest
-from harness.records import pending_runs, unique_runs
+from harness.packing import plan_work
+from harness.records import PlannedPack, pending_runs, unique_runs
 from harness.registry import DISABLE_ENV, KINDS, Entry, disabled_plugins, load_registry
 from harness.session import Session, open_session
 from harness.store import Store
@@ -205,8 +206,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for r in runs
     ]
     print(tabulate(rows, headers=["run id", "study", "axes", "seed", "status"], tablefmt="github"))
-    pending = len(pending_runs(runs, statuses))
-    print(f"\n{len(unique_runs(runs))} runs, {pending} to run. Results store: {path}")
+    pending = pending_runs(runs, statuses)
+    packs = [w for w in plan_work(pending, session.registry) if isinstance(w, PlannedPack)]
+    packed = f" ({sum(len(p.members) for p in packs)} of them in {len(packs)} packs)" if packs else ""
+    print(f"\n{len(unique_runs(runs))} runs, {len(pending)} to run{packed}. Results store: {path}")
     return 0
 
 

@@ -70,8 +70,6 @@ class PlannedPack:
         return f"{self.study} pack of {len(self.members)} ({first}, ...)"
 
 
-
-
 class EpochRecord(NamedTuple):
     """The metrics of one epoch, and the step it ended at (unpacks as ``epoch, step, metrics``)."""
 
