@@ -101,6 +101,8 @@ class PackedTraining:
             try:
                 if saved.get("runs") != ids:
                     raise ValueError("it holds other runs")
+                if len(saved["diverged"]) != len(ids):
+                    raise ValueError("its record of diverged members does not match its runs")
                 for member, state in zip(self.members, saved["members"], strict=True):
                     t = member.training
                     TrainingState.check(
@@ -205,7 +207,10 @@ class PackedTraining:
         losses_measured = {
             c.name for entries in metrics for c, entry in entries if entry.extras.get("measures") == "loss"
         }
-        losses = torch.zeros(check_every, count, device=self.device)
+        losses = torch.zeros(check_every, count, device=self.device)  # since the last check
+        for index, member in enumerate(members):
+            if member.training.state.losses.shape == (check_every,):  # a checkpoint's, at the same interval
+                losses[:, index] = member.training.state.losses
         loss_sum = torch.stack([m.training.state.loss_sum.float() for m in members])
         correct = torch.stack([m.training.state.correct for m in members])
         seen = position.seen
@@ -220,6 +225,7 @@ class PackedTraining:
                 state.epoch, state.batch, state.step, state.seen = position.epoch, position.batch, position.step, seen
                 state.loss_sum = loss_sum[index].clone()
                 state.correct = correct[index].clone()
+                state.losses = losses[:, index].clone()
 
         def save() -> Path | None:
             if checkpoints is None:

@@ -279,6 +279,34 @@ def test_an_interrupted_pack_resumes_as_a_pack_and_ends_as_if_never_stopped(writ
         assert after.epochs == before.epochs  # bitwise: the same kernels, resumed at the same step
 
 
+def test_a_divergence_not_yet_checked_when_a_pack_stops_is_found_at_its_exact_step_after_resuming(
+    write_manifest, registry, tmp_path
+):
+    session = session_for(write_manifest, registry, study(placement='"none"', lr="[0.05, 1000.0]"))
+    (pack,) = plan_work(session.manifest.runs(), registry)
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    reference = runner_for(session, divergence_check_every=100).run_pack(pack)  # checks at epoch ends only
+    early = [r.diverged_step for r in reference if r.status == "diverged"]
+    assert early and max(early) < 6
+    stop = threading.Event()
+
+    class StopAt:
+        @hookimpl
+        def bnbench_step_end(self, run, step, loss):
+            if step == 6:  # after the divergences, before any check found them
+                stop.set()
+
+    stopper = StopAt()
+    registry.manager.register(stopper)
+    try:
+        with pytest.raises(RunInterrupted):
+            runner_for(session, checkpoints=checkpoints, divergence_check_every=100, stop=stop).run_pack(pack)
+    finally:
+        registry.manager.unregister(stopper)
+    resumed = runner_for(session, checkpoints=checkpoints, divergence_check_every=100).run_pack(pack)
+    assert [(r.status, r.diverged_step) for r in resumed] == [(r.status, r.diverged_step) for r in reference]
+
+
 def test_a_killed_pack_worker_is_retried_from_the_pack_checkpoint(write_manifest, monkeypatch, tmp_path):
     markers = tmp_path / "killed"
     markers.mkdir()
