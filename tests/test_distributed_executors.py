@@ -23,6 +23,7 @@ from test_reliability import SLOW_PLUGIN
 from harness.errors import PluginError
 from harness.executors import StopFile, WorkerSpec
 from harness.manifest import load_manifest
+from harness.store import Store
 from harness.sweep import run_manifest
 
 CRASHING = ('model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]')
@@ -104,6 +105,28 @@ def test_results_equal_local_results_and_failures_are_recorded(engine, request, 
     assert run_manifest(remote).skipped == expected["done"]  # finished runs are not run again
     stop_files = list(remote.results_path.with_name(remote.results_path.name + ".checkpoints").glob("stop-*"))
     assert stop_files == []
+
+
+@pytest.mark.parametrize("engine", ["ray", "submitit"])
+def test_packs_run_remotely_as_they_run_locally(engine, request, write_manifest):
+    """A pack is one unit of work for any executor: sent to one worker, one result per member."""
+    if engine == "ray":
+        executor = ray_executor(request.getfixturevalue("ray_address"))
+    else:
+        pytest.importorskip("submitit")
+        executor = SUBMITIT
+
+    def packed(text: str) -> str:
+        return text.replace("seeds = [0, 1]", "seeds = [0, 1]\npack = 2")
+
+    local = load_manifest(write_manifest(packed(manifest_text('"local"', "local.sqlite")), "local.toml"))
+    remote = load_manifest(write_manifest(packed(manifest_text(executor, f"{engine}.sqlite")), f"{engine}.toml"))
+    assert run_manifest(local).statuses == {"done": 4}
+    assert run_manifest(remote).statuses == {"done": 4}
+    assert results(remote) == results(local)  # bitwise: the same packs, the same kernels
+    with Store(remote.results_path) as store:
+        infos = [r.info for r in store.load(r.run_id for r in remote.runs()).values()]
+    assert all(info["pack_size"] == 2 and info["attempts"] == 1 for info in infos)
 
 
 @pytest.mark.parametrize("engine", ["ray", "submitit"])
