@@ -24,6 +24,7 @@ def test_cpu_profile_runs_only_the_mnist_studies_on_the_real_loader(registry):
     assert len(runs) == 141 and all(r.spec.dataset.name == "mnist" for r in runs)
     assert all(r.spec.dataset.all_options["download"] for r in runs)  # fetched when missing
     assert all(r.spec.validation_size == 5000 for r in runs)
+    assert all(r.pack == 24 for r in runs)  # packed on every core (docs/packing.md)
     noise = {r.spec.input_transform.options["std"] for r in manifest.studies[1].runs}
     assert len(noise) >= 3  # a trend over fewer levels cannot be decided
     assert min(len({r.spec.seed for r in s.runs}) for s in manifest.studies) >= 4
