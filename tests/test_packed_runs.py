@@ -111,7 +111,7 @@ def test_runs_that_differ_in_seed_optimizer_and_noise_pack_and_others_do_not(wri
     )
     # members differ in what each can hold: seed, learning rate, weight decay, noise
     first = packs[0].members
-    assert len({m.spec.model_dump_json(include={'seed', 'optimizer', 'input_transform'}) for m in first}) == 5
+    assert len({m.spec.model_dump_json(include={"seed", "optimizer", "input_transform"}) for m in first}) == 5
 
 
 def test_pack_1_probes_and_runs_with_checkpoints_of_their_own_run_one_by_one(write_manifest, registry):
