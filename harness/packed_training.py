@@ -18,7 +18,6 @@ in another order (see docs/packing.md for the tolerance and how it is tested).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,8 @@ from harness.training import (
     Training,
     _check_logits,
     _check_parameters,
+    check_loss_metrics,
+    loss_metrics,
 )
 
 
@@ -204,9 +205,7 @@ class PackedTraining:
         hook = registry.hook
         step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
         metrics = [[(m, registry.get("metric", m.name)) for m in t.training.context.spec.metrics] for t in members]
-        losses_measured = {
-            c.name for entries in metrics for c, entry in entries if entry.extras.get("measures") == "loss"
-        }
+        losses_measured = set().union(*(loss_metrics(entries) for entries in metrics))
         losses = torch.zeros(check_every, count, device=self.device)  # since the last check
         for index, member in enumerate(members):
             if member.training.state.losses.shape == (check_every,):  # a checkpoint's, at the same interval
@@ -348,9 +347,7 @@ class PackedTraining:
         _check_parameters(model, step)
         train_loss = float(loss_sum) / max(1, training.state.batch)
         values = compute_metrics(metrics, training._epoch_context(model, epoch, step, train_loss))
-        for name, value in values.items():  # a loss metric (declared so) that is not finite
-            if not math.isfinite(value) and name.split(".")[0] in losses_measured:
-                raise Diverged(step, f"{name} ({value})")
+        check_loss_metrics(values, losses_measured, step)
         return values
 
     def _gradients(self) -> list[torch.Tensor]:

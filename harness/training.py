@@ -186,7 +186,7 @@ class Training:
         hook = registry.hook
         step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
         metrics = [(m, registry.get("metric", m.name)) for m in spec.metrics]
-        losses_measured = {m.name for m, entry in metrics if entry.extras.get("measures") == "loss"}
+        losses_measured = loss_metrics(metrics)
         losses = state.losses
         schedule, base_lr = spec.schedule, spec.optimizer.lr
         total_steps = context.total_steps
@@ -250,9 +250,7 @@ class Training:
             _check_parameters(model, step)
             train_loss = float(state.loss_sum) / max(1, state.batch)
             values = compute_metrics(metrics, self._epoch_context(train_model, epoch, step, train_loss))
-            for name, value in values.items():  # a loss metric (declared so) that is not finite
-                if not math.isfinite(value) and name.split(".")[0] in losses_measured:
-                    raise Diverged(step, f"{name} ({value})")
+            check_loss_metrics(values, losses_measured, step)
             hook.bnbench_epoch_end(run=context, epoch=epoch, metrics=values)
             record = EpochRecord(epoch, step, values)
             records.append(record)
@@ -288,6 +286,18 @@ class Training:
             evaluate=evaluate,
             sample=inputs.sample,
         )
+
+
+def loss_metrics(metrics: list[tuple[Any, Any]]) -> set[str]:
+    """The names of the metrics (``(component, entry)`` pairs) that declare ``measures="loss"``."""
+    return {component.name for component, entry in metrics if entry.extras.get("measures") == "loss"}
+
+
+def check_loss_metrics(values: dict[str, float], losses_measured: set[str], step: int) -> None:
+    """Raise ``Diverged`` if a loss metric (declared so) is not finite."""
+    for name, value in values.items():
+        if not math.isfinite(value) and name.split(".")[0] in losses_measured:
+            raise Diverged(step, f"{name} ({value})")
 
 
 def _check_logits(logits: Any, batch: int, classes: int, model: str) -> None:
