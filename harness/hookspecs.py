@@ -185,7 +185,8 @@ def bnbench_register_executors(register: Register) -> None:
 def bnbench_run_start(run: RunContext, planned: PlannedRun) -> None:
     """Called when a training run starts, once its model, normalizer, data and optimizer are built
     (and restored from its checkpoint when it resumes). Probe runs build their own models: they
-    have no start, only an end."""
+    have no start, only an end. The runs of a pack (a study's ``pack``) each get their own call,
+    as do the step, epoch and end hooks; a pack's diverged member gets no further steps."""
 
 
 @hookspec
