@@ -22,6 +22,7 @@ from harness.manifest import load_manifest
 from harness.packing import pack_key, plan_work
 from harness.records import PlannedPack, PlannedRun
 from harness.registry import load_registry
+from harness.report import from_manifest
 from harness.runner import Runner
 from harness.session import open_session
 from harness.store import Store
@@ -233,7 +234,7 @@ def stored(manifest):
         return store.load(r.run_id for r in manifest.runs())
 
 
-def test_bnbench_run_packs_with_the_same_run_ids_and_the_report_reads_them(write_manifest):
+def test_bnbench_run_packs_with_the_same_run_ids_and_the_report_reads_them(write_manifest, registry):
     packed = load_manifest(write_manifest(study(placement='"all"', pack=8), "packed.toml"))
     alone = load_manifest(
         write_manifest(study(placement='"all"', pack=1).replace("results.sqlite", "alone.sqlite"), "alone.toml")
@@ -248,6 +249,13 @@ def test_bnbench_run_packs_with_the_same_run_ids_and_the_report_reads_them(write
         assert_same_run(theirs[run_id], mine[run_id])
     assert Checkpoints(checkpoint_directory(packed.results_path)).run_ids() == []
     assert run_manifest(packed).skipped == 16
+    reports = []
+    for manifest in (packed, alone):  # the same report, table for table, row for row
+        with Store(manifest.results_path) as store:
+            reports.append(from_manifest(manifest, store, registry).render("csv").splitlines())
+    mine, theirs = reports
+    assert len(mine) == len(theirs) == 1 + 8  # a header, then one row per configuration (2 lr x 2 wd x 2 noise)
+    assert [row.split(",")[:4] for row in mine] == [row.split(",")[:4] for row in theirs]
 
 
 def test_an_interrupted_pack_resumes_as_a_pack_and_ends_as_if_never_stopped(write_manifest, registry, tmp_path):
