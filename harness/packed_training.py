@@ -18,6 +18,7 @@ in another order (see docs/packing.md for the tolerance and how it is tested).
 from __future__ import annotations
 
 import copy
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +57,12 @@ class Member:
     training: Training
     records: list[EpochRecord] = field(default_factory=list)
     diverged: Diverged | None = None
+    error: str | None = None
+    """Why the member failed on its own (a metric or hook raised for it); the others go on."""
 
     @property
     def active(self) -> bool:
-        return self.diverged is None
+        return self.diverged is None and self.error is None
 
 
 class PackedTraining:
@@ -316,10 +319,14 @@ class PackedTraining:
                     continue
                 try:
                     values = self._epoch_metrics(member, metrics[index], losses_measured, epoch, step, loss_sum[index])
+                    hook.bnbench_epoch_end(run=member.training.context, epoch=epoch, metrics=values)
                 except Diverged as exc:
                     member.diverged = exc
                     continue
-                hook.bnbench_epoch_end(run=member.training.context, epoch=epoch, metrics=values)
+                except Exception as exc:  # this member's failure, as it would be alone
+                    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                    member.error = f"{detail}\n\n{traceback.format_exc()}"
+                    continue
                 member.records.append(EpochRecord(epoch, step, values))
             if progress:
                 active = [m for m in members if m.active]

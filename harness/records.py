@@ -45,6 +45,10 @@ class PlannedRun:
         return f"{self.study} {axes} seed={self.spec.seed}".replace("  ", " ")
 
 
+PACK_PREFIX = "pack"
+"""A pack's id is this prefix and a hash of its runs' ids (run ids are plain hexadecimal)."""
+
+
 @dataclass(frozen=True)
 class PlannedPack:
     """Runs trained together in one process, each still its own run (``harness.packing``).
@@ -58,7 +62,12 @@ class PlannedPack:
     @property
     def run_id(self) -> str:
         digest = hashlib.sha256(" ".join(sorted(m.run_id for m in self.members)).encode()).hexdigest()
-        return f"pack{digest[:16]}"
+        return f"{PACK_PREFIX}{digest[:16]}"
+
+    @staticmethod
+    def is_pack_id(run_id: str) -> bool:
+        """Whether ``run_id`` names a pack (its checkpoints) rather than a run."""
+        return run_id.startswith(PACK_PREFIX)
 
     @property
     def study(self) -> str:

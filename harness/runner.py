@@ -221,14 +221,14 @@ class Runner:
             status: Status = "done"
             if member.diverged is not None:
                 status = "diverged"
-            elif error is not None:
+            elif member.error is not None or error is not None:
                 status = "failed"
             result = RunResult(
                 planned.run_id,
                 status,
                 epochs=list(member.records),
                 diverged_step=member.diverged.step if member.diverged is not None else None,
-                error=str(member.diverged) if member.diverged is not None else error,
+                error=str(member.diverged) if member.diverged is not None else member.error or error,
                 started_at=started,
                 finished_at=time.time(),
                 environment=self._environment(),

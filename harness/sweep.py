@@ -141,7 +141,7 @@ def run_manifest(
         checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
         if not rerun:  # a kill between recording a result and deleting its checkpoints left them behind
             for run_id in checkpoints.run_ids():
-                if statuses.get(run_id) in FINISHED:
+                if statuses.get(run_id) in FINISHED or finished_pack(checkpoints, run_id, store):
                     with contextlib.suppress(OSError):
                         checkpoints.discard(run_id)
         if not pending:
@@ -263,6 +263,19 @@ def record(store: Store, planned: PlannedRun, result: RunResult, checkpoints: Ch
     if attempts:
         result.info.setdefault("attempts", attempts)
     store.record(planned, result)
+
+
+def finished_pack(checkpoints: Checkpoints, run_id: str, store: Store) -> bool:
+    """Whether ``run_id`` names a pack whose runs all have final results (its checkpoints are
+    then stale: a kill came between recording its results and removing them)."""
+    if not PlannedPack.is_pack_id(run_id):
+        return False
+    saved = checkpoints.load_latest(run_id, lambda message: None)
+    runs = saved.get("runs") if saved is not None else None
+    if not isinstance(runs, list) or not runs:
+        return False
+    statuses = store.statuses(str(r) for r in runs)
+    return all(statuses.get(str(r)) in FINISHED for r in runs)
 
 
 def discard_checkpoints(checkpoints: Checkpoints, run_id: str, progress: Progress) -> None:

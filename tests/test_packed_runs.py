@@ -226,6 +226,36 @@ def test_a_member_stops_updating_once_it_diverged(write_manifest, registry):
             assert max(updates[result.run_id]) == 14  # 2 epochs of 7 steps
 
 
+def test_a_member_whose_metric_fails_fails_alone_and_the_others_go_on(write_manifest):
+    class Fragile:
+        @hookimpl
+        def bnbench_register_metrics(self, register):
+            def fragile(context, options):
+                """Raises for seed 1 at epoch 2 (a test metric)."""
+                if context.run.spec.seed == 1 and context.epoch == 2:
+                    raise ValueError("no value for this run")
+                return 1.0
+
+            register("fragile", fragile)
+
+    registry = load_registry(objects=[("fragile", Fragile())])
+    text = study(placement='"all"').replace('"weight_geometry"]', '"weight_geometry", "fragile"]')
+    session = session_for(write_manifest, registry, text)
+    runs = session.manifest.runs()
+    runner = runner_for(session)
+    alone = {r.run_id: runner.run(r) for r in runs}
+    (pack,) = plan_work(runs, registry)
+    packed = {r.run_id: r for r in runner.run_pack(pack)}
+    for planned in runs:
+        mine, theirs = packed[planned.run_id], alone[planned.run_id]
+        assert mine.status == theirs.status == ("failed" if planned.spec.seed == 1 else "done")
+        if mine.status == "failed":
+            assert mine.error.splitlines()[0] == theirs.error.splitlines()[0]
+            assert "no value for this run" in mine.error and [e.epoch for e in mine.epochs] == [1]
+        else:
+            assert_same_run(theirs, mine)
+
+
 # --- end to end: the store, resume, kill --------------------------------------------------------
 
 
@@ -285,6 +315,21 @@ def test_an_interrupted_pack_resumes_as_a_pack_and_ends_as_if_never_stopped(writ
     for before, after in zip(reference, resumed, strict=True):
         assert after.info["resumed_from_step"] == 11
         assert after.epochs == before.epochs  # bitwise: the same kernels, resumed at the same step
+
+
+def test_a_stale_pack_checkpoint_of_finished_runs_is_removed_by_the_next_sweep(write_manifest, registry):
+    manifest = load_manifest(write_manifest(study(placement='"all"', pack=16), "stale.toml"))
+    assert run_manifest(manifest).statuses == {"done": 16}
+    checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+    session = open_session(manifest.path, registry=registry)
+    (pack,) = plan_work(session.manifest.runs(), registry)
+    stop = threading.Event()
+    stop.set()  # as if killed after recording its results but before removing its checkpoints
+    with pytest.raises(RunInterrupted):
+        runner_for(session, checkpoints=checkpoints, stop=stop).run_pack(pack)
+    assert checkpoints.run_ids() == [pack.run_id]
+    assert run_manifest(manifest).skipped == 16
+    assert checkpoints.run_ids() == []
 
 
 def test_a_divergence_not_yet_checked_when_a_pack_stops_is_found_at_its_exact_step_after_resuming(
