@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Iterable
 
 
@@ -101,3 +102,13 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest known name, or an empty string."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def error_text(exc: BaseException) -> str:
+    """One line naming an exception, as failed results show it."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def failure_text(exc: BaseException) -> str:
+    """A failed run's ``error``: the exception's line, then the traceback being handled."""
+    return f"{error_text(exc)}\n\n{traceback.format_exc()}"

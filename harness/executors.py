@@ -20,7 +20,6 @@ import importlib
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,11 +182,6 @@ def exit_reason(exitcode: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with code {exitcode}"
-
-
-def error_text(exc: BaseException) -> str:
-    """One line naming an exception, as failed results show it."""
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
 def import_engine(module: str, extra: str) -> Any:

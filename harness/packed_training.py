@@ -18,7 +18,6 @@ in another order (see docs/packing.md for the tolerance and how it is tested).
 from __future__ import annotations
 
 import copy
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from harness.checkpoint import Checkpoints
+from harness.errors import failure_text
 from harness.evaluation import compute_metrics
 from harness.progress import Progress
 from harness.records import EpochRecord
@@ -324,8 +324,7 @@ class PackedTraining:
                     member.diverged = exc
                     continue
                 except Exception as exc:  # this member's failure, as it would be alone
-                    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                    member.error = f"{detail}\n\n{traceback.format_exc()}"
+                    member.error = failure_text(exc)
                     continue
                 member.records.append(EpochRecord(epoch, step, values))
             if progress:

@@ -13,7 +13,6 @@ import platform
 import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from harness.api import ProbeContext, RunContext
 from harness.assembly import assemble_model, resolve_device
 from harness.checkpoint import Checkpoints
 from harness.data import DataCache, DeviceData, StreamData
+from harness.errors import failure_text
 from harness.inputs import InputPipeline
 from harness.packed_training import PackedTraining, PackRefused
 from harness.performance import Performance
@@ -128,8 +128,7 @@ class Runner:
         except Diverged as exc:
             status, diverged_step, error = "diverged", exc.step, str(exc)
         except Exception as exc:
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            status, error = "failed", f"{detail}\n\n{traceback.format_exc()}"
+            status, error = "failed", failure_text(exc)
         result = RunResult(
             planned.run_id,
             status,
@@ -214,8 +213,7 @@ class Runner:
                     checkpoint_every=self.checkpoint_every,
                 )
             except Exception as exc:
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                error = f"{detail}\n\n{traceback.format_exc()}"
+                error = failure_text(exc)
         results = []
         for planned, member, info in zip(pack.members, packed.members, facts, strict=True):
             status: Status = "done"
