@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 
 from harness.checkpoint import Checkpoints
 from harness.errors import PluginError
+from harness.errors import error_text as error_text  # executors import it from here
 from harness.progress import Progress
 from harness.records import PlannedPack, PlannedRun, RunResult, Work, WorkResult, members
 from harness.registry import Registry, load_registry
