@@ -138,6 +138,7 @@ class PackedTraining:
         self.buffers: dict[str, torch.Tensor] = buffers
         for tensor in params.values():
             tensor.grad = torch.zeros_like(tensor)
+        self._gradient_storage = {name: tensor.grad.data_ptr() for name, tensor in params.items()}  # type: ignore[union-attr]
         for index, model in enumerate(models):
             for name, parameter in model.named_parameters():
                 parameter.data = params[name].detach()[index]
@@ -360,17 +361,15 @@ class PackedTraining:
         return [p.grad for p in self.params.values() if p.grad is not None]
 
     def _repoint_gradients(self) -> None:
-        """Backward accumulates into the stacked gradients in place; should autograd ever have
-        replaced one, point the members' gradients at the new one."""
+        """Backward accumulates into the stacked gradients in place, so the members' gradients
+        (views of them) stay current; should autograd ever have replaced one, re-point them."""
         for name, stacked in self.params.items():
             grad = stacked.grad
             assert grad is not None
-            for index, member in enumerate(self.members):
-                parameter = member.training.context.model.get_parameter(name)
-                if parameter.grad is None or parameter.grad.data_ptr() != grad[index].data_ptr():
-                    parameter.grad = grad[index]
-                else:
-                    break  # still a view of this stack: so are the others
+            if grad.data_ptr() != self._gradient_storage[name]:
+                self._gradient_storage[name] = grad.data_ptr()
+                for index, member in enumerate(self.members):
+                    member.training.context.model.get_parameter(name).grad = grad[index]
 
     def _check_finite(self, losses: torch.Tensor, step: int) -> None:
         """Mark each active member whose loss was not finite since the last check as diverged at
