@@ -4,12 +4,12 @@
 Every member is first assembled exactly as it would be alone (``Training.start``: its seed, init,
 optimizer, data order generator and input transform). Its parameters and buffers are then moved
 into stacked tensors, one slice per member, and the member's own module is re-pointed at its
-slice, so the member's optimizer (a plain ``torch.optim.SGD`` with its own learning rate, momentum,
-weight decay and schedule), its metrics, hooks and checkpoints see an ordinary model. Each step
-gathers every member's batch in its own order, runs the members' forwards at once (batch
-statistics and running statistics per member), and steps each member's optimizer on its slice of
-the gradient. A member whose loss turns non-finite is recorded ``diverged`` at its exact step and
-stops updating; the others go on.
+slice (``harness.stacking``), so the member's optimizer (a plain ``torch.optim.SGD`` with its
+own learning rate, momentum, weight decay and schedule), its metrics, hooks and checkpoints see
+an ordinary model. Each step gathers every member's batch in its own order, runs the members'
+forwards at once (batch statistics and running statistics per member), and steps each member's
+optimizer on its slice of the gradient. A member whose loss turns non-finite is recorded
+``diverged`` at its exact step and stops updating; the others go on.
 
 Results equal one-by-one training within float tolerance, not bitwise: the batched kernels sum
 in another order (see docs/packing.md for the tolerance and how it is tested).
@@ -17,7 +17,6 @@ in another order (see docs/packing.md for the tolerance and how it is tested).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
 
 from harness.checkpoint import Checkpoints
 from harness.errors import failure_text
@@ -34,6 +32,7 @@ from harness.progress import Progress
 from harness.records import EpochRecord
 from harness.registry import Registry
 from harness.run_state import TrainingState
+from harness.stacking import StackedModules
 from harness.training import (
     Diverged,
     RunInterrupted,
@@ -131,26 +130,7 @@ class PackedTraining:
     def _stack(self) -> None:
         """Move the members' parameters and buffers into stacked tensors (one slice each) and
         point each member's own modules at its slice."""
-        models = [m.training.context.model for m in self.members]
-        self.base = copy.deepcopy(models[0]).train()
-        params, buffers = stack_module_state(models)
-        self.params: dict[str, torch.Tensor] = params
-        self.buffers: dict[str, torch.Tensor] = buffers
-        for tensor in params.values():
-            tensor.grad = torch.zeros_like(tensor)
-        self._gradient_storage = {name: tensor.grad.data_ptr() for name, tensor in params.items()}  # type: ignore[union-attr]
-        for index, model in enumerate(models):
-            for name, parameter in model.named_parameters():
-                parameter.data = params[name].detach()[index]
-                parameter.grad = params[name].grad[index]  # type: ignore[index]
-            for name, _ in list(model.named_buffers()):
-                owner, _, attribute = name.rpartition(".")
-                model.get_submodule(owner)._buffers[attribute] = buffers[name][index]
-
-        def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.base, (p, b), (x,))
-
-        self.forward = vmap(forward)
+        self.stack = StackedModules([m.training.context.model for m in self.members])
 
     def _try_step(self) -> None:
         """One forward and backward of the pack on copies of its buffers, before any training:
@@ -159,18 +139,17 @@ class PackedTraining:
         first = self.members[0].training
         data, batch = first.data, min(first.context.spec.batch_size, first.data.train_size)
         images = data.prepare(data.train_images[:batch]).expand(len(self.members), *[-1] * (data.train_images.dim()))
-        buffers = {name: tensor.clone() for name, tensor in self.buffers.items()}
+        buffers = {name: tensor.clone() for name, tensor in self.stack.buffers.items()}
         try:
             with first.performance.autocast():
-                logits = self.forward(self.params, buffers, images)
+                logits = self.stack.forward(images, buffers)
             logits.float().sum().backward()
         except Exception as exc:
             raise PackRefused(
                 f"it does not run under torch.func.vmap: {type(exc).__name__}: {exc}".splitlines()[0]
             ) from exc
         finally:
-            for gradient in self._gradients():
-                gradient.zero_()
+            self.stack.zero_grad()
 
     # --- training ---------------------------------------------------------------------------
 
@@ -279,16 +258,15 @@ class PackedTraining:
                         current_lr[index] = lr
                 images, labels = batch(orders, number)
                 with performance.autocast():
-                    logits = self.forward(self.params, self.buffers, images)
+                    logits = self.stack.forward(images)
                     if step == 0:
                         for i in range(count):
                             _check_logits(logits[i], images.shape[1], data.bundle.num_classes, spec.model.name)
                     per_example = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
                     member_losses = per_example.view(count, -1).mean(1)
-                for gradient in self._gradients():
-                    gradient.zero_()
+                self.stack.zero_grad()
                 member_losses.sum().backward()
-                self._repoint_gradients()
+                self.stack.repoint_gradients()
                 for member in members:
                     if member.active:
                         member.training.context.optimizer.step()
@@ -356,20 +334,6 @@ class PackedTraining:
         values = compute_metrics(metrics, training._epoch_context(model, epoch, step, train_loss))
         check_loss_metrics(values, losses_measured, step)
         return values
-
-    def _gradients(self) -> list[torch.Tensor]:
-        return [p.grad for p in self.params.values() if p.grad is not None]
-
-    def _repoint_gradients(self) -> None:
-        """Backward accumulates into the stacked gradients in place, so the members' gradients
-        (views of them) stay current; should autograd ever have replaced one, re-point them."""
-        for name, stacked in self.params.items():
-            grad = stacked.grad
-            assert grad is not None
-            if grad.data_ptr() != self._gradient_storage[name]:
-                self._gradient_storage[name] = grad.data_ptr()
-                for index, member in enumerate(self.members):
-                    member.training.context.model.get_parameter(name).grad = grad[index]
 
     def _check_finite(self, losses: torch.Tensor, step: int) -> None:
         """Mark each active member whose loss was not finite since the last check as diverged at
