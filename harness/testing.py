@@ -45,6 +45,7 @@ from torch import nn
 
 from harness.api import DataInfo, NormalizerTraits, NormSite, SiteKind, find_sites, resolve_traits
 from harness.registry import Entry, Registry, load_registry
+from harness.stacking import StackedModules
 
 CHECKS: tuple[str, ...] = (
     "builds",
@@ -412,32 +413,28 @@ def _packed(subject: Subject, site: KitSite) -> None:
             optimizer.step()
         alone.append((unit, unit(inputs[-1]).detach()))
     units = [subject.build(site, seed=seed).train() for seed in seeds]
-    params, buffers = torch.func.stack_module_state(units)
-    base = subject.build(site, seed=0).train()
-
-    def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(base, (p, b), (x,))
-
-    packed_forward = torch.func.vmap(forward)
-    optimizer = torch.optim.SGD(list(params.values()), lr=0.05, momentum=0.9)
     try:
+        stack = StackedModules(units)  # as packed runs stack their models
+        optimizers = [torch.optim.SGD(unit.parameters(), lr=0.05, momentum=0.9) for unit in units]
         for step in range(steps):
-            optimizer.zero_grad()
+            stack.zero_grad()
             x = torch.stack([inputs[step] for inputs in batches])
-            packed_forward(params, buffers, x).pow(2).mean(dim=tuple(range(1, x.dim()))).sum().backward()
-            optimizer.step()
-        out = packed_forward(params, buffers, torch.stack([inputs[-1] for inputs in batches])).detach()
+            stack.forward(x).pow(2).mean(dim=tuple(range(1, x.dim()))).sum().backward()
+            stack.repoint_gradients()
+            for optimizer in optimizers:
+                optimizer.step()
+        out = stack.forward(torch.stack([inputs[-1] for inputs in batches])).detach()
     except Exception as exc:
         raise AssertionError(
             f"it does not run under torch.func.vmap ({type(exc).__name__}: {exc}); register it with "
             "traits=NormalizerTraits(packable=False) and packs of its runs train one by one"
         ) from exc
-    for index, (unit, expected) in enumerate(alone):
+    for index, ((trained, expected), unit) in enumerate(zip(alone, units, strict=True)):
         if not _close(out[index], expected):
             raise AssertionError(f"packed member {index}'s outputs differ from the same instance trained alone")
-        state = unit.state_dict()
-        for name, tensor in {**params, **buffers}.items():
-            if tensor[index].is_floating_point() and not _close(tensor[index].detach(), state[name]):
+        state, packed = trained.state_dict(), unit.state_dict()
+        for name, tensor in packed.items():
+            if tensor.is_floating_point() and not _close(tensor, state[name]):
                 raise AssertionError(f"packed member {index}'s {name} differs from the same instance trained alone")
 
 

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from harness import Options, runtime_option
 from harness.analysis import axis_value, fmt, group_runs, over_seeds, point, put, ratio
 from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
+from harness.stacking import StackedModules
 from plugins.probes.common import CompareOptions, probe_runs, take_batches
 
 
@@ -90,55 +91,40 @@ def train_steps_packed(
     criterion: str = "absolute",
 ) -> list[dict[str, Any]]:
     """``train_steps`` for every learning rate at once, from copies of ``model``: one forward and
-    backward per step for all of them (``vmap`` over stacked copies), SGD per copy with its own
-    rate (momentum and weight decay as ``torch.optim.SGD`` computes them). A copy that diverges
-    stops updating at that step, as ``train_steps`` stops; results in the order of ``learning_rates``."""
-    count = len(learning_rates)
-    params, buffers = torch.func.stack_module_state([copy.deepcopy(model) for _ in learning_rates])
-    base = copy.deepcopy(model)
-
-    def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(base, (p, b), (x,))
-
-    packed_forward = torch.func.vmap(forward, in_dims=(0, 0, None))
-    rates = torch.tensor(learning_rates, device=next(iter(params.values())).device)
-    velocity: dict[str, torch.Tensor] = {}
+    backward per step for all of them (``harness.stacking``), each copy stepped by its own
+    ``torch.optim.SGD``. A copy that diverges stops updating at that step, as ``train_steps``
+    stops; results in the order of ``learning_rates``."""
+    copies = [copy.deepcopy(model) for _ in learning_rates]
+    stack = StackedModules(copies, shared_input=True)
+    optimizers = [
+        torch.optim.SGD(c.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        for c, lr in zip(copies, learning_rates, strict=True)
+    ]
     scans: list[dict[str, Any]] = [
         {"lr": lr, "diverged": False, "diverged_step": None, "first_loss": math.nan, "final_loss": math.nan}
         for lr in learning_rates
     ]
-    active = torch.ones(count, dtype=torch.bool, device=rates.device)
+    count = len(learning_rates)
     for step, (images, labels) in enumerate(batches, start=1):
-        logits = packed_forward(params, buffers, images)
+        logits = stack.forward(images)
         losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none").view(count, -1).mean(1)
-        values = losses.detach().tolist()
-        for index, value in enumerate(values):
-            scan = scans[index]
+        for scan, value in zip(scans, losses.detach().tolist(), strict=True):
             if scan["diverged"]:
                 continue
             scan["first_loss"] = value if step == 1 else scan["first_loss"]
             limit = loss_limit if criterion == "absolute" else loss_limit * scan["first_loss"]
             if not math.isfinite(value) or value > limit:
                 scan.update(diverged=True, diverged_step=step, final_loss=None)
-                active[index] = False
-        if not bool(active.any()):
+            else:
+                scan["final_loss"] = value
+        if all(scan["diverged"] for scan in scans):
             break
-        for tensor in params.values():
-            tensor.grad = None
+        stack.zero_grad()
         losses.sum().backward()
-        with torch.no_grad():
-            for name, tensor in params.items():
-                shape = (count, *[1] * (tensor.dim() - 1))
-                gradient = tensor.grad + weight_decay * tensor if weight_decay else tensor.grad
-                if momentum:
-                    if name in velocity:
-                        gradient = velocity[name].mul_(momentum).add_(gradient)
-                    else:
-                        gradient = velocity[name] = gradient.clone()
-                tensor.sub_(torch.where(active.view(shape), rates.view(shape), 0.0) * gradient)
-        for index, value in enumerate(values):
-            if not scans[index]["diverged"]:
-                scans[index]["final_loss"] = value
+        stack.repoint_gradients()
+        for scan, optimizer in zip(scans, optimizers, strict=True):
+            if not scan["diverged"]:
+                optimizer.step()
     return scans
 
 
