@@ -72,8 +72,9 @@ class BatchRenorm(nn.Module):
                 rmax, dmax = self.limits()
                 r = torch.clamp(std / running_std, min=1 / rmax, max=rmax)
                 d = torch.clamp((mean - running_mean) / running_std, min=-dmax, max=dmax)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_std.lerp_(std.to(self.running_std.dtype), self.momentum)
+                # a + m * (b - a), as lerp_, which has no vmap batching rule (packed runs)
+                self.running_mean.add_((mean.to(self.running_mean.dtype) - self.running_mean) * self.momentum)
+                self.running_std.add_((std.to(self.running_std.dtype) - self.running_std) * self.momentum)
                 self.num_batches_tracked.add_(1)
             y = (y - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+import warnings
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from harness.api import NormalizerTraits, resolve_traits
 from harness.registry import load_registry
 from harness.runner import Runner
 from harness.spec import Component, RunSpec
+from harness.stacking import StackedModules
 from harness.testing import check_normalizer
 from plugins.normalizers.batchrenorm import BatchRenormOptions, batchrenorm
 from plugins.normalizers.groupnorm import effective_groups
@@ -75,6 +77,19 @@ def test_every_built_in_normalizer_is_registered_with_traits_and_cites_its_paper
         assert isinstance(resolve_traits(entry.extras["traits"], entry.options.model_validate({})), NormalizerTraits)
         if name != "none":
             assert re.search(r"[A-Z][a-z]+.*\b(19|20)\d\d\b", entry.factory.__doc__ or ""), f"{name} cites no paper"
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_normalizer_trains_packed_without_vmaps_slow_fallback(registry, name):
+    """Packed runs vmap the model: an op with no batching rule (``lerp_`` was one) still works,
+    through a per-member loop that PyTorch warns about; no built-in may need it."""
+    torch.manual_seed(0)
+    stack = StackedModules([build(registry, name)[0] for _ in range(2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack.forward(torch.randn(2, 4, *CIFAR.input_shape)).sum().backward()
+    slow = [str(w.message).splitlines()[0] for w in caught if "batching rule" in str(w.message)]
+    assert not slow, slow
 
 
 @pytest.mark.parametrize(
