@@ -20,7 +20,11 @@ an allocator: "alone" trains the 24 runs one after another through ``Runner.run`
 trains them as one pack through ``Runner.run_pack``. Rounds alternate the sides. Printed: runs
 per second of each side and their ratio (min / median / max), and memory per member: the
 growth of the process's peak memory (CPU: max RSS; CUDA: peak allocated) from one run at a
-time to the pack, divided by the 23 extra members.
+time to the pack, divided by the 23 extra members. Last, the ceiling: a run's arithmetic
+(its matrix products, counted by ``torch.utils.flop_counter``), the rate each side achieves, and
+the best rate of a large matrix product on the device with the same threads; packing removes
+per-run overhead, not arithmetic, so it can be at most that best rate over one by one's times
+as fast.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,6 +157,45 @@ def child(side: str, device: str, train: int, test: int, threads: int) -> dict[s
         return {"runs_per_s": len(runs) / seconds, "peak_mib": peak}
 
 
+def arithmetic_child(device: str, train: int, test: int, threads: int) -> dict[str, float]:
+    """The arithmetic of one run (its matrix products, counted by ``torch.utils.flop_counter``:
+    every training step forward and backward, and the test pass) and the best rate this device
+    reaches on a large matrix product with the same threads: the ceiling for any packing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.api import DataInfo
+    from harness.registry import load_registry
+    from harness.runner import Runner
+    from harness.session import open_session
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "packed.toml"
+        path.write_text(MANIFEST.format(device=device, train=train, test=test))
+        session = open_session(path, registry=load_registry())
+        spec = session.manifest.runs()[0].spec
+        runner = Runner(session.registry, base_dir=Path(folder), device=device)
+        model, _ = runner.build_model(spec, DataInfo((1, 28, 28), 10))
+    images = torch.randn(spec.batch_size, 1, 28, 28, device=runner.device)
+    with FlopCounterMode(display=False) as step:
+        model.train()(images).sum().backward()
+    with FlopCounterMode(display=False) as evaluation, torch.no_grad():
+        model.eval()(torch.randn(test, 1, 28, 28, device=runner.device))
+    flops = train // spec.batch_size * step.get_total_flops() + evaluation.get_total_flops()
+    size = 8192 if runner.device.type == "cuda" else 2048
+    a, b = torch.randn(size, size, device=runner.device), torch.randn(size, size, device=runner.device)
+    best = 0.0
+    for _ in range(6):  # the first warms up; the best of the others
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+    return {"flops_per_run": flops, "matmul_flops_per_s": best, "matmul_size": size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -160,11 +204,14 @@ def main() -> None:
     parser.add_argument("--workload", choices=["sweep", "max_lr"], default="sweep")
     parser.add_argument("--depth", type=int, default=20, help="max_lr: the ResNet's depth")
     parser.add_argument("--probe-steps", type=int, default=20, help="max_lr: SGD steps per learning rate")
-    parser.add_argument("--side", choices=["alone", "packed"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["alone", "packed", "arithmetic"], help=argparse.SUPPRESS)
     add_arguments(parser, repeats=5)
     args = parser.parse_args()
     if args.side and args.workload == "max_lr":
         print(json.dumps(max_lr_child(args.side, args.device, args.depth, args.probe_steps, args.threads)))
+        return
+    if args.side == "arithmetic":
+        print(json.dumps(arithmetic_child(args.device, args.train_size, args.test_size, args.threads)))
         return
     if args.side:
         print(json.dumps(child(args.side, args.device, args.train_size, args.test_size, args.threads)))
@@ -174,30 +221,33 @@ def main() -> None:
     peaks: dict[str, list[float]] = {"alone": [], "packed": []}
     found: dict[str, object] = {}
 
+    def child_reply(name: str) -> dict:
+        command = [
+            sys.executable,
+            __file__,
+            "--side",
+            name,
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+            "--train-size",
+            str(args.train_size),
+            "--test-size",
+            str(args.test_size),
+            "--workload",
+            args.workload,
+            "--depth",
+            str(args.depth),
+            "--probe-steps",
+            str(args.probe_steps),
+        ]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
     def side(name: str):
         def measure() -> float:
-            command = [
-                sys.executable,
-                __file__,
-                "--side",
-                name,
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-                "--train-size",
-                str(args.train_size),
-                "--test-size",
-                str(args.test_size),
-                "--workload",
-                args.workload,
-                "--depth",
-                str(args.depth),
-                "--probe-steps",
-                str(args.probe_steps),
-            ]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            reply = json.loads(out.strip().splitlines()[-1])
+            reply = child_reply(name)
             peaks[name].append(reply["peak_mib"])
             found[name] = reply.get("max_lr")
             return reply["runs_per_s"]
@@ -222,6 +272,18 @@ def main() -> None:
     print(
         f"memory per member: {per_member:.1f} MiB ({kind}: alone {min(peaks['alone']):.0f} MiB, "
         f"pack of 24 {min(peaks['packed']):.0f} MiB)"
+    )
+    # The ceiling: packing saves per-run overhead, never arithmetic; if one by one already runs
+    # near the device's best matrix-product rate, no packing can be much faster.
+    work = child_reply("arithmetic")
+    flops, best = work["flops_per_run"], work["matmul_flops_per_s"]
+    achieved = {name: statistics.median(series) * flops for name, series in values.items()}
+    print(
+        f"arithmetic: {flops / 1e9:.2f} GFLOP per run (matrix products, torch.utils.flop_counter); "
+        f"one by one {achieved['alone'] / 1e9:.1f} GFLOP/s, packed {achieved['packed'] / 1e9:.1f} GFLOP/s "
+        f"(medians); a {work['matmul_size']}x{work['matmul_size']} matrix product here: {best / 1e9:.1f} GFLOP/s "
+        f"(best of 5, {args.threads} thread(s)), so packing can be at most {best / achieved['alone']:.2f}x "
+        "as fast as one by one on this device"
     )
 
 
