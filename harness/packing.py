@@ -59,15 +59,13 @@ def plan_work(
     work: list[Work | str] = []
     told: set[str] = set()
     for run in pending:
-        key = pack_key(run)
-        if key is not None and run.run_id not in own_checkpoint:
-            reason = unpackable_reason(registry, run)
-            if reason is not None:
-                if run.study not in told:
-                    told.add(run.study)
-                    log(f"{run.study}: {reason}; its runs train one by one")
-                key = None
-        if key is None or run.run_id in own_checkpoint:
+        key = None if run.run_id in own_checkpoint else pack_key(run)
+        if key is not None and (reason := unpackable_reason(registry, run)) is not None:
+            if run.study not in told:
+                told.add(run.study)
+                log(f"{run.study}: {reason}; its runs train one by one")
+            key = None
+        if key is None:
             work.append(run)
             continue
         if key not in groups:

@@ -129,20 +129,17 @@ class Runner:
             status, diverged_step, error = "diverged", exc.step, str(exc)
         except Exception as exc:
             status, error = "failed", failure_text(exc)
-        result = RunResult(
-            planned.run_id,
-            status,
+        return self._finish(
+            planned,
+            context,
+            started,
+            status=status,
             epochs=epochs,
             diverged_step=diverged_step,
             error=error,
-            started_at=started,
-            finished_at=time.time(),
-            environment=self._environment(),
             info=info,
             measurements=measurements,
         )
-        self.registry.hook.bnbench_run_end(run=context, result=result, planned=planned)
-        return result
 
     def run_work(self, work: Work, progress: Progress | None = None) -> WorkResult:
         """Run one unit of work: a run (``run``) or a pack (``run_pack``)."""
@@ -221,23 +218,32 @@ class Runner:
                 status = "diverged"
             elif member.error is not None or error is not None:
                 status = "failed"
-            result = RunResult(
-                planned.run_id,
-                status,
-                epochs=list(member.records),
-                diverged_step=member.diverged.step if member.diverged is not None else None,
-                error=str(member.diverged) if member.diverged is not None else member.error or error,
-                started_at=started,
-                finished_at=time.time(),
-                environment=self._environment(),
-                info=info,
+            results.append(
+                self._finish(
+                    planned,
+                    member.training.context,
+                    started,
+                    status=status,
+                    epochs=list(member.records),
+                    diverged_step=member.diverged.step if member.diverged is not None else None,
+                    error=str(member.diverged) if member.diverged is not None else member.error or error,
+                    info=info,
+                )
             )
-            self.registry.hook.bnbench_run_end(run=member.training.context, result=result, planned=planned)
-            results.append(result)
         return tuple(results)
 
-    def _environment(self) -> dict[str, Any]:
-        return {**environment(self.device), **self.performance.describe()}
+    def _finish(self, planned: PlannedRun, run: RunContext | None, started: float, **fields: Any) -> RunResult:
+        """The run's result, stamped with its end time and this process's environment, after
+        ``bnbench_run_end`` has seen it."""
+        result = RunResult(
+            planned.run_id,
+            started_at=started,
+            finished_at=time.time(),
+            environment={**environment(self.device), **self.performance.describe()},
+            **fields,
+        )
+        self.registry.hook.bnbench_run_end(run=run, result=result, planned=planned)
+        return result
 
     def build_model(self, spec: Any, data: Any) -> tuple[nn.Module, dict[str, Any]]:
         """The run's model on this runner's device, normalized at the placement's sites."""
