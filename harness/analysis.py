@@ -4,13 +4,9 @@ An analysis reports a claimable value as an ``Estimate`` built from per-seed rep
 (``over_seeds``); the report turns it into an interval at the claim's confidence level
 (``interval``) and a four-way verdict against the claim's threshold (``verdict``).
 
-Interval: a two-sided Student-t interval of the mean of the replicates,
-``mean ± t_{(1+c)/2, n-1} · s / √n``, computed on ``log`` of the replicates for
-``scale="log"`` (a geometric mean and its interval, for ratios). With few seeds a t-interval
-is wide, as it should be; a bootstrap over three seeds would be spuriously narrow. With one
-replicate there is no interval. Replicates that overflowed (+inf: a diverged loss, exploded
-activations) make the upper end infinite and the lower end the smallest finite replicate (or
-+inf when all overflowed): an interval that can still decide an ``at_least`` claim.
+Intervals and verdicts are ``harness.intervals``' (re-exported here): each ``Estimate.kind``
+(mean, share, grid bracket, ratio of means, rank trend) has the interval that fits it, and an
+inconclusive verdict says what would decide it.
 
 The toolkit analysis authors share (``from harness.analysis import ...``), one rule each:
 
@@ -33,19 +29,46 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from scipy import stats as _stats
 
 from harness.api import ClaimValue, Estimate, StudyResults
+from harness.intervals import (
+    Interval,
+    Verdict,
+    bracket_ratio,
+    bracketed,
+    decide,
+    grid_bracket,
+    interval,
+    rank_trend,
+    ratio_of_means,
+    seeds_needed,
+    share,
+)
 from harness.records import FINISHED, RunRecord
 
-Verdict = Literal["holds", "does not hold", "inconclusive", "not measured"]
+__all__ = [
+    "Interval",
+    "Verdict",
+    "bracket_ratio",
+    "bracketed",
+    "decide",
+    "grid_bracket",
+    "interval",
+    "rank_trend",
+    "ratio_of_means",
+    "seeds_needed",
+    "share",
+]
 
 
 def over_seeds(
-    replicates: Iterable[float | None], scale: Literal["linear", "log"] = "linear", undecidable: str = ""
+    replicates: Iterable[float | None],
+    scale: Literal["linear", "log"] = "linear",
+    undecidable: str = "",
+    unit: str = "",
 ) -> Estimate | None:
     """An ``Estimate`` of per-seed values (missing and NaN values dropped; ``None`` if none is left).
 
@@ -59,47 +82,19 @@ def over_seeds(
         return None
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < len(values):
-        point = math.inf if any(v == math.inf for v in values) else -math.inf
+        point = statistics.median(values)  # censored replicates: the median (harness.intervals)
     elif len(set(values)) == 1:
         point = values[0]  # exactly, without a round trip through log and exp
     elif scale == "log":
         point = math.exp(statistics.fmean(math.log(v) for v in values))
     else:
         point = statistics.fmean(values)
-    return Estimate(point, tuple(values), scale, undecidable=undecidable)
+    return Estimate(point, tuple(values), scale, undecidable=undecidable, unit=unit)
 
 
 def point(value: float, basis: str) -> Estimate:
     """A value that is not an estimate over seeds (a closed form, a pooled statistic); ``basis`` says which."""
     return Estimate(float(value), basis=basis)
-
-
-@dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-    confidence: float
-    n: int
-
-
-def interval(estimate: Estimate, confidence: float = 0.95) -> Interval | None:
-    """The t-interval of ``estimate`` over its replicates (module doc); ``None`` with fewer than two."""
-    values = list(estimate.replicates)
-    n = len(values)
-    if n < 2:
-        return None
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < n:  # overflowed replicates: a one-sided, conservative interval
-        low = min(finite) if finite else math.inf
-        return Interval(low, math.inf, confidence, n)
-    if estimate.scale == "log":
-        values = [math.log(v) for v in values]
-    centre = statistics.fmean(values)
-    half = float(_stats.t.ppf((1 + confidence) / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
-    low, high = centre - half, centre + half
-    if estimate.scale == "log":
-        low, high = math.exp(low), math.exp(high)
-    return Interval(low, high, confidence, n)
 
 
 def as_estimate(value: ClaimValue | None) -> Estimate | None:
@@ -115,29 +110,8 @@ def as_estimate(value: ClaimValue | None) -> Estimate | None:
 def verdict(
     estimate: Estimate | None, at_least: float | None, at_most: float | None, confidence: float = 0.95
 ) -> tuple[Verdict, str]:
-    """``(verdict, reason)`` of a claim ``at_least <= value <= at_most``.
-
-    With replicates: ``holds`` when the whole interval is inside the bounds, ``does not hold``
-    when it is wholly outside one, else ``inconclusive``. A single replicate is
-    ``inconclusive`` (no interval). A point value (no replicates, a stated basis) decides on
-    the value alone. ``undecidable`` estimates are ``inconclusive`` with their reason.
-    """
-    if estimate is None:
-        return "not measured", "no finished run gives this value"
-    if estimate.undecidable:
-        return "inconclusive", estimate.undecidable
-    if not estimate.replicates:
-        inside = (at_least is None or estimate.value >= at_least) and (at_most is None or estimate.value <= at_most)
-        return ("holds" if inside else "does not hold"), estimate.basis or "point value"
-    bounds = interval(estimate, confidence)
-    if bounds is None:
-        return "inconclusive", "one seed: no interval"
-    low, high = bounds.low, bounds.high
-    if (at_least is not None and high < at_least) or (at_most is not None and low > at_most):
-        return "does not hold", ""
-    if (at_least is None or low >= at_least) and (at_most is None or high <= at_most):
-        return "holds", ""
-    return "inconclusive", "the interval straddles the threshold"
+    """``(verdict, reason)`` of a claim ``at_least <= value <= at_most`` (``harness.intervals.decide``)."""
+    return decide(estimate, at_least, at_most, confidence)
 
 
 def spearman(xs: list[float], ys: list[float], min_levels: int = 3) -> Estimate | None:
@@ -345,15 +319,15 @@ def per_seed(runs: Iterable[RunRecord], statistic: Callable[[RunRecord], float |
     return by_seed((run.seed, {"": statistic(run)}) for run in runs).get("", {})
 
 
-def paired_ratio(numerator: dict[int, float], denominator: dict[int, float]) -> Estimate | None:
+def paired_ratio(numerator: dict[int, float], denominator: dict[int, float], unit: str = "x") -> Estimate | None:
     """An ``Estimate`` (log scale) of the per-seed ratio ``numerator[s] / denominator[s]`` over the
     seeds both sides measured (a zero or non-finite denominator leaves its seed out)."""
     seeds = sorted(numerator.keys() & denominator.keys())
     ratios = [numerator[s] / denominator[s] for s in seeds if denominator[s] != 0 and math.isfinite(denominator[s])]
-    return over_seeds(ratios, scale="log")
+    return over_seeds(ratios, scale="log", unit=unit)
 
 
-def paired_difference(minuend: dict[int, float], subtrahend: dict[int, float]) -> Estimate | None:
+def paired_difference(minuend: dict[int, float], subtrahend: dict[int, float], unit: str = "") -> Estimate | None:
     """An ``Estimate`` (linear scale) of the per-seed difference ``minuend[s] − subtrahend[s]`` over
     the seeds both sides measured."""
-    return over_seeds([minuend[s] - subtrahend[s] for s in sorted(minuend.keys() & subtrahend.keys())])
+    return over_seeds([minuend[s] - subtrahend[s] for s in sorted(minuend.keys() & subtrahend.keys())], unit=unit)

@@ -521,8 +521,8 @@ class Estimate:
 
     ``replicates`` are the independent per-seed values the estimate summarizes: ``value`` is
     their mean (``scale="linear"``) or geometric mean (``scale="log"``, for ratios and scales),
-    and the report puts a Student-t interval around it at each claim's confidence level
-    (``harness.analysis.interval``). A value with no replicates is a point value and ``basis``
+    and the report puts an interval around it at each claim's confidence level, the one that fits
+    its ``kind`` (``harness.intervals``). A value with no replicates is a point value and ``basis``
     says why (``"closed form"``, ``"pooled over seeds"``); its verdict rests on the point alone.
     ``undecidable`` is a reason the value cannot decide a claim whatever it is (a rank trend
     over two levels can only be +1 or -1): the verdict is then ``inconclusive``.
@@ -533,6 +533,18 @@ class Estimate:
     scale: Literal["linear", "log"] = "linear"
     basis: str = ""
     undecidable: str = ""
+    kind: Literal["mean", "share", "bracket", "ratio", "rank"] = "mean"
+    """What the quantity is, which decides its interval (``harness.intervals``): a mean over seeds,
+    a share of 0/1 outcomes, a grid-valued value with its brackets, a ratio of means, a rank trend."""
+    brackets: tuple[tuple[float, float], ...] = ()
+    """``kind="bracket"``: each replicate's ``(low, high)``, the neighbouring grid points (0 or inf
+    where the value sits at the grid's end)."""
+    denominators: tuple[float, ...] = ()
+    """``kind="ratio"``: the per-seed denominators (``replicates`` are the numerators)."""
+    pairs: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = ()
+    """``kind="rank"``: each seed's ``(x values, y values)`` for the exact permutation test."""
+    unit: str = ""
+    """The value's unit as the report shows it beside the value ("points", "x", "share", ...)."""
 
 
 ClaimValue = float | Estimate

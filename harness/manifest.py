@@ -31,6 +31,7 @@ from harness.spec import (
     DEFAULT_EXECUTOR,
     MAX_NAME_LENGTH,
     STUDY_ONLY_FIELDS,
+    CheckSpec,
     ClaimSpec,
     Component,
     HarnessSettings,
@@ -61,6 +62,8 @@ class Study:
     runs: list[PlannedRun]
     analyses: list[Component] = field(default_factory=list)
     """Analysis plugins summarizing the study in reports (beyond the standard table)."""
+    reading_axis: str = ""
+    """The axis whose values are readings (``StudyHeader.reading_axis``): analysed one by one."""
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Manifest:
     profile: str | None
     studies: list[Study]
     claims: list[ClaimSpec] = field(default_factory=list)
+    checks: list[CheckSpec] = field(default_factory=list)
     executor: Component = field(default_factory=lambda: Component(name=DEFAULT_EXECUTOR))
 
     @property
@@ -442,7 +446,20 @@ def expand_study(raw: dict[str, Any], registry: Registry, file: str, index: int)
             runs.append(PlannedRun(spec.run_id(), name, spec, dict(labels), pack=header.pack))
             if len(runs) > MAX_RUNS_PER_STUDY:
                 raise expander.error(f"expands to more than {MAX_RUNS_PER_STUDY} runs")
-    return Study(name=name, description=description, axes=axes, runs=runs, analyses=_analyses(raw, runs, expander))
+    if header.reading_axis and header.reading_axis not in axes:
+        raise expander.error(
+            f"reading_axis names {header.reading_axis!r}, which is not an axis of the study; its axes: "
+            f"{', '.join(axes) or 'none (give the reading as a list of values)'}",
+            "reading_axis",
+        )
+    return Study(
+        name=name,
+        description=description,
+        axes=axes,
+        runs=runs,
+        analyses=_analyses(raw, runs, expander),
+        reading_axis=header.reading_axis,
+    )
 
 
 def _analyses(raw: dict[str, Any], runs: list[PlannedRun], expander: _Expander) -> list[Component]:
@@ -559,16 +576,41 @@ def plan_manifest(
                 file=file,
                 field=f"claims[{index}].study",
             )
-    claims = [c for c in parsed.claims if c.study in names]
-    for claim in claims:
-        study = next(s for s in expanded if s.name == claim.study)
-        if not study.analyses:
+    for index, check in enumerate(parsed.checks):
+        if check.study not in all_names:
             raise ManifestError(
-                f"claim {claim.claim!r} tests value {claim.value!r} of study {claim.study!r}, which has no analyses "
-                "to report it: list them in the study's analyses (`bnbench plugins --kind analysis` shows them)",
+                f"check names study {check.study!r}, which does not exist; studies: {', '.join(all_names)}."
+                + did_you_mean(check.study, all_names),
                 file=file,
-                field=f"claims[{parsed.claims.index(claim)}].value",
+                field=f"checks[{index}].study",
             )
+    check_ids = [c.key for c in parsed.checks]
+    for index, key in enumerate(check_ids):
+        if key in check_ids[:index]:
+            raise ManifestError(
+                f"two checks have the id {key!r}; give each its own id", file=file, field=f"checks[{index}].id"
+            )
+    for index, claim in enumerate(parsed.claims):
+        for wanted in claim.requires:
+            if wanted not in check_ids:
+                raise ManifestError(
+                    f"claim requires check {wanted!r}, which does not exist; checks: {', '.join(check_ids) or 'none'}."
+                    + did_you_mean(wanted, check_ids),
+                    file=file,
+                    field=f"claims[{index}].requires",
+                )
+    claims = [c for c in parsed.claims if c.study in names]
+    checks = [c for c in parsed.checks if c.study in names]
+    for kind, tests, listed in (("claim", claims, parsed.claims), ("check", checks, parsed.checks)):
+        for test in tests:
+            study = next(s for s in expanded if s.name == test.study)
+            if not study.analyses:
+                raise ManifestError(
+                    f"{kind} on value {test.value!r} of study {test.study!r}: the study has no analyses to report it; "
+                    "list them in the study's analyses (`bnbench plugins --kind analysis` shows them)",
+                    file=file,
+                    field=f"{kind}s[{listed.index(test)}].value",
+                )
     if executor is None:
         resolver, field_name, raw_executor = _Expander(registry, file, ""), "harness.executor", parsed.harness.executor
     else:
@@ -580,6 +622,7 @@ def plan_manifest(
         profile=profile,
         studies=expanded,
         claims=claims,
+        checks=checks,
         executor=Component.model_validate(resolved_executor),
     )
     return manifest, registry

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,13 +14,14 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.analysis import as_estimate, interval, verdict
+from harness.analysis import Verdict, as_estimate, interval, verdict
 from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from harness.errors import BnbenchError
-from harness.manifest import Manifest
+from harness.manifest import Manifest, load_manifest
+from harness.records import FINISHED
 from harness.registry import Registry
-from harness.spec import ClaimSpec, Component
-from harness.store import Store
+from harness.spec import CheckSpec, ClaimSpec, Component, _Test
+from harness.store import Store, definition_hash
 
 FORMATS = ("github", "latex", "plain", "csv")
 
@@ -34,6 +36,8 @@ class StudyRuns:
     stored: dict[str, RunRecord]
     description: str = ""
     analyses: list[Component] = field(default_factory=list)
+    reading_axis: str = ""
+    """The axis whose values are readings: analysed one by one (``StudyHeader.reading_axis``)."""
 
     @property
     def pending(self) -> int:
@@ -45,103 +49,290 @@ class StudyRuns:
         """Whether the study trains (else it only probes): probes have no accuracy table."""
         return any(not r.spec.get("probe") for r in self.stored.values()) or not self.stored
 
-    def results(self) -> StudyResults:
-        return StudyResults(
-            self.name, self.axes, list(self.stored.values()), planned=len(self.planned), plan=list(self.planned)
-        )
+    def readings(self) -> dict[str, str]:
+        """The reading axis's values (as the axes show them) → short labels, in plan order; empty
+        without a reading axis. A component's label keeps only the options that differ between readings."""
+        if not self.reading_axis:
+            return {}
+        values = list(dict.fromkeys(str(axes.get(self.reading_axis)) for _, axes, _ in self.planned))
+        return dict(zip(values, reading_labels(values), strict=True))
+
+    def results(self, reading: str | None = None) -> StudyResults:
+        """The study's runs (at one reading, with the reading axis taken out of the axes)."""
+        if reading is None:
+            return StudyResults(
+                self.name, self.axes, list(self.stored.values()), planned=len(self.planned), plan=list(self.planned)
+            )
+        axis = self.reading_axis
+        plan = [
+            (run_id, {k: v for k, v in axes.items() if k != axis}, seed)
+            for run_id, axes, seed in self.planned
+            if str(axes.get(axis)) == reading
+        ]
+        ids = {run_id for run_id, _, _ in plan}
+        runs = [
+            replace(r, axes={k: v for k, v in r.axes.items() if k != axis})
+            for run_id, r in self.stored.items()
+            if run_id in ids
+        ]
+        return StudyResults(self.name, [a for a in self.axes if a != axis], runs, planned=len(plan), plan=plan)
+
+
+def reading_labels(values: list[str]) -> list[str]:
+    """Short labels of readings: for component labels ``name(k=v, ...)`` the options that differ."""
+    parsed = []
+    for value in values:
+        head, _, rest = value.partition("(")
+        if not rest.endswith(")"):
+            return values
+        parsed.append((head, [part.strip() for part in rest[:-1].split(", ")]))
+    common = set.intersection(*(set(parts) for _, parts in parsed)) if parsed else set()
+    heads = {head for head, _ in parsed}
+    labels = []
+    for head, parts in parsed:
+        kept = [p for p in parts if p not in common]
+        labels.append((f"{head}: " if len(heads) > 1 else "") + (", ".join(kept) or head))
+    return labels
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A claim's or a check's verdict at one reading (``reading`` empty without one)."""
+
+    test: _Test
+    reading: str
+    """The reading's key (the reading axis's value; empty without one)."""
+    shown: str
+    """The reading's short label."""
+    estimate: Estimate | None
+    verdict: Verdict
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return self.verdict + (f" ({self.reason})" if self.reason else "")
+
+
+Outcome = tuple[Component, AnalysisResult | str]
 
 
 @dataclass
 class Report:
-    """Everything ``bnbench report`` shows: per-study tables, analyses, claims, figures."""
+    """Everything ``bnbench report`` shows: per-study tables, analyses, claims, checks, figures."""
 
     studies: list[StudyRuns]
     registry: Registry
     claims: list[ClaimSpec] = field(default_factory=list)
-    analyses: dict[str, list[tuple[Component, AnalysisResult | str]]] = field(default_factory=dict)
-    """Study → its analyses' results (or the error message of an analysis that failed)."""
+    checks: list[CheckSpec] = field(default_factory=list)
+    analyses: dict[str, list[Outcome]] = field(default_factory=dict)
+    """Study → its analyses' results (or the error message of an analysis that failed), for a study
+    without a reading axis."""
+    readings: dict[str, dict[str, list[Outcome]]] = field(default_factory=dict)
+    """Study with a reading axis → reading → its analyses' results at that reading."""
     scale_note: str = ""
     """What the claims' verdicts are worth at this scale (a profile's note, e.g. a smoke profile's)."""
+    registrations: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+    """The store's claim registrations (``Store.registrations``)."""
+    results_held: dict[str, int] = field(default_factory=dict)
+    """Study → finished results the store holds (pre-registration only matters once there are some)."""
+    unprofiled: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """Study → axis → the values the manifest without a profile has that this profile drops."""
 
     def standard(self) -> list[Component]:
         """The analyses registered as standard (``standard=True``): every training study gets them first."""
         return [Component(name=e.name) for e in self.registry.entries("analysis") if e.extras.get("standard")]
 
+    def _run_analyses(self, study: StudyRuns, results: StudyResults) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for component in (self.standard() if study.is_training else []) + study.analyses:
+            entry = self.registry.get("analysis", component.name)
+            try:
+                result = entry.factory(results, entry.options.model_validate(component.all_options))
+                if not isinstance(result, AnalysisResult):
+                    raise TypeError(f"returned {type(result).__name__}, not an AnalysisResult")
+                outcomes.append((component, result))
+            except Exception as exc:
+                outcomes.append((component, f"analysis {component.name!r} failed: {type(exc).__name__}: {exc}"))
+        return outcomes
+
     def analyze(self) -> Report:
-        standard = self.standard()
         for study in self.studies:
-            outcomes: list[tuple[Component, AnalysisResult | str]] = []
-            for component in (standard if study.is_training else []) + study.analyses:
-                entry = self.registry.get("analysis", component.name)
-                try:
-                    result = entry.factory(study.results(), entry.options.model_validate(component.all_options))
-                    if not isinstance(result, AnalysisResult):
-                        raise TypeError(f"returned {type(result).__name__}, not an AnalysisResult")
-                    outcomes.append((component, result))
-                except Exception as exc:
-                    outcomes.append((component, f"analysis {component.name!r} failed: {type(exc).__name__}: {exc}"))
-            self.analyses[study.name] = outcomes
+            readings = study.readings()
+            if readings:
+                self.readings[study.name] = {
+                    reading: self._run_analyses(study, study.results(reading)) for reading in readings
+                }
+            else:
+                self.analyses[study.name] = self._run_analyses(study, study.results())
         return self
 
-    def value(self, study: str, name: str) -> Estimate | None:
+    def outcomes(self, study: str) -> Iterator[tuple[str, Outcome]]:
+        """``(reading label, outcome)`` of every analysis of ``study`` (label empty without readings)."""
+        runs = next((s for s in self.studies if s.name == study), None)
+        labels = runs.readings() if runs is not None else {}
+        if study in self.readings:
+            for reading, outcomes in self.readings[study].items():
+                for outcome in outcomes:
+                    yield labels.get(reading, reading), outcome
+        for outcome in self.analyses.get(study, []):
+            yield "", outcome
+
+    def _results_at(self, study: str, reading: str) -> list[Outcome]:
+        if study in self.readings:
+            return self.readings[study].get(reading, [])
+        return self.analyses.get(study, [])
+
+    def value(self, study: str, name: str, reading: str = "") -> Estimate | None:
         """The value ``name`` of ``study``'s analyses (the first analysis reporting it), as an estimate."""
-        for _, result in self.analyses.get(study, []):
+        for _, result in self._results_at(study, reading):
             if isinstance(result, AnalysisResult) and name in result.values:
                 return as_estimate(result.values[name])
         return None
 
     def reported_values(self, study: str) -> set[str]:
-        """The names of the values ``study``'s analyses reported."""
-        return {name for _, r in self.analyses.get(study, []) if isinstance(r, AnalysisResult) for name in r.values}
+        """The names of the values ``study``'s analyses reported (at any reading)."""
+        return {name for _, (_, r) in self.outcomes(study) if isinstance(r, AnalysisResult) for name in r.values}
 
-    def claims_rows(self) -> list[list[Any]]:
-        """A row per claim: claim, study, measured, interval, threshold, source, verdict."""
-        rows = []
-        for claim in self.claims:
-            estimate = self.value(claim.study, claim.value)
-            decision, reason = verdict(estimate, claim.at_least, claim.at_most, claim.confidence)
-            reported = self.reported_values(claim.study)
-            if estimate is None and reported and claim.value not in reported:
-                shown_names = ", ".join(sorted(reported)[:12]) + (", ..." if len(reported) > 12 else "")
-                reason = f"its analyses report no value {claim.value!r} (a typo?); they report: {shown_names}"
-            shown = "—" if estimate is None else _number(estimate.value)
-            if estimate is None:
-                spread = ""
-            elif not estimate.replicates:
-                spread = f"point value: {estimate.basis}" if estimate.basis else "point value"
-            else:
-                bounds = interval(estimate, claim.confidence)
-                n = len(estimate.replicates)
-                spread = (
-                    f"n={n}, no interval"
-                    if bounds is None
-                    else f"[{_number(bounds.low)}, {_number(bounds.high)}] ({100 * claim.confidence:g}%, n={n})"
+    def _study_readings(self, study: str) -> list[str]:
+        return list(self.readings[study]) if study in self.readings else [""]
+
+    def _missing_reason(self, test: _Test) -> str:
+        reported = self.reported_values(test.study)
+        if not reported or test.value in reported:
+            return ""
+        for axis, dropped in self.unprofiled.get(test.study, {}).items():
+            named = [v for v in dropped if v in test.value.split(".")]
+            if named:
+                return (
+                    f"this profile does not run {axis} = {', '.join(named)}, which the value needs "
+                    "(the manifest without a profile does)"
                 )
-            label = decision + (f" ({reason})" if reason else "")
+        shown = ", ".join(sorted(reported)[:12]) + (", ..." if len(reported) > 12 else "")
+        return f"its analyses report no value {test.value!r}; they report: {shown}"
+
+    def _decide(self, test: _Test, reading: str) -> Decision:
+        estimate = self.value(test.study, test.value, reading)
+        decision, reason = verdict(estimate, test.at_least, test.at_most, test.confidence)
+        if estimate is None:
+            reason = self._missing_reason(test) or reason
+        runs = next((st for st in self.studies if st.name == test.study), None)
+        shown = runs.readings().get(reading, reading) if runs is not None else reading
+        return Decision(test, reading, shown, estimate, decision, reason)
+
+    def check_decisions(self) -> list[Decision]:
+        return [self._decide(check, r) for check in self.checks for r in self._study_readings(check.study)]
+
+    def claim_decisions(self) -> list[Decision]:
+        """Every claim at every reading of its study, preconditions applied."""
+        checks = {c.key: c for c in self.checks}
+        out = []
+        for claim in self.claims:
+            for reading in self._study_readings(claim.study):
+                decision = self._decide(claim, reading)
+                unmet = []
+                for key in claim.requires:
+                    check = checks.get(key)
+                    if check is None:
+                        continue
+                    required = self._check_summary(check, reading)
+                    if not required.startswith("holds at every") and required != "holds":
+                        unmet.append(f"{key}: {required}")
+                if unmet and decision.verdict != "not measured":
+                    failed = any("does not hold" in u for u in unmet)
+                    reason = ("precondition failed: " if failed else "precondition not established: ") + "; ".join(
+                        unmet
+                    )
+                    decision = replace(
+                        decision, verdict="inconclusive", reason=f"{reason}; on its own: {decision.label}"
+                    )
+                out.append(decision)
+        return out
+
+    def _check_summary(self, check: CheckSpec, reading: str) -> str:
+        """A required check's verdict at the claim's reading, or over all its study's readings."""
+        at_reading = self.readings.get(check.study, {})
+        readings = [reading] if reading in at_reading else self._study_readings(check.study)
+        return self._summary([self._decide(check, r) for r in readings])
+
+    @staticmethod
+    def _summary(decisions: list[Decision]) -> str:
+        """One verdict over readings: 'holds' without readings, else 'holds at every reading (n)',
+        'holds at A, B only (...)', 'does not hold at any reading (n)' or 'inconclusive at every ...'."""
+        if len(decisions) == 1 and not decisions[0].reading:
+            return decisions[0].verdict
+        by: dict[str, list[str]] = {}
+        for d in decisions:
+            by.setdefault(d.verdict, []).append(d.shown)
+        n = len(decisions)
+        if len(by) == 1:
+            only = next(iter(by))
+            where = "any" if only == "does not hold" else "every"
+            return f"{only} at {where} reading ({n})"
+        parts = [f"holds at {', '.join(by['holds'])} only"] if "holds" in by else ["holds at no reading"]
+        parts += [f"{v} at {', '.join(rs)}" for v, rs in by.items() if v != "holds"]
+        return "; ".join(parts)
+
+    def summaries(self) -> list[tuple[_Test, str]]:
+        """Each claim's verdict over its readings (``_summary``)."""
+        decisions = self.claim_decisions()
+        return [(claim, self._summary([d for d in decisions if d.test is claim])) for claim in self.claims]
+
+    def registration(self, test: _Test) -> str:
+        """'pre-registered DATE', 'post hoc (...)' or '' when its study has no results yet."""
+        found = self.registrations.get((test.key, definition_hash(test.definition())))
+        if found is not None:
+            at, before = found
+            date = time.strftime("%Y-%m-%d", time.gmtime(at))
+            return f"pre-registered {date}" if before == 0 else f"post hoc (defined {date}, after {before} results)"
+        if not self.results_held.get(test.study):
+            return ""
+        return "post hoc (this definition was never registered before results: edited after them)"
+
+    def _rows(self, decisions: list[Decision], verbose: bool) -> list[list[Any]]:
+        rows = []
+        for d in decisions:
+            test = d.test
+            estimate = d.estimate
+            unit = f" {estimate.unit}" if estimate is not None and estimate.unit else ""
+            shown = "—" if estimate is None else _number(estimate.value) + unit
+            spread = _spread(estimate, test.confidence)
+            label = d.label
+            registered = self.registration(test)
+            if registered.startswith("post hoc"):
+                label += " [post hoc]"
             if self.scale_note:
                 label += f" [{self.scale_note}]"
-            rows.append(
-                [
-                    claim.claim,
-                    claim.study,
-                    f"{claim.value} = {shown}",
-                    spread,
-                    claim.threshold(),
-                    claim.source or "not given",
-                    label,
-                ]
-            )
+            row = [test.key, d.shown, shown, spread, test.threshold(), label]
+            if verbose:
+                text = test.claim if isinstance(test, ClaimSpec) else test.check
+                kind = "claim" if isinstance(test, ClaimSpec) else test.kind
+                row = [text, kind, test.study, *row, test.source or "not given", registered]
+            rows.append(row)
         return rows
+
+    def claims_rows(self, verbose: bool = True) -> list[list[Any]]:
+        """A row per claim and reading: (verbose: claim, kind, study,) id, reading, measured, interval,
+        threshold, verdict (, verbose: source, registered)."""
+        return self._rows(self.claim_decisions(), verbose)
+
+    def checks_rows(self, verbose: bool = True) -> list[list[Any]]:
+        return self._rows(self.check_decisions(), verbose)
+
+    def findings_rows(self) -> list[list[Any]]:
+        """Key findings: each claim's verdict over readings, the claim in words."""
+        return [[claim.key, claim.study, summary, claim.claim] for claim, summary in self.summaries()]
 
     @property
     def claims_title(self) -> str:
         return f"Claims ({self.scale_note})" if self.scale_note else "Claims"
 
-    def render(self, fmt: str = "github") -> str:
-        """All tables in ``fmt``: github, latex, plain or csv."""
+    def render(self, fmt: str = "github", verbose: bool = False) -> str:
+        """All tables in ``fmt``: github, latex, plain or csv. The terminal formats show the compact
+        claims table (id, reading, value with unit, interval, threshold, verdict) unless ``verbose``."""
         if fmt == "csv":
             return self._render_csv()
         tablefmt = {"latex": "latex_booktabs"}.get(fmt, fmt)
+        verbose = verbose or fmt == "latex"
         sections = []
         for study in self.studies:
             text = [_heading(study.name, fmt, 2)]
@@ -150,17 +341,24 @@ class Report:
             pending = study.pending
             if pending and fmt != "latex":
                 text.append(f"({pending} of {len(study.planned)} runs not yet run)")
-            for _, result in self.analyses.get(study.name, []):
+            for reading, (_, result) in self.outcomes(study.name):
                 if isinstance(result, str):
                     text.append(result)
                     continue
                 for table in result.tables:
-                    text.append(_heading(table.title, fmt, 3))
+                    title = f"{table.title} [reading: {reading}]" if reading else table.title
+                    text.append(_heading(title, fmt, 3))
                     text.append(tabulate(table.rows, headers=table.headers, tablefmt=tablefmt))
             sections.append("\n\n".join(text))
+        headers = claim_headers(verbose)
         if self.claims:
+            sections.append(_heading(f"Key findings{f' ({self.scale_note})' if self.scale_note else ''}", fmt, 2))
+            sections.append(tabulate(self.findings_rows(), headers=FINDINGS_HEADERS, tablefmt=tablefmt))
             sections.append(_heading(self.claims_title, fmt, 2))
-            sections.append(tabulate(self.claims_rows(), headers=CLAIM_HEADERS, tablefmt=tablefmt))
+            sections.append(tabulate(self.claims_rows(verbose), headers=headers, tablefmt=tablefmt))
+        if self.checks:
+            sections.append(_heading("Checks (identities, preconditions, guards: not findings)", fmt, 2))
+            sections.append(tabulate(self.checks_rows(verbose), headers=headers, tablefmt=tablefmt))
         return "\n\n".join(sections) + "\n"
 
     def _render_csv(self) -> str:
@@ -171,26 +369,28 @@ class Report:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for study in self.studies:
-            for component, result in self.analyses.get(study.name, []):
+            for reading, (component, result) in self.outcomes(study.name):
                 if not isinstance(result, AnalysisResult):
                     continue
                 for table in result.tables:
-                    if component.name in standard and table.records is not None:
+                    if component.name in standard and table.records is not None and not reading:
                         combined += [(study, record) for record in table.records]
                         continue
                     writer.writerow([])
-                    writer.writerow([f"# {study.name}: {table.title}"])
+                    writer.writerow([f"# {study.name}: {table.title}" + (f" [reading: {reading}]" if reading else "")])
                     writer.writerow(table.headers)
                     writer.writerows(table.rows)
-        if self.claims:
-            writer.writerow([])
-            writer.writerow([f"# {self.claims_title}"])
-            writer.writerow(CLAIM_HEADERS)
-            writer.writerows(self.claims_rows())
+        for title, rows in ((self.claims_title, self.claims_rows()), ("Checks", self.checks_rows())):
+            if rows:
+                writer.writerow([])
+                writer.writerow([f"# {title}"])
+                writer.writerow(claim_headers(True))
+                writer.writerows(rows)
         return _combined_csv(combined) + buffer.getvalue()
 
     def figure_images(self, study: StudyRuns) -> Iterator[tuple[str, bytes]]:
-        """Each figure of ``study``'s analyses as ``(name, PNG bytes)``, drawn with matplotlib."""
+        """Each figure of ``study``'s analyses as ``(name, PNG bytes)``, drawn with matplotlib; a study
+        with readings draws them at its first reading (its figures' names say which)."""
         try:
             import matplotlib
         except ImportError:
@@ -199,13 +399,16 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        for _, result in self.analyses.get(study.name, []):
-            if not isinstance(result, AnalysisResult):
+        first = next(iter(study.readings().values()), "")
+        for reading, (_, result) in self.outcomes(study.name):
+            if not isinstance(result, AnalysisResult) or reading != first:
                 continue
             for figure in result.figures:
                 fig = plt.figure(figsize=(6.4, 4.8))
                 try:
                     figure.draw(fig)
+                    if reading:
+                        fig.suptitle(f"reading: {reading}", fontsize="small", y=1.02)
                     buffer = io.BytesIO()
                     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
                 finally:
@@ -224,7 +427,24 @@ class Report:
         return written
 
 
-CLAIM_HEADERS = ["claim", "study", "measured", "interval", "threshold", "source", "verdict"]
+COMPACT_HEADERS = ["id", "reading", "measured", "interval", "threshold", "verdict"]
+CLAIM_HEADERS = ["claim", "kind", "study", *COMPACT_HEADERS, "source", "registered"]
+FINDINGS_HEADERS = ["id", "study", "verdict", "claim"]
+
+
+def claim_headers(verbose: bool) -> list[str]:
+    return CLAIM_HEADERS if verbose else COMPACT_HEADERS
+
+
+def _spread(estimate: Estimate | None, confidence: float) -> str:
+    if estimate is None:
+        return ""
+    if not estimate.replicates:
+        return f"point value: {estimate.basis}" if estimate.basis else "point value"
+    bounds = interval(estimate, confidence)
+    if bounds is None:
+        return f"n={len(estimate.replicates)}, no interval"
+    return bounds.text(_number)
 
 
 def _combined_csv(rows: list[tuple[StudyRuns, dict[str, Any]]]) -> str:
@@ -270,11 +490,51 @@ def from_manifest(manifest: Manifest, store: Store, registry: Registry) -> Repor
             stored={r.run_id: replace(stored[r.run_id], axes=r.axes) for r in study.runs if r.run_id in stored},
             description=study.description,
             analyses=study.analyses,
+            reading_axis=study.reading_axis,
         )
         for study in manifest.studies
     ]
     note = manifest.settings.profile_notes.get(manifest.profile or "", "")
-    return Report(studies, registry, manifest.claims, scale_note=note).analyze()
+    report = Report(
+        studies,
+        registry,
+        manifest.claims,
+        manifest.checks,
+        scale_note=note,
+        registrations=store.registrations(),
+        results_held={s.name: sum(r.status in FINISHED for r in s.stored.values()) for s in studies},
+        unprofiled=_dropped_by_profile(manifest, registry),
+    )
+    return report.analyze()
+
+
+def _spec_value(spec: dict[str, Any], axis: str) -> str:
+    node: Any = spec
+    for part in axis.split("."):
+        node = node.get(part, node.get("options", {}).get(part)) if isinstance(node, dict) else None
+    return str(node["name"] if isinstance(node, dict) and "name" in node else node)
+
+
+def _dropped_by_profile(manifest: Manifest, registry: Registry) -> dict[str, dict[str, list[str]]]:
+    """Study → axis → the axis values the manifest without a profile has and this profile drops."""
+    if manifest.profile is None:
+        return {}
+    try:
+        full = load_manifest(manifest.path, None, registry=registry)
+    except BnbenchError:  # the full protocol may need what this machine lacks: nothing to compare
+        return {}
+    out: dict[str, dict[str, list[str]]] = {}
+    for study in manifest.studies:
+        base = next((s for s in full.studies if s.name == study.name), None)
+        if base is None:
+            continue
+        for axis in base.axes:
+            have = {str(r.axes[axis]) if axis in r.axes else _spec_value(r.spec.model_dump(mode="json"), axis)
+                    for r in study.runs}  # fmt: skip
+            dropped = [str(v) for v in dict.fromkeys(r.axes.get(axis) for r in base.runs) if str(v) not in have]
+            if dropped:
+                out.setdefault(study.name, {})[axis] = dropped
+    return out
 
 
 def from_store(store: Store, registry: Registry) -> Report:

@@ -221,6 +221,13 @@ class StudyHeader(BaseModel):
         "float tolerance. 1: one by one. Pays off where one run leaves the device idle (small models on a GPU).",
     )
 
+    reading_axis: str = Field(
+        "",
+        description="An axis whose values are readings of a choice the paper leaves open (an initialization): the "
+        "study's analyses run once per value, the report shows each, and every claim on the study is decided at "
+        "each reading and summarized ('holds at every reading', 'holds at ... only', 'does not hold'). Empty: none.",
+    )
+
     @field_validator("name")
     @classmethod
     def _printable(cls, name: str) -> str:
@@ -248,7 +255,7 @@ class StudyHeader(BaseModel):
         return seeds
 
 
-STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses", "enabled", "pack")
+STUDY_ONLY_FIELDS = ("name", "description", "seeds", "analyses", "enabled", "pack", "reading_axis")
 """Study fields that are not fields of a run (``seeds`` expands into each run's ``seed``;
 ``enabled = false`` leaves a study out, so a profile can run a subset of the manifest)."""
 
@@ -360,17 +367,21 @@ def check_path(text: str) -> str:
     return text
 
 
-class ClaimSpec(StrictModel):
-    """A claim of a paper, tested against a value an analysis of a study reports."""
+class _Test(StrictModel):
+    """What a claim and a check share: a value of a study's analyses and the bounds it is tested against."""
 
-    claim: str = Field(min_length=1, description="The claim in words, as the report shows it.")
+    id: str = Field(
+        "",
+        max_length=200,
+        description="A name to refer to it by (a claim's `requires`); default: the value's name.",
+    )
     study: str = Field(min_length=1, description="The study whose analyses report the value.")
     value: str = Field(min_length=1, description="Name of the value (see the analysis' documentation).")
-    at_least: float | None = Field(None, description="The claim holds if the value is >= this.")
-    at_most: float | None = Field(None, description="The claim holds if the value is <= this.")
+    at_least: float | None = Field(None, description="It holds if the value is >= this (in the value's unit).")
+    at_most: float | None = Field(None, description="It holds if the value is <= this (in the value's unit).")
     source: str = Field(
         "",
-        description="Where the claim and its threshold come from: a figure, table or section of the paper, "
+        description="Where it and its threshold come from: a figure, table or section of the paper, "
         "or 'our reading: <why>'. The report shows it.",
     )
     confidence: float = Field(
@@ -378,18 +389,49 @@ class ClaimSpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _threshold(self) -> ClaimSpec:
+    def _threshold(self) -> _Test:
         if self.at_least is None and self.at_most is None:
             raise ValueError("a claim needs a threshold: at_least, at_most or both")
         if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
             raise ValueError(f"at_least ({self.at_least:g}) is larger than at_most ({self.at_most:g})")
         return self
 
+    @property
+    def key(self) -> str:
+        """The id, or the value's name when none is given."""
+        return self.id or self.value
+
     def threshold(self) -> str:
         parts = ([f">= {self.at_least:g}"] if self.at_least is not None else []) + (
             [f"<= {self.at_most:g}"] if self.at_most is not None else []
         )
         return " and ".join(parts)
+
+    def definition(self) -> dict[str, Any]:
+        """What the claim says, for pre-registration: text, value, thresholds and confidence."""
+        return self.model_dump(mode="json")
+
+
+class ClaimSpec(_Test):
+    """A claim of a paper, tested against a value an analysis of a study reports."""
+
+    claim: str = Field(min_length=1, description="The claim in words, as the report shows it.")
+    requires: list[str] = Field(
+        default_factory=list,
+        description="Ids of [[checks]] that must pass for the verdict to count (a fairness guard, a reading's "
+        "precondition): when one fails or is not established the verdict reads 'inconclusive (precondition ...)'.",
+    )
+
+
+class CheckSpec(_Test):
+    """A check: a test that cannot speak for the paper (an identity of a simulator, the criterion a
+    reading was chosen by, a fairness guard), shown apart from the claims; claims may require it."""
+
+    check: str = Field(min_length=1, description="What is checked, in words, as the report shows it.")
+    kind: Literal["identity", "precondition", "guard"] = Field(
+        description="identity: the software against a closed form (cannot fail for the paper's reasons); "
+        "precondition: a criterion by which a reading was chosen; guard: a condition a comparison needs to be fair."
+    )
 
 
 class ManifestFile(StrictModel):
@@ -399,6 +441,10 @@ class ManifestFile(StrictModel):
     studies: list[dict[str, Any]] = Field(min_length=1, description="The [[studies]] tables.")
     claims: list[ClaimSpec] = Field(
         default_factory=list, description="[[claims]]: thresholds on values reported by analyses."
+    )
+    checks: list[CheckSpec] = Field(
+        default_factory=list,
+        description="[[checks]]: identities, preconditions and guards, shown apart from the claims.",
     )
     profiles: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,

@@ -7,6 +7,7 @@ when it ends, so a run interrupted midway is never recorded as done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -20,14 +21,28 @@ from typing import Any
 from harness.errors import StoreError
 from harness.records import FINISHED, EpochRecord, PlannedRun, RunRecord, RunResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+REGISTRATIONS = """CREATE TABLE IF NOT EXISTS registrations (
+    key TEXT NOT NULL,
+    study TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    results_before INTEGER NOT NULL,
+    PRIMARY KEY (key, hash)
+)"""
 
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE runs ADD COLUMN measurements TEXT"],
+    3: [REGISTRATIONS],
 }
+READABLE_VERSIONS = (2, 3)
+"""Versions a read-only command reads as they are (a version-2 store has no registrations)."""
 """Version → the statements that bring a store of the version before it up to it."""
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -59,6 +74,14 @@ CREATE TABLE IF NOT EXISTS epochs (
     PRIMARY KEY (run_id, epoch, name)
 );
 """
+    + REGISTRATIONS
+    + ";"
+)
+
+
+def definition_hash(definition: dict[str, Any]) -> str:
+    """The hash a claim's definition is registered under (SHA-256 of its sorted JSON)."""
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
 def _owner() -> str:
@@ -112,7 +135,7 @@ class Store:
             raise StoreError(f"cannot read results store {self.path}: {exc} (is the file damaged?)") from exc
         if version is None:
             raise StoreError(f"{self.path} is not a bnbench results store")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreError(
                 f"results store {self.path} has schema version {version}; this bnbench reads {SCHEMA_VERSION}"
                 + (" (`bnbench run` migrates it; this command only reads)" if version < SCHEMA_VERSION else "")
@@ -170,6 +193,37 @@ class Store:
                 "INSERT OR REPLACE INTO study_runs VALUES (?, ?, ?)",
                 [(r.study, r.run_id, json.dumps(r.axes, sort_keys=False)) for r in runs],
             )
+
+    def register(self, tests: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Pre-register claims and checks as ``(key, study, definition)``: each definition not yet
+        recorded under its key is recorded with its hash, the time, and how many finished results
+        of its study the store held then (0: registered before any result, a tested prediction)."""
+        with self.transaction():
+            for key, study, definition in tests:
+                digest = definition_hash(definition)
+                if self.db.execute("SELECT 1 FROM registrations WHERE key = ? AND hash = ?", (key, digest)).fetchone():
+                    continue
+                self.db.execute(
+                    "INSERT INTO registrations VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, study, digest, json.dumps(definition, sort_keys=True), time.time(), self.finished_in(study)),
+                )
+
+    def registrations(self) -> dict[tuple[str, str], tuple[float, int]]:
+        """``(key, hash)`` → ``(registered at, finished results of its study then)``."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'registrations'").fetchone():
+            return {}
+        rows = self.db.execute("SELECT key, hash, registered_at, results_before FROM registrations")
+        return {(key, digest): (at, before) for key, digest, at, before in rows}
+
+    def finished_in(self, study: str) -> int:
+        """How many finished results the store holds of ``study``."""
+        finished = ",".join(f"'{status}'" for status in FINISHED)
+        (count,) = self.db.execute(
+            "SELECT count(*) FROM study_runs JOIN runs ON runs.id = study_runs.run_id "
+            f"WHERE study_runs.study = ? AND runs.status IN ({finished})",
+            (study,),
+        ).fetchone()
+        return int(count)
 
     def claim(
         self, planned: PlannedRun, *, stale_after: float = 3600.0, replace_finished_before: float | None = None

@@ -135,6 +135,7 @@ def run_manifest(
     check_runs(runs, registry, str(manifest.path))  # before anything is recorded
     with Store(manifest.results_path) as store:
         store.link(runs)
+        store.register((t.key, t.study, t.definition()) for t in [*manifest.claims, *manifest.checks])
         statuses = store.statuses(r.run_id for r in unique_runs(runs))
         pending = pending_runs(runs, statuses, rerun)
         summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
