@@ -138,7 +138,7 @@ def test_bad_fields_name_file_study_field_and_allowed(write_manifest, registry, 
 
 def test_unknown_top_level_and_harness_fields(write_manifest, registry):
     error = error_of(write_manifest(tiny_manifest() + "\n[harnes]\nx = 1\n"), registry)
-    assert error.field == "harnes" and "allowed fields: claims, harness, profiles, studies" in str(error)
+    assert error.field == "harnes" and "allowed fields: checks, claims, harness, profiles, studies" in str(error)
     error = error_of(write_manifest(tiny_manifest().replace('device = "cpu"', 'device = "tpu"')), registry)
     assert error.field == "harness.device" and "'auto', 'cpu' or 'cuda'" in str(error)
 

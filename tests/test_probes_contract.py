@@ -13,7 +13,7 @@ from harness.cli import main
 from harness.errors import ManifestError
 from harness.manifest import load_manifest
 from harness.registry import load_registry
-from harness.report import from_manifest
+from harness.report import CLAIM_HEADERS, from_manifest
 from harness.store import SCHEMA_VERSION, Store
 from harness.sweep import run_manifest
 
@@ -106,10 +106,11 @@ def test_probe_study_runs_without_training_and_reports(write_manifest, probe_reg
     assert all(m["per_class"] == [0, 1, 2] and m["logit_norm"] > 0 for m in measured)
     text = report.render("github")
     assert "### Logit norms" in text and "final test acc" not in text
-    (holds, missing) = report.claims_rows()
-    assert holds[-1].split(" (")[0] in ("holds", "does not hold") and holds[2].startswith("ratio = ")
-    assert holds[3] == "point value: the analysis gave no replicates"  # a plain number
-    assert missing[-1].startswith("not measured")
+    (holds, missing) = (dict(zip(CLAIM_HEADERS, row, strict=True)) for row in report.claims_rows())
+    assert holds["verdict"].split(" (")[0].split(" [")[0] in ("holds", "does not hold") and holds["id"] == "ratio"
+    assert holds["interval"] == "point value: the analysis gave no replicates"  # a plain number
+    assert holds["registered"].startswith("pre-registered ")  # the run registered the claims before any result
+    assert missing["verdict"].startswith("not measured")
     figures = report.save_figures(tmp_path / "figs")
     assert [p.name for p in figures] == ["logits__logit_norms.png"]
     assert figures[0].read_bytes()[:4] == b"\x89PNG"

@@ -50,7 +50,7 @@ def test_the_page_holds_every_table_figure_and_claim_and_links_nothing_outside(p
     tables = sum(
         len(r.tables) for outcomes in probe_report.analyses.values() for _, r in outcomes if hasattr(r, "tables")
     )
-    assert len(page.of("table")) == tables + 1  # the analyses' tables and the claims
+    assert len(page.of("table")) == tables + 2  # the analyses' tables, the key findings and the claims
     images = page.of("img")
     assert len(images) == 1 and images[0]["alt"] == "logit_norms"
     assert all((img["src"] or "").startswith("data:image/png;base64,") for img in images)

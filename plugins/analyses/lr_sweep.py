@@ -14,16 +14,20 @@ from pydantic import Field
 
 from harness.analysis import (
     axis_value,
+    bracket_ratio,
+    bracketed,
     finished,
     finite_or_nan,
     fmt,
+    grid_bracket,
     group_runs,
     mean,
     mean_curve,
     over_seeds,
     paired_difference,
-    paired_ratio,
     put,
+    ratio_of_means,
+    share,
 )
 from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
 from plugins.probes.common import CompareOptions, panel_grid
@@ -42,11 +46,28 @@ class LrSweepOptions(CompareOptions):
         "final", description="final: the metric after the last epoch (the paper's); best: its maximum over epochs."
     )
     lr_axis: str = Field(LR_AXIS, description="The study's learning-rate axis.")
+    learned_margin: float = Field(
+        0.1,
+        ge=0,
+        description="A run learned when its final training loss is below ln(classes) minus this (nats): "
+        "`learned_share.<group>.lr=<lr>`. 'Trains' in the paper means learning, not only not diverging.",
+    )
+    classes: int = Field(10, gt=1, description="Classes, for ln(classes) when the dataset's options do not say.")
     matched_lr: float | None = Field(
         1e-4,
         description="The matched-lr control (Bjorck et al. Fig. 1): normalized and unnormalized compared at this "
         "same small learning rate. None: no control.",
     )
+
+
+def _learned(run: RunRecord, options: LrSweepOptions) -> bool:
+    """Whether a run learned: it finished and its final training loss is below ln(classes) by the
+    margin (a run that neither diverged nor learned sits at the uniform prediction's loss)."""
+    if run.status != "done":
+        return False
+    loss = run.final("train_loss")
+    classes = (run.spec.get("dataset") or {}).get("options", {}).get("num_classes") or options.classes
+    return loss is not None and loss < math.log(classes) - options.learned_margin
 
 
 def _statistic(run: RunRecord, metric: str, options: LrSweepOptions) -> float | None:
@@ -170,31 +191,44 @@ def lr_sweep(study: StudyResults, options: LrSweepOptions) -> AnalysisResult:
                 if not runs
                 else f"{fmt(None if score is None else 100 * score, 4)}" + (f" ({down} div)" if down else "")
             )
-        accuracy = over_seeds(v for _, v in at_best[label].values())
-        rows.append([label, *cells, fmt(best_lr), fmt(None if accuracy is None else 100 * accuracy.value, 4)])
+        accuracy = over_seeds((100 * v for _, v in at_best[label].values()), unit="%")
+        rows.append([label, *cells, fmt(best_lr), fmt(None if accuracy is None else accuracy.value, 4)])
         put(values, f"accuracy.{label}", accuracy)
-        put(values, f"best_lr.{label}", over_seeds((lr for lr, _ in at_best[label].values()), scale="log"))
+        grid = sorted(by_lr)
+        chosen = [lr for lr, _ in at_best[label].values()]
+        put(values, f"best_lr.{label}", bracketed(chosen, [grid_bracket(lr, grid, "argmax") for lr in chosen]))
         put(values, f"largest_stable_lr.{label}", max(stable) if stable else None)
         values[f"diverged_runs.{label}"] = float(diverged)
         for lr, runs in by_lr.items():
-            put(values, f"diverged_share.{label}.lr={lr:g}", over_seeds(float(r.status == "diverged") for r in runs))
+            put(values, f"diverged_share.{label}.lr={lr:g}", share(r.status == "diverged" for r in runs))
+            put(values, f"learned_share.{label}.lr={lr:g}", share(_learned(r, options) for r in runs))
         if options.matched_lr is not None:
-            put(
-                values,
-                f"accuracy_at_matched_lr.{label}",
-                over_seeds(per_seed_at(by_lr, options.matched_lr, options).values()),
-            )
+            at_matched = per_seed_at(by_lr, options.matched_lr, options)
+            put(values, f"accuracy_at_matched_lr.{label}", over_seeds((100 * v for v in at_matched.values()), unit="%"))
     normalized, unnormalized = table.get(options.normalized), table.get(options.unnormalized)
     if normalized and unnormalized:
         n, u = at_best[options.normalized], at_best[options.unnormalized]
-        lrs_n, lrs_u = ({s: lr for s, (lr, _) in g.items()} for g in (n, u))
-        acc_n, acc_u = ({s: acc for s, (_, acc) in g.items()} for g in (n, u))
-        put(values, "best_lr_ratio", paired_ratio(lrs_n, lrs_u))
-        put(values, "accuracy_gain", paired_difference(acc_n, acc_u))
+        grid_n, grid_u = sorted(normalized), sorted(unnormalized)
+        seeds = sorted(n.keys() & u.keys())
+        put(
+            values,
+            "best_lr_ratio",
+            bracketed(
+                [n[s][0] / u[s][0] for s in seeds],
+                [
+                    bracket_ratio(grid_bracket(n[s][0], grid_n, "argmax"), grid_bracket(u[s][0], grid_u, "argmax"))
+                    for s in seeds
+                ],
+                unit="x",
+            ),
+        )
+        acc_n, acc_u = ({s: 100 * acc for s, (_, acc) in g.items()} for g in (n, u))
+        put(values, "accuracy_gain", paired_difference(acc_n, acc_u, unit="points"))
         if options.matched_lr is not None:
             gain = paired_difference(
-                per_seed_at(normalized, options.matched_lr, options),
-                per_seed_at(unnormalized, options.matched_lr, options),
+                {s: 100 * v for s, v in per_seed_at(normalized, options.matched_lr, options).items()},
+                {s: 100 * v for s, v in per_seed_at(unnormalized, options.matched_lr, options).items()},
+                unit="points",
             )
             put(values, "accuracy_gain_at_matched_lr", gain)
     metric = f"{options.statistic} {options.metric.replace('_', ' ')} %"
@@ -274,9 +308,10 @@ def placement_share(study: StudyResults, options: PlacementShareOptions) -> Anal
     """Share of BN's benefit that normalizing only the final layer recovers (Bjorck et al., RQ4).
 
     Per seed, at each placement's best learning rate for that seed (chosen on ``select_on``):
-    ``gain = acc[full] − acc[baseline]`` and, when that gain is positive (else there is no
-    benefit to share), ``share = (acc[partial] − acc[baseline]) / gain``. Values (Estimates over
-    seeds): ``normalization_gain`` and ``final_layer_share``.
+    ``gain = acc[full] − acc[baseline]`` and ``partial = acc[partial] − acc[baseline]`` (points).
+    Values: ``normalization_gain`` (Estimate over seeds) and ``final_layer_share``, the ratio of
+    the mean partial gain to the mean gain over every seed (a seed where BN does not help counts),
+    with Fieller's interval (``harness.intervals``).
     """
     table = sweep_table(study, options)
     if not table:
@@ -284,11 +319,12 @@ def placement_share(study: StudyResults, options: PlacementShareOptions) -> Anal
     at_best = {label: per_seed_at_best(by_lr, options) for label, by_lr in table.items()}
     empty: dict[int, tuple[float, float]] = {}
     full, partial, base = (at_best.get(k, empty) for k in (options.full, options.partial, options.baseline))
-    gains = {s: full[s][1] - base[s][1] for s in full.keys() & base.keys()}
-    shares = [(partial[s][1] - base[s][1]) / gains[s] for s in sorted(gains.keys() & partial.keys()) if gains[s] > 0]
+    gains = {s: 100 * (full[s][1] - base[s][1]) for s in full.keys() & base.keys()}
+    partial_gains = {s: 100 * (partial[s][1] - base[s][1]) for s in partial.keys() & base.keys()}
     values: dict[str, ClaimValue] = {}
-    put(values, "normalization_gain", over_seeds(gains.values()))
-    put(values, "final_layer_share", over_seeds(shares))
+    put(values, "normalization_gain", over_seeds(gains.values(), unit="points"))
+    # every seed counts, a seed where BN does not help too: the ratio of the mean gains (Fieller)
+    put(values, "final_layer_share", ratio_of_means(partial_gains, gains, unit="of BN's gain"))
     accuracy = {label: over_seeds(v for _, v in at_best.get(label, empty).values()) for label in table}
     base_acc = accuracy.get(options.baseline)
     rows = []

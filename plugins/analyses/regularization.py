@@ -21,9 +21,11 @@ or half the weight decay on γ, whatever the noise (``plugins.metrics.geometry``
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import Field
@@ -43,7 +45,9 @@ from harness.analysis import (
     pm,
     point,
     put,
+    rank_trend,
     runs_by_seed,
+    share,
     spearman,
 )
 from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
@@ -336,6 +340,9 @@ class TunedL2Options(Options):
     undertrained_nats: float = Field(
         0.1, ge=0, description="…and by more than this many nats (both conditions, per seed and noise level)."
     )
+    geometry_metric: str = Field(
+        "weight_geometry.layer0", description="Prefix of the first layer's recorded geometry (the function match)."
+    )
 
 
 def tune(
@@ -425,6 +432,58 @@ def _complete(per_level: Mapping[float, Mapping[int, float]]) -> dict[int, list[
     return {s: [per_level[level][s] for level in levels] for s in sorted(seeds)}
 
 
+def l2_effect(runs: list[RunRecord], options: TunedL2Options) -> tuple[float, float] | None:
+    """How much weight decay moves accuracy at one level, against the seed spread: ``(range over the
+    decay grid of the mean-over-seeds selection accuracy, mean over decays of its std over seeds)``,
+    in points; ``None`` with fewer than two decays or seeds."""
+    by_decay = grouped(runs, lambda r: float(axis_value(r, options.decay_axis) or 0.0))
+    means, spreads = [], []
+    for members in by_decay.values():
+        scores = [v for r in members if (v := score(r, options.selection_metric)) is not None]
+        if len(scores) < 2:
+            return None
+        means.append(100 * statistics.fmean(scores))
+        spreads.append(100 * statistics.stdev(scores))
+    if len(means) < 2:
+        return None
+    return max(means) - min(means), statistics.fmean(spreads)
+
+
+def _first_layer_norm(runs: list[RunRecord], options: TunedL2Options, quantity: str) -> float | None:
+    return mean(r.final(f"{options.geometry_metric}.{quantity}.median") for r in runs)
+
+
+def kappa_match(runs: list[RunRecord], target: float | None, options: TunedL2Options) -> tuple[float, str] | None:
+    """The weight decay at which one seed's unnormalized net has the first-layer row norm ``target``
+    (BN's folded ‖v‖, median over units): log-linear interpolation of ‖w‖ over the decay grid (the
+    lowest decay counting as the grid's first point); at the grid's ends, the end and a basis saying
+    it is censored. ``None`` when the norms were not recorded."""
+    if target is None:
+        return None
+    by_decay = grouped(runs, lambda r: float(axis_value(r, options.decay_axis) or 0.0))
+    points = sorted(
+        (decay, norm) for decay, rs in by_decay.items() if (norm := _first_layer_norm(rs, options, "w_norm"))
+    )
+    if len(points) < 2:
+        return None
+    if target >= points[0][1]:
+        return points[0][0], f"at or below the grid's smallest decay {points[0][0]:g} (censored)"
+    if target <= points[-1][1]:
+        return points[-1][0], f"at or above the grid's largest decay {points[-1][0]:g} (censored)"
+    for (k0, n0), (k1, n1) in itertools.pairwise(points):
+        if n1 <= target <= n0 and n0 != n1:
+            t = (math.log(n0) - math.log(target)) / (math.log(n0) - math.log(n1))
+            low = k0 if k0 > 0 else k1 / 10
+            return math.exp(math.log(low) + t * (math.log(k1) - math.log(low))), "interpolated on the grid"
+    return None
+
+
+def _movement(series: list[tuple[float, float]]) -> int:
+    """How many grid steps a seed's chosen decay spans over the noise levels."""
+    decays = sorted({k for _, k in series})
+    return len(decays) - 1 if decays else 0
+
+
 def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> AnalysisResult:
     """BN against unnormalized nets with L2 tuned per seed on the validation split (Annamalai & Thakur 2022).
 
@@ -449,7 +508,16 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
     Diverged runs score accuracy 0 and training loss +inf. Values (``Estimate`` over seeds):
 
     ``kappa.<noise>``                 κ*_s (log scale: geometric mean; undecidable when a seed chose 0)
-    ``kappa_trend``                   per-seed Spearman(noise, κ*_s) (linear; undecidable under 3 levels)
+    ``kappa_trend``                   mean per-seed Spearman(noise, κ*_s), an exact permutation test
+                                      (``harness.intervals``); undecidable under 3 levels, and where weight
+                                      decay moves accuracy by no more than the seed spread at some level
+    ``l2_effect_points.<noise>``      range of validation accuracy over the decay grid (points; basis: seed spread)
+    ``bn_kappa_trend``                the same trend of the extra L2 BN is best with (auto-tuning: flat)
+    ``l2_moves_more_without_bn``      share of seeds whose κ* spans more grid steps over the levels without BN
+                                      than with it (exact binomial interval)
+    ``kappa_match.<noise>.seed<s>``   the decay at which the unnormalized net's first-layer row norm equals
+                                      BN's folded ‖v‖ (log-linear interpolation; censored at the grid's ends)
+    ``kappa_match_trend``             its rank trend with the noise (exact permutation test)
     ``bn_minus_tuned_l2.<noise>``     gap_s in points (linear)
     ``bn_minus_tuned_l2_min``         per seed, its smallest gap over the levels (the worst level for BN)
     ``bn_minus_tuned_l2_max``         per seed, its largest gap over the levels; "BN is within ±m points
@@ -490,6 +558,9 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
     values: dict[str, ClaimValue] = {}
     curves: dict[str, list[tuple[float, float, float]]] = {}
     kappa_series: dict[int, list[tuple[float, float]]] = {}
+    bn_kappa_series: dict[int, list[tuple[float, float]]] = {}
+    match_series: dict[int, list[tuple[float, float]]] = {}
+    effect: dict[float, tuple[float, float] | None] = {}
     gaps: dict[float, dict[int, float]] = {}
     gains: dict[float, dict[int, float]] = {}
     ratios: dict[float, dict[int, float]] = {}
@@ -548,14 +619,22 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
         kappas = {s: t[0] for s, t in tuned.items()}
         for s, kappa in kappas.items():
             kappa_series.setdefault(s, []).append((level, kappa))
+        for s, t in bn_tuned.items():
+            bn_kappa_series.setdefault(s, []).append((level, t[0]))
+        effect[level] = l2_effect(members(level, options.unnormalized), options)
+        bn_norm = {s: _first_layer_norm(rs, options, "v_norm") for s, rs in bn.items()}
+        for s, rs in none_seeds.items():
+            matched = kappa_match(rs, bn_norm.get(s), options)
+            if matched is not None:
+                match_series.setdefault(s, []).append((level, matched[0]))
+                put(values, f"kappa_match.{_noise_key(level)}.seed{s}", point(matched[0], matched[1]))
         gap = over_seeds(gaps[level].values())
         put(values, f"kappa.{key}", kappa_estimate(list(kappas.values())))
         put(values, f"bn_minus_tuned_l2.{key}", gap)
         put(values, f"bn_gain_points.{key}", over_seeds(gains[level].values()))
         put(values, f"baseline_train_loss_ratio.{key}", over_seeds(ratios[level].values(), "log"))
         if flags:
-            share = sum(flags.values()) / len(flags)
-            put(values, f"undertrained.{key}", point(share, f"share of {len(flags)} seeds flagged"))
+            put(values, f"undertrained.{key}", share(flags.values()))
         flag = "—" if not flags else ("yes" if all(flags.values()) else "no" if not any(flags.values()) else "some")
         if flags and len(flags) > 1:
             flag += f" ({sum(flags.values())}/{len(flags)} seeds)"
@@ -594,8 +673,26 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
                     pm((t[1] for t in tuned.values()), 100, 2, fixed=True),
                 ]
             )
-    trend = seed_trend(kappa_series)
+    trend = rank_trend(kappa_series)
+    weak = {level: e for level, e in effect.items() if e is not None and e[0] <= e[1]}
+    for level, e in effect.items():
+        if e is not None:
+            put(values, f"l2_effect_points.{_noise_key(level)}", point(e[0], f"seed spread {e[1]:.2f} points"))
+    if trend is not None and weak:
+        shown = "; ".join(f"σ={lv:g}: {e[0]:.2f} ≤ {e[1]:.2f}" for lv, e in weak.items())
+        trend = replace(
+            trend,
+            undecidable="weight decay moves the unnormalized net's accuracy by no more than the seed spread "
+            f"(points, range over the grid vs mean std over seeds: {shown}): κ* is chosen by seed noise",
+        )
     put(values, "kappa_trend", trend)
+    put(values, "bn_kappa_trend", rank_trend(bn_kappa_series))
+    moves = [
+        _movement(kappa_series[s]) > _movement(bn_kappa_series[s])
+        for s in sorted(kappa_series.keys() & bn_kappa_series.keys())
+    ]
+    put(values, "l2_moves_more_without_bn", share(moves))
+    put(values, "kappa_match_trend", rank_trend(match_series))
     for name, per_level, combine in (
         ("bn_minus_tuned_l2_min", gaps, min),
         ("bn_minus_tuned_l2_max", gaps, max),

@@ -29,13 +29,18 @@ class ResNetOptions(Options):
     shortcut: Literal["A", "B"] = Field(
         "A", description="A: zero-padded identity (He et al. on CIFAR); B: 1×1 conv projection."
     )
-    init: Literal["kaiming_normal", "kaiming_normal_fan_in", "xavier_normal", "pytorch_default"] = Field(
-        "kaiming_normal",
-        description="Convolution initialization. kaiming_normal: N(0, 2/fan_out), He et al.'s (with BN); "
-        "kaiming_normal_fan_in: N(0, 2/fan_in); xavier_normal: N(0, 2/(fan_in+fan_out)); pytorch_default: "
-        "U(±1/sqrt(fan_in)), PyTorch's (variance 1/(3 fan_in)). Without normalization the residual stream's "
-        "variance grows per block by about 1 + 2·gain⁴ (fan-in kaiming): kaiming (x3) and xavier (x1.5) make "
-        "ResNet-110's first loss 1e3-1e9; docs/studies.md has the measurements.",
+    init: Literal["kaiming_normal", "kaiming_normal_fan_in", "xavier_normal", "pytorch_default", "depth_scaled"] = (
+        Field(
+            "kaiming_normal",
+            description="Convolution initialization. kaiming_normal: N(0, 2/fan_out), He et al.'s (with BN); "
+            "kaiming_normal_fan_in: N(0, 2/fan_in); xavier_normal: N(0, 2/(fan_in+fan_out)); pytorch_default: "
+            "U(±1/sqrt(fan_in)), PyTorch's (variance 1/(3 fan_in)); depth_scaled: kaiming_normal_fan_in times the gain "
+            "g = ((2^(1/L) - 1) / 2)^(1/4) for L residual blocks, which bounds the residual stream's growth over the "
+            "whole net at 2x (each block multiplies its variance by about 1 + 2 g^4), derived from the depth, not "
+            "tuned on any outcome. Without normalization the residual stream's "
+            "variance grows per block by about 1 + 2·gain⁴ (fan-in kaiming): kaiming (x3) and xavier (x1.5) make "
+            "ResNet-110's first loss 1e3-1e9; docs/studies.md has the measurements.",
+        )
     )
     init_gain: float = Field(
         1.0,
@@ -110,9 +115,14 @@ class ResNetCifar(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(w3, data.num_classes)
         self.output_site = NormSite(data.num_classes, "fc", role="output", source=self.fc)
+        depth_gain = ((2 ** (1 / (3 * n)) - 1) / 2) ** 0.25
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                if options.init == "kaiming_normal":
+                if options.init == "depth_scaled":
+                    nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                    with torch.no_grad():
+                        module.weight.mul_(depth_gain)
+                elif options.init == "kaiming_normal":
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 elif options.init == "kaiming_normal_fan_in":
                     nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")

@@ -9,6 +9,7 @@ probe                 default analysis      measures (paper)
 ``class_bias``        ``class_bias``        one-class predictions, output-gradient heat map (Fig. 5)
 ``random_matrix``     ``random_matrix``     singular-value spread of random products vs theory (Fig. 7)
 ``max_lr``            ``max_lr_depth``      largest non-diverging learning rate vs depth (Fig. 8)
+``jacobian_spectrum`` ``jacobian_spectrum`` input-output Jacobian's singular values vs depth, BN vs none (Sec. 4)
 ====================  ====================  ===========================================================================
 
 The analyses of Bjorck et al.'s training studies (``lr_sweep``, ``placement_share``) are in
@@ -23,6 +24,7 @@ from plugins.probes.activations import ActivationOptions, activation_depth, acti
 from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis
 from plugins.probes.common import CompareOptions
 from plugins.probes.gradients import GradientOptions, gradient_analysis, gradient_stats
+from plugins.probes.jacobian import JacobianAnalysisOptions, JacobianOptions, jacobian_analysis, jacobian_spectrum
 from plugins.probes.landscape import LandscapeAnalysisOptions, LandscapeOptions, landscape_analysis, loss_landscape
 from plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
 from plugins.probes.random_matrix import RandomMatrixOptions, random_matrix, random_matrix_analysis
@@ -36,6 +38,7 @@ def bnbench_register_probes(register: Register) -> None:
     register("class_bias", class_bias, options=ClassBiasOptions, analyses=["class_bias"])
     register("random_matrix", random_matrix, options=RandomMatrixOptions, analyses=["random_matrix"])
     register("max_lr", max_lr, options=MaxLrOptions, analyses=["max_lr_depth"])
+    register("jacobian_spectrum", jacobian_spectrum, options=JacobianOptions, analyses=["jacobian_spectrum"])
 
 
 @hookimpl
@@ -46,3 +49,4 @@ def bnbench_register_analyses(register: Register) -> None:
     register("class_bias", class_bias_analysis, options=CompareOptions)
     register("random_matrix", random_matrix_analysis)
     register("max_lr_depth", max_lr_analysis, options=MaxLrAnalysisOptions)
+    register("jacobian_spectrum", jacobian_analysis, options=JacobianAnalysisOptions)

@@ -23,8 +23,8 @@ from pydantic import Field, model_validator
 from torch.func import functional_call
 
 from harness import Options
-from harness.analysis import fmt, group_runs, over_seeds, put
-from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, RunRecord, StudyResults, Table
+from harness.analysis import bracket_ratio, bracketed, fmt, grid_bracket, group_runs, put
+from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
 from plugins.probes.common import CompareOptions, loss_ratio, probe_runs, take_batches
 
 
@@ -131,14 +131,26 @@ def run_curve(run: RunRecord, criterion: str) -> list[float]:
     ]
 
 
-def _stable_steps(runs: list[RunRecord], criterion: str, threshold: float) -> dict[int, float]:
-    """Seed → the largest stable step of its run; an unstable run counts as its grid's smallest
-    step (so ratios with it are lower bounds)."""
+def _stable_steps(
+    runs: list[RunRecord], criterion: str, threshold: float
+) -> dict[int, tuple[float, tuple[float, float]]]:
+    """Seed → the largest stable step of its run (0 when even the grid's smallest is unstable) and
+    the bracket the grid allows for it (``harness.intervals.grid_bracket``)."""
     out = {}
     for run in runs:
         steps = run.measurements["step_sizes"]
-        out[run.seed] = largest_stable_step(steps, run_curve(run, criterion), threshold) or steps[0]
+        stable = largest_stable_step(steps, run_curve(run, criterion), threshold)
+        out[run.seed] = (stable, grid_bracket(stable, steps, "largest_passing"))
     return out
+
+
+def _step_ratio(normalized: dict, unnormalized: dict) -> Estimate | None:
+    seeds = sorted(normalized.keys() & unnormalized.keys())
+    return bracketed(
+        [normalized[s][0] / unnormalized[s][0] if unnormalized[s][0] > 0 else math.inf for s in seeds],
+        [bracket_ratio(normalized[s][1], unnormalized[s][1]) for s in seeds],
+        unit="x",
+    )
 
 
 def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -> AnalysisResult:
@@ -147,8 +159,9 @@ def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -
     A step is stable when the mini-batch loss after it stays at or below ``threshold`` (the
     paper's absolute rule; ``criterion="relative"`` divides by the loss before). Per seed, the
     run's curve is the median over its mini-batches and its largest stable step the largest
-    grid step up to which the curve stays stable (an unstable run: the grid's smallest step, a
-    lower bound). Values (Estimates over seeds, log scale): ``max_stable_step.<group>``,
+    grid step up to which the curve stays stable (0 when none is), with the bracket the grid
+    allows (between it and the next step; below the grid's first step when none is stable).
+    Values (bracketed over seeds): ``max_stable_step.<group>``,
     ``stable_step_ratio`` (normalized ÷ unnormalized, paired by seed), and
     ``stable_step_ratio_at_<threshold>`` for each ``sensitivity`` threshold; point value
     ``relative_loss_at_max.<group>`` (median relative loss at the grid's largest step).
@@ -168,7 +181,11 @@ def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -
     rows = []
     for label, (steps, med, _) in curves.items():
         per_seed = _stable_steps(groups[label], options.criterion, options.threshold)
-        put(values, f"max_stable_step.{label}", over_seeds(per_seed.values(), scale="log"))
+        put(
+            values,
+            f"max_stable_step.{label}",
+            bracketed([v for v, _ in per_seed.values()], [b for _, b in per_seed.values()]),
+        )
         relative = [run_curve(r, "relative")[-1] for r in groups[label]]
         put(values, f"relative_loss_at_max.{label}", statistics.median(relative))
         at = []
@@ -187,9 +204,7 @@ def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -
         for threshold in sorted({*options.sensitivity, options.threshold}):
             normalized = _stable_steps(groups[options.normalized], options.criterion, threshold)
             unnormalized = _stable_steps(groups[options.unnormalized], options.criterion, threshold)
-            ratios = over_seeds(
-                (normalized[s] / unnormalized[s] for s in sorted(normalized.keys() & unnormalized.keys())), scale="log"
-            )
+            ratios = _step_ratio(normalized, unnormalized)
             if threshold == options.threshold:
                 put(values, "stable_step_ratio", ratios)
             if threshold in options.sensitivity:
@@ -197,8 +212,8 @@ def landscape_analysis(study: StudyResults, options: LandscapeAnalysisOptions) -
             sensitivity_rows.append(
                 [
                     f"{threshold:g}" + (" (default)" if threshold == options.threshold else ""),
-                    fmt(statistics.median(normalized.values())),
-                    fmt(statistics.median(unnormalized.values())),
+                    fmt(statistics.median(v for v, _ in normalized.values())),
+                    fmt(statistics.median(v for v, _ in unnormalized.values())),
                     fmt(None if ratios is None else ratios.value),
                 ]
             )

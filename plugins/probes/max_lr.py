@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from harness import Options, runtime_option
-from harness.analysis import axis_value, fmt, group_runs, over_seeds, point, put, ratio
+from harness.analysis import axis_value, bracket_ratio, bracketed, fmt, grid_bracket, group_runs, point, put
 from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
 from harness.stacking import StackedModules
 from plugins.probes.common import CompareOptions, probe_runs, take_batches
@@ -32,12 +32,19 @@ class MaxLrOptions(Options):
     )
     steps: int = Field(100, gt=0, description="SGD steps per learning rate (a fresh copy of the initial model each).")
     batch_size: int = Field(128, gt=0, description="Mini-batch size (He et al. 2016: 128).")
-    criterion: Literal["absolute", "relative"] = Field(
-        "absolute",
-        description="absolute (the paper's): a run diverges when a mini-batch loss exceeds `loss_limit`; "
-        "relative: when it exceeds `loss_limit` × the first loss.",
+    criterion: Literal["non_finite", "absolute", "relative"] = Field(
+        "non_finite",
+        description="non_finite (the training loop's rule, the default): a run diverges at a non-finite loss; "
+        "absolute: also when a mini-batch loss exceeds `loss_limit`; relative: when it exceeds `loss_limit` × the "
+        "first loss. Whether a run that did not diverge learned is decided apart (`learned_margin`).",
     )
-    loss_limit: float = Field(1e3, gt=1, description="The divergence limit (the paper's: a mini-batch loss of 1e3).")
+    loss_limit: float = Field(1e3, gt=1, description="The limit of the absolute and relative rules.")
+    learned_margin: float = Field(
+        0.1,
+        ge=0,
+        description="A run learned when its mean loss over the last tenth of its steps is below ln(classes) minus "
+        "this (nats): 'trains' means learning, not only not diverging (a loss stuck at ln(classes) learns nothing).",
+    )
     packed: bool = runtime_option(
         False,
         description="Train every learning rate of the grid at once (torch.func.vmap) instead of one after another: "
@@ -54,6 +61,24 @@ class MaxLrOptions(Options):
         return sorted(set(value))
 
 
+def _diverged(value: float, first: float, criterion: str, loss_limit: float) -> bool:
+    if not math.isfinite(value):
+        return True
+    if criterion == "absolute":
+        return value > loss_limit
+    if criterion == "relative":
+        return value > loss_limit * first
+    return False
+
+
+def learned(losses: list[float], classes: int, margin: float) -> bool:
+    """Whether the mean loss of the last tenth of the steps (at least one) is below ln(classes) − margin."""
+    if not losses:
+        return False
+    tail = losses[-max(1, len(losses) // 10) :]
+    return statistics.fmean(tail) < math.log(classes) - margin
+
+
 def train_steps(
     model: torch.nn.Module,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -61,24 +86,34 @@ def train_steps(
     momentum: float,
     weight_decay: float,
     loss_limit: float,
-    criterion: str = "absolute",
+    criterion: str = "non_finite",
+    margin: float = 0.1,
 ) -> dict[str, Any]:
-    """SGD on ``batches`` in order; stops at the first non-finite loss or one above
-    ``loss_limit`` (``criterion="absolute"``) or ``loss_limit`` × the first loss ("relative")."""
+    """SGD on ``batches`` in order; stops at the first loss the criterion calls diverged
+    (``MaxLrOptions.criterion``); ``learned``: whether the last tenth of the losses is below
+    ln(classes) − ``margin``."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    first = last = math.nan
+    losses: list[float] = []
     for step, (images, labels) in enumerate(batches, start=1):
-        loss = F.cross_entropy(model(images), labels)
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
         value = float(loss.detach())
-        first = value if step == 1 else first
-        limit = loss_limit if criterion == "absolute" else loss_limit * first
-        if not math.isfinite(value) or value > limit:
-            return {"lr": lr, "diverged": True, "diverged_step": step, "first_loss": first, "final_loss": None}
+        first = value if step == 1 else losses[0]
+        if _diverged(value, first, criterion, loss_limit):
+            return {"lr": lr, "diverged": True, "diverged_step": step, "first_loss": first, "final_loss": None,
+                    "learned": False}  # fmt: skip
+        losses.append(value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        last = value
-    return {"lr": lr, "diverged": False, "diverged_step": None, "first_loss": first, "final_loss": last}
+    return {
+        "lr": lr,
+        "diverged": False,
+        "diverged_step": None,
+        "first_loss": losses[0] if losses else math.nan,
+        "final_loss": losses[-1] if losses else math.nan,
+        "learned": learned(losses, int(logits.shape[-1]), margin),
+    }
 
 
 def train_steps_packed(
@@ -88,7 +123,8 @@ def train_steps_packed(
     momentum: float,
     weight_decay: float,
     loss_limit: float,
-    criterion: str = "absolute",
+    criterion: str = "non_finite",
+    margin: float = 0.1,
 ) -> list[dict[str, Any]]:
     """``train_steps`` for every learning rate at once, from copies of ``model``: one forward and
     backward per step for all of them (``harness.stacking``), each copy stepped by its own
@@ -104,67 +140,74 @@ def train_steps_packed(
         {"lr": lr, "diverged": False, "diverged_step": None, "first_loss": math.nan, "final_loss": math.nan}
         for lr in learning_rates
     ]
+    losses: list[list[float]] = [[] for _ in learning_rates]
     count = len(learning_rates)
     for step, (images, labels) in enumerate(batches, start=1):
         logits = stack.forward(images)
-        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none").view(count, -1).mean(1)
-        for scan, value in zip(scans, losses.detach().tolist(), strict=True):
+        classes = int(logits.shape[-1])
+        step_losses = (
+            F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none").view(count, -1).mean(1)
+        )
+        for scan, seen, value in zip(scans, losses, step_losses.detach().tolist(), strict=True):
             if scan["diverged"]:
                 continue
             scan["first_loss"] = value if step == 1 else scan["first_loss"]
-            limit = loss_limit if criterion == "absolute" else loss_limit * scan["first_loss"]
-            if not math.isfinite(value) or value > limit:
+            if _diverged(value, scan["first_loss"], criterion, loss_limit):
                 scan.update(diverged=True, diverged_step=step, final_loss=None)
             else:
                 scan["final_loss"] = value
+                seen.append(value)
         if all(scan["diverged"] for scan in scans):
             break
         stack.zero_grad()
-        losses.sum().backward()
+        step_losses.sum().backward()
         stack.repoint_gradients()
         for scan, optimizer in zip(scans, optimizers, strict=True):
             if not scan["diverged"]:
                 optimizer.step()
+    for scan, seen in zip(scans, losses, strict=True):
+        scan["learned"] = not scan["diverged"] and learned(seen, classes, margin)
     return scans
 
 
 def max_lr(context: ProbeContext, options: MaxLrOptions) -> dict[str, Any]:
-    """Largest learning rate of a grid that trains a fixed number of steps without diverging (Bjorck Fig. 8).
+    """Largest learning rate of a grid that trains a fixed number of steps (Bjorck Fig. 8), by two rules.
 
     From the same initial weights and the same mini-batches for every learning rate, SGD with
     the study's momentum and weight decay (``[studies.optimizer]``; its ``lr`` is not used)
-    runs ``steps`` steps; a run diverges at a non-finite loss or one above ``loss_limit`` (the
-    paper's absolute rule; ``criterion="relative"``: ``loss_limit`` × its first loss), and
-    stops there. The grid is scanned from the largest learning rate down to the first that
-    does not diverge: ``max_lr`` (0 if every one diverges). Diverging runs stop
-    within a few steps, so the scan costs little more than one run. ``packed``: every rate
-    trains at once (``train_steps_packed``) and the scan reports the same rates as the
-    one-by-one scan does (from the largest down to the first that trains).
+    runs ``steps`` steps; a run diverges by ``criterion`` (default: a non-finite loss, the
+    training loop's rule) and stops there; one that did not diverge *learned* when its loss
+    over the last tenth of the steps is below ln(classes) − ``learned_margin``. The grid is
+    scanned from the largest learning rate down to the first that learns: ``max_lr`` (largest
+    that did not diverge) and ``max_learning_lr`` (largest that learned; 0 if none). ``packed``:
+    every rate trains at once (``train_steps_packed``), reported as the one-by-one scan is.
     """
     model = context.build_model()
     initial = copy.deepcopy(model.state_dict())
     batches = take_batches(context, options.batch_size, options.steps)
     optimizer = context.spec.optimizer
+    settings = (optimizer.momentum, optimizer.weight_decay, options.loss_limit, options.criterion)
+    settings += (options.learned_margin,)
+    rates = list(reversed(options.learning_rates))
     if options.packed:
-        rates = list(reversed(options.learning_rates))
-        every = train_steps_packed(
-            model, batches, rates, optimizer.momentum, optimizer.weight_decay, options.loss_limit, options.criterion
-        )
-        trained = [index for index, scan in enumerate(every) if not scan["diverged"]]
-        scans = every[: trained[0] + 1] if trained else every
-        best = rates[trained[0]] if trained else 0.0
-        return {"max_lr": best, "steps": options.steps, "learning_rates": options.learning_rates, "scans": scans}
-    scans = []
-    for lr in reversed(options.learning_rates):
-        model.load_state_dict(initial)
-        model.train()
-        scan = train_steps(
-            model, batches, lr, optimizer.momentum, optimizer.weight_decay, options.loss_limit, options.criterion
-        )
-        scans.append(scan)
-        if not scan["diverged"]:
-            return {"max_lr": lr, "steps": options.steps, "learning_rates": options.learning_rates, "scans": scans}
-    return {"max_lr": 0.0, "steps": options.steps, "learning_rates": options.learning_rates, "scans": scans}
+        every = train_steps_packed(model, batches, rates, *settings)
+        first_learned = next((i for i, scan in enumerate(every) if scan["learned"]), len(every) - 1)
+        scans = every[: first_learned + 1]
+    else:
+        scans = []
+        for lr in rates:  # from the largest down to the first rate that learns
+            model.load_state_dict(initial)
+            model.train()
+            scans.append(train_steps(model, batches, lr, *settings))
+            if scans[-1]["learned"]:
+                break
+    return {
+        "max_lr": max((s["lr"] for s in scans if not s["diverged"]), default=0.0),
+        "max_learning_lr": max((s["lr"] for s in scans if s["learned"]), default=0.0),
+        "steps": options.steps,
+        "learning_rates": options.learning_rates,
+        "scans": scans,
+    }
 
 
 class MaxLrAnalysisOptions(CompareOptions):
@@ -172,73 +215,106 @@ class MaxLrAnalysisOptions(CompareOptions):
 
 
 def max_lr_analysis(study: StudyResults, options: MaxLrAnalysisOptions) -> AnalysisResult:
-    """Maximal trainable learning rate against depth per configuration (Fig. 8).
+    """Maximal trainable learning rate against depth per configuration (Fig. 8), by two rules.
 
-    The table shows the median over seeds of a (configuration, depth) (0: every learning rate
-    of the grid diverged). Values: ``max_lr.<group>.<depth>`` (point: median over seeds) and,
-    as Estimates over seeds (log scale), ``depth_tolerance.<group>`` (max lr at the shallowest
-    depth ÷ at the deepest) and ``max_lr_ratio`` (normalized ÷ unnormalized, paired by seed,
-    the smallest over depths). A 0 divisor is replaced by the grid's smallest learning rate,
-    which makes the ratio a lower bound.
+    "Trains" is decided on learning (``max_learning_lr``: the loss fell below ln(classes) by the
+    margin); "did not diverge" (``max_lr``) is shown beside it. Each seed's value is read off the
+    grid, so it carries the grid's bracket (``harness.intervals``: between the largest rate that
+    passed and the next; open above at the grid's top; below the grid's first rate when none
+    passed). Values: ``max_lr.<group>.<depth>`` (point: median over seeds, learning rule), and
+    bracketed over seeds: ``depth_tolerance.<group>`` (the rate at the shallowest depth ÷ at the
+    deepest), ``max_lr_ratio`` (normalized ÷ unnormalized, paired by seed, the smallest over
+    depths), and the same under the no-divergence rule with the suffix ``_stable``.
     """
     groups = group_runs(probe_runs(study), exclude={options.depth_axis})
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
-    smallest = min(min(r.measurements.get("learning_rates") or [math.inf]) for rs in groups.values() for r in rs)
-
-    def bounded(lr: float) -> float | None:
-        """``lr`` as a divisor: below the grid means below its smallest learning rate."""
-        return lr if lr > 0 else (smallest if math.isfinite(smallest) else None)
-
-    per_seed: dict[str, dict[int, dict[int, float]]] = {}  # group → depth → seed → max lr
-    for label, runs in groups.items():
-        for run in runs:
-            depth = axis_value(run, options.depth_axis)
-            depth_key = int(depth) if depth is not None else 0
-            per_seed.setdefault(label, {}).setdefault(depth_key, {})[run.seed] = float(run.measurements["max_lr"])
-    table = {
-        label: {d: statistics.median(seeds.values()) for d, seeds in sorted(by_depth.items())}
-        for label, by_depth in per_seed.items()
-    }
+    grid = sorted({lr for rs in groups.values() for r in rs for lr in r.measurements.get("learning_rates") or []})
     values: dict[str, ClaimValue] = {}
-    depths = sorted({d for by_depth in table.values() for d in by_depth})
-    for label, by_depth in per_seed.items():
-        for depth, lr in table[label].items():
-            values[f"max_lr.{label}.{depth}"] = point(lr, "median over seeds")
-        if len(by_depth) > 1:
-            shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
-            tolerance = [ratio(shallow[s], bounded(deep[s])) for s in sorted(shallow.keys() & deep.keys())]
-            put(values, f"depth_tolerance.{label}", over_seeds(tolerance, scale="log"))
-    normalized, unnormalized = per_seed.get(options.normalized, {}), per_seed.get(options.unnormalized, {})
-    common = [d for d in depths if d in normalized and d in unnormalized]
-    if common:
-        seeds = set.intersection(*(set(normalized[d]) & set(unnormalized[d]) for d in common))
-        smallest_ratio = []
-        for seed in sorted(seeds):
-            ratios = [ratio(normalized[d][seed], bounded(unnormalized[d][seed])) for d in common]
-            finite = [r for r in ratios if r is not None]
-            smallest_ratio.append(min(finite) if finite else None)
-        put(values, "max_lr_ratio", over_seeds(smallest_ratio, scale="log"))
-    rows = [[depth, *(_cell(table[label].get(depth), smallest) for label in table)] for depth in depths]
-    result_table = Table(
-        "Maximal trainable learning rate (median over seeds)", ["depth", *(f"{label}" for label in table)], rows
-    )
+    tables = []
+    medians: dict[str, dict[str, dict[int, float]]] = {}
+    for rule, key, suffix in (("learned", "max_learning_lr", ""), ("did not diverge", "max_lr", "_stable")):
+        per_seed: dict[str, dict[int, dict[int, float]]] = {}  # group → depth → seed → rate
+        for label, runs in groups.items():
+            for run in runs:
+                depth = axis_value(run, options.depth_axis)
+                measured = run.measurements.get(key, run.measurements.get("max_lr"))  # older runs: max_lr only
+                per_seed.setdefault(label, {}).setdefault(int(depth) if depth is not None else 0, {})[run.seed] = float(
+                    measured
+                )
+        table = {
+            label: {d: statistics.median(seeds.values()) for d, seeds in sorted(by_depth.items())}
+            for label, by_depth in per_seed.items()
+        }
+        medians[rule] = table
+
+        def bracket(lr: float) -> tuple[float, float]:
+            return grid_bracket(lr, grid, "largest_passing")
+
+        for label, by_depth in per_seed.items():
+            if not suffix:
+                for depth, lr in table[label].items():
+                    values[f"max_lr.{label}.{depth}"] = point(lr, "median over seeds")
+            if len(by_depth) > 1:
+                shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
+                seeds = sorted(shallow.keys() & deep.keys())
+                put(
+                    values,
+                    f"depth_tolerance{suffix}.{label}",
+                    bracketed(
+                        [shallow[s] / deep[s] if deep[s] > 0 else math.inf for s in seeds],
+                        [bracket_ratio(bracket(shallow[s]), bracket(deep[s])) for s in seeds],
+                        unit="x",
+                    ),
+                )
+        normalized, unnormalized = per_seed.get(options.normalized, {}), per_seed.get(options.unnormalized, {})
+        common = [d for d in sorted(normalized) if d in unnormalized]
+        if common:
+            seeds = sorted(set.intersection(*(set(normalized[d]) & set(unnormalized[d]) for d in common)))
+            points, brackets = [], []
+            for seed in seeds:
+                ratios = [bracket_ratio(bracket(normalized[d][seed]), bracket(unnormalized[d][seed])) for d in common]
+                brackets.append((min(lo for lo, _ in ratios), min(hi for _, hi in ratios)))
+                quotients = [
+                    normalized[d][seed] / unnormalized[d][seed] if unnormalized[d][seed] > 0 else math.inf
+                    for d in common
+                ]
+                points.append(min(quotients))
+            put(values, f"max_lr_ratio{suffix}", bracketed(points, brackets, unit="x"))
+        depths = sorted({d for by_depth in table.values() for d in by_depth})
+        rows = [[depth, *(_cell(table[label].get(depth), grid[0] if grid else math.inf) for label in table)]
+                for depth in depths]  # fmt: skip
+        tables.append(
+            Table(
+                f"Maximal learning rate that {rule} (median over seeds; the true limit lies between it and the "
+                "next rate of the grid)",
+                ["depth", *(f"{label}" for label in table)],
+                rows,
+            )
+        )
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
-        for label, by_depth in table.items():
-            ax.plot(list(by_depth), [v if v > 0 else math.nan for v in by_depth.values()], marker="o", label=label)
+        for rule, style in (("learned", "-"), ("did not diverge", ":")):
+            for label, by_depth in medians[rule].items():
+                ax.plot(
+                    list(by_depth),
+                    [v if v > 0 else math.nan for v in by_depth.values()],
+                    marker="o",
+                    linestyle=style,
+                    label=f"{label} ({rule})",
+                )
         ax.set_yscale("log")
         ax.set_xlabel("depth (layers)")
-        ax.set_ylabel("largest learning rate that did not diverge")
+        ax.set_ylabel("largest learning rate")
         ax.set_title("Maximal trainable learning rate against depth")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
 
-    return AnalysisResult([result_table], [Figure("max_lr_vs_depth", draw)], values)
+    return AnalysisResult(tables, [Figure("max_lr_vs_depth", draw)], values)
 
 
 def _cell(lr: float | None, smallest: float) -> str:
     if lr == 0 and math.isfinite(smallest):
-        return f"< {fmt(smallest)} (all diverged)"
+        return f"< {fmt(smallest)} (none passed)"
     return fmt(lr)

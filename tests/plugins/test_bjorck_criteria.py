@@ -20,7 +20,7 @@ from harness.api import Estimate, RunRecord, StudyResults
 from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
 from plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
 from plugins.probes.landscape import LandscapeAnalysisOptions, landscape_analysis
-from plugins.probes.max_lr import MaxLrAnalysisOptions, train_steps
+from plugins.probes.max_lr import MaxLrAnalysisOptions, learned, train_steps
 
 
 def run(
@@ -91,16 +91,19 @@ def test_best_learning_rate_is_chosen_on_validation_and_test_accuracy_is_reporte
         ]
     values = lr_sweep(study(runs), LrSweepOptions(matched_lr=0.1)).values
     accuracy = values["accuracy.all"]
-    assert isinstance(accuracy, Estimate) and accuracy.value == pytest.approx(0.85)
-    assert accuracy.replicates == pytest.approx((0.85, 0.86, 0.84))
+    assert isinstance(accuracy, Estimate) and accuracy.value == pytest.approx(85) and accuracy.unit == "%"
+    assert accuracy.replicates == pytest.approx((85, 86, 84))
     assert values["best_lr.all"].value == pytest.approx(0.01)
-    assert values["best_lr_ratio"].value == pytest.approx(100) and values["best_lr_ratio"].scale == "log"
-    assert values["accuracy_gain"].value == pytest.approx(0.85 - 0.72)
-    assert verdict(values["accuracy_gain"], 0.1, None)[0] == "holds"
+    ratio = values["best_lr_ratio"]
+    assert ratio.value == pytest.approx(100) and ratio.kind == "bracket" and ratio.unit == "x"
+    # BN's best 0.01 lies in (0, 0.1) on its grid {0.01, 0.1}; no BN's 1e-4 in (0, 0.1): the ratio is open
+    assert ratio.brackets[0] == (0.0, math.inf)
+    assert values["accuracy_gain"].value == pytest.approx(85 - 72) and values["accuracy_gain"].unit == "points"
+    assert verdict(values["accuracy_gain"], 10, None)[0] == "holds"
     # the matched-lr control: at lr 0.1 the unnormalized runs diverged (score 0)
-    assert values["accuracy_gain_at_matched_lr"].value == pytest.approx(0.95)
+    assert values["accuracy_gain_at_matched_lr"].value == pytest.approx(95)
     assert values["diverged_share.none.lr=0.1"].value == 1.0 and values["diverged_share.none.lr=0.0001"].value == 0
-    assert values["diverged_share.all.lr=0.1"].value == 0.0
+    assert values["diverged_share.all.lr=0.1"].value == 0.0 and values["diverged_share.all.lr=0.1"].kind == "share"
 
 
 def test_without_a_validation_metric_the_best_learning_rate_is_not_measured():
@@ -159,7 +162,7 @@ def test_landscape_reports_how_the_ratio_depends_on_the_threshold():
     assert result.values["stable_step_ratio_at_1e+06"].value == pytest.approx(10)
 
 
-def test_max_lr_uses_the_absolute_loss_limit_by_default():
+def test_max_lr_counts_only_non_finite_losses_by_default_and_decides_training_on_learning():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     with torch.no_grad():
@@ -168,10 +171,14 @@ def test_max_lr_uses_the_absolute_loss_limit_by_default():
     first = F.cross_entropy(model(batches[0][0]), batches[0][1]).item()
     assert first > 1e3
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    absolute = train_steps(model, batches, 1e-9, 0.0, 0.0, 1e3)
+    default = train_steps(model, batches, 1e-9, 0.0, 0.0, 1e3)
+    assert not default["diverged"] and not default["learned"]  # a loss in the thousands learns nothing
+    model.load_state_dict(state)
+    absolute = train_steps(model, batches, 1e-9, 0.0, 0.0, 1e3, criterion="absolute")
     assert absolute["diverged"] and absolute["diverged_step"] == 1
     model.load_state_dict(state)
     assert not train_steps(model, batches, 1e-9, 0.0, 0.0, 1e3, criterion="relative")["diverged"]
+    assert learned([2.3, 1.0, 0.5], 10, 0.1) and not learned([2.3, 2.3, 2.25], 10, 0.1)
     assert MaxLrAnalysisOptions().depth_axis == "model.depth"
 
 
