@@ -4,14 +4,16 @@ and the contract kit assemble models through these functions, so the kit tests w
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.api import DataInfo, DatasetDescription, NormSite, SiteInfo, find_sites, resolve_traits
+from harness.api import BuildContext, DataInfo, DatasetDescription, NormSite, SiteInfo, find_sites, resolve_traits
 from harness.errors import BnbenchError, ManifestError
 from harness.records import PlannedRun
 from harness.registry import Registry
@@ -91,6 +93,18 @@ def _attach(registry: Registry, spec: RunSpec, sites: list[tuple[SiteInfo, NormS
         site.attach(module)
 
 
+def describe_dataset(entry: Any, options: dict[str, Any], base_dir: Path) -> DatasetDescription | None:
+    """A dataset's description (``describe=``): given the build context too when it takes two
+    arguments, so it can read sizes from the files on disk."""
+    describe = entry.extras.get("describe")
+    if describe is None:
+        return None
+    validated = entry.options.model_validate(options)
+    if len(inspect.signature(describe).parameters) >= 2:
+        return describe(validated, BuildContext(base_dir))
+    return describe(validated)
+
+
 def check_runs(runs: Iterable[PlannedRun], registry: Registry, file: str) -> None:
     """What can be checked before anything trains, from the datasets' descriptions (``describe=``):
     ``validation_size`` and ``batch_size`` against the training set, and each normalizer against
@@ -105,8 +119,7 @@ def check_runs(runs: Iterable[PlannedRun], registry: Registry, file: str) -> Non
         key = json.dumps(spec.dataset.model_dump(mode="json"), sort_keys=True)
         if key not in described:
             entry = registry.get("dataset", spec.dataset.name)
-            describe = entry.extras.get("describe")
-            described[key] = describe(entry.options.model_validate(spec.dataset.all_options)) if describe else None
+            described[key] = describe_dataset(entry, spec.dataset.all_options, Path(file).parent)
         facts = described[key]
         if facts is None:
             continue

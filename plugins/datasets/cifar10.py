@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -39,9 +41,26 @@ class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
     meta: ClassVar = {**torchvision.datasets.CIFAR10.meta, "md5": None}
 
 
-def describe_cifar10(options: Cifar10Options) -> DatasetDescription:
-    """CIFAR-10 without loading it: 3×32×32 images, 10 classes, 50,000 training images (or train_size)."""
-    return DatasetDescription(DataInfo((3, 32, 32), 10), min(options.train_size or 50_000, 50_000))
+def batch_count(path: Path) -> int | None:
+    """The examples in a CIFAR batch file (its pickled ``labels``), ``None`` if unreadable."""
+    try:
+        with path.open("rb") as file:
+            entry = pickle.load(file, encoding="latin1")
+        return len(entry["labels"])
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
+        return None
+
+
+def describe_cifar10(options: Cifar10Options, context: BuildContext | None = None) -> DatasetDescription:
+    """CIFAR-10 without loading it: 3×32×32 images, 10 classes, and the training images on disk (the
+    five batch files' labels, when they are there; else the original 50,000), or ``train_size``."""
+    available = 50_000
+    if context is not None:
+        folder = context.resolve(options.root) / FOLDER
+        counts = [batch_count(folder / f"data_batch_{i}") for i in range(1, 6)]
+        if all(c is not None for c in counts):
+            available = sum(c for c in counts if c is not None)
+    return DatasetDescription(DataInfo((3, 32, 32), 10), min(options.train_size or available, available))
 
 
 def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:

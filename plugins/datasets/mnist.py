@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
 import torch
 import torchvision
 
@@ -25,9 +28,24 @@ class MnistOptions(FileDatasetOptions):
     pass
 
 
-def describe_mnist(options: MnistOptions) -> DatasetDescription:
-    """MNIST without loading it: 1×28×28 images, 10 classes, 60,000 training images (or train_size)."""
-    return DatasetDescription(DataInfo((1, 28, 28), 10), min(options.train_size or 60_000, 60_000))
+def idx_count(path: Path) -> int | None:
+    """The example count in an IDX file's header (bytes 4-8, big-endian), ``None`` if unreadable."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(8)
+    except OSError:
+        return None
+    return struct.unpack(">I", header[4:8])[0] if len(header) == 8 else None
+
+
+def describe_mnist(options: MnistOptions, context: BuildContext | None = None) -> DatasetDescription:
+    """MNIST without loading it: 1×28×28 images, 10 classes, and the training images on disk (read
+    from the IDX header when the file is there; else the original 60,000), or ``train_size``."""
+    available = 60_000
+    if context is not None:
+        found = idx_count(context.resolve(options.root) / "MNIST" / "raw" / FILES[0])
+        available = found if found is not None else available
+    return DatasetDescription(DataInfo((1, 28, 28), 10), min(options.train_size or available, available))
 
 
 def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:

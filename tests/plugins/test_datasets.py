@@ -502,3 +502,40 @@ def test_with_its_defaults_synthetic_separates_normalizers(write_manifest):
     accuracy = {name: [r.final("test_accuracy") for r in runs if r.spec["normalizer"]["name"] == name]
                 for name in ("none", "batchnorm")}  # fmt: skip
     assert max(accuracy["none"]) < 0.4 and min(accuracy["batchnorm"]) > 0.7, accuracy
+
+
+def test_descriptions_read_the_training_size_from_the_files_on_disk(mnist: Written, cifar: Written, tmp_path: Path):
+    from plugins.datasets.cifar10 import describe_cifar10
+    from plugins.datasets.mnist import describe_mnist
+
+    context = BuildContext(base_dir=tmp_path)
+    assert describe_mnist(MnistOptions(root=str(mnist.root)), context).train_size == 5  # the IDX header
+    assert describe_mnist(MnistOptions(root=str(tmp_path / "nowhere")), context).train_size == 60_000
+    assert describe_mnist(MnistOptions(root=str(mnist.root), train_size=3), context).train_size == 3
+    cifar_size = len(cifar.train_labels)
+    assert describe_cifar10(Cifar10Options(root=str(cifar.root)), context).train_size == cifar_size
+
+
+def test_plan_refuses_a_validation_split_larger_than_the_files_on_disk(mnist: Written, tmp_path: Path):
+    from harness.assembly import check_runs
+    from harness.errors import ManifestError
+    from harness.manifest import load_manifest
+    from harness.registry import load_registry
+
+    path = tmp_path / "m.toml"
+    path.write_text(
+        f"""
+[[studies]]
+name = "digits"
+model = {{ name = "mlp", widths = [8] }}
+dataset = {{ name = "mnist", root = "{mnist.root}" }}
+normalizer = "batchnorm"
+placement = "all"
+epochs = 1
+batch_size = 2
+validation_size = 5000
+"""
+    )
+    manifest = load_manifest(path)
+    with pytest.raises(ManifestError, match="validation_size 5000 must be below the 5 training examples"):
+        check_runs(manifest.runs(), load_registry(), str(path))
