@@ -88,10 +88,14 @@ def reading_labels(values: list[str]) -> list[str]:
         parsed.append((head, [part.strip() for part in rest[:-1].split(", ")]))
     common = set.intersection(*(set(parts) for _, parts in parsed)) if parsed else set()
     heads = {head for head, _ in parsed}
+    kept = [[p for p in parts if p not in common] for _, parts in parsed]
+    # an option every reading sets shows its value alone ("pytorch_default", not "init=pytorch_default")
+    keys = [{p.partition("=")[0] for p in parts} for parts in kept]
+    everywhere = set.intersection(*keys) if keys else set()
     labels = []
-    for head, parts in parsed:
-        kept = [p for p in parts if p not in common]
-        labels.append((f"{head}: " if len(heads) > 1 else "") + (", ".join(kept) or head))
+    for (head, _), parts in zip(parsed, kept, strict=True):
+        shown = [p.partition("=")[2] if p.partition("=")[0] in everywhere else p for p in parts]
+        labels.append((f"{head}: " if len(heads) > 1 else "") + (" ".join(shown) or head))
     return labels
 
 

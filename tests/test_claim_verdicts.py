@@ -145,7 +145,7 @@ def test_an_edited_claim_is_marked_post_hoc(registry, tmp_path):
 def test_claims_on_a_study_with_readings_are_decided_per_reading_and_summarized(registry):
     planned = [(f"r{i}", {"model": reading, "seed": 0}, 0) for i, reading in enumerate(["m(g=0.4)", "m(g=0.6)"])]
     study = StudyRuns(name="s", axes=["model"], planned=planned, stored={}, reading_axis="model")
-    assert study.readings() == {"m(g=0.4)": "g=0.4", "m(g=0.6)": "g=0.6"}
+    assert study.readings() == {"m(g=0.4)": "0.4", "m(g=0.6)": "0.6"}
     report = Report([study], registry)
     report.readings["s"] = {
         "m(g=0.4)": [(Component(name="x"), AnalysisResult(values={"ratio": over_seeds([0.9, 1.1, 1.0])}))],
@@ -154,8 +154,8 @@ def test_claims_on_a_study_with_readings_are_decided_per_reading_and_summarized(
     report.claims = [ClaimSpec(claim="ratio", study="s", value="ratio", at_least=10)]
     decisions = report.claim_decisions()
     assert [(d.reading, d.verdict) for d in decisions] == [("m(g=0.4)", "does not hold"), ("m(g=0.6)", "holds")]
-    assert report.summaries()[0][1] == "holds at g=0.6 only; does not hold at g=0.4"
-    assert [row[1] for row in report.claims_rows(verbose=False)] == ["g=0.4", "g=0.6"]
+    assert report.summaries()[0][1] == "holds at 0.6 only; does not hold at 0.4"
+    assert [row[1] for row in report.claims_rows(verbose=False)] == ["0.4", "0.6"]
 
 
 def test_a_value_the_profile_cannot_produce_says_so(registry):
@@ -172,3 +172,14 @@ def test_claim_spec_validates_confidence_and_bounds():
         ClaimSpec(claim="c", study="s", value="v", at_least=1, confidence=1.5)
     with pytest.raises(ValueError, match="larger than at_most"):
         ClaimSpec(claim="c", study="s", value="v", at_least=2, at_most=1)
+
+
+def test_reading_labels_keep_what_differs():
+    from harness.report import reading_labels
+
+    values = [
+        "resnet_cifar(depth=110, init=pytorch_default)",
+        "resnet_cifar(depth=110, init=kaiming_normal_fan_in, init_gain=0.4)",
+        "resnet_cifar(depth=110, init=depth_scaled)",
+    ]
+    assert reading_labels(values) == ["pytorch_default", "kaiming_normal_fan_in init_gain=0.4", "depth_scaled"]

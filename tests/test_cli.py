@@ -46,7 +46,7 @@ PROBE_STUDIES = {
 }
 """Bjorck et al. 2018: probe studies (measurements instead of training), every one but random_matrix
 swept over the eight init readings."""
-REGULARIZATION_STUDIES = {"mnist_noise_bn_vs_l2": (16, 180), "mnist_gamma_batch_size": (2, 18)}
+REGULARIZATION_STUDIES = {"mnist_noise_bn_vs_l2": (16, 480), "mnist_gamma_batch_size": (2, 18)}
 """Annamalai & Thakur 2022: training studies with the regularization analyses."""
 FIGURES = {
     "resnet110_cifar10_lr": ["accuracy_vs_lr", "training_curves", "placement_share"],

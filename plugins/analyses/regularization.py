@@ -57,6 +57,9 @@ MIN_LEVELS = 3
 """A rank trend over fewer levels can only be ±1 (or 0): it is reported but undecidable."""
 
 
+LR_AXIS = "optimizer.lr"
+
+
 # -- shared helpers -----------------------------------------------------------------------------
 def noise_level(run: RunRecord, axis: str) -> float:
     """The run's input-noise level (0 when the run has no transform)."""
@@ -321,6 +324,9 @@ class TunedL2Options(Options):
     normalized: str = Field("all", description="Placement value of the BN network.")
     unnormalized: str = Field("none", description="Placement value of the unnormalized network.")
     decay_axis: str = Field("optimizer.weight_decay", description="The L2 weight-decay axis tuned.")
+    lr_axis: str = Field(
+        LR_AXIS, description="The learning-rate axis, when swept: each arm and decay is read at its own best rate."
+    )
     untuned_decay: float = Field(0.0, ge=0, description="Weight decay of the untuned BN and no-BN networks.")
     selection_metric: str = Field(
         "validation_accuracy",
@@ -345,25 +351,47 @@ class TunedL2Options(Options):
     )
 
 
+def _selection(members: list[RunRecord], selection_metric: str, what: str) -> float:
+    scores = [score(r, selection_metric) for r in members]
+    if any(v is None for v in scores):
+        raise ValueError(
+            f"tuning needs {selection_metric!r} for every run ({what} lacks it): "
+            "set validation_size in the study and record the metric"
+        )
+    return statistics.fmean(float(v) for v in scores if v is not None)
+
+
+def best_per_decay(
+    runs: Iterable[RunRecord], decay_axis: str, selection_metric: str, lr_axis: str = LR_AXIS
+) -> dict[float, tuple[float, list[RunRecord]]]:
+    """Weight decay → ``(mean selection score, runs)`` at the learning rate best on ``selection_metric``
+    for that decay (ties to the smaller rate): each arm gets its own tuned learning rate. A study
+    without a learning-rate axis has one rate and this is a plain grouping by decay."""
+    out = {}
+    for decay, members in grouped(runs, lambda r: float(axis_value(r, decay_axis) or 0.0)).items():
+        by_lr = grouped(members, lambda r: float(axis_value(r, lr_axis) or 0.0))
+        scored = [
+            (_selection(rs, selection_metric, f"weight decay {decay:g}, lr {lr:g}"), -lr, rs)
+            for lr, rs in by_lr.items()
+        ]
+        best = max(scored, key=lambda item: (item[0], item[1]))
+        out[decay] = (best[0], best[2])
+    return out
+
+
 def tune(
-    runs: Iterable[RunRecord], decay_axis: str, selection_metric: str
+    runs: Iterable[RunRecord], decay_axis: str, selection_metric: str, lr_axis: str = LR_AXIS
 ) -> tuple[float, float, list[RunRecord]] | None:
     """``(weight decay, mean selection score, its runs)`` of the decay whose mean ``selection_metric``
-    (validation accuracy, final epoch) over ``runs`` is best; ties go to the smaller decay. Reads
-    no other metric. ``tuned_l2_comparison`` calls it on one seed's runs at one noise level.
+    (validation accuracy, final epoch) over ``runs`` is best, each decay at its own best learning
+    rate (``best_per_decay``); ties go to the smaller decay. Reads no other metric.
+    ``tuned_l2_comparison`` calls it on one seed's runs at one noise level (and on the untuned
+    runs alone, which tunes their learning rate).
 
     A finished run without the selection metric is an error: tuning never falls back to test data.
     """
-    by_decay = grouped(runs, lambda r: float(axis_value(r, decay_axis) or 0.0))
-    scored = []
-    for decay, members in by_decay.items():
-        scores = [score(r, selection_metric) for r in members]
-        if any(s is None for s in scores):
-            raise ValueError(
-                f"tuning needs {selection_metric!r} for every run (weight decay {decay:g} lacks it): "
-                "set validation_size in the study and record the metric"
-            )
-        scored.append((statistics.fmean(float(s) for s in scores if s is not None), -decay, decay, members))
+    scored = [(value, -decay, decay, members) for decay, (value, members) in
+              best_per_decay(runs, decay_axis, selection_metric, lr_axis).items()]  # fmt: skip
     if not scored:
         return None
     best = max(scored, key=lambda item: (item[0], item[1]))
@@ -436,9 +464,9 @@ def l2_effect(runs: list[RunRecord], options: TunedL2Options) -> tuple[float, fl
     """How much weight decay moves accuracy at one level, against the seed spread: ``(range over the
     decay grid of the mean-over-seeds selection accuracy, mean over decays of its std over seeds)``,
     in points; ``None`` with fewer than two decays or seeds."""
-    by_decay = grouped(runs, lambda r: float(axis_value(r, options.decay_axis) or 0.0))
+    by_decay = best_per_decay(runs, options.decay_axis, options.selection_metric, options.lr_axis)
     means, spreads = [], []
-    for members in by_decay.values():
+    for _, members in by_decay.values():
         scores = [v for r in members if (v := score(r, options.selection_metric)) is not None]
         if len(scores) < 2:
             return None
@@ -460,9 +488,9 @@ def kappa_match(runs: list[RunRecord], target: float | None, options: TunedL2Opt
     it is censored. ``None`` when the norms were not recorded."""
     if target is None:
         return None
-    by_decay = grouped(runs, lambda r: float(axis_value(r, options.decay_axis) or 0.0))
+    by_decay = best_per_decay(runs, options.decay_axis, options.selection_metric, options.lr_axis)
     points = sorted(
-        (decay, norm) for decay, rs in by_decay.items() if (norm := _first_layer_norm(rs, options, "w_norm"))
+        (decay, norm) for decay, (_, rs) in by_decay.items() if (norm := _first_layer_norm(rs, options, "w_norm"))
     )
     if len(points) < 2:
         return None
@@ -569,10 +597,15 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
             runs_by_seed(members(level, options.normalized)),
             runs_by_seed(members(level, options.unnormalized)),
         )
-        tuned = {s: t for s, rs in none_seeds.items() if (t := tune(rs, options.decay_axis, options.selection_metric))}
-        bn_tuned = {s: t for s, rs in bn_seeds.items() if (t := tune(rs, options.decay_axis, options.selection_metric))}
-        bn = {s: untuned(rs) for s, rs in bn_seeds.items() if untuned(rs)}
-        none = {s: untuned(rs) for s, rs in none_seeds.items() if untuned(rs)}
+
+        def tuned_on(group: list[RunRecord]) -> tuple[float, float, list[RunRecord]] | None:
+            return tune(group, options.decay_axis, options.selection_metric, options.lr_axis)
+
+        tuned = {s: t for s, rs in none_seeds.items() if (t := tuned_on(rs))}
+        bn_tuned = {s: t for s, rs in bn_seeds.items() if (t := tuned_on(rs))}
+        # the untuned arms (no weight decay) at their own best learning rate
+        bn = {s: t[2] for s, rs in bn_seeds.items() if untuned(rs) and (t := tuned_on(untuned(rs)))}
+        none = {s: t[2] for s, rs in none_seeds.items() if untuned(rs) and (t := tuned_on(untuned(rs)))}
         accuracy = {
             "BN": {s: acc(rs) for s, rs in bn.items()},
             "no BN": {s: acc(rs) for s, rs in none.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable
 
@@ -134,8 +135,8 @@ def test_kappa_is_the_validation_best_decay_per_seed_and_its_trend_with_noise():
         assert estimate.scale == "log" and estimate.replicates == (kappa,) * 3
         assert estimate.value == pytest.approx(kappa)
     trend = values["kappa_trend"]
-    assert trend.replicates == pytest.approx((1.0, 1.0, 1.0)) and not trend.undecidable
-    assert verdict(trend, 0.9, None) == ("holds", "")
+    assert trend.replicates == pytest.approx((1.0, 1.0, 1.0)) and not trend.undecidable and trend.kind == "rank"
+    assert verdict(trend, 0.9, None) == ("holds", "p = 0.00463")  # exact: (1/6)^3, three seeds over three levels
     assert [row[:3] for row in result.tables[1].rows[:3]] == [
         ["0", "0.0001", "0.0001, 0.0001, 0.0001"],
         ["0.3", "0.001", "0.001, 0.001, 0.001"],
@@ -148,7 +149,8 @@ def test_a_constant_kappa_has_trend_zero_and_a_seed_choosing_zero_has_no_log_int
     values = tuned_l2_comparison(grid_study((0.0, 0.3, 0.5), lambda level, seed: 1e-3), TunedL2Options()).values
     trend = values["kappa_trend"]
     assert trend.replicates == (0.0, 0.0, 0.0)  # κ* did not move: no trend (not a missing value)
-    assert verdict(trend, 0.5, None)[0] == "does not hold"
+    decision, reason = verdict(trend, 0.5, None)
+    assert decision == "inconclusive" and "no trend at all" in reason
     zero = tuned_l2_comparison(grid_study((0.0, 0.3, 0.5), lambda level, seed: 0.0 if seed else 1e-3), TunedL2Options())
     kappa = zero.values["kappa.0.3"]
     assert kappa.value == 0.0 and "chose weight decay 0" in kappa.undecidable
@@ -377,8 +379,8 @@ def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_man
     text = report.render("github")
     assert "### Implied regularization against input noise" in text and "failed" not in text.split("## Claims")[1]
     assert "### Accuracy under input noise" in text and "### Weight-norm trajectories" in text
-    verdicts = [row[-1] for row in report.claims_rows()]
-    assert verdicts[0] == verdicts[2] == "inconclusive (one seed: no interval)"
+    verdicts = [row[-1] for row in report.claims_rows(verbose=False)]
+    assert verdicts[0].startswith("inconclusive (one seed: no interval") and verdicts[2] == verdicts[0]
     assert verdicts[1].startswith("inconclusive (a rank trend over 2 levels")  # the undecidable reason propagates
     names = sorted(p.name for p in report.save_figures(tmp_path / "figs"))
     assert names == ["noise__noise_accuracy.png", "noise__noise_sweep.png", "noise__weight_trajectories.png"]
@@ -400,3 +402,75 @@ def test_the_bundled_manifest_holds_the_regularization_study(registry):
     assert sorted({r.spec.batch_size for r in gamma.runs}) == [16, 64, 256]
     smoke = {s.name: s for s in load_manifest(path, registry=registry, profile="smoke").studies}
     assert {r.spec.dataset.name for r in smoke["mnist_noise_bn_vs_l2"].runs} == {"synthetic"}
+
+
+def test_the_kappa_trend_is_refused_where_weight_decay_does_not_move_accuracy_beyond_the_seed_spread():
+    rng = random.Random(3)
+    runs = []
+    for level, seed in itertools.product((0.0, 0.3, 0.5), (0, 1, 2)):
+        runs.append(record({NOISE: level, PLACEMENT: "all", DECAY: 0.0}, seed, {"test_accuracy": 0.9,
+                           "validation_accuracy": 0.9, "train_loss": 0.1}))  # fmt: skip
+        for decay in GRID:  # flat in the decay: only seed noise picks kappa*
+            value = 0.9 + rng.gauss(0, 0.01)
+            metrics = {"validation_accuracy": value, "test_accuracy": value, "train_loss": 0.1}
+            runs.append(record({NOISE: level, PLACEMENT: "none", DECAY: decay}, seed, metrics))
+    values = tuned_l2_comparison(study(runs, [NOISE, PLACEMENT, DECAY]), TunedL2Options()).values
+    decision, reason = verdict(values["kappa_trend"], 0.5, None)
+    assert decision == "inconclusive" and "chosen by seed noise" in reason
+    effect = values["l2_effect_points.0"]
+    assert effect.basis.startswith("seed spread")
+    # the same study where weight decay matters (grid_study: 1 point per grid step, no seed noise) is decided
+    peaks = {0.0: 1e-4, 0.3: 1e-3, 0.5: 1e-2}
+    moving = tuned_l2_comparison(grid_study(tuple(peaks), lambda level, seed: peaks[level]), TunedL2Options())
+    assert not moving.values["kappa_trend"].undecidable
+
+
+def test_the_paired_contrast_counts_seeds_whose_l2_moves_more_without_bn():
+    peaks = {0.0: 1e-4, 0.3: 1e-3, 0.5: 1e-2}
+    base = grid_study(tuple(peaks), lambda level, seed: peaks[level])
+    runs = [r for r in base.runs if r.axes[PLACEMENT] == "none"]
+    for level, seed in itertools.product(peaks, (0, 1, 2)):
+        for i, decay in enumerate(GRID):  # BN is best without extra L2 at every level: flat
+            metrics = {"validation_accuracy": 0.95 - 0.01 * i, "test_accuracy": 0.95, "train_loss": 0.05}
+            runs.append(record({NOISE: level, PLACEMENT: "all", DECAY: decay}, seed, metrics))
+    values = tuned_l2_comparison(study(runs, base.axes), TunedL2Options()).values
+    contrast = values["l2_moves_more_without_bn"]
+    assert contrast.kind == "share" and contrast.value == 1.0 and contrast.replicates == (1.0, 1.0, 1.0)
+    assert values["bn_kappa_trend"].value == 0.0
+    # three agreeing seeds: an exact interval [0.29, 1], never "certain"
+    decision, reason = verdict(contrast, 0.5, None)
+    assert decision == "inconclusive" and "about 6 seeds" in reason  # 6 of 6: [0.54, 1]
+
+
+def test_function_matching_interpolates_the_decay_at_which_the_norms_agree():
+    norms = {0.0: 8.0, 1e-3: 4.0, 1e-2: 2.0, 1e-1: 1.0}  # the unnormalized net's first-layer ||w|| per decay
+    targets = {0.0: 4.0, 0.3: 8**0.5, 0.5: 1.5}  # BN's folded ||v|| per noise level
+    runs = []
+    for level, seed in itertools.product(targets, (0, 1, 2)):
+        geometry = {"weight_geometry.layer0.v_norm.median": targets[level]}
+        runs.append(record({NOISE: level, PLACEMENT: "all", DECAY: 0.0}, seed, {"test_accuracy": 0.9,
+                           "validation_accuracy": 0.9, "train_loss": 0.1, **geometry}))  # fmt: skip
+        for decay, norm in norms.items():
+            metrics = {"validation_accuracy": 0.9, "test_accuracy": 0.9, "train_loss": 0.1,
+                       "weight_geometry.layer0.w_norm.median": norm}  # fmt: skip
+            runs.append(record({NOISE: level, PLACEMENT: "none", DECAY: decay}, seed, metrics))
+    values = tuned_l2_comparison(study(runs, [NOISE, PLACEMENT, DECAY]), TunedL2Options()).values
+    assert values["kappa_match.0.seed0"].value == pytest.approx(1e-3)
+    assert values["kappa_match.0.3.seed1"].value == pytest.approx(10**-2.5)  # halfway in log between the grid points
+    # ||v|| = 1.5 lies between 1e-2 (2) and 1e-1 (1): log-linear in the norm
+    assert values["kappa_match.0.5.seed2"].value == pytest.approx(10 ** (-2 + math.log(2 / 1.5) / math.log(2)))
+    trend = values["kappa_match_trend"]
+    assert trend.value == 1.0 and verdict(trend, 0.5, None)[0] == "holds"
+
+
+def test_each_arm_and_decay_is_read_at_its_own_best_learning_rate():
+    lr = "optimizer.lr"
+    validation = {(0.0, 0.01): 0.80, (0.0, 0.1): 0.90, (1e-3, 0.01): 0.95, (1e-3, 0.1): 0.85}
+    runs = [
+        record({DECAY: decay, lr: rate}, 0, {"validation_accuracy": value})
+        for (decay, rate), value in validation.items()
+    ]
+    decay, value, members = tune(runs, DECAY, "validation_accuracy")
+    assert (decay, value) == (1e-3, 0.95) and [m.axes[lr] for m in members] == [0.01]
+    untuned = [r for r in runs if r.axes[DECAY] == 0.0]
+    assert tune(untuned, DECAY, "validation_accuracy")[2][0].axes[lr] == 0.1  # the untuned arm tunes its rate too
