@@ -84,14 +84,19 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def read_checkpoint(path: Path) -> Any:
-    """Load a checkpoint file after verifying its checksum (files from before checksums load as they are)."""
+    """Load a checkpoint file after verifying its checksum. A file without one (not written by
+    bnbench, or edited) is refused: a run never resumes from unverified weights."""
     data = path.read_bytes()
-    if data.startswith(MAGIC):
-        header, _, payload = data.partition(b"\n")
-        if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC) :]:
-            raise ValueError("its checksum does not match: the file is damaged")
-        data = payload
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not data.startswith(MAGIC):
+        raise ValueError("it has no checksum line, so its content cannot be verified")
+    header, _, payload = data.partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC) :]:
+        raise ValueError("its checksum does not match: the file is damaged")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's several-line "Weights only load failed" as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"it does not load as a checkpoint ({first})") from None
 
 
 class Checkpoints:

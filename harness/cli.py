@@ -19,7 +19,7 @@ import harness
 from harness import report as reporting
 from harness.api import resolve_traits
 from harness.assembly import check_runs
-from harness.errors import BnbenchError, ManifestError, StoreError
+from harness.errors import BnbenchError, ManifestError, StoreError, terminal_text
 from harness.manifest import Manifest
 from harness.packing import plan_work
 from harness.records import PlannedPack, pending_runs, unique_runs
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", "-p", help="with a manifest: the profile it was run with")
     rep.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
     rep.add_argument("--format", "-f", choices=reporting.FORMATS, default="github")
+    rep.add_argument(
+        "--verbose", "-v", action="store_true", help="the claims table with every column (claim text, source, ...)"
+    )
     rep.add_argument("--figures", type=Path, metavar="DIR", help="also write the analyses' figures (PNG) here")
     rep.add_argument(
         "--html",
@@ -97,22 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_report(session: Session, fmt: str, figures: Path | None = None, page: Path | None = None) -> None:
+def _print_report(
+    session: Session, fmt: str, figures: Path | None = None, page: Path | None = None, verbose: bool = False
+) -> None:
     with session.store(read_only=True) as store:
         report = reporting.from_manifest(session.manifest, store, session.registry)
-    _emit(report, fmt, figures, page)
+    _emit(report, fmt, figures, page, verbose)
 
 
-def _emit(report: reporting.Report, fmt: str, figures: Path | None, page: Path | None = None) -> None:
-    print(report.render(fmt), end="")
+def _emit(
+    report: reporting.Report, fmt: str, figures: Path | None, page: Path | None = None, verbose: bool = False
+) -> None:
+    print(terminal_text(report.render(fmt, verbose=verbose)), end="")
     if figures is not None:
         written = report.save_figures(figures)
-        print(f"{len(written)} figures written to {figures}", file=sys.stderr)
+        print(terminal_text(f"{len(written)} figures written to {figures}"), file=sys.stderr)
     if page is not None:
+        from harness.files import write_atomically
         from harness.report_html import render_html
 
-        page.write_text(render_html(report), encoding="utf-8")
-        print(f"HTML report written to {page}", file=sys.stderr)
+        write_atomically(page, render_html(report))
+        print(terminal_text(f"HTML report written to {page}"), file=sys.stderr)
 
 
 def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
@@ -142,16 +150,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = session.manifest
     _confirm_size(manifest, args.rerun, args.yes)
     summary = run_manifest(
-        manifest, registry=session.registry, rerun=args.rerun, device=args.device, verbose=args.verbose
+        manifest,
+        registry=session.registry,
+        rerun=args.rerun,
+        device=args.device,
+        verbose=args.verbose,
+        handle_signals=True,
     )
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
     if summary.busy:
         counts += f", {summary.busy} being run by another process"
     if summary.finished_elsewhere:
         counts += f", {summary.finished_elsewhere} finished meanwhile by another process"
+    if summary.rerunning:
+        counts += f", {summary.rerunning} of them being run again by another process (their results are kept meanwhile)"
     print(
-        f"{summary.planned} runs planned, {summary.skipped} already had results; {counts}. "
-        f"Results: {manifest.results_path}",
+        terminal_text(
+            f"{summary.planned} runs planned, {summary.skipped} already had results; {counts}. "
+            f"Results: {manifest.results_path}"
+        ),
         file=sys.stderr,
     )
     if not args.no_report:
@@ -205,11 +222,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ]
         for r in runs
     ]
-    print(tabulate(rows, headers=["run id", "study", "axes", "seed", "status"], tablefmt="github"))
+    print(terminal_text(tabulate(rows, headers=["run id", "study", "axes", "seed", "status"], tablefmt="github")))
     pending = pending_runs(runs, statuses)
     packs = [w for w in plan_work(pending, session.registry) if isinstance(w, PlannedPack)]
     packed = f" ({sum(len(p.members) for p in packs)} of them in {len(packs)} packs)" if packs else ""
-    print(f"\n{len(unique_runs(runs))} runs, {len(pending)} to run{packed}. Results store: {path}")
+    print(terminal_text(f"\n{len(unique_runs(runs))} runs, {len(pending)} to run{packed}. Results store: {path}"))
     return 0
 
 
@@ -229,7 +246,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             report.studies = [s for s in report.studies if s.name in args.study]
         if not report.studies:
             raise BnbenchError(f"results store {args.source} holds no studies")
-        _emit(report, args.format, args.figures, args.html)
+        _emit(report, args.format, args.figures, args.html, args.verbose)
         return 0
     if args.source.suffix in (".sqlite", ".sqlite3", ".db") and args.source.is_file():
         raise StoreError(f"{args.source} is not a SQLite database (its header is damaged?): cannot report from it")
@@ -240,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"no results yet at {manifest.results_path}; run `bnbench run {args.source}"
             f"{' --profile ' + args.profile if args.profile else ''}` first"
         )
-    _print_report(session, args.format, args.figures, args.html)
+    _print_report(session, args.format, args.figures, args.html, args.verbose)
     return 0
 
 
@@ -369,14 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except BnbenchError as exc:
-        print(f"bnbench: error: {exc}", file=sys.stderr)
+        print(terminal_text(f"bnbench: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except sqlite3.DatabaseError as exc:  # a store damaged after it opened (a page of random bytes), or unwritable
         if isinstance(exc, sqlite3.OperationalError):
             error = StoreError(f"cannot use the results store: {exc} (is its folder writable? the disk full?)")
         else:
             error = StoreError(f"the results store is damaged or unreadable ({type(exc).__name__}: {exc})")
-        print(f"bnbench: error: {error}", file=sys.stderr)
+        print(terminal_text(f"bnbench: error: {error}"), file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("bnbench: interrupted", file=sys.stderr)

@@ -98,6 +98,15 @@ class StoreError(BnbenchError):
     exit_code = 2
 
 
+def terminal_text(text: object) -> str:
+    """``text`` safe for a terminal: every character that is not printable (an escape sequence that
+    could clear the screen or set the window title, a carriage return, a NUL) shown as its Python
+    escape, line breaks and tabs kept. Every user-supplied string bnbench prints passes through it."""
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii") for c in str(text)
+    )
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest known name, or an empty string."""
     close = difflib.get_close_matches(name, list(known), n=1)

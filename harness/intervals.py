@@ -205,6 +205,8 @@ def interval(estimate: Estimate, confidence: float = 0.95) -> Interval | None:
         return None
     if kind == "bracket":
         return _bracket_interval(estimate, confidence)
+    if agree_exactly(estimate):
+        return None  # no spread to build an interval on (decide says so)
     if kind == "ratio":
         return _fieller(estimate, confidence)
     if any(math.isinf(v) for v in values):
@@ -214,6 +216,14 @@ def interval(estimate: Estimate, confidence: float = 0.95) -> Interval | None:
         return Interval(math.exp(low), math.exp(high), confidence, n)
     low, high = _t_bounds(values, confidence)
     return Interval(low, high, confidence, n)
+
+
+def agree_exactly(estimate: Estimate) -> bool:
+    """Whether two or more seeds of a mean or a ratio gave exactly the same value: their spread of 0
+    says nothing about the next seed, so no interval is built on it."""
+    values = estimate.replicates
+    same = len(values) >= 2 and len(set(values)) == 1 and all(math.isfinite(v) for v in values)
+    return same and (estimate.kind != "ratio" or len(set(estimate.denominators)) == 1)
 
 
 def _median_interval(values: list[float], scale: str, confidence: float) -> Interval:
@@ -329,6 +339,12 @@ def decide(
     if estimate.kind == "rank":
         return _decide_rank(estimate, at_least, at_most, confidence)
     bounds = interval(estimate, confidence)
+    if bounds is None and agree_exactly(estimate):
+        return "inconclusive", (
+            f"the {len(estimate.replicates)} seeds agree exactly: a spread of 0 says nothing about the next seed, "
+            "so agreeing seeds never make a verdict certain; a seed that differs gives the spread (a quantity whose "
+            "seeds always agree needs an interval of its own kind: a share, a grid bracket)"
+        )
     if bounds is None:
         return "inconclusive", "one seed: no interval; " + (seeds_needed(estimate, at_least, at_most, confidence))
     if _outside(bounds.low, bounds.high, at_least, at_most):

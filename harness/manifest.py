@@ -112,13 +112,35 @@ def read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ManifestError(f"cannot read: {exc.strerror}", file=str(path)) from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        parsed = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ManifestError("not a TOML file: it is not UTF-8 text", file=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"invalid TOML: {exc}", file=str(path)) from None
     except RecursionError:
         raise ManifestError("invalid TOML: arrays or tables nested too deeply", file=str(path)) from None
+    depth = nesting_depth(parsed)
+    if depth > MAX_NESTING:
+        raise ManifestError(
+            f"tables or arrays nested {depth} levels deep (a dotted key of {depth} parts?); at most {MAX_NESTING}",
+            file=str(path),
+        )
+    return parsed
+
+
+MAX_NESTING = 64
+"""How deep a manifest's tables and arrays may nest (the bundled one: 4)."""
+
+
+def nesting_depth(data: Any) -> int:
+    """How deeply tables and arrays nest in ``data``, counted without recursion."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def validate_toml(model: type[M], data: Any) -> M:

@@ -10,6 +10,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from harness.errors import terminal_text
+
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
@@ -45,6 +47,7 @@ class Progress:
         self._label = ""
 
     def log(self, message: str) -> None:
+        message = terminal_text(message)
         if self.bars:
             tqdm.write(message, file=self.stream)
         else:
@@ -53,7 +56,9 @@ class Progress:
     def start_run(self, label: str, total_steps: int) -> None:
         self._label = label
         if self.bars:
-            self._run = tqdm(total=total_steps, desc=label, unit="step", position=1, leave=False, file=self.stream)
+            self._run = tqdm(
+                total=total_steps, desc=terminal_text(label), unit="step", position=1, leave=False, file=self.stream
+            )
         elif self.verbose:
             self.log(f"[{self.done + 1}/{self.total_runs}] {label}: {total_steps} steps")
 

@@ -267,6 +267,12 @@ def _import_plugin(reference: str, base_dir: Path | None) -> tuple[str, ModuleTy
         return reference, importlib.import_module(reference)
     except PluginError:
         raise
+    except SystemExit as exc:  # a module that calls sys.exit() at import is a broken plugin, not a success
+        raise PluginError(
+            f"cannot import plugin {reference!r}: it exited at import (SystemExit({exc.code!r}))"
+        ) from None
+    except KeyboardInterrupt:  # raised by the module itself, not the user's Ctrl-C at a prompt
+        raise PluginError(f"cannot import plugin {reference!r}: it raised KeyboardInterrupt at import") from None
     except Exception as exc:
         raise PluginError(f"cannot import plugin {reference!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -315,7 +321,7 @@ def load_registry(
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # an installed plugin that cannot load never blocks the others
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # never blocks the others, nor exits
                 broken[name] = (
                     f"package {package}, entry point {ep.name} = {ep.value!r}, failed to import: "
                     f"{type(exc).__name__}: {exc} (skip it with --disable-plugin {package or ep.name})"

@@ -17,10 +17,12 @@ from tabulate import tabulate
 from harness.analysis import Verdict, as_estimate, interval, verdict
 from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from harness.errors import BnbenchError
+from harness.files import OutputError, write_atomically
+from harness.intervals import agree_exactly
 from harness.manifest import Manifest, load_manifest
 from harness.records import FINISHED
 from harness.registry import Registry
-from harness.spec import CheckSpec, ClaimSpec, Component, _Test
+from harness.spec import CheckSpec, ClaimSpec, Component, ThresholdSpec
 from harness.store import Store, definition_hash
 
 FORMATS = ("github", "latex", "plain", "csv")
@@ -103,7 +105,7 @@ def reading_labels(values: list[str]) -> list[str]:
 class Decision:
     """A claim's or a check's verdict at one reading (``reading`` empty without one)."""
 
-    test: _Test
+    test: ThresholdSpec
     reading: str
     """The reading's key (the reading axis's value; empty without one)."""
     shown: str
@@ -200,7 +202,7 @@ class Report:
     def _study_readings(self, study: str) -> list[str]:
         return list(self.readings[study]) if study in self.readings else [""]
 
-    def _missing_reason(self, test: _Test) -> str:
+    def _missing_reason(self, test: ThresholdSpec) -> str:
         reported = self.reported_values(test.study)
         if not reported or test.value in reported:
             return ""
@@ -214,7 +216,7 @@ class Report:
         shown = ", ".join(sorted(reported)[:12]) + (", ..." if len(reported) > 12 else "")
         return f"its analyses report no value {test.value!r}; they report: {shown}"
 
-    def _decide(self, test: _Test, reading: str) -> Decision:
+    def _decide(self, test: ThresholdSpec, reading: str) -> Decision:
         estimate = self.value(test.study, test.value, reading)
         decision, reason = verdict(estimate, test.at_least, test.at_most, test.confidence)
         if estimate is None:
@@ -276,12 +278,12 @@ class Report:
         parts += [f"{v} at {', '.join(rs)}" for v, rs in by.items() if v != "holds"]
         return "; ".join(parts)
 
-    def summaries(self) -> list[tuple[_Test, str]]:
+    def summaries(self) -> list[tuple[ThresholdSpec, str]]:
         """Each claim's verdict over its readings (``_summary``)."""
         decisions = self.claim_decisions()
         return [(claim, self._summary([d for d in decisions if d.test is claim])) for claim in self.claims]
 
-    def registration(self, test: _Test) -> str:
+    def registration(self, test: ThresholdSpec) -> str:
         """'pre-registered DATE', 'post hoc (...)' or '' when its study has no results yet."""
         found = self.registrations.get((test.key, definition_hash(test.definition())))
         if found is not None:
@@ -424,9 +426,12 @@ class Report:
         written = []
         for study in self.studies:
             for name, png in self.figure_images(study):
-                directory.mkdir(parents=True, exist_ok=True)
+                try:
+                    directory.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise OutputError(f"cannot write figures to {directory}: {exc.strerror or exc}") from None
                 path = directory / f"{_safe(study.name)}__{_safe(name)}.png"
-                path.write_bytes(png)
+                write_atomically(path, png)
                 written.append(path)
         return written
 
@@ -447,7 +452,8 @@ def _spread(estimate: Estimate | None, confidence: float) -> str:
         return f"point value: {estimate.basis}" if estimate.basis else "point value"
     bounds = interval(estimate, confidence)
     if bounds is None:
-        return f"n={len(estimate.replicates)}, no interval"
+        n = len(estimate.replicates)
+        return f"n={n}, no interval" + (" (the seeds agree exactly)" if agree_exactly(estimate) else "")
     return bounds.text(_number)
 
 

@@ -28,6 +28,8 @@ MAX_SEED = 2**32 - 1
 never ends (``epochs = 1e26``), caught when the manifest is read rather than hours into a sweep."""
 MAX_PATH_BYTES = 4096
 MAX_PATH_COMPONENT_BYTES = 255
+MAX_PATH_DEPTH = 256
+"""Folders a manifest's path may nest (a deeper one makes Python's own path handling recurse)."""
 
 
 class StrictModel(BaseModel):
@@ -358,6 +360,9 @@ def check_path(text: str) -> str:
         raise ValueError("a path cannot contain a NUL byte")
     if len(text.encode()) > MAX_PATH_BYTES:
         raise ValueError(f"the path is {len(text.encode())} bytes long; at most {MAX_PATH_BYTES} are allowed")
+    depth = len([part for part in text.split("/") if part])
+    if depth > MAX_PATH_DEPTH:
+        raise ValueError(f"the path nests {depth} folders; at most {MAX_PATH_DEPTH} are allowed")
     longest = max(text.split("/"), key=lambda part: len(part.encode()))
     if len(longest.encode()) > MAX_PATH_COMPONENT_BYTES:
         raise ValueError(
@@ -367,7 +372,7 @@ def check_path(text: str) -> str:
     return text
 
 
-class _Test(StrictModel):
+class ThresholdSpec(StrictModel):
     """What a claim and a check share: a value of a study's analyses and the bounds it is tested against."""
 
     id: str = Field(
@@ -389,7 +394,7 @@ class _Test(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _threshold(self) -> _Test:
+    def _threshold(self) -> ThresholdSpec:
         if self.at_least is None and self.at_most is None:
             raise ValueError("a claim needs a threshold: at_least, at_most or both")
         if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
@@ -412,7 +417,7 @@ class _Test(StrictModel):
         return self.model_dump(mode="json")
 
 
-class ClaimSpec(_Test):
+class ClaimSpec(ThresholdSpec):
     """A claim of a paper, tested against a value an analysis of a study reports."""
 
     claim: str = Field(min_length=1, description="The claim in words, as the report shows it.")
@@ -423,7 +428,7 @@ class ClaimSpec(_Test):
     )
 
 
-class CheckSpec(_Test):
+class CheckSpec(ThresholdSpec):
     """A check: a test that cannot speak for the paper (an identity of a simulator, the criterion a
     reading was chosen by, a fairness guard), shown apart from the claims; claims may require it."""
 

@@ -79,6 +79,11 @@ CREATE TABLE IF NOT EXISTS epochs (
 )
 
 
+def damaged(path: Path, detail: str) -> str:
+    """The one line every command gives for a damaged store."""
+    return f"results store {path} is damaged ({detail}): restore it from a copy, or move it aside to start afresh"
+
+
 def definition_hash(definition: dict[str, Any]) -> str:
     """The hash a claim's definition is registered under (SHA-256 of its sorted JSON)."""
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
@@ -114,27 +119,62 @@ class Store:
         if read_only:
             self._open_read_only()
             return
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            if existed:
+                self._check_integrity()
+                if self._schema_version() is None:
+                    raise StoreError(self._no_schema())
             with self.transaction():
                 self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
-            hint = "" if os.access(self.path.parent, os.W_OK) else f" (the folder {self.path.parent} is not writable)"
-            raise StoreError(f"cannot open results store {self.path}: {exc}{hint}") from exc
+            if not os.access(self.path.parent, os.W_OK) or (existed and not os.access(self.path, os.W_OK)):
+                raise StoreError(f"cannot write results store {self.path}: permission denied ({exc})") from exc
+            raise StoreError(damaged(self.path, str(exc))) from exc
         except OSError as exc:
             raise StoreError(f"cannot create results store {self.path}: {exc.strerror} ({exc.filename})") from exc
 
+    def _check_integrity(self) -> None:
+        """SQLite's ``quick_check`` (every page read, indexes not cross-checked): a damaged store is
+        refused before anything runs on it, with the line ``report`` gives."""
+        problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreError(damaged(self.path, "; ".join(problems)))
+
+    def _no_schema(self) -> str:
+        wal = Path(f"{self.path}-wal")
+        if self.path.stat().st_size <= 4096 and not wal.exists():
+            return (
+                f"{self.path} is not a bnbench results store: it holds no tables. If it was copied while a sweep "
+                f"was running, its results are in its write-ahead log {wal.name}, which is missing: copy both files"
+            )
+        return f"{self.path} is not a bnbench results store"
+
     def _open_read_only(self) -> None:
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"cannot read results store {self.path}: permission denied")
+        # a store with no write-ahead log beside it (closed cleanly) opens immutable: no -wal or -shm
+        # file is created (plan and report only read) and it works on read-only media; a store a sweep
+        # is writing opens read-only and sees its latest results
+        live = Path(f"{self.path}-wal").exists()
+        mode = "mode=ro" if live else "immutable=1"
         try:
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
             version = self._schema_version()
+            if version is not None:
+                self._check_integrity()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot read results store {self.path}: {exc} (is the file damaged?)") from exc
+            if live and not os.access(self.path.parent, os.W_OK):  # read-only media with a log: read the file
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30)
+                version = self._schema_version()
+            else:
+                raise StoreError(damaged(self.path, str(exc))) from exc
         if version is None:
-            raise StoreError(f"{self.path} is not a bnbench results store")
+            raise StoreError(self._no_schema())
         if version not in READABLE_VERSIONS:
             raise StoreError(
                 f"results store {self.path} has schema version {version}; this bnbench reads {SCHEMA_VERSION}"
@@ -247,9 +287,17 @@ class Store:
             if row is not None:
                 status, owner, updated_at, finished_at = row
                 replaceable = replace_finished_before is not None and (finished_at or 0) < replace_finished_before
+                taken = bool(owner) and owner != me and _alive(owner, updated_at, stale_after)
+                if status in FINISHED and taken:
+                    return owner  # being rerun by another sweep: its old result stays until the new one
                 if status in FINISHED and not replaceable:
                     return f"finished: {status}"
-                if status == "running" and owner and owner != me and _alive(owner, updated_at, stale_after):
+                if status in FINISHED:
+                    # a rerun keeps the old result (status, epochs) until ``record`` replaces it in one
+                    # transaction: a kill at any moment leaves the old result or the new, never neither
+                    self.db.execute("UPDATE runs SET owner = ?, updated_at = ? WHERE id = ?", (me, now, planned.run_id))
+                    return None
+                if status == "running" and taken:
                     return owner
             self.db.execute("DELETE FROM epochs WHERE run_id = ?", (planned.run_id,))
             self.db.execute(
@@ -270,11 +318,28 @@ class Store:
             )
 
     def mark_interrupted(self, run_id: str) -> None:
+        """A stopped run: ``interrupted``, unowned; a stopped rerun keeps its old final result."""
+        finished = ",".join(f"'{status}'" for status in FINISHED)
         with self.transaction():
             self.db.execute(
-                "UPDATE runs SET status='interrupted', owner=NULL, updated_at=? WHERE id=?",
+                f"UPDATE runs SET status = CASE WHEN status IN ({finished}) THEN status ELSE 'interrupted' END, "
+                "owner = NULL, updated_at = ? WHERE id = ?",
                 (time.time(), run_id),
             )
+
+    def live_owners(self, run_ids: Iterable[str], stale_after: float = 3600.0) -> dict[str, str]:
+        """Run id → the live process (not this one) that owns it: running it, or rerunning a finished one."""
+        me = _owner()
+        ids = list(run_ids)
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT id, owner, updated_at FROM runs WHERE owner IS NOT NULL AND id IN ({marks})", chunk
+            )
+            found.update({i: o for i, o, at in rows if o != me and _alive(o, at, stale_after)})
+        return found
 
     def record(self, planned: PlannedRun, result: RunResult) -> None:
         """Write a run's result and all its epochs in one transaction."""
@@ -312,6 +377,9 @@ class Store:
                     time.time(),
                 ),
             )
+        # fold the write-ahead log into the main file as results are recorded: a copy of the file
+        # alone (a backup, a file sent after a kill) holds every finished result
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- reading -------------------------------------------------------------------------
     def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:

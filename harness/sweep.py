@@ -38,6 +38,8 @@ class SweepSummary:
     """Runs skipped because another live process had claimed them."""
     finished_elsewhere: int = 0
     """Runs skipped because another sweep finished them after this one planned them."""
+    rerunning: int = 0
+    """Runs with a final result that another live sweep is running again (``--rerun``)."""
 
 
 def headline_metrics(registry: Registry) -> tuple[str, ...]:
@@ -114,6 +116,7 @@ def run_manifest(
     device: str | None = None,
     progress: Progress | None = None,
     verbose: bool = False,
+    handle_signals: bool = False,
 ) -> SweepSummary:
     """Run every pending run of ``manifest`` on its executor, recording each result as it finishes.
 
@@ -122,6 +125,8 @@ def run_manifest(
     and stop the sweep; every finished result is kept and running the same command resumes.
     ``registry``: the plugins the plan was validated with (a ``Session``'s); by default the
     installed plugins and the manifest's own. ``verbose``: off a terminal, a line per epoch too.
+    ``handle_signals``: SIGINT/SIGTERM checkpoint and stop the sweep (the CLI's; off by default, so
+    a program calling the library keeps its own handlers; ``stop_on_signals`` restores them after).
     """
     runs = manifest.runs()
     settings = manifest.settings
@@ -140,8 +145,12 @@ def run_manifest(
         pending = pending_runs(runs, statuses, rerun)
         summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
         checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+        owned = store.live_owners((r.run_id for r in unique_runs(runs)), settings.claim_timeout_s)
+        summary.rerunning = sum(1 for run_id, status in statuses.items() if status in FINISHED and run_id in owned)
         if not rerun:  # a kill between recording a result and deleting its checkpoints left them behind
             for run_id in checkpoints.run_ids():
+                if run_id in owned:
+                    continue  # a rerun in progress elsewhere: its checkpoints are live
                 if statuses.get(run_id) in FINISHED or finished_pack(checkpoints, run_id, store):
                     with contextlib.suppress(OSError):
                         checkpoints.discard(run_id)
@@ -213,7 +222,7 @@ def run_manifest(
         unwritable: str | None = None
         """Why the store stopped accepting writes mid-sweep (a read-only disk, a full one)."""
         try:
-            with stop_on_signals(stop, progress.log):
+            with stop_on_signals(stop, progress.log) if handle_signals else contextlib.nullcontext():
                 for outcome in executor.execute(claim_as_needed(), context):
                     if outcome.result is None and unwritable is None:
                         summary.interrupted = True

@@ -81,3 +81,18 @@ def test_a_checkpoint_that_does_not_fit_falls_back_to_the_older_one(write_manife
     assert result.status == "done" and result.info["resumed_from_step"] == 3, warnings
     assert any("does not fit this run" in w for w in warnings)
     assert isinstance(older, Path) and older.is_file()  # the good older checkpoint was kept and used
+
+
+def test_a_checkpoint_without_its_checksum_line_is_refused_not_resumed(write_manifest, registry):
+    manifest, planned, checkpoints, registry = two_checkpoints(write_manifest, registry)
+    newest = checkpoints.files(planned.run_id)[0]
+    state = read_checkpoint(newest)
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name] + 1.0  # altered weights, saved as a plain torch file
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    newest.write_bytes(buffer.getvalue())
+    result, warnings = resume(manifest, planned, checkpoints, registry)
+    assert result.status == "done" and result.info["resumed_from_step"] == 3  # the older, verified one
+    (warning,) = [w for w in warnings if "no checksum line" in w]
+    assert str(newest) in warning and "\n" not in warning

@@ -160,3 +160,12 @@ def test_the_t_interval_still_covers_a_known_mean():
         covered += bounds.low <= 1.0 <= bounds.high
     assert 0.93 <= covered / 2000 <= 0.97
     assert statistics.fmean([1.0]) == 1.0
+
+
+def test_seeds_that_agree_exactly_never_make_a_mean_certain():
+    agreeing = over_seeds([0.9, 0.9, 0.9])
+    assert interval(agreeing) is None
+    verdict, reason = decide(agreeing, 0.5, None)
+    assert verdict == "inconclusive" and "agree exactly" in reason
+    assert interval(ratio_of_means({0: 1.0, 1: 1.0}, {0: 2.0, 1: 2.0})) is None
+    assert decide(over_seeds([0.9, 0.91, 0.9]), 0.5, None)[0] == "holds"  # any spread gives an interval

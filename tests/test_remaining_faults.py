@@ -1,0 +1,180 @@
+"""Faults of issue #24 that each lost or misreported something: results only in the write-ahead log,
+a damaged store declared a success, read-only opens that leave files behind, reports truncated by a
+failed write, plugins that exit at import, and a library that took over the host's signals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_manifest
+from test_cli import bnbench
+
+from harness import hookimpl
+from harness.errors import StoreError
+from harness.files import OutputError, write_atomically
+from harness.manifest import load_manifest
+from harness.registry import load_registry
+from harness.store import Store
+from harness.sweep import run_manifest
+
+KILL_PLUGIN = Path(__file__).parent / "kill_plugin.py"
+
+
+def with_plugins(text: str, *plugins: str) -> str:
+    listed = ", ".join(f'"{p}"' for p in plugins)
+    return text.replace('device = "cpu"\n', f'device = "cpu"\nplugins = [{listed}]\n', 1)
+
+
+@pytest.fixture
+def finished(write_manifest, registry) -> Path:
+    path = write_manifest(tiny_manifest())
+    assert run_manifest(load_manifest(path, registry=registry)).statuses == {"done": 2}
+    return path
+
+
+def test_a_copy_of_the_store_file_alone_holds_the_results_of_a_killed_sweep(write_manifest, tmp_path):
+    path = write_manifest(with_plugins(tiny_manifest(seeds="[0, 1]"), str(KILL_PLUGIN)))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "BNBENCH_TEST_KILL_AT_STEP": "2", "BNBENCH_TEST_KILL_MARKERS": str(markers)}
+    env["BNBENCH_TEST_KILL_SEED"] = "1"  # the seed-0 run of placement "all" finishes first, then the sweep dies
+    process = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    shutil.copy(tmp_path / "results.sqlite", backup / "results.sqlite")  # what a user copies: the file alone
+    with Store(backup / "results.sqlite", read_only=True) as store:
+        done = store.db.execute("SELECT count(*) FROM runs WHERE status = 'done'").fetchone()[0]
+    assert done >= 1
+
+
+def test_a_store_without_its_tables_says_its_log_may_be_missing(tmp_path):
+    empty = tmp_path / "r.sqlite"
+    sqlite3.connect(empty).execute("PRAGMA user_version = 1").connection.close()  # a database with no tables
+    with pytest.raises(StoreError, match=r"write-ahead log r\.sqlite-wal, which is missing"):
+        Store(empty, read_only=True)
+
+
+def test_run_refuses_a_store_with_a_damaged_last_page_with_the_line_report_gives(finished, tmp_path):
+    store = tmp_path / "results.sqlite"
+    data = bytearray(store.read_bytes())
+    data[-4096:] = os.urandom(4096)
+    store.write_bytes(bytes(data))
+    outcomes = [bnbench(command, str(finished), cwd=tmp_path) for command in ("run", "report", "plan")]
+    for result in outcomes:
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"results store {store} is damaged" in result.stderr and "Traceback" not in result.stderr
+    assert "nothing run" not in outcomes[0].stderr
+
+
+def test_plan_and_report_leave_no_log_files_beside_a_closed_store(finished, tmp_path):
+    for command in ("plan", "report"):
+        assert bnbench(command, str(finished), cwd=tmp_path).returncode == 0
+    assert not list(tmp_path.glob("results.sqlite-*"))
+
+
+def test_an_html_report_to_a_missing_folder_or_a_folder_is_one_line(finished, tmp_path):
+    for target in (tmp_path / "no" / "such" / "page.html", tmp_path):
+        result = bnbench("report", str(finished), "--html", str(target), cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and f"cannot write {target}" in result.stderr
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path, monkeypatch):
+    page = tmp_path / "report.html"
+    write_atomically(page, "the previous report")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputError, match="No space left on device"):
+        write_atomically(page, "a new report that does not fit")
+    assert page.read_text() == "the previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [("import sys\nsys.exit(0)\n", "exited at import"), ("raise KeyboardInterrupt\n", "KeyboardInterrupt")],
+)
+def test_a_plugin_that_exits_at_import_is_a_plugin_error(write_manifest, tmp_path, body, said):
+    (tmp_path / "exits.py").write_text(body)
+    path = write_manifest(with_plugins(tiny_manifest(), "exits.py"))
+    result = bnbench("plan", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr and "exits.py" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_sweep_called_as_a_library_leaves_the_host_signal_handlers_alone(write_manifest):
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def bnbench_step_end(self, run, step, loss):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    registry = load_registry(objects=[("watch", Watch())])
+    path = write_manifest(tiny_manifest(placement='"none"'))
+    run_manifest(load_manifest(path, registry=registry), registry=registry)
+    assert seen and all(handler is before for handler in seen)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_rerun_killed_midway_keeps_every_old_result(write_manifest, registry, tmp_path):
+    path = write_manifest(with_plugins(tiny_manifest(seeds="[0, 1]"), str(KILL_PLUGIN)))
+    assert run_manifest(load_manifest(path, registry=load_registry([str(KILL_PLUGIN)]))).statuses == {"done": 4}
+    before = [r.run_id for r in load_manifest(path).runs()]
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "BNBENCH_TEST_KILL_AT_STEP": "2", "BNBENCH_TEST_KILL_MARKERS": str(markers)}
+    env["BNBENCH_TEST_KILL_SEED"] = "1"
+    process = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(path), "--rerun", "--no-report"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    with Store(tmp_path / "results.sqlite", read_only=True) as store:
+        statuses = store.statuses(before)
+        after = store.load(before)
+    assert set(statuses.values()) == {"done"} and len(statuses) == 4  # nothing lost at the kill
+    assert all(after[run_id].epochs for run_id in before)
+
+
+def test_no_user_supplied_string_reaches_the_terminal_raw(write_manifest, tmp_path):
+    escape = "\x1b]0;owned\x07\x1b[2J"
+    text = tiny_manifest(placement='"none"').replace('name = "tiny"', f'name = "tiny"\ndescription = "d{escape}"')
+    text = text.replace('results = "results.sqlite"', f'results = "r{escape}.sqlite"')
+    path = write_manifest(text, name=f"m{escape}.toml")
+    for args in (("plan", str(path)), ("run", str(path)), ("report", str(path))):
+        result = bnbench(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
+        assert "\\x1b" in result.stdout + result.stderr  # shown escaped, not dropped
+    missing = write_manifest(f'[[studies]]\nname = "m"\ndataset = {{ name = "mnist", root = "x{escape}" }}\n'
+                             'model = { name = "mlp", widths = [8] }\nepochs = 1\n', name="missing.toml")  # fmt: skip
+    result = bnbench("run", str(missing), cwd=tmp_path)
+    assert "\x1b" not in result.stdout + result.stderr
+
+
+def test_deep_input_is_a_clear_error_not_a_recursion(write_manifest, tmp_path):
+    deep = write_manifest(tiny_manifest() + "\n[x]\n" + "a." * 50_000 + "b = 1\n", name="deep.toml")
+    result = bnbench("plan", str(deep), cwd=tmp_path)
+    assert result.returncode == 2 and "nested" in result.stderr and "Traceback" not in result.stderr
+    long = tiny_manifest().replace('results = "results.sqlite"', 'results = "' + "d/" * 2000 + 'r.sqlite"')
+    result = bnbench("plan", str(write_manifest(long, name="long.toml")), cwd=tmp_path)
+    assert result.returncode == 2 and "nests 2000 folders" in result.stderr and "Traceback" not in result.stderr
