@@ -28,8 +28,10 @@ seeds at the observed effect and spread, or which grid refinement.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import random
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -91,7 +93,11 @@ def grid_bracket(value: float, grid, rule: Literal["argmax", "largest_passing"])
         raise ValueError("a grid bracket needs a grid")
     if rule == "largest_passing" and value < points[0]:
         return 0.0, points[0]
-    index = min(range(len(points)), key=lambda i: abs(math.log(points[i] / value)) if value > 0 else abs(points[i]))
+
+    def distance(point: float) -> float:
+        return abs(math.log(point / value)) if value > 0 and point > 0 else abs(point - value)
+
+    index = min(range(len(points)), key=lambda i: distance(points[i]))
     below = points[index - 1] if index > 0 else 0.0
     above = points[index + 1] if index + 1 < len(points) else math.inf
     return (below, above) if rule == "argmax" else (points[index], above)
@@ -211,6 +217,8 @@ def interval(estimate: Estimate, confidence: float = 0.95) -> Interval | None:
         return _fieller(estimate, confidence)
     if any(math.isinf(v) for v in values):
         return _median_interval(values, estimate.scale, confidence)
+    if estimate.scale == "log" and any(v <= 0 for v in values):
+        return None  # no log of 0: such replicates are not a log-scale estimate
     if estimate.scale == "log":
         low, high = _t_bounds([math.log(v) for v in values], confidence)
         return Interval(math.exp(low), math.exp(high), confidence, n)
@@ -275,38 +283,62 @@ def _fieller(estimate: Estimate, confidence: float) -> Interval:
     return Interval((qb - root) / qa, (qb + root) / qa, confidence, n, "Fieller")
 
 
-def _null_distribution(pairs) -> dict[float, float]:
-    """The exact distribution of the summed per-seed Spearman correlations under no trend."""
-    total: dict[float, float] = {0.0: 1.0}
-    for xs, ys in pairs:
-        per_seed = Counter(round(_spearman(xs, perm), 12) for perm in set(itertools.permutations(ys)))
-        count = sum(per_seed.values())
-        step: dict[float, float] = {}
-        for partial, p in total.items():
-            for rho, k in per_seed.items():
-                key = round(partial + rho, 9)
-                step[key] = step.get(key, 0.0) + p * k / count
-        total = step
-    return total
+EXACT_LIMIT = 200_000
+"""Above this many distinct partial sums (or 8 levels per seed) the permutation test draws
+``MONTE_CARLO`` seeded arrangements instead of enumerating them all."""
+MONTE_CARLO = 20_000
+
+
+@functools.lru_cache(maxsize=256)
+def _per_seed_null(xs: tuple[float, ...], ys: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
+    """One seed's Spearman correlations over every arrangement of its y values, with their probabilities."""
+    counts = Counter(round(_spearman(xs, perm), 12) for perm in set(itertools.permutations(ys)))
+    total = sum(counts.values())
+    return tuple((rho, k / total) for rho, k in counts.items())
+
+
+@functools.lru_cache(maxsize=256)
+def permutation_p_values_of(pairs: tuple, observed: float) -> tuple[float, float]:
+    """``(p for a falling trend, p for a rising one)`` of the summed correlation ``observed``."""
+    tolerance = 1e-9 * max(1, len(pairs))
+    if all(len(xs) <= 8 for xs, _ in pairs):
+        total: dict[float, float] = {0.0: 1.0}
+        for xs, ys in pairs:
+            step: dict[float, float] = {}
+            for partial, p in total.items():
+                for rho, q in _per_seed_null(xs, ys):
+                    key = round(partial + rho, 9)
+                    step[key] = step.get(key, 0.0) + p * q
+            total = step
+            if len(total) > EXACT_LIMIT:
+                break
+        else:
+            below = sum(p for value, p in total.items() if value <= observed + tolerance)
+            above = sum(p for value, p in total.items() if value >= observed - tolerance)
+            return min(1.0, below), min(1.0, above)
+    rng = random.Random(0)  # seeded: the same data give the same p-values
+    below = above = 0
+    for _ in range(MONTE_CARLO):
+        drawn = sum(_spearman(xs, tuple(rng.sample(ys, len(ys)))) for xs, ys in pairs)
+        below += drawn <= observed + tolerance
+        above += drawn >= observed - tolerance
+    return (below + 1) / (MONTE_CARLO + 1), (above + 1) / (MONTE_CARLO + 1)
 
 
 def permutation_p_values(estimate: Estimate) -> tuple[float, float]:
     """``(p for a falling trend, p for a rising one)``: the exact probabilities, when each seed's
     y values are arranged over its levels at random, of a summed correlation at most / at least
-    the observed one."""
-    observed = round(sum(estimate.replicates), 9)
-    null = _null_distribution(estimate.pairs)
-    below = sum(p for value, p in null.items() if value <= observed + 1e-9)
-    above = sum(p for value, p in null.items() if value >= observed - 1e-9)
-    return min(1.0, below), min(1.0, above)
+    the observed one (seeded Monte Carlo beyond ``EXACT_LIMIT``)."""
+    return permutation_p_values_of(estimate.pairs, round(sum(estimate.replicates), 9))
 
 
 def _null_variance(pairs) -> float:
     """The mean per-seed variance of a Spearman correlation under no trend."""
     variances = []
     for xs, ys in pairs:
-        rhos = [_spearman(xs, perm) for perm in set(itertools.permutations(ys))]
-        variances.append(statistics.pvariance(rhos) if len(rhos) > 1 else 0.0)
+        null = _per_seed_null(xs, ys) if len(xs) <= 8 else ((0.0, 1.0),)
+        mean = sum(rho * p for rho, p in null)
+        variances.append(sum(p * (rho - mean) ** 2 for rho, p in null))
     return statistics.fmean(variances)
 
 
@@ -388,7 +420,15 @@ def _decide_rank(
 
 
 # -- what would decide it -----------------------------------------------------------------------
-def _nearest_bound(centre: float, at_least: float | None, at_most: float | None) -> float | None:
+def _nearest_bound(
+    centre: float, at_least: float | None, at_most: float | None, crossed: Interval | None = None
+) -> float | None:
+    """The bound an inconclusive interval straddles (else the nearest to ``centre``)."""
+    if crossed is not None:
+        if at_least is not None and crossed.low < at_least <= crossed.high:
+            return at_least
+        if at_most is not None and crossed.low <= at_most < crossed.high:
+            return at_most
     bounds = [b for b in (at_least, at_most) if b is not None]
     return min(bounds, key=lambda b: abs(centre - b)) if bounds else None
 
@@ -432,9 +472,11 @@ def seeds_needed(estimate: Estimate, at_least: float | None, at_most: float | No
     if any(math.isinf(v) for v in values):
         return _censored_hint(estimate, at_least, at_most, confidence)
     log = estimate.scale == "log"
+    if log and any(v <= 0 for v in values):
+        return "replicates of 0 have no log: no interval on this scale"
     scaled = [math.log(v) for v in values] if log else values
     centre = statistics.fmean(scaled)
-    threshold = _nearest_bound(estimate.value, at_least, at_most)
+    threshold = _nearest_bound(estimate.value, at_least, at_most, interval(estimate, confidence))
     if threshold is None or (log and threshold <= 0):
         return "no threshold on this scale"
     spread = statistics.stdev(scaled) if n > 1 else math.nan
@@ -472,7 +514,7 @@ def _cp_text(estimate: Estimate, confidence: float) -> str:
 
 def _bracket_hint(estimate: Estimate, at_least: float | None, at_most: float | None, confidence: float) -> str:
     n = len(estimate.brackets)
-    threshold = _nearest_bound(estimate.value, at_least, at_most)
+    threshold = _nearest_bound(estimate.value, at_least, at_most, interval(estimate, confidence))
     if threshold is None or threshold <= 0:
         return "no threshold on this scale"
     lows = [lo for lo, _ in estimate.brackets]
@@ -491,7 +533,11 @@ def _bracket_hint(estimate: Estimate, at_least: float | None, at_most: float | N
     if wrong_side:
         below = statistics.median(lows)
         above = statistics.median(highs)
-        return f"the grid cannot decide it: refine it between {below:.3g} and {above:.3g}, which bracket {threshold:g}"
+        if below < threshold < above:
+            return (
+                f"the grid cannot decide it: refine it between {below:.3g} and {above:.3g}, which bracket {threshold:g}"
+            )
+        return f"the grid cannot decide it: refine it around {threshold:g}"
     spread = statistics.stdev(logs) if n > 1 else math.nan
     if math.isnan(spread):
         return "a second seed gives the spread that says how many more are needed"
@@ -502,7 +548,8 @@ def _bracket_hint(estimate: Estimate, at_least: float | None, at_most: float | N
 def _censored_hint(estimate: Estimate, at_least: float | None, at_most: float | None, confidence: float) -> str:
     values = list(estimate.replicates)
     n = len(values)
-    if at_least is not None:
+    threshold = _nearest_bound(statistics.median(values), at_least, at_most, interval(estimate, confidence))
+    if threshold is not None and threshold == at_least:
         beyond, side = sum(v >= at_least for v in values), f">= {at_least:g}"
     else:
         beyond, side = sum(v <= at_most for v in values), f"<= {at_most:g}"

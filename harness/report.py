@@ -80,6 +80,20 @@ class StudyRuns:
         return StudyResults(self.name, [a for a in self.axes if a != axis], runs, planned=len(plan), plan=plan)
 
 
+def _top_level_parts(text: str) -> list[str]:
+    """``a=1, b=[2, 3], c=f(x=1, y=2)`` split at its top-level commas."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()] if current.strip() else parts
+
+
 def reading_labels(values: list[str]) -> list[str]:
     """Short labels of readings: for component labels ``name(k=v, ...)`` the options that differ."""
     parsed = []
@@ -87,7 +101,7 @@ def reading_labels(values: list[str]) -> list[str]:
         head, _, rest = value.partition("(")
         if not rest.endswith(")"):
             return values
-        parsed.append((head, [part.strip() for part in rest[:-1].split(", ")]))
+        parsed.append((head, _top_level_parts(rest[:-1])))
     common = set.intersection(*(set(parts) for _, parts in parsed)) if parsed else set()
     heads = {head for head, _ in parsed}
     kept = [[p for p in parts if p not in common] for _, parts in parsed]

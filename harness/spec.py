@@ -413,8 +413,12 @@ class ThresholdSpec(StrictModel):
         return " and ".join(parts)
 
     def definition(self) -> dict[str, Any]:
-        """What the claim says, for pre-registration: text, value, thresholds and confidence."""
-        return self.model_dump(mode="json")
+        """What the claim says, for pre-registration: its text, study, value, thresholds and
+        confidence (not its source, nor fields a later version adds: rewording where a threshold
+        comes from, or upgrading bnbench, does not make a claim post hoc)."""
+        text = getattr(self, "claim", None) or getattr(self, "check", "")
+        fields = ("study", "value", "at_least", "at_most", "confidence")
+        return {"text": text, **{name: getattr(self, name) for name in fields}}
 
 
 class ClaimSpec(ThresholdSpec):

@@ -79,6 +79,13 @@ CREATE TABLE IF NOT EXISTS epochs (
 )
 
 
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged (not merely busy, locked or unreadable)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or "not a database" in text
+
+
 def damaged(path: Path, detail: str) -> str:
     """The one line every command gives for a damaged store."""
     return f"results store {path} is damaged ({detail}): restore it from a copy, or move it aside to start afresh"
@@ -127,14 +134,16 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             if existed:
                 self._check_integrity()
-                if self._schema_version() is None:
+            with self.transaction():  # holding the write lock: a sweep creating the store has committed
+                if existed and self._schema_version() is None:
                     raise StoreError(self._no_schema())
-            with self.transaction():
                 self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise StoreError(damaged(self.path, str(exc))) from exc
             if not os.access(self.path.parent, os.W_OK) or (existed and not os.access(self.path, os.W_OK)):
                 raise StoreError(f"cannot write results store {self.path}: permission denied ({exc})") from exc
-            raise StoreError(damaged(self.path, str(exc))) from exc
+            raise StoreError(f"cannot open results store {self.path}: {exc} (in use by a stuck process?)") from exc
         except OSError as exc:
             raise StoreError(f"cannot create results store {self.path}: {exc.strerror} ({exc.filename})") from exc
 
@@ -168,11 +177,15 @@ class Store:
             if version is not None:
                 self._check_integrity()
         except sqlite3.DatabaseError as exc:
-            if live and not os.access(self.path.parent, os.W_OK):  # read-only media with a log: read the file
+            if is_damage(exc):
+                raise StoreError(damaged(self.path, str(exc))) from exc
+            if live and not os.access(self.path.parent, os.W_OK):
+                # read-only media with a log beside the file: the file alone (results are folded into it as
+                # they are recorded; a result recorded just before the medium turned read-only may be missing)
                 self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30)
                 version = self._schema_version()
             else:
-                raise StoreError(damaged(self.path, str(exc))) from exc
+                raise StoreError(f"cannot read results store {self.path}: {exc}") from exc
         if version is None:
             raise StoreError(self._no_schema())
         if version not in READABLE_VERSIONS:
@@ -323,8 +336,8 @@ class Store:
         with self.transaction():
             self.db.execute(
                 f"UPDATE runs SET status = CASE WHEN status IN ({finished}) THEN status ELSE 'interrupted' END, "
-                "owner = NULL, updated_at = ? WHERE id = ?",
-                (time.time(), run_id),
+                "owner = NULL, updated_at = ? WHERE id = ? AND (owner = ? OR owner IS NULL)",
+                (time.time(), run_id, _owner()),
             )
 
     def live_owners(self, run_ids: Iterable[str], stale_after: float = 3600.0) -> dict[str, str]:
@@ -342,8 +355,15 @@ class Store:
         return found
 
     def record(self, planned: PlannedRun, result: RunResult) -> None:
-        """Write a run's result and all its epochs in one transaction."""
+        """Write a run's result and all its epochs in one transaction. A rerun that did not finish
+        (``failed``) leaves the run's previous final result in place: it only gives up the claim."""
         with self.transaction():
+            row = self.db.execute("SELECT status FROM runs WHERE id = ?", (result.run_id,)).fetchone()
+            if row is not None and row[0] in FINISHED and result.status not in FINISHED:
+                self.db.execute(
+                    "UPDATE runs SET owner = NULL, updated_at = ? WHERE id = ?", (time.time(), result.run_id)
+                )
+                return
             self.db.execute("DELETE FROM epochs WHERE run_id = ?", (result.run_id,))
             self.db.executemany(
                 "INSERT INTO epochs VALUES (?, ?, ?, ?, ?)",

@@ -341,10 +341,10 @@ def placement_share(study: StudyResults, options: PlacementShareOptions) -> Anal
             ]
         )
     share = values.get("final_layer_share")
-    if isinstance(share, Estimate):
-        verdict = f"the final layer alone recovers {100 * share.value:.0f}% of BN's gain (mean over seeds)"
+    if isinstance(share, Estimate) and math.isfinite(share.value):
+        verdict = f"the final layer alone recovers {100 * share.value:.0f}% of BN's gain (ratio of mean gains)"
     elif "normalization_gain" in values:
-        verdict = "BN gives no gain over the baseline here, so there is no share to measure"
+        verdict = "BN's mean gain over the baseline is 0 here, so there is no share to measure"
     else:
         verdict = "not measured"
     tables = [

@@ -488,28 +488,37 @@ def kappa_match(runs: list[RunRecord], target: float | None, options: TunedL2Opt
     it is censored. ``None`` when the norms were not recorded."""
     if target is None:
         return None
-    by_decay = best_per_decay(runs, options.decay_axis, options.selection_metric, options.lr_axis)
+    # one learning rate for every decay (the untuned net's best), so the norms differ by decay alone
+    untuned = tune([r for r in runs if float(axis_value(r, options.decay_axis) or 0.0) == options.untuned_decay],
+                   options.decay_axis, options.selection_metric, options.lr_axis)  # fmt: skip
+    if untuned is not None and untuned[2]:
+        rate = axis_value(untuned[2][0], options.lr_axis)
+        runs = [r for r in runs if axis_value(r, options.lr_axis) == rate]
+    by_decay = grouped(runs, lambda r: float(axis_value(r, options.decay_axis) or 0.0))
     points = sorted(
-        (decay, norm) for decay, (_, rs) in by_decay.items() if (norm := _first_layer_norm(rs, options, "w_norm"))
+        (decay, norm) for decay, rs in by_decay.items() if (norm := _first_layer_norm(rs, options, "w_norm"))
     )
     if len(points) < 2:
         return None
+    if any(n1 > n0 for (_, n0), (_, n1) in itertools.pairwise(points)):
+        return None  # the norm does not fall with the decay: no single decay matches it
     if target >= points[0][1]:
         return points[0][0], f"at or below the grid's smallest decay {points[0][0]:g} (censored)"
     if target <= points[-1][1]:
         return points[-1][0], f"at or above the grid's largest decay {points[-1][0]:g} (censored)"
     for (k0, n0), (k1, n1) in itertools.pairwise(points):
         if n1 <= target <= n0 and n0 != n1:
+            if k0 <= 0:  # between no decay and the first positive one: below it, censored
+                return k1, f"below the grid's first positive decay {k1:g} (censored)"
             t = (math.log(n0) - math.log(target)) / (math.log(n0) - math.log(n1))
-            low = k0 if k0 > 0 else k1 / 10
-            return math.exp(math.log(low) + t * (math.log(k1) - math.log(low))), "interpolated on the grid"
+            return math.exp(math.log(k0) + t * (math.log(k1) - math.log(k0))), "interpolated on the grid"
     return None
 
 
-def _movement(series: list[tuple[float, float]]) -> int:
-    """How many grid steps a seed's chosen decay spans over the noise levels."""
-    decays = sorted({k for _, k in series})
-    return len(decays) - 1 if decays else 0
+def _movement(series: list[tuple[float, float]], grid: list[float]) -> int:
+    """How many steps of the decay grid a seed's chosen decay spans over the noise levels."""
+    steps = [grid.index(k) for _, k in series if k in grid]
+    return max(steps) - min(steps) if steps else 0
 
 
 def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> AnalysisResult:
@@ -708,9 +717,17 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
             )
     trend = rank_trend(kappa_series)
     weak = {level: e for level, e in effect.items() if e is not None and e[0] <= e[1]}
+    unmeasured = [level for level, e in effect.items() if e is None]
     for level, e in effect.items():
         if e is not None:
             put(values, f"l2_effect_points.{_noise_key(level)}", point(e[0], f"seed spread {e[1]:.2f} points"))
+    if trend is not None and unmeasured and not weak:
+        shown = ", ".join(f"{lv:g}" for lv in unmeasured)
+        trend = replace(
+            trend,
+            undecidable=f"the effect of weight decay could not be measured at σ = {shown} (fewer than two seeds "
+            "at a decay): κ* may be chosen by seed noise",
+        )
     if trend is not None and weak:
         shown = "; ".join(f"σ={lv:g}: {e[0]:.2f} ≤ {e[1]:.2f}" for lv, e in weak.items())
         trend = replace(
@@ -720,8 +737,9 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
         )
     put(values, "kappa_trend", trend)
     put(values, "bn_kappa_trend", rank_trend(bn_kappa_series))
+    grid = sorted({float(axis_value(r, options.decay_axis) or 0.0) for r in runs})
     moves = [
-        _movement(kappa_series[s]) > _movement(bn_kappa_series[s])
+        _movement(kappa_series[s], grid) > _movement(bn_kappa_series[s], grid)
         for s in sorted(kappa_series.keys() & bn_kappa_series.keys())
     ]
     put(values, "l2_moves_more_without_bn", share(moves))
