@@ -616,8 +616,8 @@ def plan_manifest(
         for wanted in claim.requires:
             if wanted not in check_ids:
                 raise ManifestError(
-                    f"claim requires check {wanted!r}, which does not exist; checks: {', '.join(check_ids) or 'none'}."
-                    + did_you_mean(wanted, check_ids),
+                    f"claim requires check {wanted!r}, which does not exist; checks: "
+                    f"{', '.join(check_ids) or '(no checks)'}." + did_you_mean(wanted, check_ids),
                     file=file,
                     field=f"claims[{index}].requires",
                 )

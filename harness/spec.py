@@ -360,7 +360,7 @@ def check_path(text: str) -> str:
         raise ValueError("a path cannot contain a NUL byte")
     if len(text.encode()) > MAX_PATH_BYTES:
         raise ValueError(f"the path is {len(text.encode())} bytes long; at most {MAX_PATH_BYTES} are allowed")
-    depth = len([part for part in text.split("/") if part])
+    depth = len([part for part in text.split("/") if part]) - 1  # the folders above the file
     if depth > MAX_PATH_DEPTH:
         raise ValueError(f"the path nests {depth} folders; at most {MAX_PATH_DEPTH} are allowed")
     longest = max(text.split("/"), key=lambda part: len(part.encode()))

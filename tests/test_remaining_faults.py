@@ -157,15 +157,16 @@ def test_a_rerun_killed_midway_keeps_every_old_result(write_manifest, registry, 
 
 def test_no_user_supplied_string_reaches_the_terminal_raw(write_manifest, tmp_path):
     escape = "\x1b]0;owned\x07\x1b[2J"
-    text = tiny_manifest(placement='"none"').replace('name = "tiny"', f'name = "tiny"\ndescription = "d{escape}"')
-    text = text.replace('results = "results.sqlite"', f'results = "r{escape}.sqlite"')
+    in_toml = "\\u001b]0;owned\\u0007\\u001b[2J"  # TOML strings hold control characters as escapes
+    text = tiny_manifest(placement='"none"').replace('name = "tiny"', f'name = "tiny"\ndescription = "d{in_toml}"')
+    text = text.replace('results = "results.sqlite"', f'results = "r{in_toml}.sqlite"')
     path = write_manifest(text, name=f"m{escape}.toml")
     for args in (("plan", str(path)), ("run", str(path)), ("report", str(path))):
         result = bnbench(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
         assert "\\x1b" in result.stdout + result.stderr  # shown escaped, not dropped
-    missing = write_manifest(f'[[studies]]\nname = "m"\ndataset = {{ name = "mnist", root = "x{escape}" }}\n'
+    missing = write_manifest(f'[[studies]]\nname = "m"\ndataset = {{ name = "mnist", root = "x{in_toml}" }}\n'
                              'model = { name = "mlp", widths = [8] }\nepochs = 1\n', name="missing.toml")  # fmt: skip
     result = bnbench("run", str(missing), cwd=tmp_path)
     assert "\x1b" not in result.stdout + result.stderr

@@ -91,5 +91,5 @@ def test_store_written_by_a_newer_schema_is_a_clear_error(tmp_path):
 def test_garbage_file_is_a_clear_store_error(tmp_path):
     path = tmp_path / "r.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="cannot open results store"):
+    with pytest.raises(StoreError, match="is damaged \\(file is not a database\\)"):
         Store(path)

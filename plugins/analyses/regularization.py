@@ -721,14 +721,14 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
     for level, e in effect.items():
         if e is not None:
             put(values, f"l2_effect_points.{_noise_key(level)}", point(e[0], f"seed spread {e[1]:.2f} points"))
-    if trend is not None and unmeasured and not weak:
+    if trend is not None and not trend.undecidable and unmeasured and not weak:
         shown = ", ".join(f"{lv:g}" for lv in unmeasured)
         trend = replace(
             trend,
             undecidable=f"the effect of weight decay could not be measured at σ = {shown} (fewer than two seeds "
             "at a decay): κ* may be chosen by seed noise",
         )
-    if trend is not None and weak:
+    if trend is not None and not trend.undecidable and weak:
         shown = "; ".join(f"σ={lv:g}: {e[0]:.2f} ≤ {e[1]:.2f}" for lv, e in weak.items())
         trend = replace(
             trend,

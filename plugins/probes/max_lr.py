@@ -230,6 +230,9 @@ def max_lr_analysis(study: StudyResults, options: MaxLrAnalysisOptions) -> Analy
     if not groups:
         return AnalysisResult()  # nothing measured yet: no table, no figure, claims "not measured"
     grid = sorted({lr for rs in groups.values() for r in rs for lr in r.measurements.get("learning_rates") or []})
+    if not grid:  # runs that did not record their grid: the rates they found stand in for it
+        grid = sorted({float(r.measurements[k]) for rs in groups.values() for r in rs
+                       for k in ("max_lr", "max_learning_lr") if float(r.measurements.get(k) or 0) > 0})  # fmt: skip
     values: dict[str, ClaimValue] = {}
     tables = []
     medians: dict[str, dict[str, dict[int, float]]] = {}
