@@ -161,7 +161,12 @@ def axis_value(run: RunRecord, axis: str) -> Any:
     (a plugin component's value is its name)."""
     if axis in run.axes:
         return run.axes[axis]
-    node: Any = run.spec
+    return spec_value(run.spec, axis)
+
+
+def spec_value(spec: dict[str, Any], axis: str) -> Any:
+    """The value of ``axis`` (a dotted path) in a resolved spec as a dict (a component's: its name)."""
+    node: Any = spec
     for part in axis.split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]

@@ -14,7 +14,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.analysis import Verdict, as_estimate, interval, verdict
+from harness.analysis import Verdict, as_estimate, interval, spec_value, verdict
 from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from harness.errors import BnbenchError
 from harness.files import OutputError, write_atomically
@@ -532,13 +532,6 @@ def from_manifest(manifest: Manifest, store: Store, registry: Registry) -> Repor
     return report.analyze()
 
 
-def _spec_value(spec: dict[str, Any], axis: str) -> str:
-    node: Any = spec
-    for part in axis.split("."):
-        node = node.get(part, node.get("options", {}).get(part)) if isinstance(node, dict) else None
-    return str(node["name"] if isinstance(node, dict) and "name" in node else node)
-
-
 def _dropped_by_profile(manifest: Manifest, registry: Registry) -> dict[str, dict[str, list[str]]]:
     """Study → axis → the axis values the manifest without a profile has and this profile drops."""
     if manifest.profile is None:
@@ -553,7 +546,7 @@ def _dropped_by_profile(manifest: Manifest, registry: Registry) -> dict[str, dic
         if base is None:
             continue
         for axis in base.axes:
-            have = {str(r.axes[axis]) if axis in r.axes else _spec_value(r.spec.model_dump(mode="json"), axis)
+            have = {str(r.axes[axis]) if axis in r.axes else str(spec_value(r.spec.model_dump(mode="json"), axis))
                     for r in study.runs}  # fmt: skip
             dropped = [str(v) for v in dict.fromkeys(r.axes.get(axis) for r in base.runs) if str(v) not in have]
             if dropped:

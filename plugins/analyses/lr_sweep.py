@@ -30,7 +30,7 @@ from harness.analysis import (
     share,
 )
 from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, panel_grid
+from plugins.probes.common import CompareOptions, learned, panel_grid
 
 LR_AXIS = "optimizer.lr"
 
@@ -61,13 +61,10 @@ class LrSweepOptions(CompareOptions):
 
 
 def _learned(run: RunRecord, options: LrSweepOptions) -> bool:
-    """Whether a run learned: it finished and its final training loss is below ln(classes) by the
-    margin (a run that neither diverged nor learned sits at the uniform prediction's loss)."""
-    if run.status != "done":
-        return False
+    """Whether a finished run learned, on its final training loss (``plugins.probes.common.learned``)."""
     loss = run.final("train_loss")
     classes = (run.spec.get("dataset") or {}).get("options", {}).get("num_classes") or options.classes
-    return loss is not None and loss < math.log(classes) - options.learned_margin
+    return run.status == "done" and loss is not None and learned([loss], classes, options.learned_margin)
 
 
 def _statistic(run: RunRecord, metric: str, options: LrSweepOptions) -> float | None:

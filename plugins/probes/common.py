@@ -38,6 +38,16 @@ def take_batches(context: ProbeContext, batch_size: int, count: int) -> list[tup
     return batches
 
 
+def learned(losses: list[float], classes: int, margin: float) -> bool:
+    """Whether a run learned: the mean of the last tenth of its losses (at least the last one) is below
+    ln(classes) − margin (a run that neither diverged nor learned sits at the uniform prediction's loss).
+    The one rule of 'trains' for probes (``max_lr``) and training studies (``lr_sweep``)."""
+    if not losses:
+        return False
+    tail = losses[-max(1, len(losses) // 10) :]
+    return sum(tail) / len(tail) < math.log(classes) - margin
+
+
 def loss_ratio(after: torch.Tensor, before: torch.Tensor) -> float:
     """``after / before`` as a float; a non-finite loss after the step counts as ``inf``."""
     ratio = float(after) / float(before)

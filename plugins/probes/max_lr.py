@@ -22,7 +22,7 @@ from harness import Options, runtime_option
 from harness.analysis import axis_value, bracket_ratio, bracketed, fmt, grid_bracket, group_runs, point, put
 from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
 from harness.stacking import StackedModules
-from plugins.probes.common import CompareOptions, probe_runs, take_batches
+from plugins.probes.common import CompareOptions, learned, probe_runs, take_batches
 
 
 class MaxLrOptions(Options):
@@ -69,14 +69,6 @@ def _diverged(value: float, first: float, criterion: str, loss_limit: float) -> 
     if criterion == "relative":
         return value > loss_limit * first
     return False
-
-
-def learned(losses: list[float], classes: int, margin: float) -> bool:
-    """Whether the mean loss of the last tenth of the steps (at least one) is below ln(classes) − margin."""
-    if not losses:
-        return False
-    tail = losses[-max(1, len(losses) // 10) :]
-    return statistics.fmean(tail) < math.log(classes) - margin
 
 
 def train_steps(
