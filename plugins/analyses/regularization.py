@@ -119,10 +119,11 @@ def seed_trends(
     return rhos, reason
 
 
-def seed_trend(series: Mapping[int, Sequence[tuple[float, float]]], min_levels: int = MIN_LEVELS) -> Estimate | None:
-    """The per-seed trends of ``seed_trends`` as an estimate over seeds (undecidable with its reason)."""
-    rhos, reason = seed_trends(series, min_levels)
-    return over_seeds(rhos.values(), undecidable=reason)
+def seed_trend(series: Mapping[Any, Sequence[tuple[float, float]]], min_levels: int = MIN_LEVELS) -> Estimate | None:
+    """The mean per-seed rank trend as a ``rank`` estimate (``harness.intervals.rank_trend``: an exact
+    permutation test, not a t-interval over a handful of possible values; undecidable under
+    ``min_levels`` levels)."""
+    return rank_trend(dict(series), min_levels)
 
 
 def score(run: RunRecord, metric: str) -> float | None:
@@ -892,8 +893,7 @@ def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisRes
         put(values, f"gamma_final.{label}", over_seeds((f["gamma"] for f in finals[label].values()), "log"))
     if options.trend_axis in study.axes:
         for name in ("gamma", "w"):
-            per_seed: dict[int, list[float]] = {}
-            reasons = []
+            pooled: dict[tuple[int, str], list[tuple[float, float]]] = {}
             others = grouped(
                 (r for r in runs if config_label(r) in finals), lambda r: config_label(r, {options.trend_axis})
             )
@@ -904,17 +904,10 @@ def trajectories(study: StudyResults, options: TrajectoryOptions) -> AnalysisRes
                     for seed, final in finals[label].items():
                         if final[name] is not None:
                             series.setdefault(seed, []).append((x, final[name]))
-                rhos, reason = seed_trends(series)
-                put(values, f"{name}_trend.{other}", over_seeds(rhos.values(), undecidable=reason))
-                reasons.append(reason)
-                for seed, rho in rhos.items():
-                    per_seed.setdefault(seed, []).append(rho)
-            reason = next((r for r in reasons if r), "")
-            put(
-                values,
-                f"{name}_trend",
-                over_seeds((statistics.fmean(v) for v in per_seed.values()), undecidable=reason),
-            )
+                put(values, f"{name}_trend.{other}", seed_trend(series))
+                pooled.update({(seed, other): points for seed, points in series.items()})
+            # every (seed, configuration) is one unit of the permutation test
+            put(values, f"{name}_trend", seed_trend(pooled))
     tables = [
         Table(
             f"Weight-norm trajectories, layer {k} (first → last recorded epoch, seed means)",
