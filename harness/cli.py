@@ -18,14 +18,14 @@ from tabulate import tabulate
 import harness
 from harness import report as reporting
 from harness.api import resolve_traits
-from harness.assembly import check_runs
+from harness.assembly import check_runs, memory_limit
 from harness.errors import BnbenchError, ManifestError, StoreError, terminal_text
 from harness.manifest import Manifest
 from harness.packing import plan_work
 from harness.records import PlannedPack, pending_runs, unique_runs
 from harness.registry import DISABLE_ENV, KINDS, Entry, disabled_plugins, load_registry
 from harness.session import Session, open_session
-from harness.store import Store
+from harness.store import Store, read_statuses
 from harness.sweep import run_manifest
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -125,10 +125,8 @@ def _emit(
 
 def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
     """Ask before a sweep with more pending runs than ``[harness] max_runs`` (or refuse without a terminal)."""
-    statuses: dict[str, str] = {}
-    if not rerun and manifest.results_path.is_file():
-        with Store(manifest.results_path) as store:
-            statuses = store.statuses(r.run_id for r in unique_runs(manifest.runs()))
+    ids = (r.run_id for r in unique_runs(manifest.runs()))
+    statuses = {} if rerun else read_statuses(manifest.results_path, ids)
     runs = pending_runs(manifest.runs(), statuses, rerun)
     limit = manifest.settings.max_runs
     if len(runs) <= limit or assume_yes:
@@ -202,16 +200,14 @@ def _print_resolved(manifest: Manifest) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     session = open_session(args.manifest, args.profile, studies=args.study)
     manifest = session.manifest
-    check_runs(manifest.runs(), session.registry, str(manifest.path))
+    memory = memory_limit(manifest.settings.memory_gib, manifest.settings.device)
+    check_runs(manifest.runs(), session.registry, str(manifest.path), memory)
     if args.resolved:
         _print_resolved(manifest)
         return 0
     runs = manifest.runs()
     path = manifest.results_path
-    statuses: dict[str, str] = {}
-    if path.is_file():
-        with Store(path, read_only=True) as store:
-            statuses = store.statuses(r.run_id for r in runs)
+    statuses = read_statuses(path, (r.run_id for r in runs))
     rows = [
         [
             r.run_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -261,6 +261,23 @@ class StreamData(DeviceData):
 
 _RESIDENT: OrderedDict[tuple[str, ...], DeviceData] = OrderedDict()
 """Datasets on their devices, shared by every ``DataCache`` of the process (most recent last)."""
+
+
+def prepare_datasets(datasets: Iterable[Component], registry: Registry, base_dir: Path) -> None:
+    """Each distinct dataset made ready once through its plugin's ``prepare=`` (its files checked,
+    or downloaded where its options allow), before anything trains: a missing dataset fails here
+    with one ``DatasetNotFoundError`` instead of once per run."""
+    seen: set[str] = set()
+    context = BuildContext(base_dir=base_dir)
+    for dataset in datasets:
+        key = json.dumps([dataset.name, dataset.all_options], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        entry = registry.get("dataset", dataset.name)
+        prepare = entry.extras.get("prepare")
+        if prepare is not None:
+            prepare(entry.options.model_validate(dataset.all_options), context)
 
 
 class DataCache:

@@ -118,6 +118,13 @@ def bnbench_register_datasets(register: Register) -> None:
     ``harness.DatasetNotFoundError`` naming the directory and the expected files. Bundles are
     cached by the core across the runs of a sweep that use the same dataset options. A dataset
     too large for memory gives ``SampleSource`` splits, read per example (see ``DataBundle``).
+
+    Extra keywords: ``describe(options[, context]) -> DatasetDescription`` tells ``plan`` and
+    ``run`` the input shape, classes and training size without loading the data (read sizes from
+    the files when ``context`` is taken); ``prepare(options, context) -> None`` makes the files
+    ready once per sweep, before anything trains or is recorded (downloading them where the
+    options allow), and raises ``harness.DatasetNotFoundError`` listing the missing files and
+    where they go, so a missing dataset fails once with its fix instead of once per run.
     """
 
 

@@ -43,7 +43,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "probe": ("analyses",),
     "metric": ("measures", "split"),
     "analysis": ("standard",),
-    "dataset": ("describe",),
+    "dataset": ("describe", "prepare"),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
 
@@ -67,11 +67,17 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _callable(value: Any) -> str | None:
+    return None if callable(value) else f"{value!r} is not callable"
+
+
 EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("normalizer", "traits"): _check_traits,
     ("metric", "measures"): _one_of(*METRIC_MEASURES),
     ("metric", "split"): _one_of(*METRIC_SPLITS),
     ("analysis", "standard"): lambda value: None if isinstance(value, bool) else f"{value!r} is not true or false",
+    ("dataset", "describe"): _callable,
+    ("dataset", "prepare"): _callable,
 }
 """(kind, keyword) → a check of the value a plugin gives: what is wrong with it, or ``None``."""
 

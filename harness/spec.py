@@ -328,6 +328,13 @@ class HarnessSettings(StrictModel):
         description="Profile name → what its results are worth, shown in the claims table's title and beside "
         'each verdict, e.g. { smoke = "smoke scale: checks the software, not the claims" }.',
     )
+    memory_gib: float | None = Field(
+        None,
+        gt=0,
+        le=2**20,
+        description="Memory a run's model may take (GiB), checked before anything trains "
+        "(default: this machine's memory, or its GPU's with device cuda; raise it for executors on bigger hosts).",
+    )
     divergence_check_every: int = Field(
         0,
         ge=0,

@@ -114,6 +114,15 @@ def _alive(owner: str, updated_at: float, stale_after: float) -> bool:
     return True
 
 
+def read_statuses(path: Path, run_ids: Iterable[str]) -> dict[str, str]:
+    """The recorded status of each run that has one, read without writing anything (no store
+    yet: none)."""
+    if not path.is_file():
+        return {}
+    with Store(path, read_only=True) as store:
+        return store.statuses(run_ids)
+
+
 class Store:
     """Open (creating if needed) the store at ``path``."""
 

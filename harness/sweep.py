@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from harness.assembly import check_runs
+from harness.assembly import check_runs, memory_limit
 from harness.checkpoint import Checkpoints
+from harness.data import prepare_datasets
 from harness.errors import ManifestError, StoreError
 from harness.executors import ExecutorContext, StopFile, WorkerSpec
 from harness.manifest import Manifest
@@ -25,7 +26,7 @@ from harness.packing import plan_work
 from harness.progress import Progress
 from harness.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members, pending_runs, unique_runs
 from harness.registry import Registry, load_registry
-from harness.store import Store
+from harness.store import Store, read_statuses
 
 
 @dataclass
@@ -137,7 +138,11 @@ def run_manifest(
         )
     if registry is None:  # the installed plugins and the manifest's own, as the plan was validated with
         registry = load_registry(settings.plugins, base_dir=manifest.base_dir)
-    check_runs(runs, registry, str(manifest.path))  # before anything is recorded
+    memory = memory_limit(settings.memory_gib, device or settings.device)
+    check_runs(runs, registry, str(manifest.path), memory)  # before anything is recorded
+    peek = {} if rerun else read_statuses(manifest.results_path, (r.run_id for r in unique_runs(runs)))
+    to_run = [r.spec.dataset for r in pending_runs(runs, peek, rerun) if r.spec.dataset is not None]
+    prepare_datasets(to_run, registry, manifest.base_dir)  # a missing dataset fails once, recording nothing
     with Store(manifest.results_path) as store:
         store.link(runs)
         store.register((t.key, t.study, t.definition()) for t in [*manifest.claims, *manifest.checks])

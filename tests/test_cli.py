@@ -212,16 +212,17 @@ def test_report_before_any_run_says_what_to_do(tmp_path):
     assert result.returncode == 1 and "run `bnbench run" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_dataset_files_fail_the_run_with_a_clear_message(tmp_path):
+def test_missing_dataset_files_stop_the_sweep_before_training_with_one_message(tmp_path):
     path = tmp_path / "m.toml"
     text = tiny_manifest(placement='"none"')
     start = text.index("dataset = ")
     end = text.index("\n", start)
     path.write_text(text[:start] + 'dataset = { name = "mnist", root = "nowhere" }' + text[end:])
     result = bnbench("run", str(path))
-    assert result.returncode == 4  # the sweep goes on, and the command says that runs failed
-    assert "failed" in result.stderr and f"{tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in result.stderr
-    assert "1 run failed" in result.stderr and "exit status 4" in result.stderr
+    assert result.returncode == 3, result.stderr  # README: 3 for a dataset's missing or damaged files
+    assert f"MNIST files are missing from {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert not (tmp_path / "results.sqlite").exists()  # nothing recorded: the fix is to place the files
 
 
 def test_version_and_entry_point():

@@ -63,10 +63,10 @@ def reference(write_manifest, registry):
     return ids, results_of(manifest.results_path, ids)
 
 
-def bnbench_process(path: Path, sleep: float) -> subprocess.Popen[str]:
+def bnbench_process(path: Path, sleep: float, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": str(sleep)}
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"],
+        [sys.executable, "-m", "harness", "run", str(path), "--no-report", *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -179,3 +179,97 @@ def test_deep_input_is_a_clear_error_not_a_recursion(write_manifest, tmp_path):
     long = tiny_manifest().replace('results = "results.sqlite"', 'results = "' + "d/" * 2000 + 'r.sqlite"')
     result = bnbench("plan", str(write_manifest(long, name="long.toml")), cwd=tmp_path)
     assert result.returncode == 2 and "nests 2000 folders" in result.stderr and "Traceback" not in result.stderr
+
+
+def peak_rss_gib(*command: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``command`` in a fresh interpreter that reports its child's peak resident memory."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stdout.write(done.stdout)\nsys.stderr.write(done.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(done.returncode)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "harness", *command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+    *said, peak = result.stderr.strip().splitlines()
+    result.stderr = "\n".join(said)
+    return result, int(peak) / 2**20
+
+
+def test_plan_checks_a_16_gib_model_without_allocating_it(write_manifest, tmp_path):
+    text = tiny_manifest().replace("widths = [16]", "widths = [65536, 65536]")
+    text = text.replace('device = "cpu"\n', 'device = "cpu"\nmemory_gib = 1000\n')  # allowed: only the check runs
+    result, peak = peak_rss_gib("plan", str(write_manifest(text)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert peak < 4, f"plan took {peak:.1f} GiB to check a model of 16 GiB"
+
+
+def test_a_model_larger_than_the_memory_is_refused_before_training(write_manifest, tmp_path):
+    text = tiny_manifest().replace("widths = [16]", "widths = [65536, 65536]")
+    text = text.replace('device = "cpu"\n', 'device = "cpu"\nmemory_gib = 8\n')
+    path = write_manifest(text)
+    for command in ("plan", "run"):
+        result, peak = peak_rss_gib(command, str(path), cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0
+        assert "4,299,554,820 parameters" in result.stderr and "[harness] memory_gib = 8" in result.stderr
+        assert "field 'model'" in result.stderr and peak < 4
+    assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_a_size_that_overflows_storage_is_one_line_naming_the_model(write_manifest, tmp_path):
+    text = tiny_manifest().replace("num_classes = 4", "num_classes = 1000000000000000000")
+    result = bnbench("plan", str(write_manifest(text)), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "model 'mlp' cannot be built at these sizes" in result.stderr and "field 'model'" in result.stderr
+
+
+OFFLINE_PLUGIN = """
+import pathlib, torchvision
+from harness import hookimpl
+
+def offline(self):
+    with open(pathlib.Path(__file__).with_name("downloads"), "a") as tried:
+        tried.write("MNIST\\n")
+    print("Downloading ... failed, trying the next mirror")  # what torchvision prints offline
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name unknown>")
+
+torchvision.datasets.MNIST.download = offline  # the host is offline; the built-in mnist is what is tested
+
+@hookimpl
+def bnbench_register_datasets(register):
+    pass
+"""
+
+MNIST_STUDY = """
+[[studies]]
+name = "{name}"
+model = {{ name = "mlp", widths = [8] }}
+dataset = {{ name = "mnist", download = true, train_size = 64, test_size = 32 }}
+placement = ["all", "none"]
+normalizer = "batchnorm"
+epochs = 1
+batch_size = 16
+seeds = [0, 1, 2]
+"""
+
+
+def test_a_missing_dataset_with_download_fails_once_with_its_fix_and_records_nothing(write_manifest, tmp_path):
+    (tmp_path / "offline.py").write_text(OFFLINE_PLUGIN)
+    header = '[harness]\nresults = "results.sqlite"\ndevice = "cpu"\nplugins = ["offline.py"]\n'
+    path = write_manifest(header + MNIST_STUDY.format(name="a") + MNIST_STUDY.format(name="b"))
+    result = bnbench("run", str(path), cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert f"MNIST files are missing from {raw}: train-images-idx3-ubyte" in result.stderr
+    assert "download = true could not fetch them" in result.stderr and "IDX files from" in result.stderr
+    assert "Downloading" not in result.stdout + result.stderr  # torchvision's own prints are not shown
+    assert (tmp_path / "downloads").read_text() == "MNIST\n"  # one try for the whole sweep, not one per run
+    assert not (tmp_path / "results.sqlite").exists()

@@ -15,7 +15,9 @@ from harness.api import Images
 from plugins.datasets.augment import cifar_augment
 from plugins.datasets.common import (
     FileDatasetOptions,
+    fetch_quietly,
     head,
+    missing_files,
     one_label_per_image,
     open_dataset,
     require_files,
@@ -63,6 +65,23 @@ def describe_cifar10(options: Cifar10Options, context: BuildContext | None = Non
     return DatasetDescription(DataInfo((3, 32, 32), 10), min(options.train_size or available, available))
 
 
+def how_to_get(root: Path) -> str:
+    return (
+        "Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+        f"extract it into {root} (it creates {FOLDER}/)"
+    )
+
+
+def prepare_cifar10(options: Cifar10Options, context: BuildContext) -> None:
+    """The batch files in place before any run trains: downloaded once when missing and
+    ``download = true``; else ``DatasetNotFoundError`` listing the missing files and where they go."""
+    root = context.resolve(options.root)
+    tried = None
+    if options.download and missing_files(root / FOLDER, FILES):
+        tried = fetch_quietly(lambda: torchvision.datasets.CIFAR10(str(root), train=True, download=True))
+    require_files("CIFAR-10", root / FOLDER, FILES, how_to_get(root), tried)
+
+
 def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
     """CIFAR-10: 50,000 training and 10,000 test 32×32 colour images in 10 classes.
 
@@ -70,13 +89,7 @@ def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
     """
     root = context.resolve(options.root)
     if not options.download:
-        require_files(
-            "CIFAR-10",
-            root / FOLDER,
-            FILES,
-            f"Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
-            f"extract it into {root} (it creates {FOLDER}/)",
-        )
+        require_files("CIFAR-10", root / FOLDER, FILES, how_to_get(root))
     loader = torchvision.datasets.CIFAR10 if options.verify_checksums else _UncheckedCIFAR10
 
     def split(train: bool, size: int | None) -> tuple[Images, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -37,14 +39,28 @@ def missing_files(directory: Path, names: list[str]) -> list[str]:
     return [name for name in names if not (directory / name).is_file()]
 
 
-def require_files(dataset: str, directory: Path, names: list[str], how_to_get: str) -> None:
-    """Raise ``DatasetNotFoundError`` naming the directory and the missing files."""
+def require_files(dataset: str, directory: Path, names: list[str], how_to_get: str, tried: str | None = None) -> None:
+    """Raise ``DatasetNotFoundError`` naming the directory and the missing files (and, given
+    ``tried``, why the download failed)."""
     missing = missing_files(directory, names)
     if missing:
-        raise DatasetNotFoundError(
-            f"{dataset} files are missing from {directory}: {', '.join(missing)}. {how_to_get} "
-            "(or set download = true where the network can reach the dataset's host)."
-        )
+        if tried:
+            advice = f"download = true could not fetch them ({tried}). {how_to_get}."
+        else:
+            advice = f"{how_to_get} (or set download = true where the network can reach the dataset's host)."
+        raise DatasetNotFoundError(f"{dataset} files are missing from {directory}: {', '.join(missing)}. {advice}")
+
+
+def fetch_quietly(download: Callable[[], object]) -> str | None:
+    """Run a torchvision download with its prints and progress bars silenced: ``None`` when it
+    succeeded, else why it failed in one line (an offline host tries every mirror, printing each)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            download()
+        except Exception as exc:
+            text = " ".join(line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip())
+            return text if len(text) <= 400 else text[:399] + "…"
+    return None
 
 
 def open_dataset(dataset: str, directory: Path, load: Callable[[], T]) -> T:

@@ -12,7 +12,9 @@ from harness import BuildContext, DataBundle, DataInfo, DatasetDescription
 from harness.api import Images
 from plugins.datasets.common import (
     FileDatasetOptions,
+    fetch_quietly,
     head,
+    missing_files,
     one_label_per_image,
     open_dataset,
     require_files,
@@ -48,6 +50,21 @@ def describe_mnist(options: MnistOptions, context: BuildContext | None = None) -
     return DatasetDescription(DataInfo((1, 28, 28), 10), min(options.train_size or available, available))
 
 
+def how_to_get(raw: Path) -> str:
+    return f"Put the four uncompressed IDX files from http://yann.lecun.com/exdb/mnist/ in {raw}"
+
+
+def prepare_mnist(options: MnistOptions, context: BuildContext) -> None:
+    """The four IDX files in place before any run trains: downloaded once when missing and
+    ``download = true``; else ``DatasetNotFoundError`` listing the missing files and where they go."""
+    root = context.resolve(options.root)
+    raw = root / "MNIST" / "raw"
+    tried = None
+    if options.download and missing_files(raw, FILES):
+        tried = fetch_quietly(lambda: torchvision.datasets.MNIST(str(root), train=True, download=True))
+    require_files("MNIST", raw, FILES, how_to_get(raw), tried)
+
+
 def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
     """MNIST: 60,000 training and 10,000 test 28×28 grey-scale digits.
 
@@ -56,12 +73,7 @@ def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
     root = context.resolve(options.root)
     raw = root / "MNIST" / "raw"
     if not options.download:
-        require_files(
-            "MNIST",
-            raw,
-            FILES,
-            f"Put the four uncompressed IDX files from http://yann.lecun.com/exdb/mnist/ in {raw}",
-        )
+        require_files("MNIST", raw, FILES, how_to_get(raw))
 
     def split(train: bool, size: int | None) -> tuple[Images, torch.Tensor]:
         ds = open_dataset(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from fake_datasets import (
     CIFAR_FOLDER,
     CIFAR_TRAIN_BATCHES,
@@ -23,8 +24,8 @@ from pydantic import ValidationError
 from harness import BuildContext, DataBundle, DatasetError, DatasetNotFoundError
 from plugins.datasets import bnbench_register_datasets
 from plugins.datasets.augment import cifar_augment, random_crop, random_flip
-from plugins.datasets.cifar10 import Cifar10Options, load_cifar10
-from plugins.datasets.mnist import MnistOptions, load_mnist
+from plugins.datasets.cifar10 import Cifar10Options, load_cifar10, prepare_cifar10
+from plugins.datasets.mnist import MnistOptions, load_mnist, prepare_mnist
 from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
 
 CIFAR_FILES = [*CIFAR_TRAIN_BATCHES, "test_batch", "batches.meta"]
@@ -269,6 +270,36 @@ def test_mnist_compressed_files_alone_are_missing(mnist: Written, tmp_path: Path
     assert "train-images-idx3-ubyte" not in str(info.value)
 
 
+def test_preparing_files_already_in_place_downloads_nothing(mnist: Written, cifar: Written, tmp_path, monkeypatch):
+    def no_network(self):
+        raise AssertionError("downloaded files that were in place")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
+    prepare_mnist(MnistOptions(root=str(mnist.root), download=True), BuildContext(base_dir=tmp_path))
+    prepare_cifar10(Cifar10Options(root=str(cifar.root), download=True), BuildContext(base_dir=tmp_path))
+
+
+def test_preparing_without_download_lists_the_missing_files_and_how_to_get_them(tmp_path: Path):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py: data_batch_1.*cifar-10-python\.tar\.gz"):
+        prepare_cifar10(Cifar10Options(root=str(tmp_path)), BuildContext(base_dir=tmp_path))
+    with pytest.raises(DatasetNotFoundError, match=r"or set download = true"):
+        prepare_mnist(MnistOptions(root=str(tmp_path)), BuildContext(base_dir=tmp_path))
+
+
+def test_a_failed_download_is_one_line_saying_why_with_the_fix(tmp_path: Path, monkeypatch):
+    def offline(self):
+        print("Downloading https://example/cifar-10-python.tar.gz")
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>\nsecond line")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(DatasetNotFoundError) as info:
+        prepare_cifar10(Cifar10Options(root=str(tmp_path), download=True), BuildContext(base_dir=tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and "could not fetch them (RuntimeError: <urlopen error" in message
+    assert "second line" in message and "cifar-10-python.tar.gz from https://www.cs.toronto.edu" in message
+
+
 def _truncated_images(data: bytes) -> bytes:
     return data[: 16 + 28 * 28 + 100]  # header says 5 images, body holds 1.13
 
@@ -325,14 +356,14 @@ def test_options_reject_unknown_and_invalid_fields(model, fields):
 def test_plugin_registers_the_three_datasets():
     registered = {}
 
-    def register(name, factory, *, options=None, description=None, describe=None):
-        registered[name] = (factory, options, describe.__name__)
+    def register(name, factory, *, options=None, description=None, describe=None, prepare=None):
+        registered[name] = (factory, options, describe.__name__, prepare and prepare.__name__)
 
     bnbench_register_datasets(register)
     assert registered == {
-        "cifar10": (load_cifar10, Cifar10Options, "describe_cifar10"),
-        "mnist": (load_mnist, MnistOptions, "describe_mnist"),
-        "synthetic": (make_synthetic, SyntheticOptions, "describe_synthetic"),
+        "cifar10": (load_cifar10, Cifar10Options, "describe_cifar10", "prepare_cifar10"),
+        "mnist": (load_mnist, MnistOptions, "describe_mnist", "prepare_mnist"),
+        "synthetic": (make_synthetic, SyntheticOptions, "describe_synthetic", None),
     }
 
 
