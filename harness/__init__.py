@@ -20,6 +20,7 @@ from harness.api import (
     SiteInfo,
     SiteKind,
     SiteRole,
+    TrackerContext,
     find_sites,
     runtime_option,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "SiteInfo",
     "SiteKind",
     "SiteRole",
+    "TrackerContext",
     "__version__",
     "find_sites",
     "hookimpl",

@@ -431,6 +431,26 @@ class RunContext:
     total_steps: int
     extra: dict[str, Any] = field(default_factory=dict)
     """Scratch space where plugins may keep per-run state between hook calls."""
+    start_step: int = 0
+    """The step the run starts from: 0, or its checkpoint's step when it resumes."""
+
+
+@dataclass(frozen=True)
+class TrackerContext:
+    """What a tracker knows of the sweep it records (``bnbench_register_trackers``)."""
+
+    results: Path
+    """The sweep's results store."""
+    base_dir: Path
+    """The manifest's folder: relative paths in a tracker's options are relative to it."""
+
+    def beside_results(self, suffix: str) -> Path:
+        """A path beside the results store: ``results.sqlite`` → ``results.sqlite.<suffix>``."""
+        return self.results.with_name(f"{self.results.name}.{suffix}")
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
 
 
 @dataclass
@@ -491,6 +511,12 @@ class StudyResults:
     """How many runs the study has, stored or not."""
     plan: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
     """``(run id, axes, seed)`` of every planned run, stored or not, in plan order."""
+    shown: frozenset[str] = frozenset()
+    """The metrics the study's analyses show (their ``reads=``; a name covers its keys)."""
+
+    def is_shown(self, metric: str) -> bool:
+        """Whether one of the study's analyses shows ``metric`` (or the metric it is a key of)."""
+        return any(metric == name or metric.startswith(name + ".") for name in self.shown)
 
 
 @dataclass

@@ -25,10 +25,8 @@ from harness.packing import plan_work
 from harness.records import PlannedPack, pending_runs, unique_runs
 from harness.registry import DISABLE_ENV, KINDS, Entry, disabled_plugins, load_registry
 from harness.session import Session, open_session
-from harness.store import Store, read_statuses
+from harness.store import Store, is_store_file, read_statuses
 from harness.sweep import run_manifest
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor",
         metavar="NAME|TABLE",
         help="override [harness] executor: a name (pool) or a TOML table ('{ name = \"pool\", workers = 4 }')",
+    )
+    run.add_argument(
+        "--track",
+        action="append",
+        metavar="NAME|TABLE",
+        help="also send the runs' curves to this tracker (tensorboard, mlflow, or a TOML table with options; "
+        "repeatable; adds to [harness] trackers)",
     )
     run.add_argument("--format", choices=reporting.FORMATS, default="github", help="report table format")
     run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
@@ -87,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="also write the report as one self-contained HTML page (figures inside)",
+    )
+
+    export = commands.add_parser(
+        "export", help="write every recorded value as a long table (CSV or Parquet): run x epoch x metric"
+    )
+    export.add_argument("source", type=Path, help="manifest TOML or results SQLite file")
+    export.add_argument("output", type=Path, help="the file to write: .csv, or .parquet (needs bnbench[data])")
+    export.add_argument("--profile", "-p", help="with a manifest: the profile it was run with")
+    export.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
+    export.add_argument(
+        "--runs", action="store_true", help="one row per run instead (status, duration, error, axes, spec)"
     )
 
     plugins = commands.add_parser("plugins", help="list registered plugins by kind")
@@ -144,7 +160,7 @@ RUNS_FAILED = 4
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    session = open_session(args.manifest, args.profile, studies=args.study, executor=args.executor)
+    session = open_session(args.manifest, args.profile, studies=args.study, executor=args.executor, trackers=args.track)
     manifest = session.manifest
     _confirm_size(manifest, args.rerun, args.yes)
     summary = run_manifest(
@@ -226,16 +242,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_sqlite(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(16) == SQLITE_MAGIC
-    except OSError:
-        return False
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    if _is_sqlite(args.source):
+    if is_store_file(args.source):
         with Store(args.source, read_only=True) as store:
             report = reporting.from_store(store, load_registry())
         if args.study:
@@ -254,6 +262,19 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{' --profile ' + args.profile if args.profile else ''}` first"
         )
     _print_report(session, args.format, args.figures, args.html, args.verbose)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness import frames
+
+    if not is_store_file(args.source) and args.source.suffix != ".toml":
+        raise BnbenchError(f"{args.source} is neither a results store (SQLite) nor a manifest (.toml)")
+    load = frames.load_runs if args.runs else frames.load_results
+    frame = load(args.source, profile=args.profile, studies=args.study)
+    frames.export(frame, args.output)
+    what = "runs" if args.runs else "values"
+    print(terminal_text(f"{len(frame)} {what} written to {args.output}"), file=sys.stderr)
     return 0
 
 
@@ -370,6 +391,7 @@ COMMANDS = {
     "run": cmd_run,
     "plan": cmd_plan,
     "report": cmd_report,
+    "export": cmd_export,
     "plugins": cmd_plugins,
     "new-plugin": cmd_new_plugin,
 }

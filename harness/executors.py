@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from harness.api import TrackerContext
 from harness.checkpoint import Checkpoints
 from harness.errors import PluginError
 from harness.errors import error_text as error_text  # executors import it from here
 from harness.progress import Progress
 from harness.records import PlannedPack, PlannedRun, RunResult, Work, WorkResult, members
 from harness.registry import Registry, load_registry
-from harness.runner import Runner
-from harness.spec import PerformanceSettings
+from harness.runner import Runner, make_trackers
+from harness.spec import Component, PerformanceSettings
 from harness.training import RunInterrupted, StopRequest
 
 
@@ -50,6 +51,10 @@ class WorkerSpec:
     performance: PerformanceSettings = field(default_factory=PerformanceSettings)
     stop_file: Path | None = None
     """Created by the driver when the sweep must stop: workers elsewhere poll it (``StopFile``)."""
+    trackers: tuple[Component, ...] = ()
+    """The sweep's experiment trackers (``[harness] trackers``), made in each training process."""
+    results: Path | None = None
+    """The sweep's results store (trackers keep their files beside it by default)."""
 
     def runner(
         self,
@@ -63,8 +68,11 @@ class WorkerSpec:
         performance = self.performance
         if threads is not None and not performance.threads:
             performance = performance.model_copy(update={"threads": threads})
+        registry = registry or load_registry(self.plugins, base_dir=self.base_dir)
+        context = TrackerContext(self.results or self.checkpoint_dir, self.base_dir)
         return Runner(
-            registry or load_registry(self.plugins, base_dir=self.base_dir),
+            registry,
+            trackers=make_trackers(registry, self.trackers, context),
             base_dir=self.base_dir,
             device=device or self.device,
             divergence_check_every=self.divergence_check_every,
@@ -132,6 +140,8 @@ def run_in_worker(
         stop = StopFile(worker.stop_file)
     key = (worker, device, threads, id(stop) if not isinstance(stop, StopFile) else stop.path)
     if _warm_runner is None or _warm_runner[0] != key:
+        if _warm_runner is not None:
+            _warm_runner[1].close()
         _warm_runner = (key, worker.runner(stop, device=device, threads=threads))
     attempt = Checkpoints(worker.checkpoint_dir).begin_attempt(planned.run_id)
     try:

@@ -174,6 +174,12 @@ def bnbench_register_analyses(register: Register) -> None:
     values against thresholds. Report a value computed over seeds as an ``Estimate`` of one
     replicate per seed (``harness.analysis.over_seeds``), so claims are decided on an interval;
     a plain number is a point value.
+
+    Extra keywords: ``standard=True`` runs the analysis on every training study, before the
+    study's own (``standard="after"``: after them); ``reads`` names the metrics the analysis
+    shows (a tuple of names, or a function of its options giving one; a name covers its keys:
+    ``weight_geometry`` covers ``weight_geometry.layer0.w_norm``), so that the standard table of
+    other metrics (``StudyResults.shown``) leaves them out.
     """
 
 
@@ -185,6 +191,20 @@ def bnbench_register_executors(register: Register) -> None:
     yields an ``Outcome`` per run. Only the driver writes the results store. Executors whose
     runs execute elsewhere call ``harness.executors.run_in_worker`` there, and
     ``context.keep_alive()`` / ``context.stopping()`` while they wait.
+    """
+
+
+@hookspec
+def bnbench_register_trackers(register: Register) -> None:
+    """Register experiment trackers: where runs' curves go besides the results store (TensorBoard,
+    MLflow), named by ``[harness] trackers`` or ``bnbench run --track``; off unless named.
+
+    ``factory(options, context: TrackerContext) -> object``: a plugin object whose methods are
+    lifecycle hooks below (``bnbench_run_start``, ``bnbench_epoch_end``, ``bnbench_run_end``,
+    marked ``@hookimpl``). It is made in each process that trains runs, registered for the
+    sweep and unregistered after it (``close()`` is called then when it has one). A run that
+    resumes starts at ``run.start_step``: a tracker continues its curves from there without
+    repeating points.
     """
 
 

@@ -75,6 +75,8 @@ class Manifest:
     claims: list[ClaimSpec] = field(default_factory=list)
     checks: list[CheckSpec] = field(default_factory=list)
     executor: Component = field(default_factory=lambda: Component(name=DEFAULT_EXECUTOR))
+    trackers: list[Component] = field(default_factory=list)
+    """Experiment trackers (``[harness] trackers``, then ``run --track``), options resolved."""
 
     @property
     def base_dir(self) -> Path:
@@ -525,11 +527,12 @@ def load_manifest(
     registry: Registry | None = None,
     studies: list[str] | None = None,
     executor: str | None = None,
+    trackers: list[str] | None = None,
 ) -> Manifest:
     """The plan of a manifest: read, overlaid, validated and expanded (a pure value). Every problem
     is a ``ManifestError``. A command that also runs or reports opens a ``harness.session.Session``,
     which keeps the registry the plan was validated with."""
-    return plan_manifest(path, profile, registry=registry, studies=studies, executor=executor)[0]
+    return plan_manifest(path, profile, registry=registry, studies=studies, executor=executor, trackers=trackers)[0]
 
 
 def plan_manifest(
@@ -539,12 +542,14 @@ def plan_manifest(
     registry: Registry | None = None,
     studies: list[str] | None = None,
     executor: str | None = None,
+    trackers: list[str] | None = None,
 ) -> tuple[Manifest, Registry]:
     """Read, overlay, validate and expand a manifest; the plan and the registry it was validated
     with (``registry``, or the installed plugins and the manifest's own ``[harness] plugins``).
 
     ``executor`` (a plugin name, or a TOML inline table such as ``{ name = "pool", workers = 4 }``)
     replaces the manifest's ``[harness] executor``: where runs execute is not part of what they are.
+    ``trackers`` (names or inline tables, as ``--track`` gives them) add to ``[harness] trackers``.
     """
     path = Path(path).expanduser().resolve()
     file = str(path)
@@ -638,6 +643,15 @@ def plan_manifest(
     else:
         resolver, field_name, raw_executor = _Expander(registry, "--executor", ""), "executor", parse_inline(executor)
     resolved_executor = resolver.resolve_component("executor", field_name, resolver.component(field_name, raw_executor))
+    resolved_trackers = []
+    listed = [(f"harness.trackers[{i}]", file, raw) for i, raw in enumerate(parsed.harness.trackers)]
+    listed += [
+        ("track", "--track", parse_inline(raw) if raw.lstrip().startswith("{") else raw) for raw in trackers or []
+    ]
+    for field_name, where, raw in listed:
+        resolver = _Expander(registry, where, "")
+        resolved = resolver.resolve_component("tracker", field_name, resolver.component(field_name, raw))
+        resolved_trackers.append(Component.model_validate(resolved))
     manifest = Manifest(
         path=path,
         settings=parsed.harness,
@@ -646,5 +660,6 @@ def plan_manifest(
         claims=claims,
         checks=checks,
         executor=Component.model_validate(resolved_executor),
+        trackers=resolved_trackers,
     )
     return manifest, registry

@@ -33,6 +33,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "probe": "bnbench_register_probes",
     "analysis": "bnbench_register_analyses",
     "executor": "bnbench_register_executors",
+    "tracker": "bnbench_register_trackers",
 }
 """Kind of component → the hook through which plugins register it."""
 
@@ -42,7 +43,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "normalizer": ("traits",),
     "probe": ("analyses",),
     "metric": ("measures", "split"),
-    "analysis": ("standard",),
+    "analysis": ("standard", "reads"),
     "dataset": ("describe", "prepare"),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
@@ -75,7 +76,14 @@ EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("normalizer", "traits"): _check_traits,
     ("metric", "measures"): _one_of(*METRIC_MEASURES),
     ("metric", "split"): _one_of(*METRIC_SPLITS),
-    ("analysis", "standard"): lambda value: None if isinstance(value, bool) else f"{value!r} is not true or false",
+    ("analysis", "standard"): lambda value: (
+        None if isinstance(value, bool) or value == "after" else f"{value!r} is not true, false or 'after'"
+    ),
+    ("analysis", "reads"): lambda value: (
+        None
+        if callable(value) or (isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value))
+        else f"{value!r} is neither metric names nor a function of the options giving them"
+    ),
     ("dataset", "describe"): _callable,
     ("dataset", "prepare"): _callable,
 }

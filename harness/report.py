@@ -3,6 +3,7 @@ comparison table, a row per configuration), the claims and their verdicts, and f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -158,13 +159,30 @@ class Report:
     unprofiled: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     """Study → axis → the values the manifest without a profile has that this profile drops."""
 
-    def standard(self) -> list[Component]:
-        """The analyses registered as standard (``standard=True``): every training study gets them first."""
-        return [Component(name=e.name) for e in self.registry.entries("analysis") if e.extras.get("standard")]
+    def standard(self, when: bool | str = True) -> list[Component]:
+        """The analyses registered as standard: every training study gets those of ``standard=True``
+        before its own analyses, and those of ``standard="after"`` after them."""
+        entries = self.registry.entries("analysis")
+        return [Component(name=e.name) for e in entries if e.extras.get("standard", False) == when]
+
+    def _shown(self, components: list[Component]) -> frozenset[str]:
+        """The metrics ``components`` declare they show (``reads=``, resolved with their options)."""
+        shown: set[str] = set()
+        for component in components:
+            entry = self.registry.get("analysis", component.name)
+            reads = entry.extras.get("reads", ())
+            with contextlib.suppress(Exception):  # bad options fail the analysis itself, with its message
+                shown |= set(reads(entry.options.model_validate(component.all_options)) if callable(reads) else reads)
+        return frozenset(shown)
 
     def _run_analyses(self, study: StudyRuns, results: StudyResults) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        for component in (self.standard() if study.is_training else []) + study.analyses:
+        if study.is_training:
+            components = [*self.standard(), *study.analyses, *self.standard("after")]
+        else:
+            components = list(study.analyses)
+        results = replace(results, shown=self._shown(components))
+        for component in components:
             entry = self.registry.get("analysis", component.name)
             try:
                 result = entry.factory(results, entry.options.model_validate(component.all_options))

@@ -13,7 +13,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import harness
-from harness.api import ProbeContext, RunContext
+from harness.api import ProbeContext, RunContext, TrackerContext
 from harness.assembly import assemble_model, resolve_device
 from harness.checkpoint import Checkpoints
 from harness.data import DataCache, DeviceData, StreamData
@@ -32,7 +32,7 @@ from harness.performance import Performance
 from harness.progress import Progress
 from harness.records import EpochRecord, PlannedPack, PlannedRun, RunResult, Status, Work, WorkResult
 from harness.registry import Registry
-from harness.spec import PerformanceSettings
+from harness.spec import Component, PerformanceSettings
 from harness.training import (
     DEFAULT_CHECK_EVERY,
     Diverged,
@@ -65,6 +65,23 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def make_trackers(registry: Registry, trackers: Iterable[Component], context: TrackerContext) -> list[object]:
+    """The trackers' plugin objects, made by their factories (``bnbench_register_trackers``)."""
+    made = []
+    for component in trackers:
+        entry = registry.get("tracker", component.name)
+        made.append(entry.factory(entry.options.model_validate(component.all_options), context))
+    return made
+
+
+def close_trackers(trackers: Iterable[object]) -> None:
+    """Call ``close()`` on the trackers that have one."""
+    for tracker in trackers:
+        close = getattr(tracker, "close", None)
+        if callable(close):
+            close()
+
+
 class Runner:
     """Executes resolved runs. Holds the dataset cache shared by the runs of a sweep."""
 
@@ -79,8 +96,13 @@ class Runner:
         checkpoint_every: int = 0,
         stop: StopRequest | None = None,
         performance: PerformanceSettings | None = None,
+        trackers: Sequence[object] = (),
     ) -> None:
         self.registry = registry
+        self.trackers = list(trackers)
+        """Experiment trackers: plugin objects of lifecycle hooks, registered until ``close()``."""
+        for tracker in self.trackers:
+            registry.manager.register(tracker, name=f"tracker-{id(tracker)}")
         self.checkpoints = checkpoints
         self.checkpoint_every = checkpoint_every
         self.stop = stop
@@ -89,6 +111,13 @@ class Runner:
         self.performance = Performance.resolve(performance or PerformanceSettings(), self.device)
         self.data = DataCache(registry, base_dir)
         self.check_every = divergence_check_every or DEFAULT_CHECK_EVERY
+
+    def close(self) -> None:
+        """Unregister the trackers and close them (those with a ``close()``)."""
+        for tracker in self.trackers:
+            self.registry.manager.unregister(tracker)
+        close_trackers(self.trackers)
+        self.trackers = []
 
     def run(self, planned: PlannedRun, progress: Progress | None = None) -> RunResult:
         """Run one run to its end. Divergence and exceptions become results; a stop request

@@ -34,7 +34,10 @@ def open_session(
     registry: Registry | None = None,
     studies: list[str] | None = None,
     executor: str | None = None,
+    trackers: list[str] | None = None,
 ) -> Session:
     """Read and expand the manifest at ``path`` (see ``harness.manifest.plan_manifest``) into a session."""
-    manifest, registry = plan_manifest(path, profile, registry=registry, studies=studies, executor=executor)
+    manifest, registry = plan_manifest(
+        path, profile, registry=registry, studies=studies, executor=executor, trackers=trackers
+    )
     return Session(manifest, registry)

@@ -328,6 +328,11 @@ class HarnessSettings(StrictModel):
         description="Profile name → what its results are worth, shown in the claims table's title and beside "
         'each verdict, e.g. { smoke = "smoke scale: checks the software, not the claims" }.',
     )
+    trackers: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description='Experiment trackers the runs\' curves also go to: "tensorboard", "mlflow" or tables '
+        'such as { name = "mlflow", tracking_uri = "http://host:5000" } (off unless named; or `run --track`).',
+    )
     memory_gib: float | None = Field(
         None,
         gt=0,

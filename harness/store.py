@@ -114,6 +114,18 @@ def _alive(owner: str, updated_at: float, stale_after: float) -> bool:
     return True
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_store_file(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database file (by its header), as a results store is."""
+    try:
+        with Path(path).open("rb") as file:
+            return file.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
 def read_statuses(path: Path, run_ids: Iterable[str]) -> dict[str, str]:
     """The recorded status of each run that has one, read without writing anything (no store
     yet: none)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from harness.api import TrackerContext
 from harness.assembly import check_runs, memory_limit
 from harness.checkpoint import Checkpoints
 from harness.data import prepare_datasets
@@ -26,6 +27,7 @@ from harness.packing import plan_work
 from harness.progress import Progress
 from harness.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members, pending_runs, unique_runs
 from harness.registry import Registry, load_registry
+from harness.runner import close_trackers, make_trackers
 from harness.store import Store, read_statuses
 
 
@@ -141,8 +143,11 @@ def run_manifest(
     memory = memory_limit(settings.memory_gib, device or settings.device)
     check_runs(runs, registry, str(manifest.path), memory)  # before anything is recorded
     peek = {} if rerun else read_statuses(manifest.results_path, (r.run_id for r in unique_runs(runs)))
-    to_run = [r.spec.dataset for r in pending_runs(runs, peek, rerun) if r.spec.dataset is not None]
-    prepare_datasets(to_run, registry, manifest.base_dir)  # a missing dataset fails once, recording nothing
+    to_run = pending_runs(runs, peek, rerun)
+    prepare_datasets([r.spec.dataset for r in to_run if r.spec.dataset], registry, manifest.base_dir)
+    if to_run:  # made once here too: a tracker's missing extra stops the sweep before anything is recorded
+        context = TrackerContext(manifest.results_path, manifest.base_dir)
+        close_trackers(make_trackers(registry, manifest.trackers, context))
     with Store(manifest.results_path) as store:
         store.link(runs)
         store.register((t.key, t.study, t.definition()) for t in [*manifest.claims, *manifest.checks])
@@ -177,6 +182,8 @@ def run_manifest(
             checkpoint_every=settings.checkpoint_every,
             performance=settings.performance,
             stop_file=remote_stop.path,
+            trackers=tuple(manifest.trackers),
+            results=manifest.results_path,
         )
         entry = registry.get("executor", manifest.executor.name)
         executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))

@@ -143,6 +143,7 @@ class Training:
                 checkpoints, run_id, warn, model, optimizer, generators, steps_per_epoch, data.train_size, device
             )
         context = RunContext(run_id, spec, model, optimizer, device, data.bundle, steps_per_epoch, total_steps)
+        context.start_step = state.step if state is not None else 0
         return cls(
             context=context,
             data=data,

@@ -7,11 +7,13 @@ import io
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas
 import pytest
 from conftest import tiny_manifest
 
@@ -111,8 +113,10 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
         assert "### Normalizing only the final layer" in section(out, study)
     for study in NORMALIZER_STUDIES:
         assert f"## {study}" in out
+    results_tables = "\n".join(block.split("\n### ")[0] for block in out.split("\n### Results\n")[1:])
     for normalizer, studies in [("batchnorm", 2), ("groupnorm", 2), ("instancenorm", 1), ("ws_groupnorm", 2)]:
-        assert len([line for line in out.splitlines() if line.startswith(f"| {normalizer} ")]) == studies
+        assert len([line for line in results_tables.splitlines() if line.startswith(f"| {normalizer} ")]) == studies
+    assert out.count("\n### Other metrics, final epoch") >= len(TRAINING_STUDIES)  # every metric is in the report
     for study in PROBE_STUDIES:
         assert "\n### " in section(out, study), f"{study} has no analysis table"
     assert "failed:" not in out  # no analysis failed
@@ -168,6 +172,25 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     assert {f"{study}__{name}.png" for study, names in FIGURES.items() for name in names} <= written
     from_db = bnbench("report", str(tmp_path / "results" / "benchmarks.sqlite"), "--study", "mlp_mnist")
     assert from_db.returncode == 0 and "## mlp_mnist" in from_db.stdout and "resnet" not in from_db.stdout
+
+    exported = tmp_path / "smoke.parquet"  # every recorded value, as data
+    assert bnbench("export", str(manifest), str(exported), "--profile", "smoke").returncode == 0
+    frame = pandas.read_parquet(exported)
+    with sqlite3.connect(tmp_path / "results" / "benchmarks.sqlite") as db:
+        values = db.execute("SELECT count(*) FROM epochs JOIN study_runs USING (run_id)").fetchone()[0]
+        joined = "SELECT r.measurements FROM runs r JOIN study_runs s ON s.run_id = r.id"
+        measured = sum(numbers(json.loads(m or "{}")) for (m,) in db.execute(joined))
+    assert frame["epoch"].notna().sum() == values and frame["epoch"].isna().sum() == measured > 0
+    assert set(frame["study"]) == set(smoke)
+
+
+def numbers(value: object) -> int:
+    """The numbers in a probe's nested measurements (flags and labels are not numbers)."""
+    if isinstance(value, dict):
+        return sum(numbers(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(numbers(v) for v in value)
+    return int(isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 @pytest.mark.parametrize(

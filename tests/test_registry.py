@@ -66,12 +66,14 @@ def test_builtins_register_every_kind_through_entry_points(registry):
         "probe",
         "analysis",
         "executor",
+        "tracker",
     }
     assert {"mlp", "resnet_cifar"} <= set(registry.names("model"))
     assert {"batchnorm", "none"} <= set(registry.names("normalizer"))
     assert {"all", "final", "none", "all_and_final"} <= set(registry.names("placement"))
     assert {"cifar10", "mnist", "synthetic"} <= set(registry.names("dataset"))
     assert {"train_loss", "test_loss", "test_accuracy"} <= set(registry.names("metric"))
+    assert {"tensorboard", "mlflow"} <= set(registry.names("tracker"))
     entry = registry.get("normalizer", "batchnorm")
     assert entry.plugin.package == "bnbench" and entry.plugin.version
     assert entry.description.startswith("Batch normalization")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 from conftest import TINY_STUDY, tiny_manifest
@@ -89,7 +90,8 @@ def test_csv_of_studies_with_different_axes_has_every_axis_column(write_manifest
     run_manifest(manifest)
     with Store(manifest.results_path) as store:
         text = report.from_manifest(manifest, store, load_registry()).render("csv")
-    rows = list(csv.DictReader(io.StringIO(text)))  # no analyses or claims: one table
+    results = re.split(r"\r?\n\r?\n", text)[0]  # the standard results table, before the other tables
+    rows = list(csv.DictReader(io.StringIO(results)))
     assert list(rows[0])[:3] == ["study", "placement", "optimizer.lr"]
     assert [(r["study"], r["placement"], r["optimizer.lr"]) for r in rows] == [
         ("tiny", "all", ""),
@@ -125,7 +127,8 @@ def test_the_standard_table_is_an_analysis_and_a_plugin_can_add_a_standard_one(k
             register("seed_count", seed_count, standard=True)
 
     registry = load_registry(objects=[("seeds", Seeds())])
-    assert registry.get("analysis", "results_table").extras == {"standard": True}  # the built-in table, by declaration
+    assert registry.get("analysis", "results_table").extras["standard"] is True  # the built-in table, by declaration
+    assert registry.get("analysis", "other_metrics").extras == {"standard": "after"}
     with Store(known_store.results_path) as store:
         text = report.from_manifest(known_store, store, registry).render("github")
     assert "### Results" in text and "### Seeds" in text and "80.00 ± 14.14" in text
@@ -135,5 +138,24 @@ def test_the_standard_table_is_an_analysis_and_a_plugin_can_add_a_standard_one(k
         def bnbench_register_analyses(self, register):
             register("odd", lambda study, options: AnalysisResult(), standard="yes")
 
-    with pytest.raises(PluginError, match="invalid standard: 'yes' is not true or false"):
+    with pytest.raises(PluginError, match="invalid standard: 'yes' is not true, false or 'after'"):
+        load_registry(objects=[("bad", Bad())])
+
+
+def test_an_analysis_declares_what_it_reads_as_names_or_a_function_of_its_options():
+    from harness import hookimpl
+    from harness.api import AnalysisResult
+    from harness.errors import PluginError
+
+    registry = load_registry()
+    results = registry.get("analysis", "results_table")
+    reads = results.extras["reads"](results.options.model_validate({"accuracy": "validation_accuracy"}))
+    assert reads == ("validation_accuracy", "train_loss")
+
+    class Bad:
+        @hookimpl
+        def bnbench_register_analyses(self, register):
+            register("odd", lambda study, options: AnalysisResult(), reads=5)
+
+    with pytest.raises(PluginError, match="invalid reads: 5 is neither metric names nor a function"):
         load_registry(objects=[("bad", Bad())])

@@ -5,6 +5,8 @@ analysis                   what it reports
 =========================  =====================================================================
 ``results_table``          the standard table of every training study (``standard=True``): final
                            and best accuracy, final loss, seeds, divergences, cost, per configuration
+``other_metrics``          standard too: every metric no analysis of the study shows (``reads=``),
+                           final value per configuration and curves over epochs
 ``lr_sweep``               Bjorck et al. 2018: accuracy against the learning rate, each seed's
                            best rate chosen on the validation split, training curves (Fig. 1)
 ``placement_share``        Bjorck et al. 2018: the final layer's share of BN's benefit (RQ4)
@@ -25,6 +27,7 @@ from __future__ import annotations
 from harness import hookimpl
 from harness.hookspecs import Register
 from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
+from plugins.analyses.metrics_table import OtherMetricsOptions, other_metrics
 from plugins.analyses.regularization import (
     ImpliedRegularizationOptions,
     TrajectoryOptions,
@@ -38,9 +41,23 @@ from plugins.analyses.results_table import ResultsTableOptions, results_table
 
 @hookimpl
 def bnbench_register_analyses(register: Register) -> None:
-    register("results_table", results_table, options=ResultsTableOptions, standard=True)
-    register("lr_sweep", lr_sweep, options=LrSweepOptions)
-    register("placement_share", placement_share, options=PlacementShareOptions)
-    register("implied_regularization", implied_regularization_analysis, options=ImpliedRegularizationOptions)
-    register("tuned_l2_comparison", tuned_l2_comparison, options=TunedL2Options)
-    register("trajectories", trajectories, options=TrajectoryOptions)
+    register(
+        "results_table", results_table, options=ResultsTableOptions, standard=True, reads=lambda o: (o.accuracy, o.loss)
+    )
+    register("other_metrics", other_metrics, options=OtherMetricsOptions, standard="after")
+    curves = ("train_accuracy",)  # lr_sweep's training curves
+    register("lr_sweep", lr_sweep, options=LrSweepOptions, reads=lambda o: (o.metric, o.select_on, *curves))
+    register("placement_share", placement_share, options=PlacementShareOptions, reads=lambda o: (o.metric, o.select_on))
+    register(
+        "implied_regularization",
+        implied_regularization_analysis,
+        options=ImpliedRegularizationOptions,
+        reads=lambda o: (o.metric, o.geometry_metric),
+    )
+    register(
+        "tuned_l2_comparison",
+        tuned_l2_comparison,
+        options=TunedL2Options,
+        reads=lambda o: (o.metric, o.clean_metric, o.selection_metric, o.train_loss_metric, o.train_accuracy_metric),
+    )
+    register("trajectories", trajectories, options=TrajectoryOptions, reads=lambda o: (o.geometry_metric,))

@@ -15,17 +15,20 @@ class LocalExecutor:
 
     def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
         runner = context.worker.runner(context.stop, registry=context.registry)
-        for notice in runner.performance.notices:
-            context.progress.log(f"notice: {notice}")
-        for planned in runs:
-            try:
-                result = runner.run_work(planned, context.progress)
-            except RunInterrupted as stopped:
-                yield Outcome(planned, interrupted=str(stopped))
-                return
-            yield Outcome(planned, result)
-            if context.stop.is_set():
-                return
+        try:
+            for notice in runner.performance.notices:
+                context.progress.log(f"notice: {notice}")
+            for planned in runs:
+                try:
+                    result = runner.run_work(planned, context.progress)
+                except RunInterrupted as stopped:
+                    yield Outcome(planned, interrupted=str(stopped))
+                    return
+                yield Outcome(planned, result)
+                if context.stop.is_set():
+                    return
+        finally:
+            runner.close()  # the driver's registry outlives the sweep: its trackers do not
 
 
 def local(options: NoOptions) -> LocalExecutor:

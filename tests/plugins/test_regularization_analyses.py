@@ -384,7 +384,12 @@ def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_man
     assert verdicts[0].startswith("inconclusive (one seed: no interval") and verdicts[2] == verdicts[0]
     assert verdicts[1].startswith("inconclusive (a rank trend over 2 levels")  # the undecidable reason propagates
     names = sorted(p.name for p in report.save_figures(tmp_path / "figs"))
-    assert names == ["noise__noise_accuracy.png", "noise__noise_sweep.png", "noise__weight_trajectories.png"]
+    assert names == [
+        "noise__noise_accuracy.png",
+        "noise__noise_sweep.png",
+        "noise__other_metrics.png",
+        "noise__weight_trajectories.png",
+    ]
 
 
 def test_the_bundled_manifest_holds_the_regularization_study(registry):
