@@ -35,13 +35,15 @@ def bnbench_register_metrics(register):
 METRICS = '["train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm"]'
 
 
-@pytest.fixture
-def swept(write_manifest, tmp_path) -> Path:
-    """A finished sweep of 4 runs (placement × lr, 2 epochs) with a plugin's own metric."""
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    """A finished sweep of 4 runs (placement × lr, 2 epochs) with a plugin's own metric (read only)."""
+    tmp_path = tmp_path_factory.mktemp("swept")
     (tmp_path / "weights.py").write_text(WEIGHT_NORM_PLUGIN)
     text = tiny_manifest(lr="[0.05, 0.1]").replace('device = "cpu"\n', 'device = "cpu"\nplugins = ["weights.py"]\n')
     text = text.replace("batch_size = 32\n", f"batch_size = 32\nmetrics = {METRICS}\n")
-    path = write_manifest(text)
+    path = tmp_path / "manifest.toml"
+    path.write_text(text)
     registry = load_registry(["weights.py"], base_dir=tmp_path)
     assert run_manifest(load_manifest(path, registry=registry), registry=registry).statuses == {"done": 4}
     return path
@@ -52,9 +54,9 @@ def stored_values(store: Path) -> int:
         return db.execute("SELECT count(*) FROM epochs JOIN study_runs USING (run_id)").fetchone()[0]
 
 
-def test_the_results_frame_holds_every_run_epoch_and_metric_with_axes_seed_status_and_spec(swept, tmp_path):
+def test_the_results_frame_holds_every_run_epoch_and_metric_with_axes_seed_status_and_spec(swept):
     frame = load_results(swept)
-    assert len(frame) == stored_values(tmp_path / "results.sqlite") == 4 * 2 * 6  # weight_norm has two keys
+    assert len(frame) == stored_values(swept.parent / "results.sqlite") == 4 * 2 * 6  # weight_norm has two keys
     assert list(frame.columns[:10]) == [
         "study", "run_id", "seed", "status", "placement", "optimizer.lr", "epoch", "step", "metric", "value"
     ]  # fmt: skip
@@ -70,9 +72,9 @@ def test_the_results_frame_holds_every_run_epoch_and_metric_with_axes_seed_statu
     assert (frame.loc[frame.metric == "weight_norm.tensors", "value"] == 4).all()
 
 
-def test_a_manifest_or_its_store_give_the_same_frame(swept, tmp_path):
+def test_a_manifest_or_its_store_give_the_same_frame(swept):
     by_manifest = load_results(swept)
-    by_store = load_results(tmp_path / "results.sqlite")
+    by_store = load_results(swept.parent / "results.sqlite")
     pandas.testing.assert_frame_equal(by_manifest, by_store)
     assert load_results(swept, studies=["another"]).empty
 
