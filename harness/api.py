@@ -69,6 +69,10 @@ class NormSite(nn.Module):
     before it: normalizers that act on weights (weight standardization) reach it through
     ``bind_source``. The site holds it by weak reference, not as a submodule, so the layer's
     parameters are not registered (nor saved in ``state_dict``) twice.
+
+    ``activated``: the model applies its activation right after this site, through
+    ``site.activate(x, activation)``, which skips it when the attached normalizer includes its
+    own (``NormalizerTraits.includes_activation``, a norm + activation layer such as FRN+TLU).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class NormSite(nn.Module):
         role: SiteRole = "hidden",
         tags: Iterable[str] = (),
         source: nn.Module | None = None,
+        activated: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("conv", "fc"):
@@ -92,7 +97,11 @@ class NormSite(nn.Module):
         self.tags: frozenset[str] = frozenset(tags)
         """Free-form labels placements may select on, e.g. ``residual_branch_end``."""
         self._source_ref = weakref.ref(source) if source is not None else None
+        self.activated = activated
+        """Whether the model applies its activation right after this site (``activate``)."""
         self.norm: nn.Module = nn.Identity()
+        self.includes_activation = False
+        """Whether the attached normalizer applies its own activation (the model's is then skipped)."""
 
     @property
     def source(self) -> nn.Module | None:
@@ -107,8 +116,9 @@ class NormSite(nn.Module):
             )
         return layer
 
-    def attach(self, normalizer: nn.Module) -> None:
-        """Use ``normalizer`` at this site.
+    def attach(self, normalizer: nn.Module, includes_activation: bool = False) -> None:
+        """Use ``normalizer`` at this site (``includes_activation``: it applies its own activation,
+        so ``activate`` leaves the model's out).
 
         If the normalizer defines ``bind_source(layer)`` and the site has a source, it is called
         once with the source layer first.
@@ -118,6 +128,12 @@ class NormSite(nn.Module):
         if callable(bind) and source is not None:
             bind(source)
         self.norm = normalizer
+        self.includes_activation = includes_activation and self.activated
+
+    def activate(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The model's ``activation`` of this site's output, or the output itself when the attached
+        normalizer applied its own (``NormalizerTraits.includes_activation``)."""
+        return x if self.includes_activation else activation(x)
 
     @property
     def is_normalized(self) -> bool:
@@ -138,7 +154,8 @@ class NormSite(nn.Module):
         tags = f", tags={sorted(self.tags)}" if self.tags else ""
         layer = self._source_ref() if self._source_ref is not None else None
         source = f", source={type(layer).__name__}" if layer is not None else ""
-        return f"{self.num_features}, kind={self.kind}, role={self.role}{tags}{source}"
+        activated = ", activated" if self.activated else ""
+        return f"{self.num_features}, kind={self.kind}, role={self.role}{tags}{source}{activated}"
 
     # A weak reference cannot be pickled or deep-copied to the copy's layer: hold the source
     # strongly while copying, so the copy refers to its own copy of the layer.
@@ -166,6 +183,8 @@ class SiteInfo:
     tags: frozenset[str] = frozenset()
     has_source: bool = False
     """Whether the model named the layer feeding the site (``NormSite(..., source=layer)``)."""
+    activated: bool = False
+    """Whether the model applies its activation right after the site (``NormSite(..., activated=True)``)."""
 
 
 def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
@@ -174,7 +193,14 @@ def find_sites(model: nn.Module) -> list[tuple[SiteInfo, NormSite]]:
     for name, module in model.named_modules():
         if isinstance(module, NormSite):
             info = SiteInfo(
-                name, module.num_features, module.kind, module.role, len(found), module.tags, module.source is not None
+                name,
+                module.num_features,
+                module.kind,
+                module.role,
+                len(found),
+                module.tags,
+                module.source is not None,
+                module.activated,
             )
             found.append((info, module))
     return found
@@ -208,6 +234,12 @@ class NormalizerTraits:
     """Its runs can train packed (``pack`` in a study): it works under ``torch.func.vmap``, with its
     parameters and buffers batched per member and no Python branching on tensor values. When
     ``False``, packs of its runs train one by one; the contract kit checks a ``True`` claim."""
+    includes_activation: bool = False
+    """It applies its own activation after normalizing (a norm + activation layer: FRN+TLU,
+    EvoNorm). At a site the model activates (``NormSite(..., activated=True)``) the model's own
+    activation is then skipped; at other sites (a residual branch's end, the logits) its factory
+    is called with ``activation=False`` and must leave its activation out (a factory without that
+    keyword is refused there). The contract kit checks that the activated module is nonlinear."""
 
     def __post_init__(self) -> None:
         kinds = frozenset(self.site_kinds)

@@ -54,6 +54,12 @@ def choose_sites(registry: Registry, spec: RunSpec, sites: list[SiteInfo]) -> se
     traits = resolve_traits(normalizer.extras.get("traits"), options)
     for info in sites:
         refusal = traits.refusal(info) if info.name in chosen else None
+        lacks_off_switch = traits.includes_activation and not _takes_activation(normalizer.factory)
+        if refusal is None and info.name in chosen and lacks_off_switch and not info.activated:
+            refusal = (
+                "it includes its activation (traits.includes_activation), the model applies none after "
+                f"{info.name!r}, and its factory takes no activation=False to leave it out there"
+            )
         if refusal:
             raise ValueError(
                 f"normalizer {spec.normalizer.name!r} cannot go at site {info.name!r} of model "
@@ -81,17 +87,30 @@ def assemble_model(
     return model.to(device), info
 
 
+def _takes_activation(factory: Any) -> bool:
+    """Whether a normalizer's factory takes an ``activation`` keyword (norm + activation layers)."""
+    try:
+        return "activation" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _attach(registry: Registry, spec: RunSpec, sites: list[tuple[SiteInfo, NormSite]]) -> None:
     assert spec.normalizer is not None
     normalizer = registry.get("normalizer", spec.normalizer.name)
     options = normalizer.options.model_validate(spec.normalizer.all_options)
+    traits = resolve_traits(normalizer.extras.get("traits"), options)
+    takes_activation = traits.includes_activation and _takes_activation(normalizer.factory)
     for info, site in sites:
-        module = normalizer.factory(info.num_features, info.kind, options)
+        if takes_activation:  # its activation only where the model would apply one
+            module = normalizer.factory(info.num_features, info.kind, options, activation=info.activated)
+        else:
+            module = normalizer.factory(info.num_features, info.kind, options)
         if not isinstance(module, nn.Module):
             raise TypeError(
                 f"normalizer plugin {spec.normalizer.name!r} returned {type(module).__name__}, not a torch.nn.Module"
             )
-        site.attach(module)
+        site.attach(module, includes_activation=traits.includes_activation)
 
 
 def describe_dataset(entry: Any, options: dict[str, Any], base_dir: Path) -> DatasetDescription | None:

@@ -24,14 +24,15 @@ outputs and gradients, handles a batch of one example, depends on its batch-mate
 its traits say, keeps running statistics exactly as its traits say, moves to the device,
 survives a ``state_dict`` save and load, works under ``torch.autocast`` unless its traits say
 it does not, trains packed (``torch.func.vmap``, as a study's ``pack`` trains runs) exactly as
-alone unless its traits say ``packable=False``, and works with every registered model and
-placement. A failure is a
+alone unless its traits say ``packable=False``, applies an activation when its traits say it
+includes one, and works with every registered model and placement. A failure is a
 ``ContractViolation`` naming the normalizer, the check, the site, what was expected and what
 happened.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import sys
 import warnings
@@ -58,6 +59,7 @@ CHECKS: tuple[str, ...] = (
     "state_dict",
     "mixed_precision",
     "packed",
+    "activation",
     "models_and_placements",
 )
 """Every check of the kit, in the order it runs them."""
@@ -438,6 +440,31 @@ def _packed(subject: Subject, site: KitSite) -> None:
                 raise AssertionError(f"packed member {index}'s {name} differs from the same instance trained alone")
 
 
+def _activation(subject: Subject, site: KitSite) -> None:
+    """A normalizer that says it includes its activation must apply one: normalization alone is an
+    odd function of its input at initialization (f(−x) = −f(x)), an activation is not. With an
+    ``activation`` keyword, ``activation=False`` must build a module that leaves it out."""
+    _applies(subject, site)
+    if not subject.traits.includes_activation:
+        raise _Skip("traits.includes_activation is False")
+    shape = (8, site.num_features, 5, 5) if site.kind == "conv" else (8, site.num_features)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2 + 0.5
+    module = subject.entry.factory(site.num_features, site.kind, subject.options)
+    for mode in ("train", "eval"):
+        module.train(mode == "train")
+        with torch.no_grad():
+            if _close(module(-x), -module(x)):
+                raise AssertionError(
+                    f"in {mode} mode its output is an odd function of its input, as normalization alone is: it "
+                    "applies no activation, yet traits.includes_activation makes the model skip its own"
+                )
+    if "activation" in inspect.signature(subject.entry.factory).parameters:
+        plain = subject.entry.factory(site.num_features, site.kind, subject.options, activation=False).eval()
+        with torch.no_grad():
+            if _close(plain(x), module.eval()(x)):
+                raise AssertionError("activation=False gives the same outputs as its activated form")
+
+
 UNIT_CHECKS: dict[str, tuple[str, Callable[[Subject, KitSite], None]]] = {
     "builds": ("the factory to return a module mapping the site's shape to itself", _builds),
     "shape_and_dtype": (
@@ -475,6 +502,11 @@ UNIT_CHECKS: dict[str, tuple[str, Callable[[Subject, KitSite], None]]] = {
         "instances trained packed under torch.func.vmap to match each trained alone (parameters, running "
         "statistics, outputs), unless traits.packable is False",
         _packed,
+    ),
+    "activation": (
+        "a nonlinear output (not odd in its input) where traits.includes_activation, and activation=False to "
+        "leave the activation out where the factory takes it",
+        _activation,
     ),
 }
 

@@ -1,7 +1,8 @@
 """A fully connected network for MNIST-like data.
 
-Inputs are flattened; each hidden layer is ``Linear → site → activation``; the output layer
-is ``Linear → site`` (role ``output``). Normalization sites: one ``fc`` site per hidden
+Inputs are flattened; each hidden layer is ``Linear → site → activation`` (the site
+``activated``: a normalizer that includes its activation replaces the model's); the output
+layer is ``Linear → site`` (role ``output``). Normalization sites: one ``fc`` site per hidden
 layer and one on the logits, each with its ``Linear`` as ``source``.
 """
 
@@ -48,14 +49,22 @@ class MLP(nn.Module):
         fan_in = math.prod(data.input_shape)
         for width in options.widths:
             linear = nn.Linear(fan_in, width, bias=options.bias)
-            layers += [linear, NormSite(width, "fc", source=linear), ACTIVATIONS[options.activation]()]
+            layers += [linear, NormSite(width, "fc", source=linear, activated=True), ACTIVATIONS[options.activation]()]
             fan_in = width
         logits = nn.Linear(fan_in, data.num_classes, bias=options.bias)
         layers += [logits, NormSite(data.num_classes, "fc", role="output", source=logits)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        site = None  # the site just passed: the activation after it goes through site.activate
+        for layer in self.layers:
+            if isinstance(layer, NormSite):
+                x, site = layer(x), layer
+            elif site is not None and site.activated:
+                x, site = site.activate(x, layer), None
+            else:
+                x = layer(x)
+        return x
 
 
 def build_mlp(options: MLPOptions, data: DataInfo) -> nn.Module:

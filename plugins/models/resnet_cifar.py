@@ -8,7 +8,9 @@ n = 18 (1.7M parameters).
 Normalization sites: one ``conv`` site after every convolution, before its ReLU or the
 residual addition (6n+1 sites: the stem, tagged ``stem``, and two per block, tagged
 ``residual_branch``; the second also ``residual_branch_end``), and one ``fc`` site with
-role ``output`` on the logits. Each site names the layer feeding it as its ``source``.
+role ``output`` on the logits. Each site names the layer feeding it as its ``source``; the
+sites a ReLU follows directly (the stem's, each block's first) are ``activated``: a normalizer
+that includes its activation replaces that ReLU.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str, bias: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
-        self.site1 = NormSite(cout, "conv", tags=("residual_branch",), source=self.conv1)
+        self.site1 = NormSite(cout, "conv", tags=("residual_branch",), source=self.conv1, activated=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=bias)
         self.site2 = NormSite(cout, "conv", tags=("residual_branch", "residual_branch_end"), source=self.conv2)
         self.project: nn.Module | None = None
@@ -91,7 +93,7 @@ class BasicBlock(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.site1(self.conv1(x)))
+        out = self.site1.activate(self.site1(self.conv1(x)), F.relu)
         out = self.site2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
@@ -103,7 +105,7 @@ class ResNetCifar(nn.Module):
         w1, w2, w3 = options.widths
         channels = data.input_shape[0]
         self.stem = nn.Conv2d(channels, w1, 3, padding=1, bias=options.conv_bias)
-        self.stem_site = NormSite(w1, "conv", tags=("stem",), source=self.stem)
+        self.stem_site = NormSite(w1, "conv", tags=("stem",), source=self.stem, activated=True)
         stages = []
         cin = w1
         for width, stride in ((w1, 1), (w2, 2), (w3, 2)):
@@ -133,7 +135,7 @@ class ResNetCifar(nn.Module):
                         module.weight.mul_(options.init_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.stem_site(self.stem(x)))
+        out = self.stem_site.activate(self.stem_site(self.stem(x)), F.relu)
         out = self.stages(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.output_site(self.fc(out))
