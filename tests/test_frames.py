@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_manifest
 from test_cli import bnbench
 
+from harness.cli import main
 from harness.errors import BnbenchError
 from harness.files import OutputError
 from harness.frames import export, flatten, load_results, load_runs
@@ -88,12 +89,18 @@ def test_the_runs_frame_has_one_row_per_run(swept):
     assert (runs["duration_s"] > 0).all() and runs["error"].isna().all()
 
 
+def export_command(capsys, *args: object) -> tuple[int, str]:
+    """``bnbench export ARGS`` in this process: its exit status and what it printed to stderr."""
+    status = main(["export", *map(str, args)])
+    return status, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_export_writes_the_long_table_that_reads_back_whole(swept, tmp_path, suffix):
+def test_export_writes_the_long_table_that_reads_back_whole(swept, tmp_path, suffix, capsys):
     out = tmp_path / f"results{suffix}"
-    result = bnbench("export", str(swept), str(out), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert f"48 values written to {out}" in result.stderr
+    status, said = export_command(capsys, swept, out)
+    assert status == 0, said
+    assert f"48 values written to {out}" in said
     back = pandas.read_csv(out) if suffix == ".csv" else pandas.read_parquet(out)
     frame = load_results(swept)
     assert len(back) == len(frame) and list(back.columns) == list(frame.columns)
@@ -102,13 +109,13 @@ def test_export_writes_the_long_table_that_reads_back_whole(swept, tmp_path, suf
     assert len(merged) == len(frame) and (merged["value"] - merged["value_back"]).abs().max() < 1e-12
 
 
-def test_export_of_runs_and_bad_targets(swept, tmp_path):
-    result = bnbench("export", str(swept), str(tmp_path / "runs.csv"), "--runs", cwd=tmp_path)
-    assert result.returncode == 0 and len(pandas.read_csv(tmp_path / "runs.csv")) == 4
+def test_export_of_runs_and_bad_targets(swept, tmp_path, capsys):
+    status, said = export_command(capsys, swept, tmp_path / "runs.csv", "--runs")
+    assert status == 0 and len(pandas.read_csv(tmp_path / "runs.csv")) == 4, said
     for target in (tmp_path / "results.xlsx", tmp_path / "missing" / "r.csv"):
-        result = bnbench("export", str(swept), str(target), cwd=tmp_path)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert result.stderr.strip().count("\n") == 0 and str(target) in result.stderr
+        status, said = export_command(capsys, swept, target)
+        assert status == 2 and "Traceback" not in said, said
+        assert said.strip().count("\n") == 0 and str(target) in said
 
 
 def test_export_refuses_an_unknown_format_before_writing(swept, tmp_path):
