@@ -208,7 +208,8 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
 
 
 def pm(values: Iterable[float | None], scale: float = 1.0, digits: int = 3, fixed: bool = False) -> str:
-    """``mean ± std`` of the finite values (``—`` when none; ``inf`` when any is +inf)."""
+    """``mean ± std`` of the finite values (``—`` when none; ``inf`` when any is +inf; one value
+    is itself with ``(n = 1)``: a spread of one value is no spread at all)."""
     values = [v for v in values if v is not None]
     if any(v == math.inf for v in values):
         return "inf"
@@ -216,6 +217,8 @@ def pm(values: Iterable[float | None], scale: float = 1.0, digits: int = 3, fixe
     if m is None:
         return "—"
     spec = f".{digits}{'f' if fixed else 'g'}"
+    if len(finite(values)) == 1:
+        return f"{m * scale:{spec}} (n = 1)"
     return f"{m * scale:{spec}} ± {(s or 0.0) * scale:{spec}}"
 
 

@@ -84,7 +84,8 @@ class Progress:
         if self._sweep is not None:
             self._sweep.update(1)
         count = "" if self.bars else f"[{self.done}/{self.total_runs}] "
-        self.log(f"{count}{self._label}: {status}{' — ' + summary if summary else ''}")
+        separator = " " if summary.startswith("(") else " — "  # a probe's summary is its time alone
+        self.log(f"{count}{self._label}: {status}{separator + summary if summary else ''}")
 
     def close(self) -> None:
         if self._run is not None:

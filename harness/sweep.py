@@ -60,7 +60,7 @@ def summarize(result: RunResult, headline: tuple[str, ...] = ()) -> str:
     last = result.epochs[-1].metrics if result.epochs else {}
     shown = {k: v for k, v in last.items() if k in headline}
     text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-    return f"{text} ({result.duration_s:.1f}s)"
+    return f"{text} ({result.duration_s:.1f}s)".strip()
 
 
 @contextmanager

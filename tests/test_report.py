@@ -60,7 +60,7 @@ def test_table_aggregates_seeds(known_store):
     assert "80.00 ± 14.14" in lines["all"]
     assert "| 2/2 " in lines["all"] and "0.2000 ± 0.1414" in lines["all"]
     # none: one diverged (step 7), the other 50%
-    assert "50.00 ± 0.00" in lines["none"] and "1 (step 7)" in lines["none"]
+    assert "50.00 (n = 1)" in lines["none"] and "1 (step 7)" in lines["none"]  # one finished seed: no spread
     assert "## tiny" in text
     # cost: 2 s per run; 8 steps x batch 32 / 2 s = 128 images/s; on the CPU
     cells = [c.strip() for c in lines["all"].split("|")]
@@ -159,3 +159,38 @@ def test_an_analysis_declares_what_it_reads_as_names_or_a_function_of_its_option
 
     with pytest.raises(PluginError, match="invalid reads: 5 is neither metric names nor a function"):
         load_registry(objects=[("bad", Bad())])
+
+
+def test_the_report_shows_why_a_run_failed(write_manifest, tmp_path):
+    import fault_plugins
+
+    text = tiny_manifest(placement='"none"', seeds="[0, 1]").replace(
+        'device = "cpu"\n', f'device = "cpu"\nplugins = ["{fault_plugins.__file__}"]\n'
+    )
+    text = text.replace('model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]')
+    manifest = load_manifest(write_manifest(text))
+    registry = load_registry([fault_plugins.__file__])
+    assert run_manifest(manifest, registry=registry).statuses == {"failed": 2, "done": 2}
+    with Store(manifest.results_path) as store:
+        rendered = report.from_manifest(manifest, store, registry).render("github")
+    failed = rendered.split("### Failed runs")[1].split("\n### ")[0]
+    rows = [line for line in failed.splitlines() if line.startswith("| crash ")]
+    assert len(rows) == 2 and all("RuntimeError: kaboom" in row for row in rows), failed
+    assert "| mlp" not in failed  # the runs that finished are not listed
+
+
+def test_a_line_for_a_run_without_headline_metrics_has_no_dangling_dash():
+    import io
+
+    from harness.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(2, stream=stream, bars=False)
+    progress.start_run("probe", 1)
+    progress.end_run("done", "(2.8s)")
+    progress.start_run("train", 1)
+    progress.end_run("done", "test_accuracy=0.9 (1.0s)")
+    assert stream.getvalue().splitlines() == [
+        "[1/2] probe: done (2.8s)",
+        "[2/2] train: done — test_accuracy=0.9 (1.0s)",
+    ]

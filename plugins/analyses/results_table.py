@@ -33,6 +33,8 @@ class Row:
     diverged: list[RunRecord] = field(default_factory=list)
     failed: int = 0
     pending: int = 0
+    failures: list[RunRecord] = field(default_factory=list)
+    """The failed runs (their ``error`` says why)."""
 
 
 def group_rows(study: StudyResults) -> list[Row]:
@@ -52,6 +54,7 @@ def group_rows(study: StudyResults) -> list[Row]:
             row.diverged.append(run)
         else:
             row.failed += 1
+            row.failures.append(run)
     return list(rows.values())
 
 
@@ -80,7 +83,8 @@ def results_table(study: StudyResults, options: ResultsTableOptions) -> Analysis
     columns = [f"final {accuracy} %", f"best {accuracy} %", f"final {loss}", "seeds", "diverged", "failed"]
     columns += ["time/run", "img/s", "device"]
     body, records = [], []
-    for row in group_rows(study):
+    grouped = group_rows(study)
+    for row in grouped:
         finals = [r.final(options.accuracy) for r in row.done]
         bests = [r.best(options.accuracy) for r in row.done]
         losses = [r.final(options.loss) for r in row.done]
@@ -98,7 +102,21 @@ def results_table(study: StudyResults, options: ResultsTableOptions) -> Analysis
         )
         records.append({**{a: row.config.get(a, "") for a in study.axes}, **_measures(row, finals, bests, losses)})
     headers = [*(study.axes or ["(single configuration)"]), *columns]
-    return AnalysisResult(tables=[Table("Results", headers, body, records=records)])
+    tables = [Table("Results", headers, body, records=records)]
+    failures = [(row, run) for row in grouped for run in row.failures]
+    if failures:  # why they failed: the store has each error, and the report shows it
+        rows = [
+            [*([row.config.get(a, "") for a in study.axes] or ["—"]), run.seed, _first_line(run.error)]
+            for row, run in failures
+        ]
+        tables.append(Table("Failed runs", [*(study.axes or ["(single configuration)"]), "seed", "error"], rows))
+    return AnalysisResult(tables=tables)
+
+
+def _first_line(error: str | None, width: int = 160) -> str:
+    lines = (error or "").strip().splitlines()
+    line = lines[0] if lines else "no error recorded"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _measures(row: Row, finals: list, bests: list, losses: list) -> dict[str, Any]:
