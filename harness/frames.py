@@ -41,15 +41,15 @@ def _pandas() -> Any:
     return pandas
 
 
-def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(dotted key, leaf)`` pairs of nested mappings; lists of numbers become ``key[i]``; other
-    lists are kept whole."""
+def flatten(value: Any, prefix: str = "", lists: bool = True) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, leaf)`` pairs of nested mappings; lists of numbers (or of mappings) become
+    ``key[i]`` unless ``lists`` is false; other lists are kept whole."""
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from flatten(item, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, list) and value and all(isinstance(v, (int, float, dict, list)) for v in value):
+            yield from flatten(item, f"{prefix}.{key}" if prefix else str(key), lists)
+    elif lists and isinstance(value, list) and value and all(isinstance(v, (int, float, dict, list)) for v in value):
         for index, item in enumerate(value):
-            yield from flatten(item, f"{prefix}[{index}]")
+            yield from flatten(item, f"{prefix}[{index}]", lists)
     else:
         yield prefix, value
 

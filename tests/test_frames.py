@@ -133,6 +133,7 @@ def test_without_pandas_the_frames_say_which_extra_to_install(swept, monkeypatch
 def test_flatten_names_nested_values_by_dotted_paths_and_list_indices():
     nested = {"a": 1, "b": {"c": [0.5, 1.5], "d": "label"}, "e": [{"f": 2}], "g": []}
     assert dict(flatten(nested)) == {"a": 1, "b.c[0]": 0.5, "b.c[1]": 1.5, "b.d": "label", "e[0].f": 2, "g": []}
+    assert dict(flatten(nested, lists=False)) == {"a": 1, "b.c": [0.5, 1.5], "b.d": "label", "e": [{"f": 2}], "g": []}
 
 
 def test_a_plugins_own_metric_appears_in_the_report_with_its_curve(swept, tmp_path):

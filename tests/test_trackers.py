@@ -91,6 +91,7 @@ def test_mlflow_holds_params_metrics_status_and_the_run_id(write_manifest, tmp_p
         assert found.info.status == "FINISHED" and found.data.tags["bnbench.status"] == "done"
         assert found.data.params["placement"] in ("all", "none") and found.data.params["seed"] == "0"
         assert found.data.params["spec.model.name"] == "mlp"
+        assert found.data.params["spec.model.options.widths"] == "[16]"  # MLflow refuses "[0]" in names
         curves = mlflow_curves(tmp_path / "results.sqlite.mlflow.db", found.info.run_id)
         assert all(close(curves[m], expected[run_id][m]) for m in CURVES)
 

@@ -3,7 +3,7 @@
 Runs go to the experiment named after their study (or ``experiment``), tagged
 ``bnbench.run_id`` (the run id), ``bnbench.study`` and, when they end, ``bnbench.status``
 (done, diverged, failed). Params are the run's axes, seed and study, then its whole resolved
-spec (``spec.*``). Every metric of every epoch is logged with step = epoch. The default store is
+spec (``spec.*``). Every finite metric of every epoch is logged with step = epoch. The default store is
 a SQLite database beside the results store (``sqlite:///<results>.mlflow.db``: MLflow's own
 file store is retired); a ``tracking_uri`` sends the runs to a server or another database.
 
@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import Field
 
 from harness import Options, RunContext, TrackerContext, hookimpl
+from harness.frames import flatten
 from harness.records import PlannedRun, RunResult
 from plugins.trackers.common import hyperparameters, require, run_name, start_epoch
 
@@ -37,15 +38,6 @@ class MlflowOptions(Options):
         "(default: sqlite:///<results>.mlflow.db beside the results store).",
     )
     experiment: str | None = Field(None, description="Experiment of every run (default: each run's study name).")
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}"))
-        return out
-    return {prefix: str(value)[:6000]}
 
 
 class MlflowTracker:
@@ -94,7 +86,10 @@ class MlflowTracker:
         created = self.client.create_run(experiment_id, tags=tags, run_name=run_name(planned))
         params = {
             **{k: str(v) for k, v in hyperparameters(planned).items()},
-            **_flatten(planned.spec.model_dump(mode="json"), "spec"),
+            **{
+                f"spec.{key}": str(value)[:6000]
+                for key, value in flatten(planned.spec.model_dump(mode="json"), lists=False)
+            },
         }
         items = [entities.Param(key[:250], value) for key, value in params.items()]
         for start in range(0, len(items), BATCH):
@@ -113,7 +108,7 @@ class MlflowTracker:
         values = [
             entities.Metric(name, float(value), now, epoch)
             for name, value in metrics.items()
-            if value is not None and not math.isnan(value)
+            if value is not None and math.isfinite(value)  # MLflow's stores refuse NaN and infinities
         ]
         for start in range(0, len(values), BATCH * 10):
             self.client.log_batch(mlflow_id, metrics=values[start : start + BATCH * 10])
