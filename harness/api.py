@@ -442,6 +442,19 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class TrackerContext(BuildContext):
+    """What a tracker knows of the sweep it records (``bnbench_register_trackers``); ``resolve``
+    makes a path in its options relative to the manifest."""
+
+    results: Path
+    """The sweep's results store."""
+
+    def beside_results(self, suffix: str) -> Path:
+        """A path beside the results store: ``results.sqlite`` → ``results.sqlite.<suffix>``."""
+        return self.results.with_name(f"{self.results.name}.{suffix}")
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """Loss and accuracy of the model on one split, over the whole split."""
 
@@ -465,24 +478,6 @@ class RunContext:
     """Scratch space where plugins may keep per-run state between hook calls."""
     start_step: int = 0
     """The step the run starts from: 0, or its checkpoint's step when it resumes."""
-
-
-@dataclass(frozen=True)
-class TrackerContext:
-    """What a tracker knows of the sweep it records (``bnbench_register_trackers``)."""
-
-    results: Path
-    """The sweep's results store."""
-    base_dir: Path
-    """The manifest's folder: relative paths in a tracker's options are relative to it."""
-
-    def beside_results(self, suffix: str) -> Path:
-        """A path beside the results store: ``results.sqlite`` → ``results.sqlite.<suffix>``."""
-        return self.results.with_name(f"{self.results.name}.{suffix}")
-
-    def resolve(self, path: str) -> Path:
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else self.base_dir / candidate
 
 
 @dataclass

@@ -69,7 +69,7 @@ class WorkerSpec:
         if threads is not None and not performance.threads:
             performance = performance.model_copy(update={"threads": threads})
         registry = registry or load_registry(self.plugins, base_dir=self.base_dir)
-        context = TrackerContext(self.results or self.checkpoint_dir, self.base_dir)
+        context = TrackerContext(base_dir=self.base_dir, results=self.results or self.checkpoint_dir)
         return Runner(
             registry,
             trackers=make_trackers(registry, self.trackers, context),

@@ -62,21 +62,9 @@ def _cell(value: Any) -> Any:
 
 
 def _studies(store: Store, only: Sequence[str] | None) -> Iterator[tuple[str, list[str], list[RunRecord]]]:
-    """Each study in the store (or among ``only``): its axes and its stored runs with their axes."""
-    for name, members in store.studies().items():
-        if only is not None and name not in only:
-            continue
-        stored = store.load(run_id for run_id, _ in members)
-        axes: list[str] = []
-        for _, run_axes in members:
-            axes += [a for a in run_axes if a not in axes]
-        runs = []
-        for run_id, run_axes in members:
-            if run_id in stored:
-                record = stored[run_id]
-                record.axes = run_axes
-                runs.append(record)
-        yield name, axes, runs
+    """Each study in the store (or among ``only``): its axes and its stored runs, in plan order."""
+    for name, axes, members, records in store.load_studies(only):
+        yield name, axes, [records[run_id] for run_id, _ in members if run_id in records]
 
 
 def _identity(study: str, axes: list[str], run: RunRecord) -> dict[str, Any]:
@@ -140,7 +128,7 @@ def load_results(
             for run in records:
                 runs.append({**_identity(study, axes, run), **_spec_columns(run)})
                 values.extend(_result_rows(study, axes, run))
-    per_run = _frame(runs, [*RUN_COLUMNS, *_axis_columns(runs, RUN_COLUMNS, ())])
+    per_run = _frame(runs, RUN_COLUMNS)  # the axes follow, in the order they first appear
     long = pandas.DataFrame.from_records(values, columns=["study", "run_id", *RESULT_COLUMNS])
     long["epoch"] = long["epoch"].astype("Int64")
     long["step"] = long["step"].astype("Int64")

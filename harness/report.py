@@ -579,18 +579,11 @@ def from_store(store: Store, registry: Registry) -> Report:
     need the manifest (``from_manifest``).
     """
     studies = []
-    for name, members in store.studies().items():
-        stored = store.load(run_id for run_id, _ in members)
-        axes: list[str] = []
-        for _, run_axes in members:
-            axes += [a for a in run_axes if a not in axes]
+    for name, axes, members, records in store.load_studies():
         planned = [
-            (run_id, run_axes, int(stored[run_id].spec.get("seed", 0)) if run_id in stored else 0)
+            (run_id, run_axes, int(records[run_id].spec.get("seed", 0)) if run_id in records else 0)
             for run_id, run_axes in members
         ]
-        records = {
-            run_id: replace(stored[run_id], axes=run_axes) for run_id, run_axes, _ in planned if run_id in stored
-        }
         probes = dict.fromkeys(r.spec["probe"]["name"] for r in records.values() if r.spec.get("probe"))
         analyses = [
             Component(name=a)

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +439,25 @@ class Store:
         for study, run_id, axes in self.db.execute("SELECT study, run_id, axes FROM study_runs ORDER BY rowid"):
             result.setdefault(study, []).append((run_id, json.loads(axes)))
         return result
+
+    def load_studies(
+        self, only: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, list[str], list[tuple[str, dict[str, Any]]], dict[str, RunRecord]]]:
+        """Each study the store has runs of (or each of ``only``): its name, its axes (in the order
+        they first appear), its runs as linked ``(run id, axes)``, and the stored ones by id with
+        their axes set."""
+        wanted = None if only is None else set(only)
+        for name, members in self.studies().items():
+            if wanted is not None and name not in wanted:
+                continue
+            stored = self.load(run_id for run_id, _ in members)
+            axes: list[str] = []
+            for _, run_axes in members:
+                axes += [a for a in run_axes if a not in axes]
+            records = {
+                run_id: replace(stored[run_id], axes=run_axes) for run_id, run_axes in members if run_id in stored
+            }
+            yield name, axes, members, records
 
     def load(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
         """The stored runs among ``run_ids`` (absent ids are left out), with their epochs. Their

@@ -146,7 +146,7 @@ def run_manifest(
     to_run = pending_runs(runs, peek, rerun)
     prepare_datasets([r.spec.dataset for r in to_run if r.spec.dataset], registry, manifest.base_dir)
     if to_run:  # made once here too: a tracker's missing extra stops the sweep before anything is recorded
-        context = TrackerContext(manifest.results_path, manifest.base_dir)
+        context = TrackerContext(base_dir=manifest.base_dir, results=manifest.results_path)
         close_trackers(make_trackers(registry, manifest.trackers, context))
     with Store(manifest.results_path) as store:
         store.link(runs)
