@@ -21,21 +21,24 @@ import torch
 from torch import nn
 
 import harness
-from harness.api import ProbeContext, RunContext, TrackerContext
+from harness.api import ProbeContext, TrackerContext
 from harness.assembly import assemble_model, resolve_device
 from harness.checkpoint import Checkpoints
 from harness.data import DataCache, DeviceData, StreamData
 from harness.errors import failure_text
 from harness.inputs import InputPipeline
-from harness.packed_training import PackedTraining, PackRefused
+from harness.packed_training import Pack, PackRefused
 from harness.performance import Performance
 from harness.progress import Progress
-from harness.records import EpochRecord, PlannedPack, PlannedRun, RunResult, Status, Work, WorkResult
+from harness.records import PlannedPack, PlannedRun, RunResult, Status, Work, WorkResult
 from harness.registry import Registry
 from harness.spec import Component, PerformanceSettings
 from harness.training import (
     DEFAULT_CHECK_EVERY,
     Diverged,
+    Loop,
+    Member,
+    OneRun,
     RunInterrupted,
     StopRequest,
     Training,
@@ -128,47 +131,24 @@ class Runner:
         None).
         """
         started = time.time()
-        status: Status = "done"
-        diverged_step: int | None = None
-        error: str | None = None
         info: dict[str, Any] = {}
-        epochs: list[EpochRecord] = []
         measurements: dict[str, Any] = {}
-        context: RunContext | None = None
+        member: Member | None = None
+        error: str | None = None
         try:
             with determinism(planned.spec.deterministic):
                 if planned.spec.is_probe:
                     measurements = self._probe(planned, info, progress)
                 else:
-                    training, facts = self._assemble(planned, progress)
-                    context = training.context
+                    training, facts = self.assemble(planned, progress)
                     info.update(facts, **training.facts)
-                    epochs = list(training.state.records)  # restored from a checkpoint
-                    self.registry.hook.bnbench_run_start(run=context, planned=planned)
-                    for record in training.epochs(
-                        self.registry,
-                        stop=self.stop,
-                        progress=progress,
-                        label=planned.label,
-                        checkpoints=self.checkpoints,
-                        checkpoint_every=self.checkpoint_every,
-                    ):
-                        epochs.append(record)
-        except Diverged as exc:
-            status, diverged_step, error = "diverged", exc.step, str(exc)
+                    stepper = OneRun(training)
+                    member = stepper.members[0]
+                    self.registry.hook.bnbench_run_start(run=training.context, planned=planned)
+                    self._train(Loop(stepper, self.check_every), planned.label, progress)
         except Exception as exc:
-            status, error = "failed", failure_text(exc)
-        return self._finish(
-            planned,
-            context,
-            started,
-            status=status,
-            epochs=epochs,
-            diverged_step=diverged_step,
-            error=error,
-            info=info,
-            measurements=measurements,
-        )
+            error = failure_text(exc)
+        return self._finish(planned, member, started, error, info=info, measurements=measurements)
 
     def run_work(self, work: Work, progress: Progress | None = None) -> WorkResult:
         """Run one unit of work: a run (``run``) or a pack (``run_pack``)."""
@@ -205,18 +185,14 @@ class Runner:
         started = time.time()
         with determinism(pack.members[0].spec.deterministic):
             try:
-                built = [self._assemble(member, progress, resume=False) for member in pack.members]
+                built = [self.assemble(member, progress, resume=False) for member in pack.members]
             except Exception as exc:  # one by one, each run reports its own failure
                 raise PackRefused(f"assembling a member failed: {type(exc).__name__}: {exc}") from exc
             if isinstance(built[0][0].data, StreamData):
                 raise PackRefused(f"dataset {pack.members[0].spec.dataset.name!r} streams its examples")
             try:
-                packed = PackedTraining.start(
-                    pack.run_id,
-                    [training for training, _ in built],
-                    check_every=self.check_every,
-                    checkpoints=self.checkpoints,
-                    warn=warn,
+                pack_stepper = Pack.start(
+                    pack.run_id, [training for training, _ in built], checkpoints=self.checkpoints, warn=warn
                 )
             except PackRefused:
                 raise
@@ -230,55 +206,67 @@ class Runner:
             ]
             error: str | None = None
             try:
-                packed.train(
-                    self.registry,
-                    stop=self.stop,
-                    progress=progress,
-                    label=pack.label,
-                    checkpoints=self.checkpoints,
-                    checkpoint_every=self.checkpoint_every,
-                )
+                self._train(Loop(pack_stepper, self.check_every), pack.label, progress)
             except Exception as exc:
                 error = failure_text(exc)
-        results = []
-        for planned, member, info in zip(pack.members, packed.members, facts, strict=True):
-            status: Status = "done"
-            if member.diverged is not None:
-                status = "diverged"
-            elif member.error is not None or error is not None:
-                status = "failed"
-            results.append(
-                self._finish(
-                    planned,
-                    member.training.context,
-                    started,
-                    status=status,
-                    epochs=list(member.records),
-                    diverged_step=member.diverged.step if member.diverged is not None else None,
-                    error=str(member.diverged) if member.diverged is not None else member.error or error,
-                    info=info,
-                )
-            )
-        return tuple(results)
+        return tuple(
+            self._finish(planned, member, started, error, info=info)
+            for planned, member, info in zip(pack.members, pack_stepper.members, facts, strict=True)
+        )
 
-    def _finish(self, planned: PlannedRun, run: RunContext | None, started: float, **fields: Any) -> RunResult:
-        """The run's result, stamped with its end time and this process's environment, after
+    def _train(self, loop: Loop, label: str, progress: Progress | None) -> None:
+        loop.train(
+            self.registry,
+            stop=self.stop,
+            progress=progress,
+            label=label,
+            checkpoints=self.checkpoints,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+    def _finish(
+        self,
+        planned: PlannedRun,
+        member: Member | None,
+        started: float,
+        error: str | None,
+        *,
+        info: dict[str, Any],
+        measurements: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """The run's result from how its member ended (``error``: what stopped its loop or its
+        assembly), stamped with its end time and this process's environment, after
         ``bnbench_run_end`` has seen it."""
+        status: Status = "done"
+        diverged_step = None
+        if member is not None and member.diverged is not None:
+            status, diverged_step, error = "diverged", member.diverged.step, str(member.diverged)
+        elif member is not None and member.error is not None:
+            status, error = "failed", member.error
+        elif error is not None:
+            status = "failed"
         result = RunResult(
             planned.run_id,
             started_at=started,
             finished_at=time.time(),
             environment={**environment(self.device), **self.performance.describe()},
-            **fields,
+            status=status,
+            epochs=list(member.records) if member is not None else [],
+            diverged_step=diverged_step,
+            error=error,
+            info=info,
+            measurements=measurements or {},
         )
-        self.registry.hook.bnbench_run_end(run=run, result=result, planned=planned)
+        self.registry.hook.bnbench_run_end(
+            run=member.training.context if member else None, result=result, planned=planned
+        )
         return result
 
     def build_model(self, spec: Any, data: Any) -> tuple[nn.Module, dict[str, Any]]:
         """The run's model on this runner's device, normalized at the placement's sites."""
         return assemble_model(self.registry, spec, data, self.device)
 
-    def _assemble(
+    def assemble(
         self, planned: PlannedRun, progress: Progress | None, *, resume: bool = True
     ) -> tuple[Training, dict[str, Any]]:
         """The run ready to train, resumed from its checkpoint if it has one (and ``resume``), and

@@ -1,8 +1,10 @@
-"""The training loop of one run: SGD steps on the run's batches, the learning-rate schedule,
-divergence checks, per-epoch metrics, and checkpoints. It yields one ``EpochRecord`` per epoch;
-a divergence raises ``Diverged`` at its exact step and a stop request ``RunInterrupted`` after a
-checkpoint. It computes the epoch's training loss and accuracy (facts of the loop, which metrics
-read from ``EpochContext``); which metric is a loss, and so can diverge, the metrics declare."""
+"""The training loop, written once (``Loop``): the learning-rate schedule (``LambdaLR``), the step
+hook, divergence checks at the exact step, progress, stop and checkpoint, per-epoch metrics and
+periodic checkpoints. A ``Stepper`` takes each step: ``OneRun`` for a run alone, or
+``harness.packed_training.Pack`` for runs stacked under ``vmap``. ``Training`` assembles one run
+(optimizer, generators, schedule, its position restored from a checkpoint). The loop computes the
+epoch's training loss and accuracy (facts of the loop, which metrics read from ``EpochContext``);
+which metric is a loss, and so can diverge, the metrics declare."""
 
 from __future__ import annotations
 
@@ -11,17 +13,20 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from harness.api import EpochContext, EvalResult, RunContext
 from harness.checkpoint import Checkpoints
 from harness.data import DeviceData
+from harness.errors import failure_text
 from harness.evaluation import compute_metrics, evaluate_split
 from harness.inputs import InputPipeline
 from harness.performance import Performance
@@ -106,6 +111,21 @@ class Training:
     epochs_total: int
     state: TrainingState
     check_every: int
+    schedule: LambdaLR = field(init=False)
+    """The run's learning-rate schedule on its optimizer, positioned at ``state.step``."""
+
+    def __post_init__(self) -> None:
+        self.position_schedule()
+
+    def position_schedule(self) -> None:
+        """The schedule at ``state.step`` (a fresh run's 0, a restored one's): the optimizer's
+        rates set from the spec's base rate, whatever a restored checkpoint held."""
+        context = self.context
+        context.start_step = self.state.step
+        for group in context.optimizer.param_groups:
+            group["initial_lr"] = context.spec.optimizer.lr
+        factor = partial(context.spec.schedule.factor, total_steps=context.total_steps)
+        self.schedule = LambdaLR(context.optimizer, factor, last_epoch=self.state.step - 1)
 
     @classmethod
     def start(
@@ -143,7 +163,6 @@ class Training:
                 checkpoints, run_id, warn, model, optimizer, generators, steps_per_epoch, data.train_size, device
             )
         context = RunContext(run_id, spec, model, optimizer, device, data.bundle, steps_per_epoch, total_steps)
-        context.start_step = state.step if state is not None else 0
         return cls(
             context=context,
             data=data,
@@ -168,102 +187,8 @@ class Training:
             facts["resumed_from_step"] = self.state.step
         return facts
 
-    def epochs(
-        self,
-        registry: Registry,
-        *,
-        stop: StopRequest | None,
-        progress: Progress | None,
-        label: str,
-        checkpoints: Checkpoints | None,
-        checkpoint_every: int,
-    ) -> Iterator[EpochRecord]:
-        """Train to the end, yielding each epoch's record as it ends (not those restored)."""
-        context, data, state, performance = self.context, self.data, self.state, self.performance
-        spec, model, optimizer = context.spec, context.model, context.optimizer
-        inputs, generator, check_every = self.inputs, self.generator, self.check_every
-        train_model = performance.prepare_model(model)
-        scaler = performance.grad_scaler()
-        hook = registry.hook
-        step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
-        metrics = [(m, registry.get("metric", m.name)) for m in spec.metrics]
-        losses_measured = loss_metrics(metrics)
-        losses = state.losses
-        schedule, base_lr = spec.schedule, spec.optimizer.lr
-        total_steps = context.total_steps
-        records = list(state.records)
-
-        def save() -> Path | None:
-            if checkpoints is None:
-                return None
-            return checkpoints.save(context.run_id, state.snapshot(model, optimizer, self.generators, records))
-
-        if progress:
-            progress.start_run(label, total_steps)
-            if state.step:
-                progress.advance(state.step, float("nan"))
-        step = state.step
-        current_lr = None
-        for epoch in range(state.epoch, self.epochs_total + 1):
-            model.train()
-            if state.order is None:
-                state.begin_epoch(data.epoch_order(generator))
-            for images, labels in data.train_batches(
-                spec.batch_size, generator, state.order, state.batch, inputs.train_extra
-            ):
-                if step >= total_steps:
-                    break
-                lr = base_lr * schedule.factor(step, total_steps)
-                if lr != current_lr:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    current_lr = lr
-                with performance.autocast():
-                    logits = train_model(performance.prepare_inputs(images))
-                    if step == 0:
-                        _check_logits(logits, images.shape[0], data.bundle.num_classes, spec.model.name)
-                    loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    optimizer.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                detached = loss.detach()
-                losses[step % check_every] = detached
-                state.loss_sum += detached
-                state.correct += (logits.detach().argmax(1) == labels).sum()
-                state.seen += labels.shape[0]
-                state.batch += 1
-                step += 1
-                if step_hook is not None:
-                    step_hook(run=context, step=step, loss=detached)
-                if step % check_every == 0:
-                    _check_finite(losses, step, check_every)
-                    if progress:
-                        progress.advance(check_every, float(detached))
-                if stop is not None and stop.is_set() and step < total_steps:
-                    state.step, state.epoch = step, epoch
-                    raise RunInterrupted(context.run_id, step, save())
-            _check_finite(losses, step, check_every)  # the steps since the last periodic check
-            _check_parameters(model, step)
-            train_loss = float(state.loss_sum) / max(1, state.batch)
-            values = compute_metrics(metrics, self._epoch_context(train_model, epoch, step, train_loss))
-            check_loss_metrics(values, losses_measured, step)
-            hook.bnbench_epoch_end(run=context, epoch=epoch, metrics=values)
-            record = EpochRecord(epoch, step, values)
-            records.append(record)
-            yield record
-            if progress:
-                progress.epoch(epoch, self.epochs_total, values)
-            state.order = None
-            state.step, state.epoch = step, epoch + 1
-            if checkpoint_every and epoch % checkpoint_every == 0 and epoch < self.epochs_total:
-                save()
-
-    def _epoch_context(self, train_model: nn.Module, epoch: int, step: int, train_loss: float) -> EpochContext:
+    def epoch_context(self, model: nn.Module, epoch: int, step: int, train_loss: float) -> EpochContext:
+        """What the run's metrics read at the end of ``epoch``; evaluations are shared between them."""
         spec, inputs, state = self.context.spec, self.inputs, self.state
         evaluations: dict[tuple[str, bool], EvalResult] = {}
 
@@ -274,7 +199,7 @@ class Training:
             if key not in evaluations:
                 extra = inputs.eval_extra(split) if key[1] else None
                 evaluations[key] = evaluate_split(
-                    train_model, self.data, split, spec.eval_batch_size, extra, self.performance
+                    model, self.data, split, spec.eval_batch_size, extra, self.performance
                 )
             return evaluations[key]
 
@@ -289,6 +214,258 @@ class Training:
         )
 
 
+@dataclass
+class Member:
+    """One run trained by a ``Loop``: its training (model, optimizer, state) and how it ended so far."""
+
+    training: Training
+    records: list[EpochRecord] = field(default_factory=list)
+    model: nn.Module | None = None
+    """The module its metrics evaluate: the run's model, or the one the stepper trains (compiled)."""
+    diverged: Diverged | None = None
+    error: str | None = None
+    """Why the run failed on its own (a metric or hook raised for it); the other members go on."""
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = self.training.context.model
+
+    @property
+    def active(self) -> bool:
+        return self.diverged is None and self.error is None
+
+
+class Stepper(Protocol):
+    """How a ``Loop`` takes one optimizer step for all its members at once: one run alone
+    (``OneRun``) or a pack of runs stacked under ``vmap`` (``harness.packed_training.Pack``)."""
+
+    key: str
+    """The id its checkpoints are saved under: the run id, or the pack id."""
+    members: list[Member]
+
+    def batches(self, epoch_start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The rest of the epoch's batches from batch ``epoch_start``: images and labels, with a
+        leading member dimension for packs."""
+        ...
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward, backward and optimizer step of every active member: the members'
+        detached losses and correct predictions, one entry per member."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """The checkpoint of the members at the position their states hold."""
+        ...
+
+
+class OneRun:
+    """The stepper of a run trained alone: its model (as ``Performance`` prepares it), mixed
+    precision and loss scaling; its checkpoint is the run's ``TrainingState``."""
+
+    def __init__(self, training: Training) -> None:
+        self.training = training
+        self.key = training.context.run_id
+        self.model = training.performance.prepare_model(training.context.model)
+        self.members = [Member(training, records=list(training.state.records), model=self.model)]
+        self.scaler = training.performance.grad_scaler()
+
+    def batches(self, epoch_start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        t = self.training
+        return t.data.train_batches(
+            t.context.spec.batch_size, t.generator, t.state.order, epoch_start, t.inputs.train_extra
+        )
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.training
+        performance, optimizer = t.performance, t.context.optimizer
+        with performance.autocast():
+            logits = self.model(performance.prepare_inputs(images))
+            if first:
+                check_logits(logits, images.shape[0], t.data.bundle.num_classes, t.context.spec.model.name)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        correct = (logits.detach().argmax(1) == labels).sum()
+        return loss.detach().view(1), correct.view(1)
+
+    def snapshot(self) -> dict[str, Any]:
+        t, member = self.training, self.members[0]
+        return t.state.snapshot(t.context.model, t.context.optimizer, t.generators, member.records)
+
+
+class Loop:
+    """The training loop, written once for one run and for packs: the schedule, the step hook,
+    the divergence window, progress, stop and checkpoint, epoch-end checks and metrics, periodic
+    checkpoints. The stepper takes the steps; each member keeps its own optimizer, schedule,
+    metrics and outcome. A member whose loss turns non-finite is recorded ``diverged`` at its
+    exact step and stops updating; the others go on."""
+
+    def __init__(self, stepper: Stepper, check_every: int) -> None:
+        self.stepper = stepper
+        self.members = stepper.members
+        self.check_every = check_every
+        first = self.members[0].training
+        self.total_steps = first.context.total_steps
+        self.steps_per_epoch = first.context.steps_per_epoch
+        self.epochs_total = first.epochs_total
+        self.device = first.context.device
+
+    def train(
+        self,
+        registry: Registry,
+        *,
+        stop: StopRequest | None,
+        progress: Progress | None,
+        label: str,
+        checkpoints: Checkpoints | None,
+        checkpoint_every: int,
+    ) -> None:
+        """Train every member to its end (or its divergence); ``members`` then hold the outcomes.
+
+        Raises ``RunInterrupted`` (with the stepper's key) after checkpointing when a stop is requested."""
+        members, check_every, stepper = self.members, self.check_every, self.stepper
+        count = len(members)
+        position = members[0].training.state  # epoch, batch and step are the same for every member
+        hook = registry.hook
+        step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
+        metrics = [
+            [(m, registry.get("metric", m.name)) for m in member.training.context.spec.metrics] for member in members
+        ]
+        losses_measured = set().union(*(loss_metrics(entries) for entries in metrics))
+        losses = torch.zeros(check_every, count, device=self.device)  # since the last check
+        for index, member in enumerate(members):
+            if member.training.state.losses.shape == (check_every,):  # a checkpoint's, at the same interval
+                losses[:, index] = member.training.state.losses
+        loss_sum = torch.stack([m.training.state.loss_sum.float() for m in members])
+        correct = torch.stack([m.training.state.correct for m in members])
+        seen = position.seen
+        step = position.step
+
+        def sync_states(epoch: int) -> None:
+            for index, member in enumerate(members):
+                state = member.training.state
+                state.epoch, state.batch, state.step, state.seen = epoch, batch, step, seen
+                state.loss_sum = loss_sum[index].clone()
+                state.correct = correct[index].clone()
+                state.losses = losses[:, index].clone()
+
+        def save(epoch: int) -> Path | None:
+            if checkpoints is None:
+                return None
+            sync_states(epoch)
+            return checkpoints.save(stepper.key, stepper.snapshot())
+
+        if progress:
+            progress.start_run(label, self.total_steps)
+            if step:
+                progress.advance(step, float("nan"))
+        batch = position.batch
+        for epoch in range(position.epoch, self.epochs_total + 1):
+            for member in members:
+                member.training.context.model.train()
+                state = member.training.state
+                if state.order is None:
+                    state.begin_epoch(member.training.data.epoch_order(member.training.generator))
+            if batch == 0:
+                loss_sum.zero_()
+                correct.zero_()
+                seen = 0
+            for images, labels in stepper.batches(batch):
+                if step >= self.total_steps:
+                    break
+                detached, right = stepper.step(images, labels, step == 0)
+                for member in members:
+                    if member.active:
+                        member.training.schedule.step()
+                losses[step % check_every] = detached
+                loss_sum += detached
+                correct += right
+                seen += labels.shape[-1]
+                step += 1
+                batch += 1
+                if step_hook is not None:
+                    for index, member in enumerate(members):
+                        if member.active:
+                            step_hook(run=member.training.context, step=step, loss=detached[index])
+                if step % check_every == 0:
+                    self._check_finite(losses, step)
+                    if progress:
+                        progress.advance(check_every, self._mean_active(detached))
+                if not any(m.active for m in members):
+                    return
+                if stop is not None and stop.is_set() and step < self.total_steps:
+                    raise RunInterrupted(stepper.key, step, save(epoch))
+            self._check_finite(losses, step)  # the steps since the last periodic check
+            if not any(m.active for m in members):
+                return
+            sync_states(epoch)
+            for index, member in enumerate(members):
+                if member.active:
+                    self._end_epoch(registry, member, metrics[index], losses_measured, epoch, step, loss_sum[index])
+            if progress:
+                active = [m for m in members if m.active]
+                if active:
+                    progress.epoch(epoch, self.epochs_total, active[0].records[-1].metrics)
+            if not any(m.active for m in members):
+                return
+            for member in members:
+                member.training.state.order = None
+            batch = 0
+            if checkpoint_every and epoch % checkpoint_every == 0 and epoch < self.epochs_total:
+                save(epoch + 1)
+
+    def _end_epoch(
+        self,
+        registry: Registry,
+        member: Member,
+        metrics: list[tuple[Any, Any]],
+        losses_measured: set[str],
+        epoch: int,
+        step: int,
+        loss_sum: torch.Tensor,
+    ) -> None:
+        """The member's parameter check, metrics and ``bnbench_epoch_end``; a divergence or a
+        failure ends this member only."""
+        training = member.training
+        try:
+            _check_parameters(training.context.model, step)
+            train_loss = float(loss_sum) / max(1, training.state.batch)
+            values = compute_metrics(metrics, training.epoch_context(member.model, epoch, step, train_loss))
+            check_loss_metrics(values, losses_measured, step)
+            registry.hook.bnbench_epoch_end(run=training.context, epoch=epoch, metrics=values)
+        except Diverged as exc:
+            member.diverged = exc
+            return
+        except Exception as exc:  # this member's failure, as it would be alone
+            member.error = failure_text(exc)
+            return
+        member.records.append(EpochRecord(epoch, step, values))
+
+    def _check_finite(self, losses: torch.Tensor, step: int) -> None:
+        """Mark each active member whose loss was not finite since the last check as diverged at
+        its first such step (checks happen every ``check_every`` steps and at epoch ends)."""
+        count = step % self.check_every or self.check_every
+        window = losses[:count]
+        finite = torch.isfinite(window)
+        if bool(finite.all()):
+            return
+        for index, member in enumerate(self.members):
+            column = finite[:, index]
+            if member.active and not bool(column.all()):
+                bad = int((~column).nonzero()[0])
+                member.diverged = Diverged(step - count + bad + 1, f"training loss ({float(window[bad, index])})")
+
+    def _mean_active(self, losses: torch.Tensor) -> float:
+        active = [i for i, m in enumerate(self.members) if m.active]
+        return float(losses[active].mean()) if active else float("nan")
+
+
 def loss_metrics(metrics: list[tuple[Any, Any]]) -> set[str]:
     """The names of the metrics (``(component, entry)`` pairs) that declare ``measures="loss"``."""
     return {component.name for component, entry in metrics if entry.extras.get("measures") == "loss"}
@@ -301,7 +478,7 @@ def check_loss_metrics(values: dict[str, float], losses_measured: set[str], step
             raise Diverged(step, f"{name} ({value})")
 
 
-def _check_logits(logits: Any, batch: int, classes: int, model: str) -> None:
+def check_logits(logits: Any, batch: int, classes: int, model: str) -> None:
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (batch, classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model {model!r} returned {shape}; expected logits of shape ({batch}, {classes})")
@@ -312,16 +489,3 @@ def _check_parameters(model: nn.Module, step: int) -> None:
     params = [p.detach() for p in model.parameters()]
     if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
         raise Diverged(step, "a parameter")
-
-
-def _check_finite(losses: torch.Tensor, step: int, check_every: int) -> None:
-    """Raise ``Diverged`` at the first non-finite loss since the last check.
-
-    Checks happen every ``check_every`` steps (and at the last step), so the losses since the
-    last check fill ``losses[:count]`` in order.
-    """
-    count = step % check_every or check_every
-    finite = torch.isfinite(losses[:count])
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise Diverged(step - count + bad + 1, f"training loss ({float(losses[bad])})")
