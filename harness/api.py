@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from harness.records import RunRecord
+from harness.spec import StrictModel
 
 if TYPE_CHECKING:
     from harness.spec import RunSpec
@@ -28,14 +29,12 @@ SiteRole = Literal["hidden", "output"]
 """``hidden``: after an intermediate layer; ``output``: on the logits, before the softmax."""
 
 
-class Options(BaseModel):
+class Options(StrictModel):
     """Base class for a plugin's options model: unknown fields are errors, values immutable.
 
     A plugin declares its options as a subclass; the manifest's keys beside ``name`` are
     validated through it and the plugin's factory receives the validated instance.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
     def runtime_fields(cls) -> frozenset[str]:

@@ -321,7 +321,8 @@ def load_registry(
     broken: dict[str, str] = {}
     installed: list[str] = []
     if entry_points:
-        disabled = disabled_plugins()
+        for blocked in disabled_plugins():  # pluggy refuses to register them; they are not imported either
+            manager.set_blocked(blocked)
 
         def built_in_first(ep: importlib.metadata.EntryPoint) -> tuple[bool, str]:
             return (ep.dist is None or ep.dist.metadata["Name"] != BUILT_IN_PACKAGE, ep.value)
@@ -331,7 +332,7 @@ def load_registry(
             package = dist.metadata["Name"] if dist is not None else None
             version = dist.version if dist is not None else None
             name = f"{package}:{ep.name}" if package else ep.name
-            if disabled & {name, ep.name, package}:
+            if any(manager.is_blocked(n) for n in (name, ep.name, package) if n):
                 continue
             try:
                 plugin = ep.load()

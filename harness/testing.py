@@ -38,6 +38,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -684,22 +685,15 @@ def normalizer_checks(
                             f"model {model!r} with placement {placement!r}",
                             "training- and eval-mode forwards with finite logits and gradients, "
                             "the normalizer at exactly the placement's sites",
-                            _bind(_models_and_placements, subject, model, placement),
+                            partial(_models_and_placements, subject, model, placement),
                         )
                     )
             continue
         expected, body = UNIT_CHECKS[check]
         check_sites = [*sites, KitSite("conv", 6, False), KitSite("fc", 10, False)] if check == "builds" else sites
         for site in check_sites:
-            result.append(ContractCheck(subject, check, str(site), expected, _bind(body, subject, site)))
+            result.append(ContractCheck(subject, check, str(site), expected, partial(body, subject, site)))
     return result
-
-
-def _bind(function: Callable[..., None], *args: Any) -> Callable[[], None]:
-    def bound() -> None:
-        function(*args)
-
-    return bound
 
 
 def check_normalizer(name: str, options: Mapping[str, Any] | None = None, **kwargs: Any) -> list[CheckResult]:
