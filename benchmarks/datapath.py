@@ -36,10 +36,10 @@ from sides import add_arguments, alternate, table
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from harness.api import BuildContext, DataInfo
-from harness.data import DeviceData
-from plugins.datasets.mnist import MnistOptions, load_mnist
-from plugins.models.mlp import MLPOptions, build_mlp
+from bnbench.api import BuildContext, DataInfo
+from bnbench.data import DeviceData
+from bnbench.plugins.datasets.mnist import MnistOptions, load_mnist
+from bnbench.plugins.models.mlp import MLPOptions, build_mlp
 
 RECIPE = "DataLoader"
 

@@ -45,7 +45,7 @@ from test_reliability import (
     with_slow_plugin,
 )
 
-from harness.manifest import load_manifest
+from bnbench.manifest import load_manifest
 
 FAULTS = ("kill", "rerun", "wal", "read-only")
 SEEDS = "[0, 1, 2]"
@@ -100,7 +100,7 @@ def _kill_at_random(path: Path, store: Path, rng: random.Random, max_delay: floa
 
 def _finish(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report", *extra], capture_output=True, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report", *extra], capture_output=True, text=True
     )
 
 
@@ -213,7 +213,7 @@ def fault_read_only(path: Path, store: Path, ids: list[str], expected: dict, arg
         before = sorted(os.listdir(path.parent))
         codes = [
             subprocess.run(
-                [sys.executable, "-m", "harness", command, str(mounted / path.name)], capture_output=True, text=True
+                [sys.executable, "-m", "bnbench", command, str(mounted / path.name)], capture_output=True, text=True
             )
             for command in ("plan", "report")
             for _ in range(args.trials)
@@ -252,7 +252,7 @@ def main() -> int:
         reference_path = folder / "reference.toml"
         reference_path.write_text(deterministic_manifest("reference.sqlite", seeds=SEEDS))
         subprocess.run(
-            [sys.executable, "-m", "harness", "run", str(reference_path), "--no-report"],
+            [sys.executable, "-m", "bnbench", "run", str(reference_path), "--no-report"],
             check=True,
             capture_output=True,
         )

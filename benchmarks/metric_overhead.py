@@ -39,12 +39,12 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.api import EpochContext, EvalResult, RunContext
-from harness.evaluation import evaluate_split
-from harness.inputs import InputPipeline
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.runner import Runner
+from bnbench.api import EpochContext, EvalResult, RunContext
+from bnbench.evaluation import evaluate_split
+from bnbench.inputs import InputPipeline
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.runner import Runner
 
 METRICS = ("weight_geometry", "implied_regularization", "robustness")
 DATASETS = {

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from harness import BuildContext
-from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
+from bnbench import BuildContext
+from bnbench.plugins.datasets.synthetic import SyntheticOptions, make_synthetic
 
 FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from sides import add_arguments, alternate, table
 
-from harness.manifest import load_manifest
-from harness.progress import Progress
-from harness.registry import load_registry
-from harness.runner import Runner
-from harness.sweep import run_manifest
+from bnbench.manifest import load_manifest
+from bnbench.progress import Progress
+from bnbench.registry import load_registry
+from bnbench.runner import Runner
+from bnbench.sweep import run_manifest
 
 MODELS = {
     "mlp": ('{ name = "mlp", widths = [256, 256, 256] }', [1, 28, 28], 64),

@@ -89,9 +89,9 @@ weight_decay = 0.0001
 
 def max_lr_child(side: str, device: str, depth: int, steps: int, threads: int) -> dict[str, float]:
     """The max-lr probe's scans, one rate after another or all at once; probe runs per second."""
-    from harness.registry import load_registry
-    from harness.runner import Runner
-    from harness.session import open_session
+    from bnbench.registry import load_registry
+    from bnbench.runner import Runner
+    from bnbench.session import open_session
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -122,10 +122,10 @@ def max_lr_child(side: str, device: str, depth: int, steps: int, threads: int) -
 
 def child(side: str, device: str, train: int, test: int, threads: int) -> dict[str, float]:
     """Train the 24 runs one way in this process; runs per second and peak memory."""
-    from harness.records import PlannedPack
-    from harness.registry import load_registry
-    from harness.runner import Runner
-    from harness.session import open_session
+    from bnbench.records import PlannedPack
+    from bnbench.registry import load_registry
+    from bnbench.runner import Runner
+    from bnbench.session import open_session
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -163,10 +163,10 @@ def arithmetic_child(device: str, train: int, test: int, threads: int) -> dict[s
     reaches on a large matrix product with the same threads: the ceiling for any packing."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.api import DataInfo
-    from harness.registry import load_registry
-    from harness.runner import Runner
-    from harness.session import open_session
+    from bnbench.api import DataInfo
+    from bnbench.registry import load_registry
+    from bnbench.runner import Runner
+    from bnbench.session import open_session
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as folder:

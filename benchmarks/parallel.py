@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from sides import add_arguments, alternate, table
 
-from harness.manifest import load_manifest
-from harness.progress import Progress
-from harness.spec import Component
-from harness.sweep import run_manifest
+from bnbench.manifest import load_manifest
+from bnbench.progress import Progress
+from bnbench.spec import Component
+from bnbench.sweep import run_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

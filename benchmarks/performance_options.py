@@ -32,13 +32,13 @@ from overhead import MANIFEST, MODELS, plain_loop
 from sides import add_arguments, alternate, table
 from tabulate import tabulate
 
-from harness.assembly import resolve_device
-from harness.manifest import Manifest, load_manifest
-from harness.performance import Performance
-from harness.progress import Progress
-from harness.registry import load_registry
-from harness.runner import Runner
-from harness.sweep import run_manifest
+from bnbench.assembly import resolve_device
+from bnbench.manifest import Manifest, load_manifest
+from bnbench.performance import Performance
+from bnbench.progress import Progress
+from bnbench.registry import load_registry
+from bnbench.runner import Runner
+from bnbench.sweep import run_manifest
 
 CIFAR10_EPOCH_IMAGES = 390 * 128
 PLAIN = "plain"

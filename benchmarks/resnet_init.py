@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch import nn
 
-from harness import DataInfo
-from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
-from plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
+from bnbench import DataInfo
+from bnbench.plugins.datasets.synthetic import SyntheticOptions, make_synthetic
+from bnbench.plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
 
 INITS = [
     "kaiming_normal",

@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_reliability import SLOW_PLUGIN, bnbench_process, deterministic_manifest, results_of
 
-from harness.checkpoint import Checkpoints
-from harness.manifest import load_manifest
+from bnbench.checkpoint import Checkpoints
+from bnbench.manifest import load_manifest
 
 COUNTER = """
 import os
-from harness import hookimpl
+from bnbench import hookimpl
 
 @hookimpl
 def bnbench_run_start(run):
@@ -108,7 +108,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         reference = manifest(folder, "reference", '"local"', [])
-        subprocess.run([sys.executable, "-m", "harness", "run", str(reference), "--no-report"], check=True,
+        subprocess.run([sys.executable, "-m", "bnbench", "run", str(reference), "--no-report"], check=True,
                        capture_output=True)  # fmt: skip
         ids = [r.run_id for r in load_manifest(reference).runs()]
         expected = results_of(folder / "reference.sqlite", ids)

@@ -1,5 +1,5 @@
-"""``python -m harness`` is the ``bnbench`` command."""
+"""``python -m bnbench`` is the ``bnbench`` command."""
 
-from harness.cli import main
+from bnbench.cli import main
 
 raise SystemExit(main())

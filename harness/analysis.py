@@ -4,11 +4,11 @@ An analysis reports a claimable value as an ``Estimate`` built from per-seed rep
 (``over_seeds``); the report turns it into an interval at the claim's confidence level
 (``interval``) and a four-way verdict against the claim's threshold (``verdict``).
 
-Intervals and verdicts are ``harness.intervals``' (re-exported here): each ``Estimate.kind``
+Intervals and verdicts are ``bnbench.intervals``' (re-exported here): each ``Estimate.kind``
 (mean, share, grid bracket, ratio of means, rank trend) has the interval that fits it, and an
 inconclusive verdict says what would decide it.
 
-The toolkit analysis authors share (``from harness.analysis import ...``), one rule each:
+The toolkit analysis authors share (``from bnbench.analysis import ...``), one rule each:
 
 - **Grouping runs.** An analysis compares *groups* of runs. ``group_label`` names a run's group by
   the values of its study's axes other than the seed and the axes an analysis puts on a figure's
@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from scipy import stats as _stats
 
-from harness.api import ClaimValue, Estimate, StudyResults
-from harness.intervals import (
+from bnbench.api import ClaimValue, Estimate, StudyResults
+from bnbench.intervals import (
     Interval,
     Verdict,
     bracket_ratio,
@@ -47,7 +47,7 @@ from harness.intervals import (
     seeds_needed,
     share,
 )
-from harness.records import FINISHED, RunRecord
+from bnbench.records import FINISHED, RunRecord
 
 __all__ = [
     "Interval",
@@ -82,7 +82,7 @@ def over_seeds(
         return None
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < len(values):
-        point = statistics.median(values)  # censored replicates: the median (harness.intervals)
+        point = statistics.median(values)  # censored replicates: the median (bnbench.intervals)
     elif len(set(values)) == 1:
         point = values[0]  # exactly, without a round trip through log and exp
     elif scale == "log":
@@ -110,7 +110,7 @@ def as_estimate(value: ClaimValue | None) -> Estimate | None:
 def verdict(
     estimate: Estimate | None, at_least: float | None, at_most: float | None, confidence: float = 0.95
 ) -> tuple[Verdict, str]:
-    """``(verdict, reason)`` of a claim ``at_least <= value <= at_most`` (``harness.intervals.decide``)."""
+    """``(verdict, reason)`` of a claim ``at_least <= value <= at_most`` (``bnbench.intervals.decide``)."""
     return decide(estimate, at_least, at_most, confidence)
 
 

@@ -16,11 +16,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.records import RunRecord
-from harness.spec import StrictModel
+from bnbench.records import RunRecord
+from bnbench.spec import StrictModel
 
 if TYPE_CHECKING:
-    from harness.spec import RunSpec
+    from bnbench.spec import RunSpec
 
 SiteKind = Literal["conv", "fc"]
 """``conv``: the site sees ``(N, C, H, W)`` tensors; ``fc``: ``(N, C)`` tensors."""
@@ -210,7 +210,7 @@ class NormalizerTraits:
     """What a normalizer says about itself, given as ``register(..., traits=...)``.
 
     The core relies on ``site_kinds`` and ``needs_source`` when it attaches the normalizer; the
-    contract kit (``harness.testing``) checks every claim. The defaults describe a per-example
+    contract kit (``bnbench.testing``) checks every claim. The defaults describe a per-example
     normalizer without state (layer norm, group norm).
     """
 
@@ -478,6 +478,12 @@ class RunContext:
     start_step: int = 0
     """The step the run starts from: 0, or its checkpoint's step when it resumes."""
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) under the run's schedule. The
+        optimizer's own rate is already the next step's once a step is taken (``LambdaLR``):
+        a metric about the weights an epoch ended with asks for ``learning_rate(step - 1)``."""
+        return self.spec.optimizer.lr * self.spec.schedule.factor(step, self.total_steps)
+
 
 @dataclass
 class EpochContext:
@@ -511,7 +517,7 @@ class ProbeContext:
     ``build_model()`` returns a fresh model with the normalizer attached at the placement's
     sites, on ``device``, in training mode, initialised from the global RNG (seeded with the
     run's seed before the probe starts). ``data()`` returns the dataset on the device
-    (``harness.data.DeviceData``: ``train_batches``, ``eval_batches``, ``prepare``).
+    (``bnbench.data.DeviceData``: ``train_batches``, ``eval_batches``, ``prepare``).
     """
 
     spec: RunSpec
@@ -574,7 +580,7 @@ class Estimate:
     ``replicates`` are the independent per-seed values the estimate summarizes: ``value`` is
     their mean (``scale="linear"``) or geometric mean (``scale="log"``, for ratios and scales),
     and the report puts an interval around it at each claim's confidence level, the one that fits
-    its ``kind`` (``harness.intervals``). A value with no replicates is a point value and ``basis``
+    its ``kind`` (``bnbench.intervals``). A value with no replicates is a point value and ``basis``
     says why (``"closed form"``, ``"pooled over seeds"``); its verdict rests on the point alone.
     ``undecidable`` is a reason the value cannot decide a claim whatever it is (a rank trend
     over two levels can only be +1 or -1): the verdict is then ``inconclusive``.
@@ -586,7 +592,7 @@ class Estimate:
     basis: str = ""
     undecidable: str = ""
     kind: Literal["mean", "share", "bracket", "ratio", "rank"] = "mean"
-    """What the quantity is, which decides its interval (``harness.intervals``): a mean over seeds,
+    """What the quantity is, which decides its interval (``bnbench.intervals``): a mean over seeds,
     a share of 0/1 outcomes, a grid-valued value with its brackets, a ratio of means, a rank trend."""
     brackets: tuple[tuple[float, float], ...] = ()
     """``kind="bracket"``: each replicate's ``(low, high)``, the neighbouring grid points (0 or inf

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.api import BuildContext, DataInfo, DatasetDescription, NormSite, SiteInfo, find_sites, resolve_traits
-from harness.errors import BnbenchError, ManifestError
-from harness.records import PlannedRun
-from harness.registry import Registry
-from harness.spec import RunSpec
+from bnbench.api import BuildContext, DataInfo, DatasetDescription, NormSite, SiteInfo, find_sites, resolve_traits
+from bnbench.errors import BnbenchError, ManifestError
+from bnbench.records import PlannedRun
+from bnbench.registry import Registry
+from bnbench.spec import RunSpec
 
 
 def resolve_device(device: str) -> torch.device:

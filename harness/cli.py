@@ -10,23 +10,26 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 from tabulate import tabulate
 
-import harness
-from harness import report as reporting
-from harness.api import resolve_traits
-from harness.assembly import check_runs, memory_limit
-from harness.errors import BnbenchError, ManifestError, StoreError, terminal_text
-from harness.manifest import Manifest
-from harness.packing import plan_work
-from harness.records import PlannedPack, pending_runs, unique_runs
-from harness.registry import DISABLE_ENV, KINDS, Entry, disabled_plugins, load_registry
-from harness.session import Session, open_session
-from harness.store import Store, is_store_file, read_statuses
-from harness.sweep import run_manifest
+import bnbench
+from bnbench.errors import BnbenchError, ManifestError, StoreError, terminal_text
+from bnbench.hookspecs import DISABLE_ENV, KINDS, disabled_plugins
+
+if TYPE_CHECKING:
+    from bnbench.manifest import Manifest
+    from bnbench.registry import Entry
+    from bnbench.report import Report
+    from bnbench.session import Session
+
+# The commands import what they use when they run: `bnbench --help` (and a mistyped command)
+# answers without importing torch.
+
+FORMATS = ("github", "latex", "plain", "csv")
+"""Table formats of the report (tabulate's names, and csv)."""
 
 
 def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +40,7 @@ def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnbench", description="Benchmark harness for normalization studies.")
-    parser.add_argument("--version", action="version", version=f"bnbench {harness.__version__}")
+    parser.add_argument("--version", action="version", version=f"bnbench {bnbench.__version__}")
     parser.add_argument(
         "--disable-plugin",
         action="append",
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send the runs' curves to this tracker (tensorboard, mlflow, or a TOML table with options; "
         "repeatable; adds to [harness] trackers)",
     )
-    run.add_argument("--format", choices=reporting.FORMATS, default="github", help="report table format")
+    run.add_argument("--format", choices=FORMATS, default="github", help="report table format")
     run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
     run.add_argument("--yes", "-y", action="store_true", help="do not ask before a sweep larger than max_runs")
     run.add_argument(
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("source", type=Path, help="manifest TOML or results SQLite file")
     rep.add_argument("--profile", "-p", help="with a manifest: the profile it was run with")
     rep.add_argument("--study", "-s", action="append", help="only this study (repeatable)")
-    rep.add_argument("--format", "-f", choices=reporting.FORMATS, default="github")
+    rep.add_argument("--format", "-f", choices=FORMATS, default="github")
     rep.add_argument(
         "--verbose", "-v", action="store_true", help="the claims table with every column (claim text, source, ...)"
     )
@@ -119,21 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_report(
     session: Session, fmt: str, figures: Path | None = None, page: Path | None = None, verbose: bool = False
 ) -> None:
+    from bnbench.report import from_manifest
+
     with session.store(read_only=True) as store:
-        report = reporting.from_manifest(session.manifest, store, session.registry)
+        report = from_manifest(session.manifest, store, session.registry)
     _emit(report, fmt, figures, page, verbose)
 
 
-def _emit(
-    report: reporting.Report, fmt: str, figures: Path | None, page: Path | None = None, verbose: bool = False
-) -> None:
+def _emit(report: Report, fmt: str, figures: Path | None, page: Path | None = None, verbose: bool = False) -> None:
     print(terminal_text(report.render(fmt, verbose=verbose)), end="")
     if figures is not None:
         written = report.save_figures(figures)
         print(terminal_text(f"{len(written)} figures written to {figures}"), file=sys.stderr)
     if page is not None:
-        from harness.files import write_atomically
-        from harness.report_html import render_html
+        from bnbench.files import write_atomically
+        from bnbench.report_html import render_html
 
         write_atomically(page, render_html(report))
         print(terminal_text(f"HTML report written to {page}"), file=sys.stderr)
@@ -141,6 +144,9 @@ def _emit(
 
 def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
     """Ask before a sweep with more pending runs than ``[harness] max_runs`` (or refuse without a terminal)."""
+    from bnbench.records import pending_runs, unique_runs
+    from bnbench.store import read_statuses
+
     ids = (r.run_id for r in unique_runs(manifest.runs()))
     statuses = {} if rerun else read_statuses(manifest.results_path, ids)
     runs = pending_runs(manifest.runs(), statuses, rerun)
@@ -160,6 +166,9 @@ RUNS_FAILED = 4
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bnbench.session import open_session
+    from bnbench.sweep import run_manifest
+
     session = open_session(args.manifest, args.profile, studies=args.study, executor=args.executor, trackers=args.track)
     manifest = session.manifest
     _confirm_size(manifest, args.rerun, args.yes)
@@ -214,6 +223,12 @@ def _print_resolved(manifest: Manifest) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bnbench.assembly import check_runs, memory_limit
+    from bnbench.packing import plan_work
+    from bnbench.records import PlannedPack, pending_runs, unique_runs
+    from bnbench.session import open_session
+    from bnbench.store import read_statuses
+
     session = open_session(args.manifest, args.profile, studies=args.study)
     manifest = session.manifest
     memory = memory_limit(manifest.settings.memory_gib, manifest.settings.device)
@@ -243,9 +258,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from bnbench.registry import load_registry
+    from bnbench.report import from_store
+    from bnbench.session import open_session
+    from bnbench.store import Store, is_store_file
+
     if is_store_file(args.source):
         with Store(args.source, read_only=True) as store:
-            report = reporting.from_store(store, load_registry())
+            report = from_store(store, load_registry())
         if args.study:
             report.studies = [s for s in report.studies if s.name in args.study]
         if not report.studies:
@@ -266,7 +286,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness import frames
+    from bnbench import frames
+    from bnbench.store import is_store_file
 
     if not is_store_file(args.source) and args.source.suffix != ".toml":
         raise BnbenchError(f"{args.source} is neither a results store (SQLite) nor a manifest (.toml)")
@@ -284,6 +305,8 @@ def _type_name(annotation: Any) -> str:
 
 def describe_entry(entry: Entry) -> dict[str, Any]:
     """A registered component as plain data: provider, description, options with defaults, traits."""
+    from bnbench.api import resolve_traits
+
     options = []
     for name, field in entry.options.model_fields.items():
         required = field.is_required()
@@ -350,11 +373,14 @@ PLURALS = {"analysis": "analyses"}
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from bnbench.registry import load_registry
+    from bnbench.session import open_session
+
     registry = open_session(args.manifest).registry if args.manifest else load_registry()
     kinds = args.kind or KINDS
     if args.json:
         components = [describe_entry(e) for kind in kinds for e in registry.entries(kind)]
-        listing = {"bnbench": harness.__version__, "components": components, "broken": registry.broken}
+        listing = {"bnbench": bnbench.__version__, "components": components, "broken": registry.broken}
         print(json.dumps(listing, indent=2))
         return 0
     for kind in kinds:
@@ -378,7 +404,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from harness.scaffold import new_plugin
+    from bnbench.scaffold import new_plugin
 
     written = new_plugin(args.name, args.directory)
     root = written[0].parent

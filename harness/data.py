@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from harness.api import BuildContext, DataBundle, SampleSource
-from harness.registry import Registry
-from harness.spec import Component
+from bnbench.api import BuildContext, DataBundle, SampleSource
+from bnbench.registry import Registry
+from bnbench.spec import Component
 
 BatchFunction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -309,7 +309,7 @@ class DataCache:
         if not isinstance(bundle, DataBundle):
             raise TypeError(
                 f"dataset plugin {dataset.name!r} ({entry.plugin}) returned {type(bundle).__name__}, "
-                "not a harness.DataBundle"
+                "not a bnbench.DataBundle"
             )
         bundle.check(dataset.name)
         data = DeviceData.from_bundle(bundle, device)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import EpochContext, EvalResult
-from harness.data import BatchFunction, DeviceData
-from harness.performance import Performance
+from bnbench.api import EpochContext, EvalResult
+from bnbench.data import BatchFunction, DeviceData
+from bnbench.performance import Performance
 
 
 @torch.no_grad()

@@ -1,16 +1,17 @@
-"""The executor contract: where the runs of a sweep execute.
+"""The executor contract: where the runs of a sweep execute. Torch-free: an executor imports
+this module (and ``bnbench.worker`` in the processes that train).
 
-The driver (``harness.sweep``) hands an executor the pending work, lazily, one unit at a time as
+The driver (``bnbench.sweep``) hands an executor the pending work, lazily, one unit at a time as
 the executor asks for it (each run is claimed in the store just before it is handed over), and
 receives one ``Outcome`` per unit. A unit is a ``PlannedRun`` or a ``PlannedPack`` (runs that
-train together, ``harness.packing``); an executor need not tell them apart: it sends either to
-``run_in_worker`` (or ``Runner.run_work``) and passes back what comes out. Only the driver
-writes the results store: workers need no database. Executors are plugins
+train together, ``bnbench.packing``); an executor need not tell them apart: it sends either to
+``bnbench.worker.run_in_worker`` and passes back what comes out (``Outcome.of_reply``). Only
+the driver writes the results store: workers need no database. Executors are plugins
 (``bnbench_register_executors``); ``local`` runs in-process.
 
 An executor whose runs execute in other processes or on other hosts sends each worker the
-picklable ``WorkerSpec`` and the ``PlannedRun`` and calls ``run_in_worker`` there. Stops reach
-such workers through a file (``StopFile``) beside the checkpoints, which every worker can see
+picklable ``WorkerSpec`` and the unit and calls ``run_in_worker`` there. Stops reach such
+workers through a file (``StopFile``) beside the checkpoints, which every worker can see
 because it must be able to write its checkpoints there anyway.
 """
 
@@ -23,18 +24,34 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from harness.api import TrackerContext
-from harness.checkpoint import Checkpoints
-from harness.errors import PluginError
-from harness.errors import error_text as error_text  # executors import it from here
-from harness.progress import Progress
-from harness.records import PlannedPack, PlannedRun, RunResult, Work, WorkResult, members
-from harness.registry import Registry, load_registry
-from harness.runner import Runner, make_trackers
-from harness.spec import Component, PerformanceSettings
-from harness.training import RunInterrupted, StopRequest
+from bnbench.errors import PluginError, error_text
+from bnbench.progress import Progress
+from bnbench.records import PlannedPack, PlannedRun, RunResult, Work, WorkResult, members
+from bnbench.spec import Component, PerformanceSettings
+
+if TYPE_CHECKING:
+    from bnbench.registry import Registry
+
+Reply = tuple[Literal["result", "interrupted"], Any]
+"""What ``bnbench.worker.run_in_worker`` returns: ``("result", WorkResult)`` or ``("interrupted", why)``."""
+
+
+class StopRequest(Protocol):
+    """What a training loop polls once per step to know it must checkpoint and stop
+    (a ``threading.Event``, a ``multiprocessing`` flag, or a ``StopFile``)."""
+
+    def is_set(self) -> bool: ...
+
+
+class RunInterrupted(BaseException):
+    """A stop was requested: the run (or pack) checkpointed at ``step`` (to ``path``) and stopped."""
+
+    def __init__(self, run_id: str, step: int, path: Path | None) -> None:
+        where = f"checkpoint {path}" if path else "no checkpoint store"
+        super().__init__(f"run {run_id} stopped at step {step} ({where})")
+        self.run_id, self.step, self.path = run_id, step, path
 
 
 @dataclass(frozen=True)
@@ -55,32 +72,6 @@ class WorkerSpec:
     """The sweep's experiment trackers (``[harness] trackers``), made in each training process."""
     results: Path | None = None
     """The sweep's results store (trackers keep their files beside it by default)."""
-
-    def runner(
-        self,
-        stop: StopRequest | None,
-        *,
-        registry: Registry | None = None,
-        device: str | None = None,
-        threads: int | None = None,
-    ) -> Runner:
-        """A runner for this sweep; ``registry`` defaults to loading the plugins afresh."""
-        performance = self.performance
-        if threads is not None and not performance.threads:
-            performance = performance.model_copy(update={"threads": threads})
-        registry = registry or load_registry(self.plugins, base_dir=self.base_dir)
-        context = TrackerContext(base_dir=self.base_dir, results=self.results or self.checkpoint_dir)
-        return Runner(
-            registry,
-            trackers=make_trackers(registry, self.trackers, context),
-            base_dir=self.base_dir,
-            device=device or self.device,
-            divergence_check_every=self.divergence_check_every,
-            checkpoints=Checkpoints(self.checkpoint_dir),
-            checkpoint_every=self.checkpoint_every,
-            stop=stop,
-            performance=performance,
-        )
 
 
 class StopFile:
@@ -113,46 +104,6 @@ class StopFile:
         self._seen = False
 
 
-_warm_runner: tuple[tuple[Any, ...], Runner] | None = None
-"""This worker process's runner and what it was built for, kept warm between runs."""
-
-
-def run_in_worker(
-    worker: WorkerSpec,
-    planned: Work,
-    *,
-    device: str | None = None,
-    threads: int | None = None,
-    stop: StopRequest | None = None,
-) -> tuple[Literal["result", "interrupted"], Any]:
-    """Run ``planned`` in this (worker) process: ``("result", WorkResult)`` or ``("interrupted", why)``.
-
-    The attempt is logged beside the run's checkpoints (``Checkpoints.begin_attempt``) and its
-    number recorded in the result's ``info["attempts"]``: an executor that retries a run whose
-    worker died (each retry resumes from the last checkpoint) shows there how often it took.
-    The runner (plugins loaded, datasets resident) is built on the first call and reused by
-    later calls with the same arguments, as long-lived workers (Ray, a process pool) make
-    them. It stops at a checkpoint when ``stop`` is set (default: when ``worker.stop_file``
-    appears). ``threads`` pins the CPU threads unless the performance settings name a count.
-    """
-    global _warm_runner
-    if stop is None and worker.stop_file is not None:
-        stop = StopFile(worker.stop_file)
-    key = (worker, device, threads, id(stop) if not isinstance(stop, StopFile) else stop.path)
-    if _warm_runner is None or _warm_runner[0] != key:
-        if _warm_runner is not None:
-            _warm_runner[1].close()
-        _warm_runner = (key, worker.runner(stop, device=device, threads=threads))
-    attempt = Checkpoints(worker.checkpoint_dir).begin_attempt(planned.run_id)
-    try:
-        result = _warm_runner[1].run_work(planned)
-    except RunInterrupted as stopped:
-        return "interrupted", str(stopped)
-    for each in result if isinstance(result, tuple) else (result,):
-        each.info["attempts"] = attempt
-    return "result", result
-
-
 @dataclass
 class Outcome:
     """What became of one unit of work: its result (one per member of a pack), or why it stopped
@@ -172,6 +123,25 @@ class Outcome:
         if [r.run_id for r in results] != [run.run_id for run in runs]:
             raise ValueError(f"the results of {self.planned.label} do not match its runs")
         return list(zip(runs, results, strict=True))
+
+    @classmethod
+    def of_reply(cls, planned: Work, reply: Reply) -> Outcome:
+        """The outcome of what ``run_in_worker`` returned for ``planned``."""
+        kind, payload = reply
+        return cls(planned, interrupted=payload) if kind == "interrupted" else cls(planned, payload)
+
+    @classmethod
+    def failed(cls, planned: Work, message: str) -> Outcome:
+        """Work whose worker died or could not report a result: ``failed``, for each member."""
+        return cls(planned, failed_result(planned, message))
+
+    @classmethod
+    def of_error(cls, planned: Work, exc: BaseException, *, stopping: bool, where: str) -> Outcome:
+        """Work whose call to a worker raised (``where``: "its Ray task"): interrupted while the
+        sweep is stopping, failed otherwise."""
+        if stopping:
+            return cls(planned, interrupted=f"{where} ended while stopping: {error_text(exc)}")
+        return cls.failed(planned, f"{where} failed: {error_text(exc)}")
 
 
 def failed_result(planned: Work, message: str) -> WorkResult:

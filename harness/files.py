@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness.errors import BnbenchError
+from bnbench.errors import BnbenchError
 
 
 class OutputError(BnbenchError):

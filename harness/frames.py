@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import BnbenchError
-from harness.records import RunRecord
-from harness.store import Store, is_store_file
+from bnbench.errors import BnbenchError
+from bnbench.records import RunRecord
+from bnbench.store import Store, is_store_file
 
 if TYPE_CHECKING:
     import pandas
@@ -94,7 +94,7 @@ def _source(source: str | Path, profile: str | None, studies: Sequence[str] | No
     path = Path(source)
     if is_store_file(path):
         return path, list(studies) if studies else None
-    from harness.manifest import load_manifest
+    from bnbench.manifest import load_manifest
 
     manifest = load_manifest(path, profile)
     names = [s.name for s in manifest.studies if not studies or s.name in studies]
@@ -168,7 +168,7 @@ def _axis_columns(rows: list[dict[str, Any]], before: Sequence[str], after: Sequ
 
 def export(frame: pandas.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` as CSV or Parquet (by its suffix), whole or not at all."""
-    from harness.files import OutputError, write_atomically
+    from bnbench.files import OutputError, write_atomically
 
     kind = EXPORT_FORMATS.get(path.suffix.lower())
     if kind is None:

@@ -9,7 +9,7 @@ Registration hooks receive a ``register`` callback::
     register(name, factory, *, options=NoOptions, description=None)
 
 ``name`` is what a manifest writes; ``options`` is a pydantic model (subclass
-``harness.Options``) validating the keys a manifest gives beside ``name``; ``description``
+``bnbench.Options``) validating the keys a manifest gives beside ``name``; ``description``
 defaults to the first line of the factory's docstring. Some kinds accept extra keywords,
 documented on their hook; any other keyword is an error. Two plugins registering the same
 name for the same kind is an error naming both. What ``factory`` must be differs by kind
@@ -29,6 +29,7 @@ documented purpose. They run in the training process, on every step for
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -36,10 +37,35 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from harness.api import RunContext
-    from harness.records import PlannedRun, RunResult
+    from bnbench.api import RunContext
+    from bnbench.records import PlannedRun, RunResult
 
 PROJECT = "bnbench"
+
+REGISTRATION_HOOKS: dict[str, str] = {
+    "model": "bnbench_register_models",
+    "normalizer": "bnbench_register_normalizers",
+    "placement": "bnbench_register_placements",
+    "dataset": "bnbench_register_datasets",
+    "transform": "bnbench_register_transforms",
+    "metric": "bnbench_register_metrics",
+    "probe": "bnbench_register_probes",
+    "analysis": "bnbench_register_analyses",
+    "executor": "bnbench_register_executors",
+    "tracker": "bnbench_register_trackers",
+}
+"""Kind of component → the hook through which plugins register it (each documented below)."""
+
+KINDS: tuple[str, ...] = tuple(REGISTRATION_HOOKS)
+
+DISABLE_ENV = "BNBENCH_DISABLE_PLUGINS"
+"""Comma-separated installed plugins not to load (package or entry-point names), as ``--disable-plugin``."""
+
+
+def disabled_plugins() -> set[str]:
+    """The installed plugins ``BNBENCH_DISABLE_PLUGINS`` (set by ``--disable-plugin``) leaves out."""
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -65,7 +91,7 @@ def bnbench_register_models(register: Register) -> None:
 
     ``factory(options, data: DataInfo) -> torch.nn.Module``. The model returns logits of
     shape ``(N, data.num_classes)`` for inputs of shape ``(N, *data.input_shape)`` and puts a
-    ``harness.NormSite`` wherever a normalizer may go (role ``"output"`` for one on the
+    ``bnbench.NormSite`` wherever a normalizer may go (role ``"output"`` for one on the
     logits). It never builds a normalizer itself.
 
     Optionally, a site carries ``tags`` placements can select on (the built-in ResNet tags
@@ -84,14 +110,14 @@ def bnbench_register_normalizers(register: Register) -> None:
     module maps a tensor of the site's shape (``(N, C, H, W)`` for ``conv``, ``(N, C)`` for
     ``fc``) to a tensor of the same shape and dtype, in training and eval mode.
 
-    Extra keyword ``traits``: a ``harness.NormalizerTraits``, or a function of the validated
+    Extra keyword ``traits``: a ``bnbench.NormalizerTraits``, or a function of the validated
     options returning one (default: ``NormalizerTraits()``), saying which site kinds it
     supports, whether it works on a batch of one example in training mode, whether an
     example's output depends on its batch-mates, whether it keeps running statistics (eval
     mode differs from training mode), whether it works on low-precision inputs under
     ``torch.autocast`` (sites run it in float32 under autocast regardless), and whether
     it needs the site's source layer. The core refuses to attach it at a site of another kind
-    or, if it needs a source, at a site without one; ``harness.testing`` checks the rest.
+    or, if it needs a source, at a site without one; ``bnbench.testing`` checks the rest.
 
     If the module defines ``bind_source(layer: torch.nn.Module) -> None``, the core calls it
     once, before the model moves to its device, with the layer feeding the site when the model
@@ -115,7 +141,7 @@ def bnbench_register_datasets(register: Register) -> None:
 
     ``factory(options, context: BuildContext) -> DataBundle``. Relative paths in options are
     resolved with ``context.resolve``. A dataset whose files are missing raises
-    ``harness.DatasetNotFoundError`` naming the directory and the expected files. Bundles are
+    ``bnbench.DatasetNotFoundError`` naming the directory and the expected files. Bundles are
     cached by the core across the runs of a sweep that use the same dataset options. A dataset
     too large for memory gives ``SampleSource`` splits, read per example (see ``DataBundle``).
 
@@ -123,7 +149,7 @@ def bnbench_register_datasets(register: Register) -> None:
     ``run`` the input shape, classes and training size without loading the data (read sizes from
     the files when ``context`` is taken); ``prepare(options, context) -> None`` makes the files
     ready once per sweep, before anything trains or is recorded (downloading them where the
-    options allow), and raises ``harness.DatasetNotFoundError`` listing the missing files and
+    options allow), and raises ``bnbench.DatasetNotFoundError`` listing the missing files and
     where they go, so a missing dataset fails once with its fix instead of once per run.
     """
 
@@ -133,7 +159,7 @@ def bnbench_register_transforms(register: Register) -> None:
     """Register input transforms (e.g. additive noise), named by a study's ``input_transform``.
 
     ``factory(options) -> InputTransform``: a callable ``(images, generator, split) -> images``
-    on ``[0, 1]`` pixels before normalization (see ``harness.api.InputTransform``).
+    on ``[0, 1]`` pixels before normalization (see ``bnbench.api.InputTransform``).
     """
 
 
@@ -172,7 +198,7 @@ def bnbench_register_analyses(register: Register) -> None:
     with ``analyses = ["NAME", ...]``; ``bnbench report`` prints their tables,
     ``--figures DIR`` saves their figures, and ``[[claims]]`` in the manifest test their
     values against thresholds. Report a value computed over seeds as an ``Estimate`` of one
-    replicate per seed (``harness.analysis.over_seeds``), so claims are decided on an interval;
+    replicate per seed (``bnbench.analysis.over_seeds``), so claims are decided on an interval;
     a plain number is a point value.
 
     Extra keywords: ``standard=True`` runs the analysis on every training study, before the
@@ -187,9 +213,9 @@ def bnbench_register_analyses(register: Register) -> None:
 def bnbench_register_executors(register: Register) -> None:
     """Register executors: where the runs of a sweep execute (``[harness] executor``).
 
-    ``factory(options) -> Executor`` (see ``harness.executors``): pulls runs one at a time,
+    ``factory(options) -> Executor`` (see ``bnbench.executors``): pulls runs one at a time,
     yields an ``Outcome`` per run. Only the driver writes the results store. Executors whose
-    runs execute elsewhere call ``harness.executors.run_in_worker`` there, and
+    runs execute elsewhere call ``bnbench.executors.run_in_worker`` there, and
     ``context.keep_alive()`` / ``context.stopping()`` while they wait.
     """
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import InputTransform
-from harness.data import BatchFunction, DeviceData
-from harness.registry import Registry
-from harness.spec import RunSpec
+from bnbench.api import InputTransform
+from bnbench.data import BatchFunction, DeviceData
+from bnbench.registry import Registry
+from bnbench.spec import RunSpec
 
 
 def derived_seed(seed: int, purpose: str) -> int:

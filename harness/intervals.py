@@ -40,7 +40,7 @@ from typing import Literal
 
 from scipy import stats as _stats
 
-from harness.api import Estimate
+from bnbench.api import Estimate
 
 Verdict = Literal["holds", "does not hold", "inconclusive", "not measured"]
 

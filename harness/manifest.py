@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from harness.errors import BnbenchError, ManifestError, did_you_mean
-from harness.records import PlannedRun
-from harness.registry import Entry, Registry, load_registry
-from harness.spec import (
+from bnbench.errors import BnbenchError, ManifestError, did_you_mean
+from bnbench.records import PlannedRun
+from bnbench.registry import Entry, Registry, load_registry
+from bnbench.spec import (
     COMPONENT_FIELDS,
     DEFAULT_EXECUTOR,
     MAX_NAME_LENGTH,
@@ -530,7 +530,7 @@ def load_manifest(
     trackers: list[str] | None = None,
 ) -> Manifest:
     """The plan of a manifest: read, overlaid, validated and expanded (a pure value). Every problem
-    is a ``ManifestError``. A command that also runs or reports opens a ``harness.session.Session``,
+    is a ``ManifestError``. A command that also runs or reports opens a ``bnbench.session.Session``,
     which keeps the registry the plan was validated with."""
     return plan_manifest(path, profile, registry=registry, studies=studies, executor=executor, trackers=trackers)[0]
 

@@ -4,11 +4,11 @@
 Every member is first assembled exactly as it would be alone (``Training.start``: its seed, init,
 optimizer, data order generator and input transform). Its parameters and buffers are then moved
 into stacked tensors, one slice per member, and the member's own module is re-pointed at its
-slice (``harness.stacking``), so the member's optimizer (a plain ``torch.optim.SGD`` with its
+slice (``bnbench.stacking``), so the member's optimizer (a plain ``torch.optim.SGD`` with its
 own learning rate, momentum, weight decay and schedule), its metrics, hooks and checkpoints see
 an ordinary model. Each step gathers every member's batch in its own order, runs the members'
 forwards at once (batch statistics and running statistics per member), and steps each member's
-optimizer on its slice of the gradient. The loop around it (``harness.training.Loop``) is the
+optimizer on its slice of the gradient. The loop around it (``bnbench.training.Loop``) is the
 one a run alone trains in.
 
 Results equal one-by-one training within float tolerance, not bitwise: the batched kernels sum
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.checkpoint import Checkpoints
-from harness.run_state import TrainingState
-from harness.stacking import StackedModules
-from harness.training import Diverged, Member, Training, check_logits
+from bnbench.checkpoint import Checkpoints
+from bnbench.run_state import TrainingState
+from bnbench.stacking import StackedModules
+from bnbench.training import Diverged, Member, Training, check_logits
 
 
 class PackRefused(Exception):

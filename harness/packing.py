@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 
-from harness.api import resolve_traits
-from harness.records import PlannedPack, PlannedRun, Work
-from harness.registry import Registry
+from bnbench.api import resolve_traits
+from bnbench.records import PlannedPack, PlannedRun, Work
+from bnbench.registry import Registry
 
 MEMBER_FIELDS = ("seed", "optimizer", "schedule", "input_transform")
 """Spec fields that may differ between the members of a pack: each member holds its own."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.spec import PerformanceSettings
+from bnbench.spec import PerformanceSettings
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

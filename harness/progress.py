@@ -10,7 +10,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from harness.errors import terminal_text
+from bnbench.errors import terminal_text
 
 
 def _fmt(metrics: dict[str, float]) -> str:

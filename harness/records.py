@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from harness.spec import RunSpec
+from bnbench.spec import RunSpec
 
 Status = Literal["done", "diverged", "failed"]
 """How a run ended. A stored run may also be ``running`` (claimed) or ``interrupted``."""
@@ -51,7 +51,7 @@ PACK_PREFIX = "pack"
 
 @dataclass(frozen=True)
 class PlannedPack:
-    """Runs trained together in one process, each still its own run (``harness.packing``).
+    """Runs trained together in one process, each still its own run (``bnbench.packing``).
 
     Executors handle a pack as they handle a run: one unit of work, sent to one worker, whose
     result is one ``RunResult`` per member. Its ``run_id`` names its checkpoints and attempts.

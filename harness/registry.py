@@ -6,7 +6,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,27 +16,13 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from harness import hookspecs
-from harness.api import NoOptions, NormalizerTraits, Options
-from harness.errors import PluginError, UnknownNameError
+from bnbench import hookspecs
+from bnbench.api import NoOptions, NormalizerTraits, Options
+from bnbench.errors import PluginError, UnknownNameError
+from bnbench.hookspecs import KINDS, REGISTRATION_HOOKS, disabled_plugins
 
 ENTRY_POINT_GROUP = "bnbench"
 
-REGISTRATION_HOOKS: dict[str, str] = {
-    "model": "bnbench_register_models",
-    "normalizer": "bnbench_register_normalizers",
-    "placement": "bnbench_register_placements",
-    "dataset": "bnbench_register_datasets",
-    "transform": "bnbench_register_transforms",
-    "metric": "bnbench_register_metrics",
-    "probe": "bnbench_register_probes",
-    "analysis": "bnbench_register_analyses",
-    "executor": "bnbench_register_executors",
-    "tracker": "bnbench_register_trackers",
-}
-"""Kind of component → the hook through which plugins register it."""
-
-KINDS: tuple[str, ...] = tuple(REGISTRATION_HOOKS)
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "normalizer": ("traits",),
@@ -58,7 +43,7 @@ METRIC_SPLITS = ("train", "validation", "test")
 def _check_traits(value: Any) -> str | None:
     if isinstance(value, NormalizerTraits) or callable(value):
         return None
-    return f"{value!r} is neither a harness.NormalizerTraits nor a function of the options returning one"
+    return f"{value!r} is neither a bnbench.NormalizerTraits nor a function of the options returning one"
 
 
 def _one_of(*allowed: str) -> Callable[[Any], str | None]:
@@ -207,7 +192,7 @@ class Registry:
             if not (isinstance(options, type) and issubclass(options, BaseModel)):
                 raise PluginError(
                     f"plugin {plugin} registered {kind} {name!r} with options {options!r}; "
-                    "options must be a pydantic model class (subclass harness.Options)"
+                    "options must be a pydantic model class (subclass bnbench.Options)"
                 )
             if name in table:
                 other = table[name].plugin
@@ -350,7 +335,7 @@ def load_registry(
         if not manager.get_hookcallers(module):
             raise PluginError(
                 f"plugin {reference!r} implements no bnbench hook (a plugin marks its functions with "
-                "@harness.hookimpl): is it the module you meant?"
+                "@bnbench.hookimpl): is it the module you meant?"
             )
     for name, plugin in objects:
         add(name, plugin)
@@ -365,14 +350,7 @@ def load_registry(
     return Registry(manager, info, broken=broken, isolated=installed)
 
 
-DISABLE_ENV = "BNBENCH_DISABLE_PLUGINS"
-"""Comma-separated installed plugins not to load (package or entry-point names), as ``--disable-plugin``."""
 BUILT_IN_PACKAGE = "bnbench"
-
-
-def disabled_plugins() -> set[str]:
-    """The installed plugins ``BNBENCH_DISABLE_PLUGINS`` (set by ``--disable-plugin``) leaves out."""
-    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
 
 __all__ = ["KINDS", "Entry", "Options", "PluginInfo", "Registry", "load_registry"]

@@ -15,18 +15,16 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.analysis import Verdict, as_estimate, interval, spec_value, verdict
-from harness.api import AnalysisResult, Estimate, RunRecord, StudyResults
-from harness.errors import BnbenchError
-from harness.files import OutputError, write_atomically
-from harness.intervals import agree_exactly
-from harness.manifest import Manifest, load_manifest
-from harness.records import FINISHED
-from harness.registry import Registry
-from harness.spec import CheckSpec, ClaimSpec, Component, ThresholdSpec
-from harness.store import Store, definition_hash
-
-FORMATS = ("github", "latex", "plain", "csv")
+from bnbench.analysis import Verdict, as_estimate, interval, spec_value, verdict
+from bnbench.api import AnalysisResult, Estimate, RunRecord, StudyResults
+from bnbench.errors import BnbenchError
+from bnbench.files import OutputError, write_atomically
+from bnbench.intervals import agree_exactly
+from bnbench.manifest import Manifest, load_manifest
+from bnbench.records import FINISHED
+from bnbench.registry import Registry
+from bnbench.spec import CheckSpec, ClaimSpec, Component, ThresholdSpec
+from bnbench.store import Store, definition_hash
 
 
 @dataclass

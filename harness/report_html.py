@@ -10,8 +10,8 @@ import re
 
 from tabulate import tabulate
 
-from harness.api import AnalysisResult
-from harness.report import CLAIM_HEADERS, FINDINGS_HEADERS, Report
+from bnbench.api import AnalysisResult
+from bnbench.report import CLAIM_HEADERS, FINDINGS_HEADERS, Report
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }

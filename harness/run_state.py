@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.checkpoint import Checkpoints, capture_rng, restore_rng
-from harness.records import EpochRecord
+from bnbench.checkpoint import Checkpoints, capture_rng, restore_rng
+from bnbench.records import EpochRecord
 
 
 @dataclass

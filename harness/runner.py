@@ -1,9 +1,9 @@
 """One run, start to end: assemble it, train it (or run its probe), and turn how it ended into a
 ``RunResult``. Divergence and exceptions are results; the lifecycle hooks see every run.
 
-The pieces live beside it: ``harness.assembly`` (model, placement, normalizer),
-``harness.inputs`` (transforms and fixed samples), ``harness.training`` (the loop),
-``harness.run_state`` (position and checkpoints), ``harness.evaluation`` (splits and metrics).
+The pieces live beside it: ``bnbench.assembly`` (model, placement, normalizer),
+``bnbench.inputs`` (transforms and fixed samples), ``bnbench.training`` (the loop),
+``bnbench.run_state`` (position and checkpoints), ``bnbench.evaluation`` (splits and metrics).
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
-import harness
-from harness.api import ProbeContext, TrackerContext
-from harness.assembly import assemble_model, resolve_device
-from harness.checkpoint import Checkpoints
-from harness.data import DataCache, DeviceData, StreamData
-from harness.errors import failure_text
-from harness.inputs import InputPipeline
-from harness.packed_training import Pack, PackRefused
-from harness.performance import Performance
-from harness.progress import Progress
-from harness.records import PlannedPack, PlannedRun, RunResult, Status, Work, WorkResult
-from harness.registry import Registry
-from harness.spec import Component, PerformanceSettings
-from harness.training import (
+import bnbench
+from bnbench.api import ProbeContext, TrackerContext
+from bnbench.assembly import assemble_model, resolve_device
+from bnbench.checkpoint import Checkpoints
+from bnbench.data import DataCache, DeviceData, StreamData
+from bnbench.errors import failure_text
+from bnbench.inputs import InputPipeline
+from bnbench.packed_training import Pack, PackRefused
+from bnbench.performance import Performance
+from bnbench.progress import Progress
+from bnbench.records import PlannedPack, PlannedRun, RunResult, Status, Work, WorkResult
+from bnbench.registry import Registry
+from bnbench.spec import Component, PerformanceSettings
+from bnbench.training import (
     DEFAULT_CHECK_EVERY,
     Diverged,
     Loop,
@@ -54,7 +54,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import torchvision
 
     env = {
-        "bnbench": harness.__version__,
+        "bnbench": bnbench.__version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
@@ -155,7 +155,7 @@ class Runner:
         return self.run_pack(work, progress) if isinstance(work, PlannedPack) else self.run(work, progress)
 
     def run_pack(self, pack: PlannedPack, progress: Progress | None = None) -> tuple[RunResult, ...]:
-        """Train the runs of ``pack`` together (``harness.packed_training``), one result per member,
+        """Train the runs of ``pack`` together (``bnbench.packed_training``), one result per member,
         in order. A pack that cannot train packed (its model or normalizer fails under ``vmap``, a
         performance option packs do not support) trains its runs one by one, with a notice: the
         same runs, the same results within float tolerance. Hooks fire per member, as for runs."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness.errors import BnbenchError
+from bnbench.errors import BnbenchError
 
 PYPROJECT = """\
 [build-system]
@@ -44,8 +44,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import NormalizerTraits, Options, SiteKind, hookimpl
-from harness.hookspecs import Register
+from bnbench import NormalizerTraits, Options, SiteKind, hookimpl
+from bnbench.hookspecs import Register
 
 
 class {options}(Options):
@@ -84,7 +84,7 @@ TEST = '''\
 
 import pytest
 
-from harness.testing import normalizer_checks
+from bnbench.testing import normalizer_checks
 
 SMALL_MODELS = {{"resnet_cifar": {{"depth": 8}}, "mlp": {{"widths": [32, 16]}}}}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.manifest import Manifest, plan_manifest
-from harness.registry import Registry
-from harness.store import Store
+from bnbench.manifest import Manifest, plan_manifest
+from bnbench.registry import Registry
+from bnbench.store import Store
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def open_session(
     executor: str | None = None,
     trackers: list[str] | None = None,
 ) -> Session:
-    """Read and expand the manifest at ``path`` (see ``harness.manifest.plan_manifest``) into a session."""
+    """Read and expand the manifest at ``path`` (see ``bnbench.manifest.plan_manifest``) into a session."""
     manifest, registry = plan_manifest(
         path, profile, registry=registry, studies=studies, executor=executor, trackers=trackers
     )

@@ -1,6 +1,6 @@
 """Pydantic models of a manifest and of one fully resolved run.
 
-A manifest's study may give any field as a list to sweep it (see ``harness.manifest``); the
+A manifest's study may give any field as a list to sweep it (see ``bnbench.manifest``); the
 models here describe one value of each field, which is what a resolved ``RunSpec`` holds.
 """
 

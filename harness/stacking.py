@@ -4,7 +4,7 @@
 slice per module); ``StackedModules`` then points every module's own parameters, gradients and
 buffers at its slice. One batched forward and backward (``forward``) trains them all, while each
 module keeps working as itself: its own ``torch.optim`` optimizer steps its slice, its
-``state_dict`` and metrics read it. Packed runs (``harness.packed_training``) and probes that
+``state_dict`` and metrics read it. Packed runs (``bnbench.packed_training``) and probes that
 train several copies of a model at once (the max-lr probe) use it.
 """
 

@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import StoreError
-from harness.records import FINISHED, EpochRecord, PlannedRun, RunRecord, RunResult
+from bnbench.errors import StoreError
+from bnbench.records import FINISHED, EpochRecord, PlannedRun, RunRecord, RunResult
 
 SCHEMA_VERSION = 3
 

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import torch
 
-from harness.api import TrackerContext
-from harness.assembly import check_runs, memory_limit
-from harness.checkpoint import Checkpoints
-from harness.data import prepare_datasets
-from harness.errors import ManifestError, StoreError
-from harness.executors import ExecutorContext, StopFile, WorkerSpec
-from harness.manifest import Manifest
-from harness.packing import plan_work
-from harness.progress import Progress
-from harness.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members, pending_runs, unique_runs
-from harness.registry import Registry, load_registry
-from harness.runner import close_trackers, make_trackers
-from harness.store import Store, read_statuses
+from bnbench.api import TrackerContext
+from bnbench.assembly import check_runs, memory_limit
+from bnbench.checkpoint import Checkpoints
+from bnbench.data import prepare_datasets
+from bnbench.errors import ManifestError, StoreError
+from bnbench.executors import ExecutorContext, StopFile, WorkerSpec
+from bnbench.manifest import Manifest
+from bnbench.packing import plan_work
+from bnbench.progress import Progress
+from bnbench.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members, pending_runs, unique_runs
+from bnbench.registry import Registry, load_registry
+from bnbench.runner import close_trackers, make_trackers
+from bnbench.store import Store, read_statuses
 
 
 @dataclass

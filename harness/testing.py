@@ -4,7 +4,7 @@ Every check builds the normalizer the way the core does (its registered factory,
 options validated by its options model, attached to a ``NormSite`` fed by a source layer)
 and exercises one part of the contract at one site::
 
-    from harness.testing import check_normalizer
+    from bnbench.testing import check_normalizer
 
     def test_my_norm_meets_the_contract():
         check_normalizer("my_norm")                  # raises NormalizerContractError
@@ -12,7 +12,7 @@ and exercises one part of the contract at one site::
 or one pytest test per check and site::
 
     import pytest
-    from harness.testing import normalizer_checks
+    from bnbench.testing import normalizer_checks
 
     @pytest.mark.parametrize("check", normalizer_checks("my_norm", {"eps": 1e-3}), ids=str)
     def test_contract(check):
@@ -45,9 +45,9 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from harness.api import DataInfo, NormalizerTraits, NormSite, SiteKind, find_sites, resolve_traits
-from harness.registry import Entry, Registry, load_registry
-from harness.stacking import StackedModules
+from bnbench.api import DataInfo, NormalizerTraits, NormSite, SiteKind, find_sites, resolve_traits
+from bnbench.registry import Entry, Registry, load_registry
+from bnbench.stacking import StackedModules
 
 CHECKS: tuple[str, ...] = (
     "builds",
@@ -525,8 +525,8 @@ def example_options(options: type[BaseModel]) -> dict[str, Any] | None:
 
 
 def _models_and_placements(subject: Subject, model_name: str, placement_name: str) -> None:
-    from harness.assembly import assemble_model, build_bare_model, choose_sites  # the core's own build path
-    from harness.spec import Component, RunSpec
+    from bnbench.assembly import assemble_model, build_bare_model, choose_sites  # the core's own build path
+    from bnbench.spec import Component, RunSpec
 
     registry = subject.registry
     options: dict[str, Any] = {}
@@ -625,7 +625,7 @@ def _subject(
     model_options: Mapping[str, Mapping[str, Any]] | None,
     placement_options: Mapping[str, Mapping[str, Any]] | None,
 ) -> Subject:
-    from harness.assembly import resolve_device
+    from bnbench.assembly import resolve_device
 
     registry = registry or load_registry()
     entry = registry.get("normalizer", name)

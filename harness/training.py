@@ -1,7 +1,7 @@
 """The training loop, written once (``Loop``): the learning-rate schedule (``LambdaLR``), the step
 hook, divergence checks at the exact step, progress, stop and checkpoint, per-epoch metrics and
 periodic checkpoints. A ``Stepper`` takes each step: ``OneRun`` for a run alone, or
-``harness.packed_training.Pack`` for runs stacked under ``vmap``. ``Training`` assembles one run
+``bnbench.packed_training.Pack`` for runs stacked under ``vmap``. ``Training`` assembles one run
 (optimizer, generators, schedule, its position restored from a checkpoint). The loop computes the
 epoch's training loss and accuracy (facts of the loop, which metrics read from ``EpochContext``);
 which metric is a loss, and so can diverge, the metrics declare."""
@@ -23,38 +23,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from harness.api import EpochContext, EvalResult, RunContext
-from harness.checkpoint import Checkpoints
-from harness.data import DeviceData
-from harness.errors import failure_text
-from harness.evaluation import compute_metrics, evaluate_split
-from harness.inputs import InputPipeline
-from harness.performance import Performance
-from harness.progress import Progress
-from harness.records import EpochRecord
-from harness.registry import Registry
-from harness.run_state import TrainingState, restore_latest
+from bnbench.api import EpochContext, EvalResult, RunContext
+from bnbench.checkpoint import Checkpoints
+from bnbench.data import DeviceData
+from bnbench.errors import failure_text
+from bnbench.evaluation import compute_metrics, evaluate_split
+from bnbench.executors import RunInterrupted, StopRequest
+from bnbench.inputs import InputPipeline
+from bnbench.performance import Performance
+from bnbench.progress import Progress
+from bnbench.records import EpochRecord
+from bnbench.registry import Registry
+from bnbench.run_state import TrainingState, restore_latest
 
 DEFAULT_CHECK_EVERY = 25
 """Steps between checks of the loss for NaN/inf (each check costs a host sync on a GPU, and
 tiny-op overhead on a CPU). The exact step of a divergence is recorded either way, and
 parameters are checked at every epoch end."""
-
-
-class StopRequest(Protocol):
-    """What the loop polls once per step to know it must checkpoint and stop
-    (a ``threading.Event``, a ``multiprocessing`` flag, or a ``harness.executors.StopFile``)."""
-
-    def is_set(self) -> bool: ...
-
-
-class RunInterrupted(BaseException):
-    """A stop was requested: the run checkpointed at ``step`` (to ``path``) and stopped."""
-
-    def __init__(self, run_id: str, step: int, path: Path | None) -> None:
-        where = f"checkpoint {path}" if path else "no checkpoint store"
-        super().__init__(f"run {run_id} stopped at step {step} ({where})")
-        self.run_id, self.step, self.path = run_id, step, path
 
 
 class Diverged(Exception):
@@ -237,7 +222,7 @@ class Member:
 
 class Stepper(Protocol):
     """How a ``Loop`` takes one optimizer step for all its members at once: one run alone
-    (``OneRun``) or a pack of runs stacked under ``vmap`` (``harness.packed_training.Pack``)."""
+    (``OneRun``) or a pack of runs stacked under ``vmap`` (``bnbench.packed_training.Pack``)."""
 
     key: str
     """The id its checkpoints are saved under: the run id, or the pack id."""

@@ -24,8 +24,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from harness import NoOptions, Options, SiteInfo, hookimpl
-from harness.hookspecs import Register
+from bnbench import NoOptions, Options, SiteInfo, hookimpl
+from bnbench.hookspecs import Register
 
 
 def all_hidden(sites: Sequence[SiteInfo], options: NoOptions) -> list[str]:

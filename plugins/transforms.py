@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from harness import Options, hookimpl
-from harness.hookspecs import Register
+from bnbench import Options, hookimpl
+from bnbench.hookspecs import Register
 
 
 class GaussianNoiseOptions(Options):

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import hookimpl
-from harness.checkpoint import Checkpoints
-from harness.records import PlannedRun
-from harness.registry import Registry, load_registry
-from harness.runner import Runner
-from harness.training import RunInterrupted
+from bnbench import hookimpl
+from bnbench.checkpoint import Checkpoints
+from bnbench.executors import RunInterrupted
+from bnbench.records import PlannedRun
+from bnbench.registry import Registry, load_registry
+from bnbench.runner import Runner
 
 torch.set_num_threads(1)
 

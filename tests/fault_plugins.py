@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import DataInfo, NormSite, Options, hookimpl
+from bnbench import DataInfo, NormSite, Options, hookimpl
 
 
 class NanOptions(Options):

@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from harness import hookimpl
+from bnbench import hookimpl
 
 
 @hookimpl

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from harness import hookimpl
+from bnbench import hookimpl
 
 
 @hookimpl

@@ -7,11 +7,11 @@ import statistics
 
 import pytest
 
-from harness.analysis import as_estimate, interval, over_seeds, point, spearman, verdict
-from harness.api import AnalysisResult, Estimate
-from harness.report import CLAIM_HEADERS, Report, StudyRuns
-from harness.spec import CheckSpec, ClaimSpec, Component
-from harness.store import definition_hash
+from bnbench.analysis import as_estimate, interval, over_seeds, point, spearman, verdict
+from bnbench.api import AnalysisResult, Estimate
+from bnbench.report import CLAIM_HEADERS, Report, StudyRuns
+from bnbench.spec import CheckSpec, ClaimSpec, Component
+from bnbench.store import definition_hash
 
 
 def test_t_interval_matches_the_textbook_formula():
@@ -123,7 +123,7 @@ def test_a_failed_precondition_turns_its_dependents_inconclusive(registry):
 
 
 def test_an_edited_claim_is_marked_post_hoc(registry, tmp_path):
-    from harness.store import Store
+    from bnbench.store import Store
 
     claim = ClaimSpec(claim="gain", study="s", value="gain", at_least=0.05)
     with Store(tmp_path / "r.sqlite") as store:
@@ -175,7 +175,7 @@ def test_claim_spec_validates_confidence_and_bounds():
 
 
 def test_reading_labels_keep_what_differs():
-    from harness.report import reading_labels
+    from bnbench.report import reading_labels
 
     values = [
         "resnet_cifar(depth=110, init=pytorch_default)",

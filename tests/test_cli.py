@@ -17,14 +17,14 @@ import pandas
 import pytest
 from conftest import tiny_manifest
 
-from harness.cli import main
+from bnbench.cli import main
 
 ROOT = Path(__file__).parent.parent
 
 
 def bnbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "bnbench", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 

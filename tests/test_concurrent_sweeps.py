@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import tiny_manifest
 
-from harness.manifest import load_manifest
-from harness.records import RunResult
-from harness.store import Store
+from bnbench.manifest import load_manifest
+from bnbench.records import RunResult
+from bnbench.store import Store
 
 COUNTER_PLUGIN = """
 import os
-from harness import hookimpl
+from bnbench import hookimpl
 
 @hookimpl
 def bnbench_run_start(run):
@@ -50,7 +50,7 @@ def test_concurrent_sweeps_train_each_run_once(tmp_path: Path, sweeps: int):
     (tmp_path / "manifest.toml").write_text(text)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "harness", "run", "manifest.toml", "--no-report"],
+            [sys.executable, "-m", "bnbench", "run", "manifest.toml", "--no-report"],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

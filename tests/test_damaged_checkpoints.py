@@ -12,11 +12,11 @@ import torch
 from conftest import run_until_stopped
 from test_reliability import deterministic_manifest
 
-from harness.checkpoint import MAGIC, Checkpoints, read_checkpoint
-from harness.manifest import load_manifest
-from harness.progress import Progress
-from harness.runner import Runner
-from harness.sweep import checkpoint_directory
+from bnbench.checkpoint import MAGIC, Checkpoints, read_checkpoint
+from bnbench.manifest import load_manifest
+from bnbench.progress import Progress
+from bnbench.runner import Runner
+from bnbench.sweep import checkpoint_directory
 
 
 def two_checkpoints(write_manifest, registry) -> tuple[Any, Any, Checkpoints, Any]:

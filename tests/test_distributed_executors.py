@@ -20,11 +20,11 @@ from conftest import signal_midway
 from test_executors import manifest_text, results
 from test_reliability import SLOW_PLUGIN
 
-from harness.errors import PluginError
-from harness.executors import StopFile, WorkerSpec
-from harness.manifest import load_manifest
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench.errors import PluginError
+from bnbench.executors import StopFile, WorkerSpec
+from bnbench.manifest import load_manifest
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 CRASHING = ('model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]')
 """Adds a model that raises while being built: half the runs of the sweep fail."""
@@ -143,7 +143,7 @@ def test_a_signalled_driver_stops_remote_runs_at_checkpoints_and_the_sweep_resum
     path = write_manifest(text)
     env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.02"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
     )
     signal_midway(driver, tmp_path / f"{engine}.sqlite.checkpoints", signal.SIGINT)
     manifest = load_manifest(path)
@@ -191,9 +191,9 @@ def test_submitit_submits_one_slurm_job_array_and_cancels_unstarted_jobs_on_stop
     pytest.importorskip("submitit")
     import threading
 
-    from harness.executors import ExecutorContext
-    from harness.progress import Progress
-    from harness.registry import load_registry
+    from bnbench.executors import ExecutorContext
+    from bnbench.progress import Progress
+    from bnbench.registry import load_registry
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -259,7 +259,7 @@ class FakeRay:
 
 def test_ray_reserves_gpus_only_when_the_cluster_has_them_and_fills_the_cluster():
     pytest.importorskip("ray")
-    from plugins.executors.ray_cluster import RayExecutor, RayOptions
+    from bnbench.plugins.executors.ray_cluster import RayExecutor, RayOptions
 
     default = RayExecutor(RayOptions())
     assert default._placement(FakeRay(CPU=4), "auto") == (0.0, "cpu")

@@ -25,8 +25,8 @@ def test_nothing_in_the_repository_points_outside_it():
 
 
 def test_the_readme_manifest_example_is_a_valid_manifest_showing_every_study_field(tmp_path):
-    from harness.manifest import load_manifest
-    from harness.spec import STUDY_ONLY_FIELDS, RunSpec
+    from bnbench.manifest import load_manifest
+    from bnbench.spec import STUDY_ONLY_FIELDS, RunSpec
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     example = readme[readme.index("## Manifests") :].split("```toml\n", 1)[1].split("```", 1)[0]

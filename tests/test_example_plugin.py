@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ManifestError
-from harness.manifest import load_manifest
+from bnbench.errors import ManifestError
+from bnbench.manifest import load_manifest
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "bnbench-scalenorm"
@@ -74,14 +74,14 @@ def run(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.
 
 def test_installed_example_is_listed_and_runs_in_a_sweep(example_env, tmp_path):
     _, env = example_env
-    listing = run(env, "-m", "harness", "plugins", "--kind", "normalizer")
+    listing = run(env, "-m", "bnbench", "plugins", "--kind", "normalizer")
     assert listing.returncode == 0, listing.stderr
     row = next(line for line in listing.stdout.splitlines() if line.startswith("scalenorm "))
     assert "bnbench-scalenorm 0.1.0" in row and "ScaleNorm" in row and "eps = 1e-05" in row
     assert "batchnorm " in listing.stdout  # the built-ins are still there
 
     (tmp_path / "manifest.toml").write_text(MANIFEST)
-    sweep = run(env, "-m", "harness", "run", str(tmp_path / "manifest.toml"))
+    sweep = run(env, "-m", "bnbench", "run", str(tmp_path / "manifest.toml"))
     assert sweep.returncode == 0, sweep.stderr
     assert "2 runs planned, 0 already had results; 2 done" in sweep.stderr
     assert "| scalenorm(init=2.0)" in sweep.stdout and "| batchnorm " in sweep.stdout

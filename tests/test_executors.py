@@ -6,12 +6,12 @@ import fault_plugins
 import pytest
 from conftest import signal_midway, tiny_manifest
 
-from harness.errors import ManifestError
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.store import Store
-from harness.sweep import run_manifest
-from plugins.executors.pool import start_method
+from bnbench.errors import ManifestError
+from bnbench.manifest import load_manifest
+from bnbench.plugins.executors.pool import start_method
+from bnbench.registry import load_registry
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 FAULTS = str(fault_plugins.__file__)
 
@@ -79,7 +79,7 @@ def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_
     path = write_manifest(text.replace("epochs = 2", "epochs = 10"))
     env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.05"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
     )
     signal_midway(process, tmp_path / "pool.sqlite.checkpoints", signal.SIGTERM)
     manifest = load_manifest(path)
@@ -106,7 +106,7 @@ class WaitingExecutor:
         import sqlite3
         import time
 
-        from harness.executors import Outcome, failed_result
+        from bnbench.executors import Outcome, failed_result
 
         for planned in runs:
             for _ in range(3):
@@ -119,7 +119,7 @@ class WaitingExecutor:
 
 
 def test_remote_runs_claims_are_kept_alive_while_the_executor_waits(write_manifest):
-    from harness import hookimpl
+    from bnbench import hookimpl
 
     seen: list[float] = []
 

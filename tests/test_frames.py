@@ -1,4 +1,4 @@
-"""Results as data: a store as tidy DataFrames (``harness.frames``) and ``bnbench export``, checked
+"""Results as data: a store as tidy DataFrames (``bnbench.frames``) and ``bnbench export``, checked
 against counts read straight from the store's tables."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pytest
 from conftest import tiny_manifest
 from test_cli import bnbench
 
-from harness.cli import main
-from harness.errors import BnbenchError
-from harness.files import OutputError
-from harness.frames import export, flatten, load_results, load_runs
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.sweep import run_manifest
+from bnbench.cli import main
+from bnbench.errors import BnbenchError
+from bnbench.files import OutputError
+from bnbench.frames import export, flatten, load_results, load_runs
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.sweep import run_manifest
 
 WEIGHT_NORM_PLUGIN = """
-from harness import hookimpl
+from bnbench import hookimpl
 
 
 def weight_norm(context, options):
@@ -150,6 +150,6 @@ def test_a_plugins_own_metric_appears_in_the_report_with_its_curve(swept, tmp_pa
 
 
 def test_one_seed_reads_as_its_value_and_several_as_mean_and_spread():
-    from plugins.analyses.metrics_table import _cell
+    from bnbench.plugins.analyses.metrics_table import _cell
 
     assert _cell([0.25]) == "0.25" and _cell([1.0, 3.0]) == "2 ± 1.4" and _cell([]) == "—"

@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-from harness.analysis import over_seeds
-from harness.intervals import (
+from bnbench.analysis import over_seeds
+from bnbench.intervals import (
     bracket_ratio,
     bracketed,
     clopper_pearson,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_manifest
 
-from harness.errors import ManifestError
-from harness.manifest import load_manifest, overlay
-from harness.spec import Component, RunSpec
+from bnbench.errors import ManifestError
+from bnbench.manifest import load_manifest, overlay
+from bnbench.spec import Component, RunSpec
 
 
 def error_of(path, registry, profile=None) -> ManifestError:

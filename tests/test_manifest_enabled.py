@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import ManifestError
-from harness.manifest import load_manifest
+from bnbench.errors import ManifestError
+from bnbench.manifest import load_manifest
 
 TWO_STUDIES = """
 [harness]

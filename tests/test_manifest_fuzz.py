@@ -22,10 +22,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.cli import main
-from harness.errors import ManifestError
-from harness.manifest import load_manifest
-from harness.registry import load_registry
+from bnbench.cli import main
+from bnbench.errors import ManifestError
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
 
 REGISTRY = load_registry()
 EXAMPLES = int(os.environ.get("BNBENCH_FUZZ_EXAMPLES", "300"))

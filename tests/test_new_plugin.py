@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 import tomllib
 
-from harness.cli import main
-from harness.registry import load_registry
-from harness.testing import check_normalizer
+from bnbench.cli import main
+from bnbench.registry import load_registry
+from bnbench.testing import check_normalizer
 
 
 def test_new_plugin_writes_a_package_that_passes_the_contract_kit(tmp_path, capsys):

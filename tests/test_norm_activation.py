@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from harness import DataInfo, NormalizerTraits, hookimpl
-from harness.assembly import assemble_model
-from harness.errors import ManifestError
-from harness.records import PlannedRun
-from harness.registry import load_registry
-from harness.spec import RunSpec
-from harness.testing import NormalizerContractError, check_normalizer
+from bnbench import DataInfo, NormalizerTraits, hookimpl
+from bnbench.assembly import assemble_model
+from bnbench.errors import ManifestError
+from bnbench.records import PlannedRun
+from bnbench.registry import load_registry
+from bnbench.spec import RunSpec
+from bnbench.testing import NormalizerContractError, check_normalizer
 
 SMALL_MODELS = {"resnet_cifar": {"depth": 8}, "mlp": {"widths": [16, 8]}}
 NORM_ACT = NormalizerTraits(includes_activation=True)
@@ -107,8 +107,8 @@ def test_a_norm_activation_layer_that_cannot_leave_its_activation_out_is_refused
 
 
 def test_plan_names_the_refusal_before_training(registry, write_manifest):
-    from harness.assembly import check_runs
-    from harness.manifest import load_manifest
+    from bnbench.assembly import check_runs
+    from bnbench.manifest import load_manifest
 
     text = (
         '[[studies]]\nname = "s"\nmodel = { name = "mlp", widths = [8] }\nnormalizer = "leaky_norm_always"\n'

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.manifest import load_manifest
+from bnbench.manifest import load_manifest
 
 MANIFEST = Path(__file__).parent.parent / "benchmarks.toml"
 STUDIES = ["normalizers_resnet110_cifar10", "skipinit_resnet110_cifar10", "normalizers_mlp_mnist"]

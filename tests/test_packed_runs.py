@@ -16,18 +16,18 @@ import pytest
 import torch
 from test_worker_deaths import KILL_AT_STEP, KILL_PLUGIN
 
-from harness import NormalizerTraits, hookimpl
-from harness.checkpoint import Checkpoints
-from harness.manifest import load_manifest
-from harness.packing import pack_key, plan_work
-from harness.records import PlannedPack, PlannedRun
-from harness.registry import load_registry
-from harness.report import from_manifest
-from harness.runner import Runner
-from harness.session import open_session
-from harness.store import Store
-from harness.sweep import checkpoint_directory, run_manifest
-from harness.training import RunInterrupted
+from bnbench import NormalizerTraits, hookimpl
+from bnbench.checkpoint import Checkpoints
+from bnbench.executors import RunInterrupted
+from bnbench.manifest import load_manifest
+from bnbench.packing import pack_key, plan_work
+from bnbench.records import PlannedPack, PlannedRun
+from bnbench.registry import load_registry
+from bnbench.report import from_manifest
+from bnbench.runner import Runner
+from bnbench.session import open_session
+from bnbench.store import Store
+from bnbench.sweep import checkpoint_directory, run_manifest
 
 RELATIVE = 2e-3
 ABSOLUTE = 1e-5
@@ -129,7 +129,7 @@ def test_a_normalizer_that_says_it_cannot_pack_trains_one_by_one_with_a_notice(w
     class Unpackable:
         @hookimpl
         def bnbench_register_normalizers(self, register):
-            from plugins.normalizers.batchnorm import batchnorm
+            from bnbench.plugins.normalizers.batchnorm import batchnorm
 
             register("no_vmap_norm", batchnorm, traits=NormalizerTraits(packable=False))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from conftest import tiny_manifest
 
-from harness import NormSite
-from harness.manifest import load_manifest
-from harness.performance import Performance
-from harness.runner import Runner
-from harness.spec import PerformanceSettings
+from bnbench import NormSite
+from bnbench.manifest import load_manifest
+from bnbench.performance import Performance
+from bnbench.runner import Runner
+from bnbench.spec import PerformanceSettings
 
 RESNET = tiny_manifest(placement='"all"', epochs=1).replace(
     'model = { name = "mlp", widths = [16] }', 'model = { name = "resnet_cifar", depth = 8, widths = [4, 8, 8] }'

@@ -11,12 +11,12 @@ import pytest
 from conftest import tiny_manifest
 from test_executors import results
 
-from harness.checkpoint import Checkpoints
-from harness.cli import main
-from harness.errors import StoreError
-from harness.manifest import load_manifest
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench.checkpoint import Checkpoints
+from bnbench.cli import main
+from bnbench.errors import StoreError
+from bnbench.manifest import load_manifest
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 
 def test_a_results_path_under_a_file_is_a_clear_error_before_any_training(write_manifest, tmp_path, capsys):

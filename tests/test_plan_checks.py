@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_manifest
 
-from harness import DataInfo, DatasetDescription, hookimpl
-from harness.assembly import check_runs
-from harness.cli import main
-from harness.errors import ManifestError
-from harness.session import open_session
+from bnbench import DataInfo, DatasetDescription, hookimpl
+from bnbench.assembly import check_runs
+from bnbench.cli import main
+from bnbench.errors import ManifestError
+from bnbench.session import open_session
 
 CASES = {
     "a conv-only normalizer on an MLP": (
@@ -44,11 +44,11 @@ def test_a_dataset_without_a_description_is_checked_when_it_loads(write_manifest
     class Plain:
         @hookimpl
         def bnbench_register_datasets(self, register):
-            from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
+            from bnbench.plugins.datasets.synthetic import SyntheticOptions, make_synthetic
 
             register("plain", make_synthetic, options=SyntheticOptions)  # no describe=
 
-    from harness.registry import load_registry
+    from bnbench.registry import load_registry
 
     registry = load_registry(objects=[("plain", Plain())])
     text = tiny_manifest(placement='"all"').replace('name = "synthetic"', 'name = "plain"')

@@ -1,4 +1,4 @@
-"""The contract kit (harness.testing): it catches broken normalizers and says where and why."""
+"""The contract kit (bnbench.testing): it catches broken normalizers and says where and why."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import NormalizerTraits, Options, hookimpl
-from harness.registry import load_registry
-from harness.testing import (
+from bnbench import NormalizerTraits, Options, hookimpl
+from bnbench.registry import load_registry
+from bnbench.testing import (
     CHECKS,
     ContractViolation,
     NormalizerContractError,
@@ -263,7 +263,7 @@ def test_a_check_that_ran_in_part_passes_with_a_note(registry):
 def test_outside_pytest_a_skipped_check_is_a_warning_not_a_silent_pass():
     code = (
         "import warnings\n"
-        "from harness.testing import ContractCheckSkipped, normalizer_checks\n"
+        "from bnbench.testing import ContractCheckSkipped, normalizer_checks\n"
         "check = normalizer_checks('instancenorm', checks=['state_dict'], device='cpu')[-1]\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"

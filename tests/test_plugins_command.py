@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness import hookimpl
-from harness.cli import main
+from bnbench import hookimpl
+from bnbench.cli import main
 
 
 def plugins(capsys, *args: str) -> str:
@@ -61,7 +61,7 @@ def test_tables_show_package_version_options_and_traits(capsys):
 def test_a_manifest_plugin_is_listed_by_module_name(tmp_path, capsys):
     (tmp_path / "local_norm.py").write_text(
         "from torch import nn\n"
-        "from harness import hookimpl\n\n"
+        "from bnbench import hookimpl\n\n"
         "@hookimpl\n"
         "def bnbench_register_normalizers(register):\n"
         "    register('local', lambda n, k, o: nn.Identity(), description='A local identity.')\n"
@@ -79,14 +79,14 @@ def test_a_manifest_plugin_is_listed_by_module_name(tmp_path, capsys):
 
 
 def test_broken_plugins_are_reported(capsys, monkeypatch):
-    import harness.cli
-    from harness.registry import load_registry
+    import bnbench.cli
+    from bnbench.registry import load_registry
 
     class Broken:
         @hookimpl
         def bnbench_register_models(self, register):
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(harness.cli, "load_registry", lambda: load_registry(objects=[("broken", Broken())]))
+    monkeypatch.setattr(bnbench.registry, "load_registry", lambda: load_registry(objects=[("broken", Broken())]))
     listing = json.loads(plugins(capsys, "--json", "--kind", "model"))
     assert "RuntimeError: boom" in listing["broken"]["broken"]

@@ -13,8 +13,8 @@ import pytest
 from test_executors import manifest_text, results
 from test_reliability import SLOW_PLUGIN, wait_for
 
-from harness.manifest import load_manifest
-from harness.sweep import run_manifest
+from bnbench.manifest import load_manifest
+from bnbench.sweep import run_manifest
 
 
 def descendants(pid: int) -> set[int]:
@@ -51,7 +51,7 @@ def test_pool_workers_die_with_their_driver(write_manifest, tmp_path, start_meth
     path = write_manifest(text)
     env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": "0.05"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"],
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

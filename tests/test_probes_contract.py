@@ -7,15 +7,15 @@ import sqlite3
 import pytest
 import torch
 
-from harness import hookimpl
-from harness.api import AnalysisResult, Figure, Options, Table
-from harness.cli import main
-from harness.errors import ManifestError
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.report import CLAIM_HEADERS, from_manifest
-from harness.store import SCHEMA_VERSION, Store
-from harness.sweep import run_manifest
+from bnbench import hookimpl
+from bnbench.api import AnalysisResult, Figure, Options, Table
+from bnbench.cli import main
+from bnbench.errors import ManifestError
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.report import CLAIM_HEADERS, from_manifest
+from bnbench.store import SCHEMA_VERSION, Store
+from bnbench.sweep import run_manifest
 
 
 class ScaleOptions(Options):

@@ -10,15 +10,15 @@ import textwrap
 import pytest
 from conftest import tiny_manifest
 
-from harness import hookimpl
-from harness.errors import ManifestError, PluginError, UnknownNameError
-from harness.manifest import load_manifest
-from harness.registry import KINDS, load_registry
+from bnbench import hookimpl
+from bnbench.errors import ManifestError, PluginError, UnknownNameError
+from bnbench.manifest import load_manifest
+from bnbench.registry import KINDS, load_registry
 
 THIRD_PARTY = '''
 """A third-party normalizer package."""
 from torch import nn
-from harness import Options, hookimpl
+from bnbench import Options, hookimpl
 
 
 class ScaleOptions(Options):
@@ -83,8 +83,8 @@ def test_core_never_imports_a_concrete_plugin():
     import subprocess
 
     code = (
-        "import sys, harness.cli, harness.runner, harness.report, harness.sweep\n"
-        "print(any(m.startswith('plugins') for m in sys.modules))"
+        "import sys, bnbench.cli, bnbench.runner, bnbench.report, bnbench.sweep\n"
+        "print(any(m.startswith('bnbench.plugins') for m in sys.modules))"
     )
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -191,7 +191,7 @@ def test_options_without_forbid_still_reject_unknown_fields():
 
 
 def test_plugins_command_lists_kinds_with_provider(capsys):
-    from harness.cli import main
+    from bnbench.cli import main
 
     assert main(["plugins", "--kind", "normalizer"]) == 0
     out = capsys.readouterr().out
@@ -206,12 +206,12 @@ def test_the_core_names_no_built_in_plugin():
     import ast
     from pathlib import Path
 
-    import harness
+    import bnbench
 
     registry = load_registry()
     built_in = {entry.name for kind in KINDS for entry in registry.entries(kind) if entry.plugin.package == "bnbench"}
     named: list[str] = []
-    for path in sorted(Path(harness.__file__).parent.glob("*.py")):
+    for path in sorted(Path(bnbench.__file__).parent.glob("*.py")):
         if path.name == "spec.py":
             continue
         tree = ast.parse(path.read_text())
@@ -249,7 +249,7 @@ def install(site, package: str, module: str, code: str) -> None:
 
 COLLIDING = """
 from torch import nn
-from harness import hookimpl
+from bnbench import hookimpl
 
 @hookimpl
 def bnbench_register_normalizers(register):
@@ -271,7 +271,7 @@ def broken_packages(tmp_path, monkeypatch):
 
 
 def test_a_broken_installed_plugin_never_blocks_unrelated_work(broken_packages, write_manifest, capsys):
-    from harness.cli import main
+    from bnbench.cli import main
 
     registry = load_registry()
     assert (
@@ -289,7 +289,7 @@ def test_a_broken_installed_plugin_never_blocks_unrelated_work(broken_packages, 
 
 
 def test_an_installed_plugin_can_be_disabled_by_flag_or_environment(broken_packages, monkeypatch, capsys):
-    from harness.cli import main
+    from bnbench.cli import main
 
     monkeypatch.setenv("BNBENCH_DISABLE_PLUGINS", "bnbench-colliding")
     assert set(load_registry().broken) == {"bnbench-broken:bnbench_broken"}

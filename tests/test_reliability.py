@@ -15,13 +15,13 @@ import pytest
 import torch
 from conftest import run_until_stopped, tiny_manifest
 
-from harness import hookimpl
-from harness.checkpoint import Checkpoints
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.runner import Runner
-from harness.store import Store
-from harness.sweep import checkpoint_directory, run_manifest
+from bnbench import hookimpl
+from bnbench.checkpoint import Checkpoints
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.runner import Runner
+from bnbench.store import Store
+from bnbench.sweep import checkpoint_directory, run_manifest
 
 SLOW_PLUGIN = Path(__file__).parent / "slow_plugin.py"
 EPOCHS = 4
@@ -56,7 +56,7 @@ def reference(write_manifest, registry):
     """The results of an uninterrupted sweep of the deterministic manifest, by a bnbench process
     (the same thread count as the processes under test, so results can match bitwise)."""
     path = write_manifest(deterministic_manifest("reference.sqlite"), "reference.toml")
-    run = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--no-report"], capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], capture_output=True)
     assert run.returncode == 0, run.stderr
     manifest = load_manifest(path, registry=registry)
     ids = [r.run_id for r in manifest.runs()]
@@ -66,7 +66,7 @@ def reference(write_manifest, registry):
 def bnbench_process(path: Path, sleep: float, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     env = {**os.environ, "BNBENCH_TEST_STEP_SLEEP": str(sleep)}
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report", *extra],
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report", *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -114,7 +114,7 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_results(write_manifes
     assert_store_consistent(store_path)
     assert "done" not in {status for status, _ in results_of(store_path, ids[:1]).values()}
     rerun = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], capture_output=True, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], capture_output=True, text=True
     )
     assert rerun.returncode == 0, rerun.stderr
     assert results_of(store_path, ids) == expected
@@ -135,7 +135,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_resumes(write_manifest, reference
     assert "Traceback" not in err
     assert "interrupted" in _statuses(store_path).values()
     rerun = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], capture_output=True, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], capture_output=True, text=True
     )
     assert rerun.returncode == 0, rerun.stderr
     assert results_of(store_path, ids) == expected
@@ -163,7 +163,7 @@ def test_sigkill_at_random_times_never_loses_or_corrupts(write_manifest, referen
         if store_path.is_file():
             assert_store_consistent(store_path)
     final = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--no-report"], capture_output=True, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], capture_output=True, text=True
     )
     assert final.returncode == 0, final.stderr
     assert results_of(store_path, ids) == expected
@@ -253,11 +253,11 @@ def test_large_sweeps_need_confirmation(write_manifest):
     text = tiny_manifest(seeds="[0, 1, 2]").replace('device = "cpu"', 'device = "cpu"\nmax_runs = 4')
     path = write_manifest(text)
     refused = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "bnbench", "run", str(path)], capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
     assert refused.returncode == 2 and "6 runs to run, more than max_runs = 4" in refused.stderr
     assert "--yes" in refused.stderr and not (path.parent / "results.sqlite").exists()
     accepted = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--yes", "--no-report"], capture_output=True, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--yes", "--no-report"], capture_output=True, text=True
     )
     assert accepted.returncode == 0 and "6 done" in accepted.stderr

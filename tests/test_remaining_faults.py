@@ -17,13 +17,13 @@ import pytest
 from conftest import tiny_manifest
 from test_cli import bnbench
 
-from harness import hookimpl
-from harness.errors import StoreError
-from harness.files import OutputError, write_atomically
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench import hookimpl
+from bnbench.errors import StoreError
+from bnbench.files import OutputError, write_atomically
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 KILL_PLUGIN = Path(__file__).parent / "kill_plugin.py"
 
@@ -47,7 +47,7 @@ def test_a_copy_of_the_store_file_alone_holds_the_results_of_a_killed_sweep(writ
     env = {**os.environ, "BNBENCH_TEST_KILL_AT_STEP": "2", "BNBENCH_TEST_KILL_MARKERS": str(markers)}
     env["BNBENCH_TEST_KILL_SEED"] = "1"  # the seed-0 run of placement "all" finishes first, then the sweep dies
     process = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "bnbench", "run", str(path)], env=env, capture_output=True, text=True, timeout=600
     )
     assert process.returncode == -signal.SIGKILL, process.stderr
     backup = tmp_path / "backup"
@@ -141,7 +141,7 @@ def test_a_rerun_killed_midway_keeps_every_old_result(write_manifest, registry, 
     env = {**os.environ, "BNBENCH_TEST_KILL_AT_STEP": "2", "BNBENCH_TEST_KILL_MARKERS": str(markers)}
     env["BNBENCH_TEST_KILL_SEED"] = "1"
     process = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--rerun", "--no-report"],
+        [sys.executable, "-m", "bnbench", "run", str(path), "--rerun", "--no-report"],
         env=env,
         capture_output=True,
         text=True,
@@ -192,7 +192,7 @@ def peak_rss_gib(*command: str, cwd: Path) -> tuple[subprocess.CompletedProcess[
         "sys.exit(done.returncode)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe, sys.executable, "-m", "harness", *command],
+        [sys.executable, "-c", probe, sys.executable, "-m", "bnbench", *command],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -233,7 +233,7 @@ def test_a_size_that_overflows_storage_is_one_line_naming_the_model(write_manife
 
 OFFLINE_PLUGIN = """
 import pathlib, torchvision
-from harness import hookimpl
+from bnbench import hookimpl
 
 def offline(self):
     with open(pathlib.Path(__file__).with_name("downloads"), "a") as tried:

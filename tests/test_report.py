@@ -9,12 +9,12 @@ import re
 import pytest
 from conftest import TINY_STUDY, tiny_manifest
 
-from harness import report
-from harness.manifest import load_manifest
-from harness.records import EpochRecord, RunResult
-from harness.registry import load_registry
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench import report
+from bnbench.manifest import load_manifest
+from bnbench.records import EpochRecord, RunResult
+from bnbench.registry import load_registry
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 # (placement, seed) → final-epoch test accuracy, or a status
 KNOWN = {
@@ -113,9 +113,9 @@ def test_latex_and_pending_runs(write_manifest, registry, known_store):
 
 
 def test_the_standard_table_is_an_analysis_and_a_plugin_can_add_a_standard_one(known_store):
-    from harness import hookimpl
-    from harness.api import AnalysisResult, Table
-    from harness.errors import PluginError
+    from bnbench import hookimpl
+    from bnbench.api import AnalysisResult, Table
+    from bnbench.errors import PluginError
 
     class Seeds:
         @hookimpl
@@ -143,9 +143,9 @@ def test_the_standard_table_is_an_analysis_and_a_plugin_can_add_a_standard_one(k
 
 
 def test_an_analysis_declares_what_it_reads_as_names_or_a_function_of_its_options():
-    from harness import hookimpl
-    from harness.api import AnalysisResult
-    from harness.errors import PluginError
+    from bnbench import hookimpl
+    from bnbench.api import AnalysisResult
+    from bnbench.errors import PluginError
 
     registry = load_registry()
     results = registry.get("analysis", "results_table")
@@ -182,7 +182,7 @@ def test_the_report_shows_why_a_run_failed(write_manifest, tmp_path):
 def test_a_line_for_a_run_without_headline_metrics_has_no_dangling_dash():
     import io
 
-    from harness.progress import Progress
+    from bnbench.progress import Progress
 
     stream = io.StringIO()
     progress = Progress(2, stream=stream, bars=False)

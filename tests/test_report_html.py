@@ -10,13 +10,13 @@ from html.parser import HTMLParser
 import pytest
 from test_probes_contract import MANIFEST, ProbePlugin
 
-from harness.cli import main
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.report import from_manifest
-from harness.report_html import anchor, render_html
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench.cli import main
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.report import from_manifest
+from bnbench.report_html import anchor, render_html
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 
 class Page(HTMLParser):
@@ -72,10 +72,10 @@ def test_report_html_from_the_command_line(write_manifest, tmp_path, monkeypatch
     path = write_manifest(MANIFEST)
     registry = load_registry(objects=[("probe_plugin", ProbePlugin())])
     run_manifest(load_manifest(path, registry=registry), registry=registry)
-    import harness.session
+    import bnbench.session
 
-    original = harness.session.plan_manifest
-    monkeypatch.setattr(harness.session, "plan_manifest", lambda *a, **k: original(*a, **{**k, "registry": registry}))
+    original = bnbench.session.plan_manifest
+    monkeypatch.setattr(bnbench.session, "plan_manifest", lambda *a, **k: original(*a, **{**k, "registry": registry}))
     assert main(["report", str(path), "--html", str(tmp_path / "report.html")]) == 0
     assert "HTML report written to" in capsys.readouterr().err
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1

@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import tiny_manifest
 
-from harness import hookimpl
-from harness.errors import PluginError
-from harness.registry import load_registry
-from harness.runner import Runner
-from harness.session import open_session
-from harness.spec import ScheduleSpec
+from bnbench import hookimpl
+from bnbench.errors import PluginError
+from bnbench.registry import load_registry
+from bnbench.runner import Runner
+from bnbench.session import open_session
+from bnbench.spec import ScheduleSpec
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 from conftest import tiny_manifest
 from test_cli import bnbench
 
-from harness.errors import StoreError
-from harness.manifest import load_manifest
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench.errors import StoreError
+from bnbench.manifest import load_manifest
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 
 @pytest.fixture
@@ -78,8 +78,8 @@ def test_read_only_store_refuses_a_missing_file(tmp_path):
 
 
 def test_checkpoints_left_by_a_kill_after_recording_are_cleaned_up_on_the_next_run(finished, registry):
-    from harness.checkpoint import Checkpoints
-    from harness.sweep import checkpoint_directory
+    from bnbench.checkpoint import Checkpoints
+    from bnbench.sweep import checkpoint_directory
 
     manifest = load_manifest(finished, registry=registry)
     done = manifest.runs()[0].run_id

@@ -8,13 +8,13 @@ import fault_plugins
 import pytest
 from conftest import tiny_manifest
 
-from harness import hookimpl
-from harness.errors import StoreError
-from harness.manifest import load_manifest
-from harness.progress import Progress
-from harness.registry import load_registry
-from harness.store import SCHEMA_VERSION, Store
-from harness.sweep import run_manifest
+from bnbench import hookimpl
+from bnbench.errors import StoreError
+from bnbench.manifest import load_manifest
+from bnbench.progress import Progress
+from bnbench.registry import load_registry
+from bnbench.store import SCHEMA_VERSION, Store
+from bnbench.sweep import run_manifest
 
 
 def quiet(n: int) -> Progress:

@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from harness.errors import BnbenchError
-from harness.manifest import load_manifest
-from harness.store import Store
-from harness.sweep import run_manifest
+from bnbench.errors import BnbenchError
+from bnbench.manifest import load_manifest
+from bnbench.store import Store
+from bnbench.sweep import run_manifest
 
 KILL_PLUGIN = Path(__file__).parent / "kill_plugin.py"
 CURVES = ("train_loss", "test_accuracy")
@@ -99,7 +99,7 @@ def test_mlflow_holds_params_metrics_status_and_the_run_id(write_manifest, tmp_p
 def test_track_names_a_tracker_from_the_command_line_and_an_unknown_one_is_one_line(write_manifest, tmp_path):
     path = write_manifest(tiny_manifest(placement='"none"'))
     unknown = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(path), "--track", "wandb"], capture_output=True, text=True
+        [sys.executable, "-m", "bnbench", "run", str(path), "--track", "wandb"], capture_output=True, text=True
     )
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert "tracker" in unknown.stderr and "mlflow" in unknown.stderr and "tensorboard" in unknown.stderr
@@ -120,7 +120,7 @@ def test_a_run_killed_midway_and_resumed_continues_its_curves_without_repeating_
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {**os.environ, "BNBENCH_TEST_KILL_AT_STEP": "14", "BNBENCH_TEST_KILL_MARKERS": str(markers)}
-    command = [sys.executable, "-m", "harness", "run", str(path), "--no-report"]
+    command = [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"]
     killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -1,5 +1,5 @@
-"""The training loop (``harness.training.Loop``), written once for a run alone (``OneRun``) and for
-packs (``harness.packed_training.Pack``).
+"""The training loop (``bnbench.training.Loop``), written once for a run alone (``OneRun``) and for
+packs (``bnbench.packed_training.Pack``).
 
 A run alone must equal a plain PyTorch loop bitwise (the same seed, init, data order, SGD and
 schedule): the harness adds bookkeeping, never arithmetic. A pack steps its members together and
@@ -17,14 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import hookimpl
-from harness.assembly import assemble_model
-from harness.checkpoint import Checkpoints
-from harness.data import DataCache
-from harness.packed_training import Pack
-from harness.runner import Runner
-from harness.session import open_session
-from harness.training import Loop, OneRun, RunInterrupted, seed_everything
+from bnbench import hookimpl
+from bnbench.assembly import assemble_model
+from bnbench.checkpoint import Checkpoints
+from bnbench.data import DataCache
+from bnbench.executors import RunInterrupted
+from bnbench.packed_training import Pack
+from bnbench.runner import Runner
+from bnbench.session import open_session
+from bnbench.training import Loop, OneRun, seed_everything
 
 STUDY = """
 [harness]

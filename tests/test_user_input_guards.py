@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_manifest
 
-from harness.errors import ManifestError, PluginError
-from harness.manifest import load_manifest
-from harness.registry import load_registry
-from harness.sweep import run_manifest
+from bnbench.errors import ManifestError, PluginError
+from bnbench.manifest import load_manifest
+from bnbench.registry import load_registry
+from bnbench.sweep import run_manifest
 
 
 def test_a_plugin_module_that_registers_nothing_is_an_error():

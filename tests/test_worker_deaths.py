@@ -16,10 +16,10 @@ from test_executors import manifest_text, results
 from test_pool_orphans import alive
 from test_reliability import SLOW_PLUGIN, bnbench_process, wait_for
 
-from harness.checkpoint import Checkpoints
-from harness.manifest import load_manifest
-from harness.store import Store
-from harness.sweep import checkpoint_directory, run_manifest
+from bnbench.checkpoint import Checkpoints
+from bnbench.manifest import load_manifest
+from bnbench.store import Store
+from bnbench.sweep import checkpoint_directory, run_manifest
 
 KILL_PLUGIN = Path(__file__).parent / "kill_plugin.py"
 KILL_AT_STEP = 6

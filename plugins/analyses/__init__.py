@@ -1,4 +1,4 @@
-"""Built-in analyses of training studies (the probes' own analyses live with them, ``plugins.probes``).
+"""Built-in analyses of training studies (the probes' own analyses live with them, ``bnbench.plugins.probes``).
 
 =========================  =====================================================================
 analysis                   what it reports
@@ -19,16 +19,16 @@ analysis                   what it reports
 
 The last three belong to the regularization study of Annamalai & Thakur 2022
 (docs/studies.md); they read the metrics ``weight_geometry``, ``implied_regularization``, ``robustness`` and
-``validation_accuracy`` (``plugins.metrics``).
+``validation_accuracy`` (``bnbench.plugins.metrics``).
 """
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
-from plugins.analyses.metrics_table import OtherMetricsOptions, other_metrics
-from plugins.analyses.regularization import (
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
+from bnbench.plugins.analyses.metrics_table import OtherMetricsOptions, other_metrics
+from bnbench.plugins.analyses.regularization import (
     ImpliedRegularizationOptions,
     TrajectoryOptions,
     TunedL2Options,
@@ -36,7 +36,7 @@ from plugins.analyses.regularization import (
     trajectories,
     tuned_l2_comparison,
 )
-from plugins.analyses.results_table import ResultsTableOptions, results_table
+from bnbench.plugins.analyses.results_table import ResultsTableOptions, results_table
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from harness.analysis import (
+from bnbench.analysis import (
     axis_value,
     bracket_ratio,
     bracketed,
@@ -29,8 +29,8 @@ from harness.analysis import (
     ratio_of_means,
     share,
 )
-from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, learned, panel_grid
+from bnbench.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, learned, panel_grid
 
 LR_AXIS = "optimizer.lr"
 
@@ -61,7 +61,7 @@ class LrSweepOptions(CompareOptions):
 
 
 def _learned(run: RunRecord, options: LrSweepOptions) -> bool:
-    """Whether a finished run learned, on its final training loss (``plugins.probes.common.learned``)."""
+    """Whether a finished run learned, on its final training loss (``bnbench.plugins.probes.common.learned``)."""
     loss = run.final("train_loss")
     classes = (run.spec.get("dataset") or {}).get("options", {}).get("num_classes") or options.classes
     return run.status == "done" and loss is not None and learned([loss], classes, options.learned_margin)
@@ -308,7 +308,7 @@ def placement_share(study: StudyResults, options: PlacementShareOptions) -> Anal
     ``gain = acc[full] − acc[baseline]`` and ``partial = acc[partial] − acc[baseline]`` (points).
     Values: ``normalization_gain`` (Estimate over seeds) and ``final_layer_share``, the ratio of
     the mean partial gain to the mean gain over every seed (a seed where BN does not help counts),
-    with Fieller's interval (``harness.intervals``).
+    with Fieller's interval (``bnbench.intervals``).
     """
     table = sweep_table(study, options)
     if not table:

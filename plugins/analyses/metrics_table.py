@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import Options
-from harness.analysis import finite, finite_or_nan, mean_curve, mean_std
-from harness.api import AnalysisResult, Figure, StudyResults, Table
-from plugins.analyses.results_table import Row, group_rows
-from plugins.probes.common import panel_grid
+from bnbench import Options
+from bnbench.analysis import finite, finite_or_nan, mean_curve, mean_std
+from bnbench.api import AnalysisResult, Figure, StudyResults, Table
+from bnbench.plugins.analyses.results_table import Row, group_rows
+from bnbench.plugins.probes.common import panel_grid
 
 TABLE_METRICS = 6
 """Metrics per table (a table per six keeps each one readable on a terminal)."""

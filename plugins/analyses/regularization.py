@@ -6,8 +6,8 @@ the axis an analysis puts on its x-axis, written ``short_axis=value`` joined by 
 ``placement=all,weight_decay=0.0``). A run's value of a metric is its last recorded one; numbers
 in tables are means over seeds (± std). Diverged runs count as accuracy 0 and training loss +inf.
 
-Claimable values are ``harness.api.Estimate``s built from one replicate per seed
-(``harness.analysis.over_seeds``): a per-seed quantity is computed within each seed first (a
+Claimable values are ``bnbench.api.Estimate``s built from one replicate per seed
+(``bnbench.analysis.over_seeds``): a per-seed quantity is computed within each seed first (a
 seed's own tuned weight decay, its own trend over noise levels, its own worst level) and the
 estimate summarizes those replicates, so the report's interval reflects seed-to-seed variation.
 
@@ -16,7 +16,7 @@ tested by is the ``tuned_l2_comparison``: the weight decay κ* explicit L2 needs
 level (``kappa_trend``) and whether untuned BN stays close to L2 tuned that way
 (``bn_minus_tuned_l2_min`` / ``_max``). The ``implied_regularization`` values are diagnostics:
 its multiplier λ̂ equals −(∂L/∂γ)/(2γ) exactly, which at any stationary point of training is 0,
-or half the weight decay on γ, whatever the noise (``plugins.metrics.geometry``).
+or half the weight decay on γ, whatever the noise (``bnbench.plugins.metrics.geometry``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import Options
-from harness.analysis import (
+from bnbench import Options
+from bnbench.analysis import (
     average,
     axis_value,
     config_label,
@@ -50,7 +50,7 @@ from harness.analysis import (
     share,
     spearman,
 )
-from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
+from bnbench.api import AnalysisResult, ClaimValue, Estimate, Figure, RunRecord, StudyResults, Table
 
 NOISE_AXIS = "input_transform.std"
 MIN_LEVELS = 3
@@ -94,7 +94,7 @@ def seed_trends(
 ) -> tuple[dict[int, float], str]:
     """Per seed, the Spearman correlation of its ``(x, y)`` points, and why they cannot decide a claim.
 
-    ``harness.analysis.spearman`` per seed; a seed whose ``y`` is the same at every one of two
+    ``bnbench.analysis.spearman`` per seed; a seed whose ``y`` is the same at every one of two
     or more levels has trend 0 (it did not move: no trend, rather than no value); a seed with
     fewer than two levels has none. The reason is not empty when a seed has fewer than
     ``min_levels`` levels (a rank trend over two levels can only be ±1 or 0).
@@ -120,7 +120,7 @@ def seed_trends(
 
 
 def seed_trend(series: Mapping[Any, Sequence[tuple[float, float]]], min_levels: int = MIN_LEVELS) -> Estimate | None:
-    """The mean per-seed rank trend as a ``rank`` estimate (``harness.intervals.rank_trend``: an exact
+    """The mean per-seed rank trend as a ``rank`` estimate (``bnbench.intervals.rank_trend``: an exact
     permutation test, not a t-interval over a handful of possible values; undecidable under
     ``min_levels`` levels)."""
     return rank_trend(dict(series), min_levels)
@@ -196,7 +196,7 @@ def implied_regularization_analysis(study: StudyResults, options: ImpliedRegular
     ‖v‖ and ‖w‖ (means over seeds of final values).
 
     **These values cannot test the paper's claim.** λ̂_j = −v_jᵀ∇_vL/(2γ_j²) equals
-    −(∂L/∂γ_j)/(2γ_j) exactly (``plugins.metrics.geometry``): at any stationary point of training
+    −(∂L/∂γ_j)/(2γ_j) exactly (``bnbench.plugins.metrics.geometry``): at any stationary point of training
     it is 0 without weight decay on γ and half the weight decay with it, whatever the data or
     the noise (measured full-batch: λ̂ = 5.0e-4 at weight decay 1e-3 and 5.0e-3 at 1e-2 for every
     noise level from 0 to 2). Its deviations from that are how far training is from stationary
@@ -547,7 +547,7 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
 
     ``kappa.<noise>``                 κ*_s (log scale: geometric mean; undecidable when a seed chose 0)
     ``kappa_trend``                   mean per-seed Spearman(noise, κ*_s), an exact permutation test
-                                      (``harness.intervals``); undecidable under 3 levels, and where weight
+                                      (``bnbench.intervals``); undecidable under 3 levels, and where weight
                                       decay moves accuracy by no more than the seed spread at some level
     ``l2_effect_points.<noise>``      range of validation accuracy over the decay grid (points; basis: seed spread)
     ``bn_kappa_trend``                the same trend of the extra L2 BN is best with (auto-tuning: flat)

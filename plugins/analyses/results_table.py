@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import Options
-from harness.analysis import mean_std, pm
-from harness.api import AnalysisResult, RunRecord, StudyResults, Table
+from bnbench import Options
+from bnbench.analysis import mean_std, pm
+from bnbench.api import AnalysisResult, RunRecord, StudyResults, Table
 
 
 class ResultsTableOptions(Options):

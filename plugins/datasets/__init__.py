@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.datasets.cifar10 import Cifar10Options, describe_cifar10, load_cifar10, prepare_cifar10
-from plugins.datasets.mnist import MnistOptions, describe_mnist, load_mnist, prepare_mnist
-from plugins.datasets.synthetic import SyntheticOptions, describe_synthetic, make_synthetic
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.datasets.cifar10 import Cifar10Options, describe_cifar10, load_cifar10, prepare_cifar10
+from bnbench.plugins.datasets.mnist import MnistOptions, describe_mnist, load_mnist, prepare_mnist
+from bnbench.plugins.datasets.synthetic import SyntheticOptions, describe_synthetic, make_synthetic
 
 
 @hookimpl

@@ -10,10 +10,10 @@ import torch
 import torchvision
 from pydantic import Field
 
-from harness import BuildContext, DataBundle, DataInfo, DatasetDescription
-from harness.api import Images
-from plugins.datasets.augment import cifar_augment
-from plugins.datasets.common import (
+from bnbench import BuildContext, DataBundle, DataInfo, DatasetDescription
+from bnbench.api import Images
+from bnbench.plugins.datasets.augment import cifar_augment
+from bnbench.plugins.datasets.common import (
     FileDatasetOptions,
     fetch_quietly,
     head,

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torchvision.transforms.functional import pil_to_tensor
 
-from harness import DatasetError, DatasetNotFoundError, Options, runtime_option
+from bnbench import DatasetError, DatasetNotFoundError, Options, runtime_option
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ def head(images: torch.Tensor, labels: torch.Tensor, size: int | None) -> tuple[
 
 
 class TorchvisionSource:
-    """A torchvision dataset's split as a ``harness.api.SampleSource``: the classic per-sample path.
+    """A torchvision dataset's split as a ``bnbench.api.SampleSource``: the classic per-sample path.
 
     Example ``i`` is decoded by the dataset's own ``__getitem__`` (a PIL image) and made a uint8
     ``(C, H, W)`` tensor by ``pil_to_tensor``, so it holds the same pixels as the in-memory tensors.

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 import torchvision
 
-from harness import BuildContext, DataBundle, DataInfo, DatasetDescription
-from harness.api import Images
-from plugins.datasets.common import (
+from bnbench import BuildContext, DataBundle, DataInfo, DatasetDescription
+from bnbench.api import Images
+from bnbench.plugins.datasets.common import (
     FileDatasetOptions,
     fetch_quietly,
     head,

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from harness import BuildContext, DataBundle, DataInfo, DatasetDescription, Options
-from plugins.datasets.augment import cifar_augment
+from bnbench import BuildContext, DataBundle, DataInfo, DatasetDescription, Options
+from bnbench.plugins.datasets.augment import cifar_augment
 
 MAX_GIB = 64
 """The most memory the generated images may take: a larger dataset is a typo (``train_size = 1e18``)."""

@@ -10,12 +10,12 @@ The optional engines are imported only when a sweep uses them.
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.executors.local import local
-from plugins.executors.pool import PoolOptions, pool
-from plugins.executors.ray_cluster import RayOptions, ray_executor
-from plugins.executors.submitit_jobs import SubmititOptions, submitit_executor
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.executors.local import local
+from bnbench.plugins.executors.pool import PoolOptions, pool
+from bnbench.plugins.executors.ray_cluster import RayOptions, ray_executor
+from bnbench.plugins.executors.submitit_jobs import SubmititOptions, submitit_executor
 
 
 @hookimpl

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness import NoOptions
-from harness.executors import ExecutorContext, Outcome
-from harness.records import Work
-from harness.training import RunInterrupted
+from bnbench import NoOptions
+from bnbench.executors import ExecutorContext, Outcome, RunInterrupted
+from bnbench.records import Work
+from bnbench.worker import build_runner
 
 
 class LocalExecutor:
     """Runs in this process, one after another, with the driver's plugins and progress bars."""
 
     def execute(self, runs: Iterator[Work], context: ExecutorContext) -> Iterator[Outcome]:
-        runner = context.worker.runner(context.stop, registry=context.registry)
+        runner = build_runner(context.worker, context.stop, registry=context.registry)
         try:
             for notice in runner.performance.notices:
                 context.progress.log(f"notice: {notice}")

@@ -27,19 +27,13 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from harness import Options
-from harness.executors import (
-    ExecutorContext,
-    Outcome,
-    WorkerSpec,
-    error_text,
-    exit_reason,
-    failed_result,
-    run_in_worker,
-)
-from harness.records import Work
+from bnbench import Options
+from bnbench.errors import error_text
+from bnbench.executors import ExecutorContext, Outcome, WorkerSpec, exit_reason
+from bnbench.records import Work
+from bnbench.worker import run_in_worker
 
-PRELOAD = ["torch", "harness.runner", "plugins"]
+PRELOAD = ["torch", "bnbench.worker", "bnbench.plugins"]
 """Imported once by the fork server, so that each worker starts without importing torch."""
 
 
@@ -307,8 +301,8 @@ class PoolExecutor:
                 slot.process = slot.connection = None
                 return Outcome(planned, interrupted=payload)
             if kind == "error":
-                return Outcome(planned, failed_result(planned, f"worker error: {payload}"))
-            return Outcome(planned, payload)
+                return Outcome.failed(planned, f"worker error: {payload}")
+            return Outcome.of_reply(planned, reply)
         if process.is_alive():
             if not context.stop.is_set():
                 return None
@@ -336,7 +330,7 @@ class PoolExecutor:
         message = f"the worker process {why}, in each of {self.options.max_attempts} attempts"
         if process.exitcode == -signal.SIGKILL:
             message += " (SIGKILL: out of memory? the kernel log says whether the OOM killer ended it)"
-        return Outcome(planned, failed_result(planned, message))
+        return Outcome.failed(planned, message)
 
 
 def _handles(slot: _Slot) -> list[Any]:

@@ -15,18 +15,10 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import Options
-from harness.errors import PluginError
-from harness.executors import (
-    ExecutorContext,
-    Outcome,
-    WorkerSpec,
-    error_text,
-    failed_result,
-    import_engine,
-    run_in_worker,
-)
-from harness.records import Work
+from bnbench import Options
+from bnbench.errors import PluginError
+from bnbench.executors import ExecutorContext, Outcome, Reply, WorkerSpec, import_engine
+from bnbench.records import Work
 
 
 class RayOptions(Options):
@@ -60,8 +52,10 @@ class RayOptions(Options):
     )
 
 
-def _ray_task(worker: WorkerSpec, planned: Work, device: str, threads: int) -> tuple[str, Any]:
+def _ray_task(worker: WorkerSpec, planned: Work, device: str, threads: int) -> Reply:
     """What a Ray task runs (on whichever node Ray placed it)."""
+    from bnbench.worker import run_in_worker  # the worker runtime: torch, the runner, in the task only
+
     return run_in_worker(worker, planned, device=device, threads=threads)
 
 
@@ -142,14 +136,9 @@ class RayExecutor:
                 for ref in done:
                     planned = in_flight.pop(ref)
                     try:
-                        kind, payload = ray.get(ref)
+                        yield Outcome.of_reply(planned, ray.get(ref))
                     except Exception as exc:
-                        if context.stop.is_set():
-                            yield Outcome(planned, interrupted=f"its Ray task ended while stopping: {error_text(exc)}")
-                        else:
-                            yield Outcome(planned, failed_result(planned, f"Ray task error: {error_text(exc)}"))
-                        continue
-                    yield Outcome(planned, interrupted=payload) if kind == "interrupted" else Outcome(planned, payload)
+                        yield Outcome.of_error(planned, exc, stopping=context.stop.is_set(), where="its Ray task")
         finally:
             for ref in in_flight:  # left only when the driver is aborted: do not leave runs behind
                 ray.cancel(ref, force=True)

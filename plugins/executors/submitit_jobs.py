@@ -18,18 +18,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from harness import Options
-from harness.errors import PluginError
-from harness.executors import (
-    ExecutorContext,
-    Outcome,
-    WorkerSpec,
-    error_text,
-    failed_result,
-    import_engine,
-    run_in_worker,
-)
-from harness.records import Work
+from bnbench import Options
+from bnbench.errors import PluginError, error_text
+from bnbench.executors import ExecutorContext, Outcome, Reply, WorkerSpec, import_engine
+from bnbench.records import Work
 
 NOT_STARTED = {"PENDING", "REQUEUED", "CONFIGURING", "UNKNOWN", "READY"}
 """Slurm job states of a job that has not started its run (cancelled when the sweep stops)."""
@@ -77,7 +69,9 @@ class SubmititRun:
     """What a job runs: one run. Checkpointable: on timeout or preemption submitit calls
     ``checkpoint`` and requeues the job, which then resumes from the run's last checkpoint."""
 
-    def __call__(self, worker: WorkerSpec, planned: Work, device: str, threads: int) -> tuple[str, Any]:
+    def __call__(self, worker: WorkerSpec, planned: Work, device: str, threads: int) -> Reply:
+        from bnbench.worker import run_in_worker  # the worker runtime: torch, the runner, in the job only
+
         return run_in_worker(worker, planned, device=device, threads=threads)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -183,18 +177,17 @@ class SubmititExecutor:
         """The run's outcome, and whether its job died without any result (its process killed,
         as opposed to an error raised in the job): such a job may be requeued."""
         try:
-            kind, payload = job.result()
+            reply = job.result()
         except Exception as exc:
             if context.stop.is_set():
-                return Outcome(planned, interrupted=f"its job ended while stopping: {error_text(exc)}"), False
+                return Outcome.of_error(planned, exc, stopping=True, where="its job"), False
             errors = self.submitit.core.utils
             died = isinstance(exc, errors.UncompletedJobError) and not isinstance(exc, errors.FailedJobError)
             message = f"submitit job {job.job_id} failed: {error_text(exc)}"
             if died:
                 message = f"submitit job {job.job_id} ended without a result (killed?): {error_text(exc)}"
-            return Outcome(planned, failed_result(planned, message)), died
-        outcome = Outcome(planned, interrupted=payload) if kind == "interrupted" else Outcome(planned, payload)
-        return outcome, False
+            return Outcome.failed(planned, message), died
+        return Outcome.of_reply(planned, reply), False
 
 
 def submitit_executor(options: SubmititOptions) -> SubmititExecutor:

@@ -3,9 +3,9 @@ implied regularization and robustness to input noise (Annamalai & Thakur 2022)."
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.metrics.basic import (
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.metrics.basic import (
     test_accuracy,
     test_loss,
     train_accuracy,
@@ -13,8 +13,8 @@ from plugins.metrics.basic import (
     validation_accuracy,
     validation_loss,
 )
-from plugins.metrics.geometry import GeometryOptions, implied_regularization, weight_geometry
-from plugins.metrics.robustness import RobustnessOptions, robustness
+from bnbench.plugins.metrics.geometry import GeometryOptions, implied_regularization, weight_geometry
+from bnbench.plugins.metrics.robustness import RobustnessOptions, robustness
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import EpochContext, NoOptions
+from bnbench import EpochContext, NoOptions
 
 
 def train_loss(context: EpochContext, options: NoOptions) -> float:

@@ -33,7 +33,7 @@ the ridge rate ``ρ = λ̂ · noise variance``, whose growth with noise is the �
 its definition) cannot show that BN tunes its regularization to the noise; the bound
 ``‖v‖²σ_n² ≤ γ²`` follows from the constraint and holds by construction. What the claim is tested
 by is the weight decay explicit L2 needs at each noise level and how untuned BN compares with
-it (``plugins.analyses.regularization.tuned_l2_comparison``).
+it (``bnbench.plugins.analyses.regularization.tuned_l2_comparison``).
 
 With input noise ``x = s + e`` the batch covariance is ``Σ_s + Σ_e`` (``Σ_e = σ_n² I`` for isotropic
 noise on the inputs), and the constraint splits into the signal term and a ridge penalty
@@ -65,7 +65,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from harness import EpochContext, NormSite, Options
+from bnbench import EpochContext, NormSite, Options
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -345,7 +345,7 @@ def weight_geometry(context: EpochContext, options: GeometryOptions) -> dict[str
     if not layers:
         return {}
     images, _ = context.sample(options.sample_size)
-    lr = float(context.run.optimizer.param_groups[0]["lr"])
+    lr = context.run.learning_rate(max(0, context.step - 1))  # of the step that made these weights
     with preserved(model):
         captured = capture(model, layers, images)
     return layer_geometry(layers, captured, lr)

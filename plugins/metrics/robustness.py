@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness import EpochContext
-from plugins.metrics.geometry import IntervalOptions, due
+from bnbench import EpochContext
+from bnbench.plugins.metrics.geometry import IntervalOptions, due
 
 
 class RobustnessOptions(IntervalOptions):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.models.mlp import MLPOptions, build_mlp
-from plugins.models.resnet_cifar import ResNetOptions, build_resnet
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.models.mlp import MLPOptions, build_mlp
+from bnbench.plugins.models.resnet_cifar import ResNetOptions, build_resnet
 
 
 @hookimpl

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from harness import DataInfo, NormSite, Options
+from bnbench import DataInfo, NormSite, Options
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 

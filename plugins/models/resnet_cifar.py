@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from harness import DataInfo, NormSite, Options
+from bnbench import DataInfo, NormSite, Options
 
 
 class ResNetOptions(Options):

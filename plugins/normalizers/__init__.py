@@ -8,16 +8,16 @@ site's source layer) and ``skipinit`` (normalizer-free residual networks, placed
 
 from __future__ import annotations
 
-from harness import NormalizerTraits, hookimpl
-from harness.hookspecs import Register
-from plugins.normalizers.batchnorm import BatchNormOptions, batchnorm, batchnorm_traits
-from plugins.normalizers.batchrenorm import BATCHRENORM_TRAITS, BatchRenormOptions, batchrenorm
-from plugins.normalizers.groupnorm import GroupNormOptions, LayerNormOptions, groupnorm, layernorm
-from plugins.normalizers.identity import identity
-from plugins.normalizers.instancenorm import InstanceNormOptions, instancenorm, instancenorm_traits
-from plugins.normalizers.rmsnorm import RMSNormOptions, rmsnorm
-from plugins.normalizers.skipinit import SkipInitOptions, skipinit
-from plugins.normalizers.weight_standardization import WS_GROUPNORM_TRAITS, WSGroupNormOptions, ws_groupnorm
+from bnbench import NormalizerTraits, hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.normalizers.batchnorm import BatchNormOptions, batchnorm, batchnorm_traits
+from bnbench.plugins.normalizers.batchrenorm import BATCHRENORM_TRAITS, BatchRenormOptions, batchrenorm
+from bnbench.plugins.normalizers.groupnorm import GroupNormOptions, LayerNormOptions, groupnorm, layernorm
+from bnbench.plugins.normalizers.identity import identity
+from bnbench.plugins.normalizers.instancenorm import InstanceNormOptions, instancenorm, instancenorm_traits
+from bnbench.plugins.normalizers.rmsnorm import RMSNormOptions, rmsnorm
+from bnbench.plugins.normalizers.skipinit import SkipInitOptions, skipinit
+from bnbench.plugins.normalizers.weight_standardization import WS_GROUPNORM_TRAITS, WSGroupNormOptions, ws_groupnorm
 
 
 @hookimpl

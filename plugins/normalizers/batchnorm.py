@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from harness import NormalizerTraits, Options, SiteKind
+from bnbench import NormalizerTraits, Options, SiteKind
 
 
 class BatchNormOptions(Options):

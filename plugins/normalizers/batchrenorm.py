@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import NormalizerTraits, Options, SiteKind
+from bnbench import NormalizerTraits, Options, SiteKind
 
 
 class BatchRenormOptions(Options):

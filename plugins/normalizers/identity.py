@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from harness import NoOptions, SiteKind
+from bnbench import NoOptions, SiteKind
 
 
 def identity(num_features: int, kind: SiteKind, options: NoOptions) -> nn.Module:

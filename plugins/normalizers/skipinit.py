@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import Options, SiteKind
+from bnbench import Options, SiteKind
 
 
 class SkipInitOptions(Options):

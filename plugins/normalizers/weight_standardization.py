@@ -7,8 +7,8 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from harness import NormalizerTraits, SiteKind
-from plugins.normalizers.groupnorm import GroupNormOptions, effective_groups
+from bnbench import NormalizerTraits, SiteKind
+from bnbench.plugins.normalizers.groupnorm import GroupNormOptions, effective_groups
 
 
 class WSGroupNormOptions(GroupNormOptions):

@@ -13,21 +13,31 @@ probe                 default analysis      measures (paper)
 ====================  ====================  ===========================================================================
 
 The analyses of Bjorck et al.'s training studies (``lr_sweep``, ``placement_share``) are in
-``plugins.analyses``.
+``bnbench.plugins.analyses``.
 """
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
-from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis
-from plugins.probes.common import CompareOptions
-from plugins.probes.gradients import GradientOptions, gradient_analysis, gradient_stats
-from plugins.probes.jacobian import JacobianAnalysisOptions, JacobianOptions, jacobian_analysis, jacobian_spectrum
-from plugins.probes.landscape import LandscapeAnalysisOptions, LandscapeOptions, landscape_analysis, loss_landscape
-from plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
-from plugins.probes.random_matrix import RandomMatrixOptions, random_matrix, random_matrix_analysis
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
+from bnbench.plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis
+from bnbench.plugins.probes.common import CompareOptions
+from bnbench.plugins.probes.gradients import GradientOptions, gradient_analysis, gradient_stats
+from bnbench.plugins.probes.jacobian import (
+    JacobianAnalysisOptions,
+    JacobianOptions,
+    jacobian_analysis,
+    jacobian_spectrum,
+)
+from bnbench.plugins.probes.landscape import (
+    LandscapeAnalysisOptions,
+    LandscapeOptions,
+    landscape_analysis,
+    loss_landscape,
+)
+from bnbench.plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
+from bnbench.plugins.probes.random_matrix import RandomMatrixOptions, random_matrix, random_matrix_analysis
 
 
 @hookimpl

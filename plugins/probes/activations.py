@@ -4,7 +4,7 @@ Without BN, the channel means and variances of a deep residual network grow expo
 with depth at initialization, and a large gradient step makes them explode (a diverging
 update); with BN they stay bounded. RQ2 and RQ5.
 
-"Depth" is the index of a model's normalization site (``harness.find_sites``): the probe
+"Depth" is the index of a model's normalization site (``bnbench.find_sites``): the probe
 hooks every hidden ``NormSite``. By default it measures the site's *input*, the layer output
 before the normalizer (the paper plots the convolution outputs): after a normalizer the
 statistics are flat by construction, and a claim that they stay flat could not fail.
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness import Options, find_sites
-from harness.analysis import (
+from bnbench import Options, find_sites
+from bnbench.analysis import (
     by_seed,
     finite_or_nan,
     fmt,
@@ -38,8 +38,8 @@ from harness.analysis import (
     paired_ratio,
     put,
 )
-from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
+from bnbench.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
 
 
 class ActivationOptions(Options):

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness import Options
-from harness.analysis import fmt, group_runs, mean, over_seeds, paired_difference, per_seed, put
-from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
+from bnbench import Options
+from bnbench.analysis import fmt, group_runs, mean, over_seeds, paired_difference, per_seed, put
+from bnbench.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
 
 
 class ClassBiasOptions(Options):

@@ -1,7 +1,7 @@
 """What the probes of Bjorck et al. 2018 share: options comparing two groups, batches, panels.
 
 Grouping runs, statistics over seeds and claimable values are the public analysis toolkit,
-``harness.analysis``.
+``bnbench.analysis``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from harness import Options
-from harness.api import ProbeContext, RunRecord, StudyResults
+from bnbench import Options
+from bnbench.api import ProbeContext, RunRecord, StudyResults
 
 
 class CompareOptions(Options):

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness import Options
-from harness.analysis import (
+from bnbench import Options
+from bnbench.analysis import (
     finite_or_nan,
     fmt,
     geomean,
@@ -44,8 +44,8 @@ from harness.analysis import (
     per_seed,
     put,
 )
-from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
+from bnbench.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, panel_grid, probe_runs, take_batches
 
 Grouping = Literal["positions", "examples"]
 

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from harness import Options
-from harness.analysis import axis_value, fmt, group_runs, over_seeds, paired_difference, put
-from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
-from plugins.probes.common import CompareOptions, probe_runs, take_batches
+from bnbench import Options
+from bnbench.analysis import axis_value, fmt, group_runs, over_seeds, paired_difference, put
+from bnbench.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, probe_runs, take_batches
 
 
 class JacobianOptions(Options):

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.func import functional_call
 
-from harness import Options
-from harness.analysis import bracket_ratio, bracketed, fmt, grid_bracket, group_runs, put
-from harness.api import AnalysisResult, ClaimValue, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import CompareOptions, loss_ratio, probe_runs, take_batches
+from bnbench import Options
+from bnbench.analysis import bracket_ratio, bracketed, fmt, grid_bracket, group_runs, put
+from bnbench.api import AnalysisResult, ClaimValue, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, loss_ratio, probe_runs, take_batches
 
 
 class LandscapeOptions(Options):
@@ -135,7 +135,7 @@ def _stable_steps(
     runs: list[RunRecord], criterion: str, threshold: float
 ) -> dict[int, tuple[float, tuple[float, float]]]:
     """Seed → the largest stable step of its run (0 when even the grid's smallest is unstable) and
-    the bracket the grid allows for it (``harness.intervals.grid_bracket``)."""
+    the bracket the grid allows for it (``bnbench.intervals.grid_bracket``)."""
     out = {}
     for run in runs:
         steps = run.measurements["step_sizes"]

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from harness import Options, runtime_option
-from harness.analysis import axis_value, bracket_ratio, bracketed, fmt, grid_bracket, group_runs, point, put
-from harness.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
-from harness.stacking import StackedModules
-from plugins.probes.common import CompareOptions, learned, probe_runs, take_batches
+from bnbench import Options, runtime_option
+from bnbench.analysis import axis_value, bracket_ratio, bracketed, fmt, grid_bracket, group_runs, point, put
+from bnbench.api import AnalysisResult, ClaimValue, Figure, ProbeContext, StudyResults, Table
+from bnbench.plugins.probes.common import CompareOptions, learned, probe_runs, take_batches
+from bnbench.stacking import StackedModules
 
 
 class MaxLrOptions(Options):
@@ -119,7 +119,7 @@ def train_steps_packed(
     margin: float = 0.1,
 ) -> list[dict[str, Any]]:
     """``train_steps`` for every learning rate at once, from copies of ``model``: one forward and
-    backward per step for all of them (``harness.stacking``), each copy stepped by its own
+    backward per step for all of them (``bnbench.stacking``), each copy stepped by its own
     ``torch.optim.SGD``. A copy that diverges stops updating at that step, as ``train_steps``
     stops; results in the order of ``learning_rates``."""
     copies = [copy.deepcopy(model) for _ in learning_rates]
@@ -211,7 +211,7 @@ def max_lr_analysis(study: StudyResults, options: MaxLrAnalysisOptions) -> Analy
 
     "Trains" is decided on learning (``max_learning_lr``: the loss fell below ln(classes) by the
     margin); "did not diverge" (``max_lr``) is shown beside it. Each seed's value is read off the
-    grid, so it carries the grid's bracket (``harness.intervals``: between the largest rate that
+    grid, so it carries the grid's bracket (``bnbench.intervals``: between the largest rate that
     passed and the next; open above at the grid's top; below the grid's first rate when none
     passed). Values: ``max_lr.<group>.<depth>`` (point: median over seeds, learning rule), and
     bracketed over seeds: ``depth_tolerance.<group>`` (the rate at the shallowest depth ÷ at the

@@ -36,10 +36,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import Options
-from harness.analysis import by_seed, fmt, group_runs, over_seeds, put
-from harness.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
-from plugins.probes.common import panel_grid, probe_runs
+from bnbench import Options
+from bnbench.analysis import by_seed, fmt, group_runs, over_seeds, put
+from bnbench.api import AnalysisResult, Estimate, Figure, ProbeContext, RunRecord, StudyResults, Table
+from bnbench.plugins.probes.common import panel_grid, probe_runs
 
 Init = Literal["gaussian", "kaiming_normal", "pytorch_default"]
 

@@ -7,10 +7,10 @@ Off unless a manifest names them (``[harness] trackers = ["tensorboard"]``) or `
 
 from __future__ import annotations
 
-from harness import hookimpl
-from harness.hookspecs import Register
-from plugins.trackers.mlflow import MlflowOptions, mlflow_tracker
-from plugins.trackers.tensorboard import TensorBoardOptions, tensorboard_tracker
+from bnbench import hookimpl
+from bnbench.hookspecs import Register
+from bnbench.plugins.trackers.mlflow import MlflowOptions, mlflow_tracker
+from bnbench.plugins.trackers.tensorboard import TensorBoardOptions, tensorboard_tracker
 
 
 @hookimpl

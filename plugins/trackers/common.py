@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from harness import BnbenchError, RunContext
-from harness.records import PlannedRun
+from bnbench import BnbenchError, RunContext
+from bnbench.records import PlannedRun
 
 
 def require(module: str, extra: str) -> Any:

@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import Options, RunContext, TrackerContext, hookimpl
-from harness.frames import flatten
-from harness.records import PlannedRun, RunResult
-from plugins.trackers.common import hyperparameters, require, run_name, start_epoch
+from bnbench import Options, RunContext, TrackerContext, hookimpl
+from bnbench.frames import flatten
+from bnbench.plugins.trackers.common import hyperparameters, require, run_name, start_epoch
+from bnbench.records import PlannedRun, RunResult
 
 BATCH = 100
 """Params per ``log_batch`` call (MLflow accepts at most 100)."""

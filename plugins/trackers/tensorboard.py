@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import Options, RunContext, TrackerContext, hookimpl
-from harness.records import PlannedRun, RunResult
-from plugins.trackers.common import hyperparameters, require, run_name, start_epoch
+from bnbench import Options, RunContext, TrackerContext, hookimpl
+from bnbench.plugins.trackers.common import hyperparameters, require, run_name, start_epoch
+from bnbench.records import PlannedRun, RunResult
 
 
 class TensorBoardOptions(Options):

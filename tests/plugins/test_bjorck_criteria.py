@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import DataInfo
-from harness.analysis import verdict
-from harness.api import Estimate, RunRecord, StudyResults
-from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
-from plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
-from plugins.probes.landscape import LandscapeAnalysisOptions, landscape_analysis
-from plugins.probes.max_lr import MaxLrAnalysisOptions, learned, train_steps
+from bnbench import DataInfo
+from bnbench.analysis import verdict
+from bnbench.api import Estimate, RunRecord, StudyResults
+from bnbench.plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
+from bnbench.plugins.models.resnet_cifar import ResNetCifar, ResNetOptions
+from bnbench.plugins.probes.landscape import LandscapeAnalysisOptions, landscape_analysis
+from bnbench.plugins.probes.max_lr import MaxLrAnalysisOptions, learned, train_steps
 
 
 def run(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from fake_datasets import write_mnist
 
-from harness.manifest import load_manifest
+from bnbench.manifest import load_manifest
 
 ROOT = Path(__file__).parents[2]
 
@@ -55,7 +55,7 @@ def test_cpu_profile_end_to_end_on_mnist_format_files(tmp_path):
     assert count == 1
     (tmp_path / "benchmarks.toml").write_text(text)
     run = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "benchmarks.toml", "--profile", "cpu", "--study", "mlp_mnist"],
+        [sys.executable, "-m", "bnbench", "run", "benchmarks.toml", "--profile", "cpu", "--study", "mlp_mnist"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

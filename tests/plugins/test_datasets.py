@@ -21,12 +21,12 @@ from fake_datasets import (
 )
 from pydantic import ValidationError
 
-from harness import BuildContext, DataBundle, DatasetError, DatasetNotFoundError
-from plugins.datasets import bnbench_register_datasets
-from plugins.datasets.augment import cifar_augment, random_crop, random_flip
-from plugins.datasets.cifar10 import Cifar10Options, load_cifar10, prepare_cifar10
-from plugins.datasets.mnist import MnistOptions, load_mnist, prepare_mnist
-from plugins.datasets.synthetic import SyntheticOptions, make_synthetic
+from bnbench import BuildContext, DataBundle, DatasetError, DatasetNotFoundError
+from bnbench.plugins.datasets import bnbench_register_datasets
+from bnbench.plugins.datasets.augment import cifar_augment, random_crop, random_flip
+from bnbench.plugins.datasets.cifar10 import Cifar10Options, load_cifar10, prepare_cifar10
+from bnbench.plugins.datasets.mnist import MnistOptions, load_mnist, prepare_mnist
+from bnbench.plugins.datasets.synthetic import SyntheticOptions, make_synthetic
 
 CIFAR_FILES = [*CIFAR_TRAIN_BATCHES, "test_batch", "batches.meta"]
 MNIST_NAMES = [name for pair in MNIST_FILES.values() for name in pair]
@@ -507,9 +507,9 @@ def test_cifar_augment_keeps_shape_and_is_seeded():
 def test_with_its_defaults_synthetic_separates_normalizers(write_manifest):
     # a comparison on the default synthetic data must be able to say something: with the default
     # MLP, one epoch, batch norm beats no normalization by far (measured: 87 % against 12 %)
-    from harness.manifest import load_manifest
-    from harness.store import Store
-    from harness.sweep import run_manifest
+    from bnbench.manifest import load_manifest
+    from bnbench.store import Store
+    from bnbench.sweep import run_manifest
 
     text = """
     [harness]
@@ -536,8 +536,8 @@ def test_with_its_defaults_synthetic_separates_normalizers(write_manifest):
 
 
 def test_descriptions_read_the_training_size_from_the_files_on_disk(mnist: Written, cifar: Written, tmp_path: Path):
-    from plugins.datasets.cifar10 import describe_cifar10
-    from plugins.datasets.mnist import describe_mnist
+    from bnbench.plugins.datasets.cifar10 import describe_cifar10
+    from bnbench.plugins.datasets.mnist import describe_mnist
 
     context = BuildContext(base_dir=tmp_path)
     assert describe_mnist(MnistOptions(root=str(mnist.root)), context).train_size == 5  # the IDX header
@@ -548,10 +548,10 @@ def test_descriptions_read_the_training_size_from_the_files_on_disk(mnist: Writt
 
 
 def test_plan_refuses_a_validation_split_larger_than_the_files_on_disk(mnist: Written, tmp_path: Path):
-    from harness.assembly import check_runs
-    from harness.errors import ManifestError
-    from harness.manifest import load_manifest
-    from harness.registry import load_registry
+    from bnbench.assembly import check_runs
+    from bnbench.errors import ManifestError
+    from bnbench.manifest import load_manifest
+    from bnbench.registry import load_registry
 
     path = tmp_path / "m.toml"
     path.write_text(

@@ -12,14 +12,14 @@ from conftest import run_until_stopped
 from pydantic import ValidationError
 from test_datasets import write_fake_cifar, write_fake_mnist
 
-from harness import BuildContext, DataBundle, DatasetNotFoundError, hookimpl
-from harness.checkpoint import Checkpoints
-from harness.data import DeviceData, StreamData, StreamImages
-from harness.manifest import load_manifest
-from harness.runner import Runner
-from plugins.datasets.cifar10 import Cifar10Options, load_cifar10
-from plugins.datasets.common import TorchvisionSource
-from plugins.datasets.mnist import MnistOptions, load_mnist
+from bnbench import BuildContext, DataBundle, DatasetNotFoundError, hookimpl
+from bnbench.checkpoint import Checkpoints
+from bnbench.data import DeviceData, StreamData, StreamImages
+from bnbench.manifest import load_manifest
+from bnbench.plugins.datasets.cifar10 import Cifar10Options, load_cifar10
+from bnbench.plugins.datasets.common import TorchvisionSource
+from bnbench.plugins.datasets.mnist import MnistOptions, load_mnist
+from bnbench.runner import Runner
 
 CPU = torch.device("cpu")
 

@@ -9,10 +9,9 @@ import torch
 from conftest import tiny_manifest
 from torch import nn
 
-from harness import NormSite
-from harness.manifest import load_manifest
-from harness.runner import Runner
-from plugins.metrics.geometry import (
+from bnbench import NormSite
+from bnbench.manifest import load_manifest
+from bnbench.plugins.metrics.geometry import (
     capture,
     folded_quantities,
     folded_weights,
@@ -23,6 +22,7 @@ from plugins.metrics.geometry import (
     preserved,
     summarize,
 )
+from bnbench.runner import Runner
 
 
 def bn_layer(weight: list[list[float]], gamma: list[float], eps: float = 1e-5) -> nn.Sequential:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.probes.jacobian import _slope, input_output_jacobian, spectrum
+from bnbench.plugins.probes.jacobian import _slope, input_output_jacobian, spectrum
 
 
 def test_the_jacobian_of_a_linear_net_is_the_product_of_its_weights():

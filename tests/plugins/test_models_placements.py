@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness import DataInfo, NormSite, find_sites
-from harness.runner import Runner
-from harness.spec import Component, RunSpec
+from bnbench import DataInfo, NormSite, find_sites
+from bnbench.runner import Runner
+from bnbench.spec import Component, RunSpec
 
 CIFAR = DataInfo((3, 32, 32), 10)
 MNIST = DataInfo((1, 28, 28), 10)

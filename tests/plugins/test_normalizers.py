@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from harness import DataInfo, NormSite, find_sites, hookimpl
-from harness.api import NormalizerTraits, resolve_traits
-from harness.registry import load_registry
-from harness.runner import Runner
-from harness.spec import Component, RunSpec
-from harness.stacking import StackedModules
-from harness.testing import check_normalizer
-from plugins.normalizers.batchrenorm import BatchRenormOptions, batchrenorm
-from plugins.normalizers.groupnorm import effective_groups
-from plugins.normalizers.weight_standardization import WeightStandardization
+from bnbench import DataInfo, NormSite, find_sites, hookimpl
+from bnbench.api import NormalizerTraits, resolve_traits
+from bnbench.plugins.normalizers.batchrenorm import BatchRenormOptions, batchrenorm
+from bnbench.plugins.normalizers.groupnorm import effective_groups
+from bnbench.plugins.normalizers.weight_standardization import WeightStandardization
+from bnbench.registry import load_registry
+from bnbench.runner import Runner
+from bnbench.spec import Component, RunSpec
+from bnbench.stacking import StackedModules
+from bnbench.testing import check_normalizer
 
 BUILT_IN = [
     "batchnorm",
@@ -375,7 +375,7 @@ def test_attach_binds_the_source_only_when_the_site_has_one():
 
 
 def test_traits_are_validated_at_registration_and_resolution():
-    from harness.errors import PluginError
+    from bnbench.errors import PluginError
 
     class BadTraits:
         @hookimpl

@@ -17,21 +17,26 @@ import torch.nn.functional as F
 from test_probes import Constant, Doubling, context_for, record, study
 from torch import nn
 
-from harness import find_sites
-from harness.analysis import paired_difference, paired_ratio
-from harness.api import DataInfo, Estimate
-from plugins.models.resnet_cifar import ResNetOptions, build_resnet
-from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
-from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
-from plugins.probes.common import CompareOptions
-from plugins.probes.gradients import (
+from bnbench import find_sites
+from bnbench.analysis import paired_difference, paired_ratio
+from bnbench.api import DataInfo, Estimate
+from bnbench.plugins.models.resnet_cifar import ResNetOptions, build_resnet
+from bnbench.plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
+from bnbench.plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
+from bnbench.plugins.probes.common import CompareOptions
+from bnbench.plugins.probes.gradients import (
     GradientOptions,
     contribution_sums,
     gradient_analysis,
     gradient_stats,
     grouped_sum_ratio,
 )
-from plugins.probes.random_matrix import NON_GAUSSIAN, RandomMatrixOptions, random_matrix, random_matrix_analysis
+from bnbench.plugins.probes.random_matrix import (
+    NON_GAUSSIAN,
+    RandomMatrixOptions,
+    random_matrix,
+    random_matrix_analysis,
+)
 
 
 def resnet(normalized: bool, depth: int = 20, size: int = 8) -> Callable[[], nn.Module]:

@@ -12,24 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import NormSite
-from harness.analysis import group_label
-from harness.api import AnalysisResult, DataBundle, ProbeContext, RunRecord, StudyResults
-from harness.data import DeviceData
-from harness.report import Report, StudyRuns
-from harness.spec import ClaimSpec, Component, RunSpec
-from plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
-from plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
-from plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
-from plugins.probes.common import CompareOptions
-from plugins.probes.gradients import (
+from bnbench import NormSite
+from bnbench.analysis import group_label
+from bnbench.api import AnalysisResult, DataBundle, ProbeContext, RunRecord, StudyResults
+from bnbench.data import DeviceData
+from bnbench.plugins.analyses.lr_sweep import LrSweepOptions, PlacementShareOptions, lr_sweep, placement_share
+from bnbench.plugins.probes.activations import ActivationOptions, activation_depth, activation_stats
+from bnbench.plugins.probes.class_bias import ClassBiasOptions, class_bias, class_bias_analysis, gradient_cosine
+from bnbench.plugins.probes.common import CompareOptions
+from bnbench.plugins.probes.gradients import (
     GradientOptions,
     gradient_analysis,
     gradient_stats,
     per_example_gradients,
     sum_ratio,
 )
-from plugins.probes.landscape import (
+from bnbench.plugins.probes.landscape import (
     LandscapeAnalysisOptions,
     LandscapeOptions,
     landscape_analysis,
@@ -37,13 +35,15 @@ from plugins.probes.landscape import (
     loss_landscape,
     relative_losses,
 )
-from plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
-from plugins.probes.random_matrix import (
+from bnbench.plugins.probes.max_lr import MaxLrAnalysisOptions, MaxLrOptions, max_lr, max_lr_analysis
+from bnbench.plugins.probes.random_matrix import (
     RandomMatrixOptions,
     lyapunov_exponents,
     random_matrix,
     random_matrix_analysis,
 )
+from bnbench.report import Report, StudyRuns
+from bnbench.spec import ClaimSpec, Component, RunSpec
 
 matplotlib.use("Agg")
 
@@ -561,7 +561,7 @@ def test_probes_and_analyses_register_through_the_entry_point_with_documentation
         for name in names:
             entry = registry.get(kind, name)
             assert entry.plugin.package == "bnbench" and entry.factory.__module__.startswith(
-                ("plugins.probes", "plugins.analyses")
+                ("bnbench.plugins.probes", "bnbench.plugins.analyses")
             )
             assert any(cite in entry.factory.__doc__ for cite in ("Fig.", "Figs.", "RQ")), (kind, name)
             undocumented = [f for f, info in entry.options.model_fields.items() if not info.description]

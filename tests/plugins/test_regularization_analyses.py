@@ -10,9 +10,9 @@ from collections.abc import Callable
 import matplotlib
 import pytest
 
-from harness.analysis import interval, verdict
-from harness.api import RunRecord, StudyResults
-from plugins.analyses.regularization import (
+from bnbench.analysis import interval, verdict
+from bnbench.api import RunRecord, StudyResults
+from bnbench.plugins.analyses.regularization import (
     ImpliedRegularizationOptions,
     TrajectoryOptions,
     TunedL2Options,
@@ -368,10 +368,10 @@ at_least = 0
 
 
 def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_manifest, registry, tmp_path):
-    from harness.manifest import load_manifest
-    from harness.report import from_manifest
-    from harness.store import Store
-    from harness.sweep import run_manifest
+    from bnbench.manifest import load_manifest
+    from bnbench.report import from_manifest
+    from bnbench.store import Store
+    from bnbench.sweep import run_manifest
 
     manifest = load_manifest(write_manifest(STUDY), registry=registry)
     assert run_manifest(manifest).statuses == {"done": 8}
@@ -395,7 +395,7 @@ def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_man
 def test_the_bundled_manifest_holds_the_regularization_study(registry):
     from pathlib import Path
 
-    from harness.manifest import load_manifest
+    from bnbench.manifest import load_manifest
 
     path = Path(__file__).parents[2] / "benchmarks.toml"
     studies = {s.name: s for s in load_manifest(path, registry=registry).studies}

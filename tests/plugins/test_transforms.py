@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import tiny_manifest
 
-from harness import hookimpl
-from harness.checkpoint import Checkpoints
-from harness.inputs import InputPipeline
-from harness.manifest import load_manifest
-from harness.runner import Runner
-from harness.training import RunInterrupted
-from plugins.transforms import GaussianNoiseOptions, gaussian_noise
+from bnbench import hookimpl
+from bnbench.checkpoint import Checkpoints
+from bnbench.executors import RunInterrupted
+from bnbench.inputs import InputPipeline
+from bnbench.manifest import load_manifest
+from bnbench.plugins.transforms import GaussianNoiseOptions, gaussian_noise
+from bnbench.runner import Runner
 
 NOISY = 'input_transform = {{ name = "gaussian_noise", std = {std}, apply_to = "{apply_to}" }}\n'
 

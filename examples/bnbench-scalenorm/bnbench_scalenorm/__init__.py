@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness import NormalizerTraits, Options, SiteKind, hookimpl
-from harness.hookspecs import Register
+from bnbench import NormalizerTraits, Options, SiteKind, hookimpl
+from bnbench.hookspecs import Register
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,6 @@ def scalenorm(num_features: int, kind: SiteKind, options: ScaleNormOptions) -> n
 
 @hookimpl
 def bnbench_register_normalizers(register: Register) -> None:
-    # traits: what the contract kit (harness.testing) checks and the core relies on. ScaleNorm
+    # traits: what the contract kit (bnbench.testing) checks and the core relies on. ScaleNorm
     # works per example, keeps no running statistics, and supports both site kinds.
     register("scalenorm", scalenorm, options=ScaleNormOptions, traits=NormalizerTraits())

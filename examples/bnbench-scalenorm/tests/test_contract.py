@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.testing import normalizer_checks
+from bnbench.testing import normalizer_checks
 
 SMALL_MODELS = {"resnet_cifar": {"depth": 8}, "mlp": {"widths": [32, 16]}}
 
