@@ -98,3 +98,26 @@ def signal_midway(process: subprocess.Popen, checkpoints: Path, signum: int = si
     assert process.returncode == 130, err
     assert "run the same command again to resume" in err and "Traceback" not in err
     return err
+
+
+STARTS_A_PROCESS = ("subprocess.", "Popen", "bnbench(", "bnbench_process(", "run_cli(")
+"""Source text of a test (or of a fixture it uses) that starts a process: such tests are ``slow``."""
+PROCESS_FIXTURES = {"reference", "finished"}
+"""Fixtures that run a bnbench process before the test."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that starts a process (a bnbench command, a pip install, a worker)
+    besides those marked by hand: ``pytest -m "not slow"`` is then the quick in-process loop."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or item.get_closest_marker("slow"):
+            continue
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):
+            continue
+        if any(text in source for text in STARTS_A_PROCESS) or PROCESS_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

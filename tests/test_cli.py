@@ -83,6 +83,7 @@ def section(report: str, study: str) -> str:
     return report[start : end if end >= 0 else len(report)]
 
 
+@pytest.mark.slow
 def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     manifest = tmp_path / "benchmarks.toml"
     shutil.copy(ROOT / "benchmarks.toml", manifest)
@@ -202,6 +203,7 @@ def numbers(value: object) -> int:
         ("not [valid toml", "invalid TOML"),
     ],
 )
+@pytest.mark.slow
 def test_bad_manifest_exits_2_without_traceback(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -213,6 +215,7 @@ def test_bad_manifest_exits_2_without_traceback(tmp_path, text, message):
     assert not (tmp_path / "results.sqlite").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_executor_from_the_command_line_overrides_the_manifest(tmp_path):
     path = tmp_path / "m.toml"
     path.write_text(tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nperformance = { threads = 1 }'))
@@ -228,6 +231,7 @@ def test_executor_from_the_command_line_overrides_the_manifest(tmp_path):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_report_before_any_run_says_what_to_do(tmp_path):
     path = tmp_path / "m.toml"
     path.write_text(tiny_manifest())
@@ -235,6 +239,7 @@ def test_report_before_any_run_says_what_to_do(tmp_path):
     assert result.returncode == 1 and "run `bnbench run" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_dataset_files_stop_the_sweep_before_training_with_one_message(tmp_path):
     path = tmp_path / "m.toml"
     text = tiny_manifest(placement='"none"')
@@ -248,6 +253,7 @@ def test_missing_dataset_files_stop_the_sweep_before_training_with_one_message(t
     assert not (tmp_path / "results.sqlite").exists()  # nothing recorded: the fix is to place the files
 
 
+@pytest.mark.slow
 def test_version_and_entry_point():
     result = bnbench("--version")
     assert result.returncode == 0 and result.stdout.startswith("bnbench ")

@@ -19,6 +19,8 @@ COUNTER_PLUGIN = """
 import os
 from bnbench import hookimpl
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
+
 @hookimpl
 def bnbench_run_start(run):
     with open(os.path.join(os.path.dirname(__file__), "starts.log"), "a") as log:

@@ -26,6 +26,8 @@ from bnbench.manifest import load_manifest
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
+
 CRASHING = ('model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]')
 """Adds a model that raises while being built: half the runs of the sweep fail."""
 

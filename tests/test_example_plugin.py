@@ -15,6 +15,8 @@ import pytest
 from bnbench.errors import ManifestError
 from bnbench.manifest import load_manifest
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
+
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "bnbench-scalenorm"
 

@@ -30,6 +30,7 @@ def results(manifest) -> dict[str, tuple[str, list]]:
         return {i: (r.status, r.epochs) for i, r in store.load(r.run_id for r in manifest.runs()).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start_method", ["auto", "forkserver"])
 def test_pool_results_equal_local_results(write_manifest, start_method):
     local = load_manifest(write_manifest(manifest_text('"local"', "local.sqlite"), "local.toml"))
@@ -63,6 +64,7 @@ def test_unknown_executor_and_bad_options_are_manifest_errors(write_manifest):
         load_manifest(write_manifest(manifest_text('{ name = "pool", workers = 0 }', "r.sqlite")), registry=registry)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_manifest, tmp_path):
     import os
     import signal
@@ -108,13 +110,19 @@ class WaitingExecutor:
 
         from bnbench.executors import Outcome, failed_result
 
+        def updated_at(run_id: str) -> float:
+            with sqlite3.connect(context.worker.checkpoint_dir.with_suffix("")) as db:
+                return db.execute("SELECT updated_at FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+
         for planned in runs:
-            for _ in range(3):
-                time.sleep(0.15)
-                context.keep_alive()
-                with sqlite3.connect(context.worker.checkpoint_dir.with_suffix("")) as db:
-                    (updated,) = db.execute("SELECT updated_at FROM runs WHERE id = ?", (planned.run_id,)).fetchone()
-                self.seen.append(updated)
+            last = updated_at(planned.run_id)
+            for _ in range(3):  # waits on the store, not on a clock: fails only if keep_alive never refreshes
+                deadline = time.monotonic() + 120
+                while updated_at(planned.run_id) == last and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    context.keep_alive()
+                last = updated_at(planned.run_id)
+                self.seen.append(last)
             yield Outcome(planned, failed_result(planned, "waited only"))
 
 

@@ -260,6 +260,7 @@ def test_a_check_that_ran_in_part_passes_with_a_note(registry):
     assert {r.status for r in group} == {"passed"} and not any(r.detail for r in group)  # ran in full
 
 
+@pytest.mark.slow
 def test_outside_pytest_a_skipped_check_is_a_warning_not_a_silent_pass():
     code = (
         "import warnings\n"

@@ -16,6 +16,8 @@ from test_reliability import SLOW_PLUGIN, wait_for
 from bnbench.manifest import load_manifest
 from bnbench.sweep import run_manifest
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
+
 
 def descendants(pid: int) -> set[int]:
     """The live processes below ``pid`` (from /proc)."""

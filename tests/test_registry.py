@@ -79,6 +79,7 @@ def test_builtins_register_every_kind_through_entry_points(registry):
     assert entry.description.startswith("Batch normalization")
 
 
+@pytest.mark.slow
 def test_core_never_imports_a_concrete_plugin():
     import subprocess
 

@@ -100,6 +100,7 @@ def test_stop_midway_checkpoints_and_resume_is_bitwise_identical(write_manifest,
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_gives_the_uninterrupted_results(write_manifest, reference):
     ids, expected = reference
     path = write_manifest(with_slow_plugin(deterministic_manifest()))
@@ -121,13 +122,14 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_results(write_manifes
     assert not any(checkpoints.glob("*/*"))  # checkpoints of recorded runs are removed
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_cleanly_and_resumes(write_manifest, reference):
     ids, expected = reference
     path = write_manifest(with_slow_plugin(deterministic_manifest()))
     store_path = path.parent / "results.sqlite"
+    checkpoints = checkpoint_directory(store_path)
     process = bnbench_process(path, sleep=0.05)
-    wait_for(lambda: store_path.is_file() and "running" in str(_statuses(store_path)))
-    time.sleep(0.3)
+    wait_for(lambda: any(checkpoints.glob("*/step-*.pt")))  # a run midway, past its first checkpoint
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -141,6 +143,10 @@ def test_sigterm_checkpoints_exits_cleanly_and_resumes(write_manifest, reference
     assert results_of(store_path, ids) == expected
 
 
+def _done(path: Path) -> int:
+    return sum(1 for status in _statuses(path).values() if status == "done")
+
+
 def _statuses(path: Path) -> dict[str, str]:
     try:
         with sqlite3.connect(path, timeout=5) as db:
@@ -149,19 +155,37 @@ def _statuses(path: Path) -> dict[str, str]:
         return {}
 
 
-def test_sigkill_at_random_times_never_loses_or_corrupts(write_manifest, reference):
-    ids, expected = reference
-    path = write_manifest(with_slow_plugin(deterministic_manifest()))
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_loses_or_corrupts(write_manifest, registry):
+    seeds = "[0, 1, 2, 3, 4, 5]"  # more runs than kills, so every kill lands inside the sweep
+    reference_path = write_manifest(deterministic_manifest("reference.sqlite", seeds=seeds), "reference.toml")
+    run = subprocess.run(
+        [sys.executable, "-m", "bnbench", "run", str(reference_path), "--no-report"], capture_output=True
+    )
+    assert run.returncode == 0, run.stderr
+    ids = [r.run_id for r in load_manifest(reference_path, registry=registry).runs()]
+    expected = results_of(reference_path.parent / "reference.sqlite", ids)
+    path = write_manifest(with_slow_plugin(deterministic_manifest(seeds=seeds)))
     store_path = path.parent / "results.sqlite"
+    checkpoints = checkpoint_directory(store_path)
     rng = random.Random(1234)
-    trials = 5
-    for _ in range(trials):
+    moments = {  # each trial kills at an event of the sweep, never at a time that might precede them all
+        "a run claimed": lambda before: "running" in _statuses(store_path).values(),
+        "a new checkpoint": lambda before: set(checkpoints.glob("*/step-*.pt")) - before["checkpoints"],
+        "one more result": lambda before: _done(store_path) > before["done"],
+    }
+    killed_at = []
+    for _ in range(5):
+        before = {"checkpoints": set(checkpoints.glob("*/step-*.pt")), "done": _done(store_path)}
+        moment = rng.choice(sorted(moments))
         process = bnbench_process(path, sleep=0.01)
-        time.sleep(rng.uniform(0.5, 3.5))
+        wait_for(lambda m=moment, b=before, p=process: moments[m](b) or p.poll() is not None)
         process.kill()
         process.wait()
+        killed_at.append(moment)
         if store_path.is_file():
             assert_store_consistent(store_path)
+    assert process.returncode == -signal.SIGKILL, "the sweep finished before the last kill: give it more runs"
     final = subprocess.run(
         [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], capture_output=True, text=True
     )
@@ -249,6 +273,7 @@ def test_nan_weights_are_divergence_even_if_the_loss_looked_finite(write_manifes
     assert result.status == "diverged" and result.diverged_step == 8 and "a parameter" in result.error
 
 
+@pytest.mark.slow
 def test_large_sweeps_need_confirmation(write_manifest):
     text = tiny_manifest(seeds="[0, 1, 2]").replace('device = "cpu"', 'device = "cpu"\nmax_runs = 4')
     path = write_manifest(text)

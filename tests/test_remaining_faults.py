@@ -40,6 +40,7 @@ def finished(write_manifest, registry) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_copy_of_the_store_file_alone_holds_the_results_of_a_killed_sweep(write_manifest, tmp_path):
     path = write_manifest(with_plugins(tiny_manifest(seeds="[0, 1]"), str(KILL_PLUGIN)))
     markers = tmp_path / "markers"
@@ -132,6 +133,7 @@ def test_a_sweep_called_as_a_library_leaves_the_host_signal_handlers_alone(write
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_a_rerun_killed_midway_keeps_every_old_result(write_manifest, registry, tmp_path):
     path = write_manifest(with_plugins(tiny_manifest(seeds="[0, 1]"), str(KILL_PLUGIN)))
     assert run_manifest(load_manifest(path, registry=load_registry([str(KILL_PLUGIN)]))).statuses == {"done": 4}
@@ -172,6 +174,7 @@ def test_no_user_supplied_string_reaches_the_terminal_raw(write_manifest, tmp_pa
     assert "\x1b" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_deep_input_is_a_clear_error_not_a_recursion(write_manifest, tmp_path):
     # 5,000 levels: five times Python's recursion limit (tomllib takes 51 s to parse 50,000, 0.3 s for 5,000)
     deep = write_manifest(tiny_manifest() + "\n[x]\n" + "a." * 5_000 + "b = 1\n", name="deep.toml")

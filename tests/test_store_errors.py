@@ -24,6 +24,7 @@ def finished(write_manifest, registry, tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_plan_and_report_read_a_read_only_store_without_writing(finished, tmp_path):
     store = tmp_path / "results.sqlite"
     before = store.read_bytes()
@@ -39,6 +40,7 @@ def test_plan_and_report_read_a_read_only_store_without_writing(finished, tmp_pa
     assert store.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_plan_leaves_an_empty_file_empty(write_manifest, tmp_path):
     path = write_manifest(tiny_manifest())
     (tmp_path / "results.sqlite").write_bytes(b"")

@@ -96,6 +96,7 @@ def test_mlflow_holds_params_metrics_status_and_the_run_id(write_manifest, tmp_p
         assert all(close(curves[m], expected[run_id][m]) for m in CURVES)
 
 
+@pytest.mark.slow
 def test_track_names_a_tracker_from_the_command_line_and_an_unknown_one_is_one_line(write_manifest, tmp_path):
     path = write_manifest(tiny_manifest(placement='"none"'))
     unknown = subprocess.run(
@@ -106,6 +107,7 @@ def test_track_names_a_tracker_from_the_command_line_and_an_unknown_one_is_one_l
     assert not (tmp_path / "results.sqlite").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
 def test_a_run_killed_midway_and_resumed_continues_its_curves_without_repeating_an_epoch(
     write_manifest, tmp_path, tracker

@@ -21,6 +21,8 @@ from bnbench.manifest import load_manifest
 from bnbench.store import Store
 from bnbench.sweep import checkpoint_directory, run_manifest
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
+
 KILL_PLUGIN = Path(__file__).parent / "kill_plugin.py"
 KILL_AT_STEP = 6
 """Mid-epoch 2 of the tiny study (4 steps per epoch, a checkpoint at each epoch's end)."""

@@ -219,6 +219,7 @@ def sgd_losses(options: dict[str, Any], lr: float, steps: int, batch: int = 32) 
     return losses
 
 
+@pytest.mark.slow
 def test_the_bundled_unnormalized_resnet110_trains_at_1e4():
     options = bundled_resnet_options()
     assert options["depth"] == 110

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fake_datasets import write_mnist
 
 from bnbench.manifest import load_manifest
+
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
 
 ROOT = Path(__file__).parents[2]
 
