@@ -45,7 +45,7 @@ from test_reliability import (
     with_slow_plugin,
 )
 
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 
 FAULTS = ("kill", "rerun", "wal", "read-only")
 SEEDS = "[0, 1, 2]"
@@ -256,7 +256,7 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        ids = [r.run_id for r in load_manifest(reference_path).runs()]
+        ids = [r.run_id for r in open_session(reference_path).manifest.runs()]
         expected = results_of(folder / "reference.sqlite", ids)
         sweep = folder / "sweep"
         sweep.mkdir()

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bnbench.api import EpochContext, EvalResult, RunContext
 from bnbench.evaluation import evaluate_split
 from bnbench.inputs import InputPipeline
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
 from bnbench.runner import Runner
+from bnbench.session import open_session
 
 METRICS = ("weight_geometry", "implied_regularization", "robustness")
 DATASETS = {
@@ -87,7 +87,7 @@ def measure(runner: Runner, path: Path, repeats: int) -> tuple[list[float], dict
     """The time of every training step of one epoch, and of each metric at the epoch's end in
     each of ``repeats`` alternating rounds (after one untimed warm-up round)."""
     registry = runner.registry
-    (planned,) = load_manifest(path, registry=registry).runs()
+    (planned,) = open_session(path, registry=registry).manifest.runs()
     spec, device = planned.spec, runner.device
     data = runner.data.get(spec.dataset, device, spec.validation_size)
     model, _ = runner.build_model(spec, data.bundle.info)

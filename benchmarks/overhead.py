@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from sides import add_arguments, alternate, table
 
-from bnbench.manifest import load_manifest
 from bnbench.progress import Progress
 from bnbench.registry import load_registry
 from bnbench.runner import Runner
+from bnbench.session import open_session
 from bnbench.sweep import run_manifest
 
 MODELS = {
@@ -107,7 +107,7 @@ def main() -> int:
                 batch=batch,
             )
         )
-        manifest = load_manifest(path)
+        manifest = open_session(path).manifest
         planned = manifest.runs()[0]
         runner = Runner(load_registry(), base_dir=manifest.base_dir, device="cpu")
         data = runner.data.get(planned.spec.dataset, runner.device)

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from sides import add_arguments, alternate, table
 
-from bnbench.manifest import load_manifest
 from bnbench.progress import Progress
+from bnbench.session import open_session
 from bnbench.spec import Component
 from bnbench.sweep import run_manifest
 
@@ -41,7 +41,7 @@ def runs_per_second(executor: Component, threads: int, pack: int, counts: set[in
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "benchmarks.toml"
         path.write_text(re.sub(r"(?m)^pack = \d+", f"pack = {pack}", (ROOT / "benchmarks.toml").read_text()))
-        manifest = load_manifest(path, "smoke", studies=["mlp_mnist"])
+        manifest = open_session(path, "smoke", studies=["mlp_mnist"]).manifest
         manifest.executor = executor
         performance = manifest.settings.performance.model_copy(update={"threads": threads})
         manifest.settings = manifest.settings.model_copy(update={"performance": performance})

@@ -33,11 +33,12 @@ from sides import add_arguments, alternate, table
 from tabulate import tabulate
 
 from bnbench.assembly import resolve_device
-from bnbench.manifest import Manifest, load_manifest
+from bnbench.manifest import Manifest
 from bnbench.performance import Performance
 from bnbench.progress import Progress
 from bnbench.registry import load_registry
 from bnbench.runner import Runner
+from bnbench.session import open_session
 from bnbench.sweep import run_manifest
 
 CIFAR10_EPOCH_IMAGES = 390 * 128
@@ -92,7 +93,7 @@ def main() -> int:
                 torch.cuda.synchronize()
             return images / (time.perf_counter() - start)
 
-        baseline = load_manifest(manifest_with("{}", "plain"))
+        baseline = open_session(manifest_with("{}", "plain")).manifest
         planned = baseline.runs()[0]
         runner = Runner(load_registry(), base_dir=baseline.base_dir, device=device.type)
         data = runner.data.get(planned.spec.dataset, runner.device)
@@ -121,7 +122,7 @@ def main() -> int:
         for index, (name, performance) in enumerate(CONFIGURATIONS.items()):
             if args.only and name not in args.only:
                 continue
-            manifest = load_manifest(manifest_with(performance, f"c{index}"))
+            manifest = open_session(manifest_with(performance, f"c{index}")).manifest
             notices[name] = "; ".join(Performance.resolve(manifest.settings.performance, device).notices)
             sides[name] = harness(manifest, name)
         values = alternate(sides, args.repeats)  # one untimed warm-up round first

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_reliability import SLOW_PLUGIN, bnbench_process, deterministic_manifest, results_of
 
 from bnbench.checkpoint import Checkpoints
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 
 COUNTER = """
 import os
@@ -110,7 +110,7 @@ def main() -> int:
         reference = manifest(folder, "reference", '"local"', [])
         subprocess.run([sys.executable, "-m", "bnbench", "run", str(reference), "--no-report"], check=True,
                        capture_output=True)  # fmt: skip
-        ids = [r.run_id for r in load_manifest(reference).runs()]
+        ids = [r.run_id for r in open_session(reference).manifest.runs()]
         expected = results_of(folder / "reference.sqlite", ids)
         for trial in range(args.trials):
             problems += kill_trial(folder, executor, args.kills, rng, expected, trial)

@@ -5,18 +5,13 @@ and the contract kit assemble models through these functions, so the kit tests w
 from __future__ import annotations
 
 import inspect
-import json
-import os
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bnbench.api import BuildContext, DataInfo, DatasetDescription, NormSite, SiteInfo, find_sites, resolve_traits
-from bnbench.errors import BnbenchError, ManifestError
-from bnbench.records import PlannedRun
+from bnbench.api import DataInfo, NormSite, SiteInfo, find_sites, resolve_traits
+from bnbench.errors import BnbenchError
 from bnbench.registry import Registry
 from bnbench.spec import RunSpec
 
@@ -111,126 +106,3 @@ def _attach(registry: Registry, spec: RunSpec, sites: list[tuple[SiteInfo, NormS
                 f"normalizer plugin {spec.normalizer.name!r} returned {type(module).__name__}, not a torch.nn.Module"
             )
         site.attach(module, includes_activation=traits.includes_activation)
-
-
-def describe_dataset(entry: Any, options: dict[str, Any], base_dir: Path) -> DatasetDescription | None:
-    """A dataset's description (``describe=``): given the build context too when it takes two
-    arguments, so it can read sizes from the files on disk."""
-    describe = entry.extras.get("describe")
-    if describe is None:
-        return None
-    validated = entry.options.model_validate(options)
-    if len(inspect.signature(describe).parameters) >= 2:
-        return describe(validated, BuildContext(base_dir))
-    return describe(validated)
-
-
-def check_runs(
-    runs: Iterable[PlannedRun], registry: Registry, file: str, memory: tuple[int, str] | None = None
-) -> None:
-    """What can be checked before anything trains, from the datasets' descriptions (``describe=``):
-    ``validation_size`` and ``batch_size`` against the training set, each normalizer against the
-    sites its model and placement select (the refusal a run would meet), and, given ``memory``
-    (``memory_limit``), the model's size against it, as ``ManifestError``s naming the study and
-    field. Models are built on the ``meta`` device: a check allocates nothing. Runs on a dataset
-    without a description are checked when it loads."""
-    described: dict[str, DatasetDescription | None] = {}
-    pairings: set[str] = set()
-    for planned in runs:
-        spec = planned.spec
-        if spec.dataset is None:
-            continue
-        key = json.dumps(spec.dataset.model_dump(mode="json"), sort_keys=True)
-        if key not in described:
-            entry = registry.get("dataset", spec.dataset.name)
-            described[key] = describe_dataset(entry, spec.dataset.all_options, Path(file).parent)
-        facts = described[key]
-        if facts is None:
-            continue
-        where = {"file": file, "study": planned.study}
-        held_out = spec.validation_size or 0
-        if spec.validation_size is not None and not 0 < held_out < facts.train_size:
-            raise ManifestError(
-                f"validation_size {held_out} must be below the {facts.train_size} training examples of dataset "
-                f"{spec.dataset.name!r}",
-                field="validation_size",
-                **where,
-            )
-        if not spec.is_probe and spec.batch_size > facts.train_size - held_out:
-            raise ManifestError(
-                f"batch_size {spec.batch_size} is larger than the {facts.train_size - held_out} training examples "
-                f"of dataset {spec.dataset.name!r}" + (f" left after validation_size {held_out}" if held_out else ""),
-                field="batch_size",
-                **where,
-            )
-        if spec.model is None:
-            continue
-        parts = [p.model_dump(mode="json") for p in (spec.model, spec.normalizer, spec.placement) if p is not None]
-        pairing = json.dumps([*parts, list(facts.info.input_shape), facts.info.num_classes, planned.pack])
-        if pairing in pairings:
-            continue
-        pairings.add(pairing)
-        model = _shape_model(registry, spec, facts.info, where)
-        if spec.placement is not None and spec.normalizer is not None:
-            try:
-                choose_sites(registry, spec, [info for info, _ in find_sites(model)])
-            except ValueError as exc:
-                raise ManifestError(str(exc), field="normalizer", **where) from None
-        if memory is not None:
-            _check_memory(model, planned, memory, where)
-
-
-def _shape_model(registry: Registry, spec: RunSpec, data: DataInfo, where: dict[str, str]) -> nn.Module:
-    """The bare model built on PyTorch's ``meta`` device: its modules and shapes, no memory. A
-    size whose storage overflows is a ``ManifestError`` naming the model; a model whose factory
-    cannot build on ``meta`` (it reads values) is built for real, as a run would."""
-    assert spec.model is not None
-    try:
-        with torch.device("meta"):
-            return build_bare_model(registry, spec, data)
-    except ValueError as exc:
-        raise ManifestError(str(exc), field="model", **where) from None
-    except RuntimeError as exc:
-        if "overflow" in str(exc).lower():
-            raise ManifestError(
-                f"model {spec.model.name!r} cannot be built at these sizes (with {data.num_classes} classes, input "
-                f"{'x'.join(map(str, data.input_shape))}): {str(exc).splitlines()[0]}",
-                field="model",
-                **where,
-            ) from None
-        if "meta" not in str(exc).lower():
-            raise
-    return build_bare_model(registry, spec, data)
-
-
-TRAINING_COPIES = 3
-"""Copies of the parameters a run holds while it trains: the weights, their gradients and SGD's momentum."""
-
-
-def memory_limit(settings_gib: float | None, device: str) -> tuple[int, str]:
-    """The bytes a run's model may take and where that bound comes from: ``[harness] memory_gib``,
-    else the total memory of the device runs train on here (the GPU's with CUDA, else the host's)."""
-    if settings_gib is not None:
-        return int(settings_gib * 2**30), f"[harness] memory_gib = {settings_gib:g}"
-    if device != "cpu" and torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(0).total_memory
-        return total, f"the {total / 2**30:.1f} GiB of this machine's GPU"
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total, f"the {total / 2**30:.1f} GiB of this machine's memory"
-
-
-def _check_memory(model: nn.Module, planned: PlannedRun, memory: tuple[int, str], where: dict[str, str]) -> None:
-    """``ManifestError`` when the parameters a run (or its pack) trains exceed ``memory``."""
-    limit, source = memory
-    parameters = sum(p.numel() for p in model.parameters())
-    need = parameters * TRAINING_COPIES * 4 * planned.pack
-    if need > limit:
-        packed = f" for a pack of {planned.pack}" if planned.pack > 1 else ""
-        raise ManifestError(
-            f"model {planned.spec.model.name if planned.spec.model else '?'!r} has {parameters:,} parameters: "
-            f"{need / 2**30:,.1f} GiB to train{packed} (weights, gradients and momentum in float32), more than "
-            f"{source}; make it smaller{', lower pack' if packed else ''}, or set [harness] memory_gib for a "
-            "bigger host",
-            field="model",
-            **where,
-        )

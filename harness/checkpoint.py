@@ -106,6 +106,11 @@ class Checkpoints:
         self.directory = directory
         self.keep = max(1, keep)
 
+    @classmethod
+    def beside(cls, results_path: Path) -> Checkpoints:
+        """The checkpoints of a results store's runs: in a folder beside the store."""
+        return cls(results_path.with_name(results_path.name + ".checkpoints"))
+
     def _run_dir(self, run_id: str) -> Path:
         if not run_id.isalnum():
             raise ValueError(f"invalid run id {run_id!r}")

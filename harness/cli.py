@@ -21,6 +21,7 @@ from bnbench.hookspecs import DISABLE_ENV, KINDS, disabled_plugins
 
 if TYPE_CHECKING:
     from bnbench.manifest import Manifest
+    from bnbench.plan import Plan
     from bnbench.registry import Entry
     from bnbench.report import Report
     from bnbench.session import Session
@@ -142,20 +143,16 @@ def _emit(report: Report, fmt: str, figures: Path | None, page: Path | None = No
         print(terminal_text(f"HTML report written to {page}"), file=sys.stderr)
 
 
-def _confirm_size(manifest: Manifest, rerun: bool, assume_yes: bool) -> None:
+def _confirm_size(plan: Plan, assume_yes: bool) -> None:
     """Ask before a sweep with more pending runs than ``[harness] max_runs`` (or refuse without a terminal)."""
-    from bnbench.records import pending_runs, unique_runs
-    from bnbench.store import read_statuses
-
-    ids = (r.run_id for r in unique_runs(manifest.runs()))
-    statuses = {} if rerun else read_statuses(manifest.results_path, ids)
-    runs = pending_runs(manifest.runs(), statuses, rerun)
-    limit = manifest.settings.max_runs
-    if len(runs) <= limit or assume_yes:
+    limit = plan.manifest.settings.max_runs
+    if len(plan.pending) <= limit or assume_yes:
         return
-    question = f"{len(runs)} runs to run, more than max_runs = {limit}."
+    question = f"{len(plan.pending)} runs to run, more than max_runs = {limit}."
     if not sys.stdin.isatty():
-        raise ManifestError(f"{question} Pass --yes to run them, or raise [harness] max_runs.", file=str(manifest.path))
+        raise ManifestError(
+            f"{question} Pass --yes to run them, or raise [harness] max_runs.", file=str(plan.manifest.path)
+        )
     answer = input(f"{question} Run them all? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise BnbenchError("nothing run")
@@ -166,20 +163,15 @@ RUNS_FAILED = 4
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bnbench.plan import make_plan
     from bnbench.session import open_session
-    from bnbench.sweep import run_manifest
+    from bnbench.sweep import run_plan
 
     session = open_session(args.manifest, args.profile, studies=args.study, executor=args.executor, trackers=args.track)
     manifest = session.manifest
-    _confirm_size(manifest, args.rerun, args.yes)
-    summary = run_manifest(
-        manifest,
-        registry=session.registry,
-        rerun=args.rerun,
-        device=args.device,
-        verbose=args.verbose,
-        handle_signals=True,
-    )
+    plan = make_plan(manifest, session.registry, rerun=args.rerun, device=args.device)
+    _confirm_size(plan, args.yes)
+    summary = run_plan(plan, device=args.device, verbose=args.verbose, handle_signals=True)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing run"
     if summary.busy:
         counts += f", {summary.busy} being run by another process"
@@ -223,37 +215,26 @@ def _print_resolved(manifest: Manifest) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bnbench.assembly import check_runs, memory_limit
-    from bnbench.packing import plan_work
-    from bnbench.records import PlannedPack, pending_runs, unique_runs
+    from bnbench.plan import make_plan
     from bnbench.session import open_session
-    from bnbench.store import read_statuses
 
     session = open_session(args.manifest, args.profile, studies=args.study)
-    manifest = session.manifest
-    memory = memory_limit(manifest.settings.memory_gib, manifest.settings.device)
-    check_runs(manifest.runs(), session.registry, str(manifest.path), memory)
+    plan = make_plan(session.manifest, session.registry)
     if args.resolved:
-        _print_resolved(manifest)
+        _print_resolved(plan.manifest)
         return 0
-    runs = manifest.runs()
-    path = manifest.results_path
-    statuses = read_statuses(path, (r.run_id for r in runs))
     rows = [
         [
             r.run_id,
             r.study,
             ", ".join(f"{k}={v}" for k, v in r.axes.items()) or "—",
             r.spec.seed,
-            statuses.get(r.run_id, "pending"),
+            plan.statuses.get(r.run_id, "pending"),
         ]
-        for r in runs
+        for r in plan.manifest.runs()
     ]
     print(terminal_text(tabulate(rows, headers=["run id", "study", "axes", "seed", "status"], tablefmt="github")))
-    pending = pending_runs(runs, statuses)
-    packs = [w for w in plan_work(pending, session.registry) if isinstance(w, PlannedPack)]
-    packed = f" ({sum(len(p.members) for p in packs)} of them in {len(packs)} packs)" if packs else ""
-    print(terminal_text(f"\n{len(unique_runs(runs))} runs, {len(pending)} to run{packed}. Results store: {path}"))
+    print(terminal_text(f"\n{plan.summary()}. Results store: {plan.manifest.results_path}"))
     return 0
 
 

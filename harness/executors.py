@@ -4,7 +4,7 @@ this module (and ``bnbench.worker`` in the processes that train).
 The driver (``bnbench.sweep``) hands an executor the pending work, lazily, one unit at a time as
 the executor asks for it (each run is claimed in the store just before it is handed over), and
 receives one ``Outcome`` per unit. A unit is a ``PlannedRun`` or a ``PlannedPack`` (runs that
-train together, ``bnbench.packing``); an executor need not tell them apart: it sends either to
+train together, ``bnbench.plan``); an executor need not tell them apart: it sends either to
 ``bnbench.worker.run_in_worker`` and passes back what comes out (``Outcome.of_reply``). Only
 the driver writes the results store: workers need no database. Executors are plugins
 (``bnbench_register_executors``); ``local`` runs in-process.

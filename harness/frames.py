@@ -94,9 +94,9 @@ def _source(source: str | Path, profile: str | None, studies: Sequence[str] | No
     path = Path(source)
     if is_store_file(path):
         return path, list(studies) if studies else None
-    from bnbench.manifest import load_manifest
+    from bnbench.session import open_session
 
-    manifest = load_manifest(path, profile)
+    manifest = open_session(path, profile).manifest
     names = [s.name for s in manifest.studies if not studies or s.name in studies]
     return manifest.results_path, names
 

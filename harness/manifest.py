@@ -520,22 +520,7 @@ def _disabled(raw_studies: list[dict[str, Any]], file: str, profile: str | None)
     return disabled
 
 
-def load_manifest(
-    path: str | Path,
-    profile: str | None = None,
-    *,
-    registry: Registry | None = None,
-    studies: list[str] | None = None,
-    executor: str | None = None,
-    trackers: list[str] | None = None,
-) -> Manifest:
-    """The plan of a manifest: read, overlaid, validated and expanded (a pure value). Every problem
-    is a ``ManifestError``. A command that also runs or reports opens a ``bnbench.session.Session``,
-    which keeps the registry the plan was validated with."""
-    return plan_manifest(path, profile, registry=registry, studies=studies, executor=executor, trackers=trackers)[0]
-
-
-def plan_manifest(
+def read_manifest(
     path: str | Path,
     profile: str | None = None,
     *,
@@ -544,8 +529,9 @@ def plan_manifest(
     executor: str | None = None,
     trackers: list[str] | None = None,
 ) -> tuple[Manifest, Registry]:
-    """Read, overlay, validate and expand a manifest; the plan and the registry it was validated
-    with (``registry``, or the installed plugins and the manifest's own ``[harness] plugins``).
+    """Read, overlay, validate and expand a manifest: its studies and runs (a pure value) and the
+    registry it was validated with (``registry``, or the installed plugins and the manifest's own
+    ``[harness] plugins``). Commands and programs open a manifest with ``bnbench.session.open_session``.
 
     ``executor`` (a plugin name, or a TOML inline table such as ``{ name = "pool", workers = 4 }``)
     replaces the manifest's ``[harness] executor``: where runs execute is not part of what they are.

@@ -14,7 +14,6 @@ decided here too (``pending_runs``), from the statuses a store reports.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -51,7 +50,7 @@ PACK_PREFIX = "pack"
 
 @dataclass(frozen=True)
 class PlannedPack:
-    """Runs trained together in one process, each still its own run (``bnbench.packing``).
+    """Runs trained together in one process, each still its own run (``bnbench.plan``).
 
     Executors handle a pack as they handle a run: one unit of work, sent to one worker, whose
     result is one ``RunResult`` per member. Its ``run_id`` names its checkpoints and attempts.
@@ -151,20 +150,6 @@ class RunRecord:
     def best(self, metric: str) -> float | None:
         values = self.series(metric)
         return max(values) if values else None
-
-
-def unique_runs(runs: Iterable[PlannedRun]) -> list[PlannedRun]:
-    """Runs in order, each id once (two studies may share a configuration)."""
-    seen: dict[str, PlannedRun] = {}
-    for run in runs:
-        seen.setdefault(run.run_id, run)
-    return list(seen.values())
-
-
-def pending_runs(runs: Iterable[PlannedRun], statuses: Mapping[str, str], rerun: bool = False) -> list[PlannedRun]:
-    """The runs still to run, each once: those without a final result in ``statuses`` (all with ``rerun``)."""
-    unique = unique_runs(runs)
-    return unique if rerun else [r for r in unique if statuses.get(r.run_id) not in FINISHED]
 
 
 Work = PlannedRun | PlannedPack

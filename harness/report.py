@@ -20,9 +20,10 @@ from bnbench.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from bnbench.errors import BnbenchError
 from bnbench.files import OutputError, write_atomically
 from bnbench.intervals import agree_exactly
-from bnbench.manifest import Manifest, load_manifest
+from bnbench.manifest import Manifest
 from bnbench.records import FINISHED
 from bnbench.registry import Registry
+from bnbench.session import open_session
 from bnbench.spec import CheckSpec, ClaimSpec, Component, ThresholdSpec
 from bnbench.store import Store, definition_hash
 
@@ -553,7 +554,7 @@ def _dropped_by_profile(manifest: Manifest, registry: Registry) -> dict[str, dic
     if manifest.profile is None:
         return {}
     try:
-        full = load_manifest(manifest.path, None, registry=registry)
+        full = open_session(manifest.path, None, registry=registry).manifest
     except BnbenchError:  # the full protocol may need what this machine lacks: nothing to compare
         return {}
     out: dict[str, dict[str, list[str]]] = {}

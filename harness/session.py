@@ -1,8 +1,8 @@
 """A command's session: the one object that owns the plugins, the plan and the results store.
 
-``bnbench run``, ``plan`` and ``report`` open one session: the manifest is read and expanded
-once, with the registry of plugins it was validated against, and that registry is the one
-the sweep runs and the report analyses with (never reloaded, never re-expanded).
+``bnbench run``, ``plan``, ``report`` and ``export`` open one session: the manifest is read and
+expanded once, with the registry of plugins it was validated against, and that registry is the
+one the plan (``bnbench.plan``), the sweep and the report use (never reloaded, never re-expanded).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnbench.manifest import Manifest, plan_manifest
+from bnbench.manifest import Manifest, read_manifest
 from bnbench.registry import Registry
 from bnbench.store import Store
 
@@ -36,8 +36,9 @@ def open_session(
     executor: str | None = None,
     trackers: list[str] | None = None,
 ) -> Session:
-    """Read and expand the manifest at ``path`` (see ``bnbench.manifest.plan_manifest``) into a session."""
-    manifest, registry = plan_manifest(
+    """The manifest at ``path`` read, validated and expanded (``bnbench.manifest.read_manifest``):
+    the one way a command or a program opens a manifest. Every problem is a ``ManifestError``."""
+    manifest, registry = read_manifest(
         path, profile, registry=registry, studies=studies, executor=executor, trackers=trackers
     )
     return Session(manifest, registry)

@@ -1,4 +1,5 @@
-"""Driving a sweep: which runs are pending, running them, writing results as they finish."""
+"""Driving a sweep: a plan's work (``bnbench.plan``) claimed, run on the executor, and its results
+written as they finish."""
 
 from __future__ import annotations
 
@@ -12,23 +13,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from bnbench.api import TrackerContext
-from bnbench.assembly import check_runs, memory_limit
 from bnbench.checkpoint import Checkpoints
 from bnbench.data import prepare_datasets
 from bnbench.errors import ManifestError, StoreError
 from bnbench.executors import ExecutorContext, StopFile, WorkerSpec
 from bnbench.manifest import Manifest
-from bnbench.packing import plan_work
+from bnbench.plan import Plan, make_plan
 from bnbench.progress import Progress
-from bnbench.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members, pending_runs, unique_runs
+from bnbench.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members
 from bnbench.registry import Registry, load_registry
 from bnbench.runner import close_trackers, make_trackers
-from bnbench.store import Store, read_statuses
+from bnbench.store import Store
 
 
 @dataclass
@@ -106,11 +105,6 @@ class _Heartbeat:
                 self.store.heartbeat(run_id)
 
 
-def checkpoint_directory(results_path: Path) -> Path:
-    """Where the checkpoints of a results store's runs live: beside the store."""
-    return results_path.with_name(results_path.name + ".checkpoints")
-
-
 def run_manifest(
     manifest: Manifest,
     *,
@@ -121,41 +115,59 @@ def run_manifest(
     verbose: bool = False,
     handle_signals: bool = False,
 ) -> SweepSummary:
-    """Run every pending run of ``manifest`` on its executor, recording each result as it finishes.
+    """Plan ``manifest`` (``bnbench.plan.make_plan``) and run the plan (``run_plan``). ``registry``:
+    the plugins the manifest was validated with (a ``Session``'s); by default the installed plugins
+    and the manifest's own."""
+    if registry is None:
+        registry = load_registry(manifest.settings.plugins, base_dir=manifest.base_dir)
+    _check_device(manifest, device)
+    plan = make_plan(manifest, registry, rerun=rerun, device=device)
+    return run_plan(plan, device=device, progress=progress, verbose=verbose, handle_signals=handle_signals)
 
-    A run is claimed in the store just before the executor starts it, so two sweeps over
-    one store never run the same run at once. SIGINT/SIGTERM checkpoint the runs in progress
-    and stop the sweep; every finished result is kept and running the same command resumes.
-    ``registry``: the plugins the plan was validated with (a ``Session``'s); by default the
-    installed plugins and the manifest's own. ``verbose``: off a terminal, a line per epoch too.
-    ``handle_signals``: SIGINT/SIGTERM checkpoint and stop the sweep (the CLI's; off by default, so
-    a program calling the library keeps its own handlers; ``stop_on_signals`` restores them after).
-    """
-    runs = manifest.runs()
-    settings = manifest.settings
-    started = time.time()
-    if (device or settings.device) == "cuda" and not torch.cuda.is_available():
+
+def _check_device(manifest: Manifest, device: str | None) -> None:
+    if (device or manifest.settings.device) == "cuda" and not torch.cuda.is_available():
         raise ManifestError(
             'device = "cuda", but no CUDA device is available here; use "auto" or "cpu"', file=str(manifest.path)
         )
-    if registry is None:  # the installed plugins and the manifest's own, as the plan was validated with
-        registry = load_registry(settings.plugins, base_dir=manifest.base_dir)
-    memory = memory_limit(settings.memory_gib, device or settings.device)
-    check_runs(runs, registry, str(manifest.path), memory)  # before anything is recorded
-    peek = {} if rerun else read_statuses(manifest.results_path, (r.run_id for r in unique_runs(runs)))
-    to_run = pending_runs(runs, peek, rerun)
-    prepare_datasets([r.spec.dataset for r in to_run if r.spec.dataset], registry, manifest.base_dir)
-    if to_run:  # made once here too: a tracker's missing extra stops the sweep before anything is recorded
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    device: str | None = None,
+    progress: Progress | None = None,
+    verbose: bool = False,
+    handle_signals: bool = False,
+) -> SweepSummary:
+    """Run every pending run of ``plan`` on its manifest's executor, recording each result as it finishes.
+
+    A run is claimed in the store just before the executor starts it, so two sweeps over
+    one store never run the same run at once; the plan is refreshed against the store's statuses
+    once the store is open (another sweep may have finished runs meanwhile). SIGINT/SIGTERM
+    checkpoint the runs in progress and stop the sweep; every finished result is kept and running
+    the same command resumes. ``verbose``: off a terminal, a line per epoch too.
+    ``handle_signals``: SIGINT/SIGTERM checkpoint and stop the sweep (the CLI's; off by default, so
+    a program calling the library keeps its own handlers; ``stop_on_signals`` restores them after).
+    """
+    manifest, registry, rerun = plan.manifest, plan.registry, plan.rerun
+    runs = manifest.runs()
+    settings = manifest.settings
+    started = time.time()
+    _check_device(manifest, device)
+    prepare_datasets([r.spec.dataset for r in plan.pending if r.spec.dataset], registry, manifest.base_dir)
+    if plan.pending:  # made once here too: a tracker's missing extra stops the sweep before anything is recorded
         context = TrackerContext(base_dir=manifest.base_dir, results=manifest.results_path)
         close_trackers(make_trackers(registry, manifest.trackers, context))
     with Store(manifest.results_path) as store:
         store.link(runs)
         store.register((t.key, t.study, t.definition()) for t in [*manifest.claims, *manifest.checks])
-        statuses = store.statuses(r.run_id for r in unique_runs(runs))
-        pending = pending_runs(runs, statuses, rerun)
-        summary = SweepSummary(planned=len(unique_runs(runs)), skipped=len(unique_runs(runs)) - len(pending))
-        checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
-        owned = store.live_owners((r.run_id for r in unique_runs(runs)), settings.claim_timeout_s)
+        statuses = store.statuses(r.run_id for r in plan.runs)
+        plan = plan.refreshed(statuses)
+        pending = plan.pending
+        summary = SweepSummary(planned=len(plan.runs), skipped=len(plan.runs) - len(pending))
+        checkpoints = Checkpoints.beside(manifest.results_path)
+        owned = store.live_owners((r.run_id for r in plan.runs), settings.claim_timeout_s)
         summary.rerunning = sum(1 for run_id, status in statuses.items() if status in FINISHED and run_id in owned)
         if not rerun:  # a kill between recording a result and deleting its checkpoints left them behind
             for run_id in checkpoints.run_ids():
@@ -214,7 +226,9 @@ def run_manifest(
         def claim_as_needed() -> Iterator[Work]:
             """The pending work, each run claimed just before its unit is handed over; a pack
             keeps the members it could claim."""
-            for unit in plan_work(pending, registry, resumable=checkpoints.run_ids(), log=progress.log):
+            for notice in plan.notices:
+                progress.log(notice)
+            for unit in plan.work:
                 if stop.is_set():
                     return
                 runs = tuple(run for run in members(unit) if claim(run))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_manifest
 
-from bnbench.manifest import load_manifest
 from bnbench.records import RunResult
+from bnbench.session import open_session
 from bnbench.store import Store
 
 COUNTER_PLUGIN = """
@@ -29,7 +29,9 @@ def bnbench_run_start(run):
 
 
 def test_a_finished_run_is_never_claimed_again(write_manifest, registry):
-    manifest = load_manifest(write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1]")), registry=registry)
+    manifest = open_session(
+        write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1]")), registry=registry
+    ).manifest
     first, second = manifest.runs()
     with Store(manifest.results_path) as store:
         # sweep A planned both runs; sweep B claims and finishes the second meanwhile

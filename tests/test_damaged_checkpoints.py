@@ -13,17 +13,16 @@ from conftest import run_until_stopped
 from test_reliability import deterministic_manifest
 
 from bnbench.checkpoint import MAGIC, Checkpoints, read_checkpoint
-from bnbench.manifest import load_manifest
 from bnbench.progress import Progress
 from bnbench.runner import Runner
-from bnbench.sweep import checkpoint_directory
+from bnbench.session import open_session
 
 
 def two_checkpoints(write_manifest, registry) -> tuple[Any, Any, Checkpoints, Any]:
     """A run stopped at step 3, resumed and stopped again at step 6: checkpoints of both steps."""
-    manifest = load_manifest(write_manifest(deterministic_manifest(seeds="[0]")), registry=registry)
+    manifest = open_session(write_manifest(deterministic_manifest(seeds="[0]")), registry=registry).manifest
     planned = manifest.runs()[0]
-    checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+    checkpoints = Checkpoints.beside(manifest.results_path)
     run_until_stopped(registry, planned, manifest.base_dir, checkpoints, at_step=3)
     run_until_stopped(registry, planned, manifest.base_dir, checkpoints, at_step=6)
     assert [p.name for p in checkpoints.files(planned.run_id)] == ["step-0000000006.pt", "step-0000000003.pt"]

@@ -22,7 +22,7 @@ from test_reliability import SLOW_PLUGIN
 
 from bnbench.errors import PluginError
 from bnbench.executors import StopFile, WorkerSpec
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -92,9 +92,9 @@ def test_results_equal_local_results_and_failures_are_recorded(engine, request, 
         pytest.importorskip("submitit")
         executor, seeds = SUBMITIT, "[0]"  # one process per job: keep the sweep small
     local_text = manifest_text('"local"', "local.sqlite").replace("seeds = [0, 1]", f"seeds = {seeds}")
-    local = load_manifest(write_manifest(local_text.replace(*CRASHING), "local.toml"))
+    local = open_session(write_manifest(local_text.replace(*CRASHING), "local.toml")).manifest
     remote_text = manifest_text(executor, f"{engine}.sqlite").replace("seeds = [0, 1]", f"seeds = {seeds}")
-    remote = load_manifest(write_manifest(remote_text.replace(*CRASHING), f"{engine}.toml"))
+    remote = open_session(write_manifest(remote_text.replace(*CRASHING), f"{engine}.toml")).manifest
     expected = run_manifest(local).statuses
     assert expected["failed"] == expected["done"] >= 2
 
@@ -121,8 +121,10 @@ def test_packs_run_remotely_as_they_run_locally(engine, request, write_manifest)
     def packed(text: str) -> str:
         return text.replace("seeds = [0, 1]", "seeds = [0, 1]\npack = 2")
 
-    local = load_manifest(write_manifest(packed(manifest_text('"local"', "local.sqlite")), "local.toml"))
-    remote = load_manifest(write_manifest(packed(manifest_text(executor, f"{engine}.sqlite")), f"{engine}.toml"))
+    local = open_session(write_manifest(packed(manifest_text('"local"', "local.sqlite")), "local.toml")).manifest
+    remote = open_session(
+        write_manifest(packed(manifest_text(executor, f"{engine}.sqlite")), f"{engine}.toml")
+    ).manifest
     assert run_manifest(local).statuses == {"done": 4}
     assert run_manifest(remote).statuses == {"done": 4}
     assert results(remote) == results(local)  # bitwise: the same packs, the same kernels
@@ -148,20 +150,22 @@ def test_a_signalled_driver_stops_remote_runs_at_checkpoints_and_the_sweep_resum
         [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
     )
     signal_midway(driver, tmp_path / f"{engine}.sqlite.checkpoints", signal.SIGINT)
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     assert "interrupted" in {status for status, _ in results(manifest).values()}
 
     resumed = run_manifest(manifest)
 
     assert resumed.statuses["done"] >= 1 and set(resumed.statuses) == {"done"}
-    uninterrupted = load_manifest(write_manifest(text.replace(f"{engine}.sqlite", "local.sqlite"), "local.toml"))
+    uninterrupted = open_session(
+        write_manifest(text.replace(f"{engine}.sqlite", "local.sqlite"), "local.toml")
+    ).manifest
     run_manifest(uninterrupted)
     assert results(manifest) == results(uninterrupted)
 
 
 def test_a_missing_engine_is_a_clear_error(write_manifest, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without the extra sees
-    manifest = load_manifest(write_manifest(manifest_text(SUBMITIT, "r.sqlite")))
+    manifest = open_session(write_manifest(manifest_text(SUBMITIT, "r.sqlite"))).manifest
     with pytest.raises(PluginError, match=r"pip install 'bnbench\[submitit\]'"):
         run_manifest(manifest)
 
@@ -169,7 +173,9 @@ def test_a_missing_engine_is_a_clear_error(write_manifest, monkeypatch):
 def test_slurm_without_slurm_is_a_clear_error(write_manifest, monkeypatch, tmp_path):
     pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
-    manifest = load_manifest(write_manifest(manifest_text('{ name = "submitit", cluster = "slurm" }', "r.sqlite")))
+    manifest = open_session(
+        write_manifest(manifest_text('{ name = "submitit", cluster = "slurm" }', "r.sqlite"))
+    ).manifest
     with pytest.raises(PluginError, match=r"submitit executor: cannot use cluster 'slurm'.*srun"):
         run_manifest(manifest)
 
@@ -215,7 +221,7 @@ def test_submitit_submits_one_slurm_job_array_and_cancels_unstarted_jobs_on_stop
         '{ name = "submitit", cluster = "slurm", slurm_partition = "gpu", cpus_per_task = 2, '
         'array_parallelism = 3, timeout_min = 90, poll_s = 0.05, parameters = { slurm_account = "bn" } }'
     )
-    manifest = load_manifest(write_manifest(manifest_text(executor_toml, "slurm.sqlite")))
+    manifest = open_session(write_manifest(manifest_text(executor_toml, "slurm.sqlite"))).manifest
     entry = load_registry().get("executor", "submitit")
     executor = entry.factory(entry.options.model_validate(manifest.executor.options))
     stop = threading.Event()

@@ -25,14 +25,14 @@ def test_nothing_in_the_repository_points_outside_it():
 
 
 def test_the_readme_manifest_example_is_a_valid_manifest_showing_every_study_field(tmp_path):
-    from bnbench.manifest import load_manifest
+    from bnbench.session import open_session
     from bnbench.spec import STUDY_ONLY_FIELDS, RunSpec
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     example = readme[readme.index("## Manifests") :].split("```toml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "example.toml"
     path.write_text(example)
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     assert len(manifest.runs()) == 90 and manifest.claims[0].value == "best_lr_ratio"
     shown = {line.split("=")[0].strip() for line in example.splitlines() if "=" in line}
     tables = {"optimizer", "schedule"}  # written as [studies.optimizer] and [studies.schedule]

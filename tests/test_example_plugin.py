@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bnbench.errors import ManifestError
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 
 pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
 
@@ -99,4 +99,4 @@ def test_example_passes_the_contract_kit_in_its_own_tests(example_env):
 def test_without_the_package_the_manifest_names_an_unknown_normalizer(tmp_path, registry):
     (tmp_path / "manifest.toml").write_text(MANIFEST)
     with pytest.raises(ManifestError, match="field 'normalizer': unknown normalizer 'scalenorm'"):
-        load_manifest(tmp_path / "manifest.toml", registry=registry)  # this process has not installed it
+        open_session(tmp_path / "manifest.toml", registry=registry)  # this process has not installed it

@@ -7,9 +7,9 @@ import pytest
 from conftest import signal_midway, tiny_manifest
 
 from bnbench.errors import ManifestError
-from bnbench.manifest import load_manifest
 from bnbench.plugins.executors.pool import start_method
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -33,9 +33,9 @@ def results(manifest) -> dict[str, tuple[str, list]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("start_method", ["auto", "forkserver"])
 def test_pool_results_equal_local_results(write_manifest, start_method):
-    local = load_manifest(write_manifest(manifest_text('"local"', "local.sqlite"), "local.toml"))
+    local = open_session(write_manifest(manifest_text('"local"', "local.sqlite"), "local.toml")).manifest
     executor = f'{{ name = "pool", workers = 2, start_method = "{start_method}" }}'
-    pool = load_manifest(write_manifest(manifest_text(executor, "pool.sqlite"), "pool.toml"))
+    pool = open_session(write_manifest(manifest_text(executor, "pool.sqlite"), "pool.toml")).manifest
     assert pool.executor.name == "pool" and pool.executor.options["workers"] == 2
     assert run_manifest(local).statuses == {"done": 4}
     summary = run_manifest(pool)
@@ -48,7 +48,7 @@ def test_a_failing_run_in_a_worker_is_recorded_and_the_sweep_goes_on(write_manif
     text = manifest_text('{ name = "pool", workers = 2 }', "pool.sqlite").replace(
         'model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]'
     )
-    manifest = load_manifest(write_manifest(text))
+    manifest = open_session(write_manifest(text)).manifest
     summary = run_manifest(manifest)
     assert summary.statuses == {"failed": 4, "done": 4}
     with Store(manifest.results_path) as store:
@@ -59,9 +59,9 @@ def test_a_failing_run_in_a_worker_is_recorded_and_the_sweep_goes_on(write_manif
 def test_unknown_executor_and_bad_options_are_manifest_errors(write_manifest):
     registry = load_registry()
     with pytest.raises(ManifestError, match=r"unknown executor 'pol'.*Did you mean 'pool'"):
-        load_manifest(write_manifest(manifest_text('"pol"', "r.sqlite")), registry=registry)
+        open_session(write_manifest(manifest_text('"pol"', "r.sqlite")), registry=registry)
     with pytest.raises(ManifestError, match=r"harness\.executor\.workers"):
-        load_manifest(write_manifest(manifest_text('{ name = "pool", workers = 0 }', "r.sqlite")), registry=registry)
+        open_session(write_manifest(manifest_text('{ name = "pool", workers = 0 }', "r.sqlite")), registry=registry)
 
 
 @pytest.mark.slow
@@ -84,7 +84,7 @@ def test_sigterm_stops_pool_workers_at_a_checkpoint_and_the_sweep_resumes(write_
         [sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], env=env, stderr=subprocess.PIPE, text=True
     )
     signal_midway(process, tmp_path / "pool.sqlite.checkpoints", signal.SIGTERM)
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     assert "interrupted" in {status for status, _ in results(manifest).values()}
     assert run_manifest(manifest).statuses["done"] >= 1
     assert {status for status, _ in results(manifest).values()} == {"done"}
@@ -139,7 +139,7 @@ def test_remote_runs_claims_are_kept_alive_while_the_executor_waits(write_manife
     registry = load_registry([FAULTS], objects=[("waiting", Plugin())])
     text = manifest_text('"waiting"', "w.sqlite").replace("seeds = [0, 1]", "seeds = [0]")
     text = text.replace("[harness]", "[harness]\nclaim_timeout_s = 0.4", 1)  # keep-alive every 0.1 s
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     assert run_manifest(manifest, registry=registry).statuses == {"failed": 2}
     assert len(seen) == 6
     assert seen[0] < seen[1] < seen[2] and seen[3] < seen[4] < seen[5]  # refreshed while waiting

@@ -16,8 +16,8 @@ from bnbench.cli import main
 from bnbench.errors import BnbenchError
 from bnbench.files import OutputError
 from bnbench.frames import export, flatten, load_results, load_runs
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 from bnbench.sweep import run_manifest
 
 WEIGHT_NORM_PLUGIN = """
@@ -46,7 +46,7 @@ def swept(tmp_path_factory) -> Path:
     path = tmp_path / "manifest.toml"
     path.write_text(text)
     registry = load_registry(["weights.py"], base_dir=tmp_path)
-    assert run_manifest(load_manifest(path, registry=registry), registry=registry).statuses == {"done": 4}
+    assert run_manifest(open_session(path, registry=registry).manifest, registry=registry).statuses == {"done": 4}
     return path
 
 

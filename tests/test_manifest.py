@@ -6,19 +6,20 @@ import pytest
 from conftest import tiny_manifest
 
 from bnbench.errors import ManifestError
-from bnbench.manifest import load_manifest, overlay
+from bnbench.manifest import overlay
+from bnbench.session import open_session
 from bnbench.spec import Component, RunSpec
 
 
 def error_of(path, registry, profile=None) -> ManifestError:
     with pytest.raises(ManifestError) as info:
-        load_manifest(path, profile, registry=registry)
+        open_session(path, profile, registry=registry)
     return info.value
 
 
 def test_expands_cartesian_product_of_axes(write_manifest, registry):
     path = write_manifest(tiny_manifest(placement='["all", "final", "none"]', lr="[0.1, 0.01]", seeds="[0, 1]"))
-    manifest = load_manifest(path, registry=registry)
+    manifest = open_session(path, registry=registry).manifest
     (study,) = manifest.studies
     assert study.axes == ["placement", "optimizer.lr"]
     assert len(study.runs) == 3 * 2 * 2
@@ -33,7 +34,7 @@ def test_list_typed_fields_are_values_and_lists_of_lists_sweep(write_manifest, r
         tiny_manifest(placement='"all"').replace("widths = [16]", "widths = [[16], [8, 8]]")
         + "\n[studies.schedule]\nmilestones = [0.3, 0.6]\n"
     )
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     (study,) = manifest.studies
     assert study.axes == ["model.widths"]
     assert [r.spec.model.options["widths"] for r in study.runs] == [[16], [8, 8]]
@@ -44,18 +45,18 @@ def test_component_axis_with_options(write_manifest, registry):
     text = tiny_manifest(placement='"all"').replace(
         'normalizer = "batchnorm"', 'normalizer = ["none", { name = "batchnorm", eps = 0.001 }]'
     )
-    (study,) = load_manifest(write_manifest(text), registry=registry).studies
+    (study,) = open_session(write_manifest(text), registry=registry).manifest.studies
     assert [r.axes["normalizer"] for r in study.runs] == ["none", "batchnorm(eps=0.001)"]
     assert study.runs[1].spec.normalizer.options["eps"] == 0.001
     assert study.runs[1].spec.normalizer.options["momentum"] == 0.1  # defaults filled in
 
 
 def test_run_id_is_stable_and_ignores_how_defaults_are_written(write_manifest, registry):
-    a = load_manifest(write_manifest(tiny_manifest(placement='"all"'), "a.toml"), registry=registry)
+    a = open_session(write_manifest(tiny_manifest(placement='"all"'), "a.toml"), registry=registry).manifest
     explicit = tiny_manifest(placement='"all"').replace(
         'normalizer = "batchnorm"', 'normalizer = { name = "batchnorm", eps = 1e-5, momentum = 0.1 }'
     )
-    b = load_manifest(write_manifest(explicit, "b.toml"), registry=registry)
+    b = open_session(write_manifest(explicit, "b.toml"), registry=registry).manifest
     assert a.runs()[0].run_id == b.runs()[0].run_id
     # The id is a pure function of the resolved spec: pinned so that a change is deliberate.
     spec = RunSpec(
@@ -82,8 +83,8 @@ dataset = { name = "synthetic", noise = 0.15, image_shape = [1, 4, 4], train_siz
 """
     )
     path = write_manifest(text)
-    base = load_manifest(path, registry=registry).runs()[0].spec
-    quick = load_manifest(path, "quick", registry=registry).runs()[0].spec
+    base = open_session(path, registry=registry).manifest.runs()[0].spec
+    quick = open_session(path, "quick", registry=registry).manifest.runs()[0].spec
     assert base.epochs == 2 and quick.epochs == 1
     assert quick.model.options["widths"] == [4] and quick.model.name == "mlp"
     # The same plugin name merges options: the study's num_classes stays.
@@ -170,8 +171,8 @@ def test_bundled_manifest_expands_with_and_without_smoke(registry):
     from pathlib import Path
 
     path = Path(__file__).parent.parent / "benchmarks.toml"
-    full = load_manifest(path, registry=registry)
-    smoke = load_manifest(path, "smoke", registry=registry)
+    full = open_session(path, registry=registry).manifest
+    smoke = open_session(path, "smoke", registry=registry).manifest
     names = [s.name for s in full.studies]
     assert names[:2] == ["resnet110_cifar10_lr", "mlp_mnist"]  # the placement studies, then the others
     resnet = full.studies[0].runs[0].spec
@@ -192,13 +193,15 @@ def test_bundled_manifest_expands_with_and_without_smoke(registry):
 
 def test_runtime_options_reach_the_plugin_but_stay_out_of_run_ids(write_manifest, registry):
     synthetic = tiny_manifest().split("dataset = ")[1].split("\n")[0]
-    plain = load_manifest(write_manifest(tiny_manifest().replace(synthetic, '{ name = "mnist" }')), registry=registry)
-    streamed = load_manifest(
+    plain = open_session(
+        write_manifest(tiny_manifest().replace(synthetic, '{ name = "mnist" }')), registry=registry
+    ).manifest
+    streamed = open_session(
         write_manifest(
             tiny_manifest().replace(synthetic, '{ name = "mnist", storage = "stream", loader_workers = 2 }'), "s.toml"
         ),
         registry=registry,
-    )
+    ).manifest
     assert [r.run_id for r in plain.runs()] == [r.run_id for r in streamed.runs()]
     dataset = streamed.runs()[0].spec.dataset
     assert dataset.runtime == {"download": False, "storage": "stream", "loader_workers": 2}

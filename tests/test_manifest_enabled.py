@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bnbench.errors import ManifestError
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 
 TWO_STUDIES = """
 [harness]
@@ -45,32 +45,32 @@ enabled = true
 
 def test_a_profile_can_disable_studies_and_their_claims(write_manifest, registry):
     path = write_manifest(TWO_STUDIES)
-    full = load_manifest(path, registry=registry)
+    full = open_session(path, registry=registry).manifest
     assert [s.name for s in full.studies] == ["a", "b"] and len(full.claims) == 1
-    quick = load_manifest(path, "quick", registry=registry)
+    quick = open_session(path, "quick", registry=registry).manifest
     assert [s.name for s in quick.studies] == ["a"] and quick.claims == []
     assert quick.settings.profile_notes == {"quick": "quick scale"}
     assert full.studies[0].runs[0].run_id == quick.studies[0].runs[0].run_id  # `enabled` is not part of a run
     with pytest.raises(ManifestError, match=r"'b' is disabled .* in profile 'quick'"):
-        load_manifest(path, "quick", registry=registry, studies=["b"])
+        open_session(path, "quick", registry=registry, studies=["b"])
 
 
 def test_enabled_must_be_a_boolean_and_something_must_stay_enabled(write_manifest, registry):
     with pytest.raises(ManifestError, match=r"enabled.*true or false"):
-        load_manifest(
+        open_session(
             write_manifest(TWO_STUDIES.replace("enabled = false", 'enabled = "no"')), "quick", registry=registry
         )
     everything_off = TWO_STUDIES.replace("[profiles.quick.a]\nenabled = true\n", "")
     with pytest.raises(ManifestError, match="every study is disabled"):
-        load_manifest(write_manifest(everything_off), "quick", registry=registry)
+        open_session(write_manifest(everything_off), "quick", registry=registry)
 
 
 def test_a_profile_naming_one_plugin_replaces_a_swept_component(write_manifest, registry):
     text = TWO_STUDIES.replace('placement = "all"', 'placement = ["all", "none"]')
     text += '\n[profiles.one.a]\nplacement = "none"\n[profiles.opts.a]\nmodel = { widths = [8] }\n'
     path = write_manifest(text)
-    (study, _) = load_manifest(path, "one", registry=registry).studies
+    (study, _) = open_session(path, "one", registry=registry).manifest.studies
     assert [r.spec.placement.name for r in study.runs] == ["none"]  # not ["none", "none"]
     swept = text.replace('model = { name = "mlp", widths = [4] }', 'model = [{ name = "mlp", widths = [4] }, "mlp"]', 1)
-    (study, _) = load_manifest(write_manifest(swept), "opts", registry=registry).studies
+    (study, _) = open_session(write_manifest(swept), "opts", registry=registry).manifest.studies
     assert {tuple(r.spec.model.options["widths"]) for r in study.runs} == {(8,)}  # options merge into each value

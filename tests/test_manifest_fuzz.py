@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from bnbench.cli import main
 from bnbench.errors import ManifestError
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 
 REGISTRY = load_registry()
 EXAMPLES = int(os.environ.get("BNBENCH_FUZZ_EXAMPLES", "300"))
@@ -159,7 +159,7 @@ def check_loading(text: str | bytes) -> None:
         path = Path(tmp) / "manifest.toml"
         path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
         try:
-            manifest = load_manifest(path, registry=REGISTRY)
+            manifest = open_session(path, registry=REGISTRY).manifest
         except ManifestError as error:
             assert str(path) in str(error)
             assert error.detail
@@ -254,7 +254,7 @@ def test_toml_nested_thousands_deep_is_a_manifest_error(tmp_path: Path) -> None:
     path = tmp_path / "manifest.toml"
     path.write_text(to_toml(BASE) + "x = " + "[" * 3000 + "]" * 3000 + "\n")
     with pytest.raises(ManifestError, match="nested too deeply"):
-        load_manifest(path, registry=REGISTRY)
+        open_session(path, registry=REGISTRY)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is present")

@@ -107,15 +107,15 @@ def test_a_norm_activation_layer_that_cannot_leave_its_activation_out_is_refused
 
 
 def test_plan_names_the_refusal_before_training(registry, write_manifest):
-    from bnbench.assembly import check_runs
-    from bnbench.manifest import load_manifest
+    from bnbench.plan import check_runs
+    from bnbench.session import open_session
 
     text = (
         '[[studies]]\nname = "s"\nmodel = { name = "mlp", widths = [8] }\nnormalizer = "leaky_norm_always"\n'
         'placement = "all_and_final"\nepochs = 1\n'
         'dataset = { name = "synthetic", image_shape = [1, 8, 8], num_classes = 4 }\n'
     )
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     with pytest.raises(ManifestError, match=r"field 'normalizer'.*takes no activation=False"):
         check_runs(manifest.runs(), registry, str(manifest.path))
     assert isinstance(manifest.runs()[0], PlannedRun)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 
 MANIFEST = Path(__file__).parent.parent / "benchmarks.toml"
 STUDIES = ["normalizers_resnet110_cifar10", "skipinit_resnet110_cifar10", "normalizers_mlp_mnist"]
@@ -14,7 +14,7 @@ RESNET_NORMALIZERS = ["batchnorm", "groupnorm", "layernorm", "instancenorm", "rm
 
 
 def runs_by_study(registry, profile: str | None) -> dict[str, list]:
-    manifest = load_manifest(MANIFEST, profile, registry=registry)
+    manifest = open_session(MANIFEST, profile, registry=registry).manifest
     return {study.name: study.runs for study in manifest.studies}
 
 

@@ -19,15 +19,14 @@ from test_worker_deaths import KILL_AT_STEP, KILL_PLUGIN
 from bnbench import NormalizerTraits, hookimpl
 from bnbench.checkpoint import Checkpoints
 from bnbench.executors import RunInterrupted
-from bnbench.manifest import load_manifest
-from bnbench.packing import pack_key, plan_work
+from bnbench.plan import pack_key, plan_work
 from bnbench.records import PlannedPack, PlannedRun
 from bnbench.registry import load_registry
 from bnbench.report import from_manifest
 from bnbench.runner import Runner
 from bnbench.session import open_session
 from bnbench.store import Store
-from bnbench.sweep import checkpoint_directory, run_manifest
+from bnbench.sweep import run_manifest
 
 RELATIVE = 2e-3
 ABSOLUTE = 1e-5
@@ -265,10 +264,10 @@ def stored(manifest):
 
 
 def test_bnbench_run_packs_with_the_same_run_ids_and_the_report_reads_them(write_manifest, registry):
-    packed = load_manifest(write_manifest(study(placement='"all"', pack=8), "packed.toml"))
-    alone = load_manifest(
+    packed = open_session(write_manifest(study(placement='"all"', pack=8), "packed.toml")).manifest
+    alone = open_session(
         write_manifest(study(placement='"all"', pack=1).replace("results.sqlite", "alone.sqlite"), "alone.toml")
-    )
+    ).manifest
     assert [r.run_id for r in packed.runs()] == [r.run_id for r in alone.runs()]  # pack is not part of a run's id
     assert run_manifest(packed).statuses == {"done": 16}
     assert run_manifest(alone).statuses == {"done": 16}
@@ -277,7 +276,7 @@ def test_bnbench_run_packs_with_the_same_run_ids_and_the_report_reads_them(write
     for run_id in mine:
         assert mine[run_id].info["pack_size"] == 8 and "pack" not in theirs[run_id].info
         assert_same_run(theirs[run_id], mine[run_id])
-    assert Checkpoints(checkpoint_directory(packed.results_path)).run_ids() == []
+    assert Checkpoints.beside(packed.results_path).run_ids() == []
     assert run_manifest(packed).skipped == 16
     reports = []
     for manifest in (packed, alone):  # the same report, table for table, row for row
@@ -319,9 +318,9 @@ def test_an_interrupted_pack_resumes_as_a_pack_and_ends_as_if_never_stopped(writ
 
 
 def test_a_stale_pack_checkpoint_of_finished_runs_is_removed_by_the_next_sweep(write_manifest, registry):
-    manifest = load_manifest(write_manifest(study(placement='"all"', pack=16), "stale.toml"))
+    manifest = open_session(write_manifest(study(placement='"all"', pack=16), "stale.toml")).manifest
     assert run_manifest(manifest).statuses == {"done": 16}
-    checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+    checkpoints = Checkpoints.beside(manifest.results_path)
     session = open_session(manifest.path, registry=registry)
     (pack,) = plan_work(session.manifest.runs(), registry)
     stop = threading.Event()
@@ -370,10 +369,10 @@ def test_a_killed_pack_worker_is_retried_from_the_pack_checkpoint(write_manifest
     text = study(placement='"all"', epochs=3).replace(
         'device = "cpu"', f'device = "cpu"\nexecutor = {{ name = "pool", workers = 1 }}\nplugins = ["{KILL_PLUGIN}"]'
     )
-    manifest = load_manifest(write_manifest(text, "killed.toml"))
-    reference = load_manifest(
+    manifest = open_session(write_manifest(text, "killed.toml")).manifest
+    reference = open_session(
         write_manifest(study(placement='"all"', epochs=3).replace("results.sqlite", "ref.sqlite"), "ref.toml")
-    )
+    ).manifest
     assert run_manifest(reference).statuses == {"done": 16}
     assert run_manifest(manifest).statuses == {"done": 16}
     assert any(markers.iterdir())  # the worker really was killed

@@ -6,9 +6,9 @@ import torch
 from conftest import tiny_manifest
 
 from bnbench import NormSite
-from bnbench.manifest import load_manifest
 from bnbench.performance import Performance
 from bnbench.runner import Runner
+from bnbench.session import open_session
 from bnbench.spec import PerformanceSettings
 
 RESNET = tiny_manifest(placement='"all"', epochs=1).replace(
@@ -17,7 +17,7 @@ RESNET = tiny_manifest(placement='"all"', epochs=1).replace(
 
 
 def run_with(write_manifest, registry, text: str, **settings):
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", performance=PerformanceSettings(**settings))
     return runner, runner.run(manifest.runs()[0])
 
@@ -56,8 +56,8 @@ def test_threads_are_pinned():
 
 
 def test_performance_settings_do_not_change_run_ids(write_manifest, registry):
-    plain = load_manifest(write_manifest(RESNET, "a.toml"), registry=registry).runs()[0].run_id
+    plain = open_session(write_manifest(RESNET, "a.toml"), registry=registry).manifest.runs()[0].run_id
     fast = RESNET.replace(
         'device = "cpu"', 'device = "cpu"\nperformance = { precision = "bf16", channels_last = true }'
     )
-    assert load_manifest(write_manifest(fast, "b.toml"), registry=registry).runs()[0].run_id == plain
+    assert open_session(write_manifest(fast, "b.toml"), registry=registry).manifest.runs()[0].run_id == plain

@@ -14,7 +14,7 @@ from test_executors import results
 from bnbench.checkpoint import Checkpoints
 from bnbench.cli import main
 from bnbench.errors import StoreError
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -39,13 +39,13 @@ def test_an_unwritable_checkpoint_folder_stops_the_sweep_before_training(write_m
     assert main(["run", str(path), "--no-report"]) == 2
     assert "cannot write checkpoints in" in capsys.readouterr().err
     with Store(tmp_path / "results.sqlite") as store:
-        assert set(store.statuses(r.run_id for r in load_manifest(path).runs()).values()) <= {"interrupted"}
+        assert set(store.statuses(r.run_id for r in open_session(path).manifest.runs()).values()) <= {"interrupted"}
 
 
 def test_a_store_that_turns_read_only_mid_sweep_stops_it_keeping_every_recorded_result(
     write_manifest, monkeypatch, capsys
 ):
-    manifest = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1]")))
+    manifest = open_session(write_manifest(tiny_manifest(seeds="[0, 1]"))).manifest
     written = []
     original = Store.record
 
@@ -66,7 +66,7 @@ def test_a_store_that_turns_read_only_mid_sweep_stops_it_keeping_every_recorded_
 
 
 def test_checkpoints_that_cannot_be_removed_are_a_warning_and_the_result_is_kept(write_manifest, monkeypatch, capsys):
-    manifest = load_manifest(write_manifest(tiny_manifest()))
+    manifest = open_session(write_manifest(tiny_manifest())).manifest
 
     def refuse(self, run_id):
         raise PermissionError(13, "Permission denied", str(self.directory / run_id))

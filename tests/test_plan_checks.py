@@ -8,9 +8,9 @@ import pytest
 from conftest import tiny_manifest
 
 from bnbench import DataInfo, DatasetDescription, hookimpl
-from bnbench.assembly import check_runs
 from bnbench.cli import main
 from bnbench.errors import ManifestError
+from bnbench.plan import check_runs
 from bnbench.session import open_session
 
 CASES = {

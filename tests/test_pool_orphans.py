@@ -13,7 +13,7 @@ import pytest
 from test_executors import manifest_text, results
 from test_reliability import SLOW_PLUGIN, wait_for
 
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 from bnbench.sweep import run_manifest
 
 pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
@@ -67,6 +67,6 @@ def test_pool_workers_die_with_their_driver(write_manifest, tmp_path, start_meth
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=120)  # they end with their driver
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     assert run_manifest(manifest).statuses.get("done", 0) >= 1  # a new driver resumes what was left
     assert {status for status, _ in results(manifest).values()} == {"done"}

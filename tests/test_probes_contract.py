@@ -11,9 +11,9 @@ from bnbench import hookimpl
 from bnbench.api import AnalysisResult, Figure, Options, Table
 from bnbench.cli import main
 from bnbench.errors import ManifestError
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
 from bnbench.report import CLAIM_HEADERS, from_manifest
+from bnbench.session import open_session
 from bnbench.store import SCHEMA_VERSION, Store
 from bnbench.sweep import run_manifest
 
@@ -93,7 +93,7 @@ def probe_registry():
 
 
 def test_probe_study_runs_without_training_and_reports(write_manifest, probe_registry, tmp_path):
-    manifest = load_manifest(write_manifest(MANIFEST), registry=probe_registry)
+    manifest = open_session(write_manifest(MANIFEST), registry=probe_registry).manifest
     (study,) = manifest.studies
     assert [a.name for a in study.analyses] == ["logit_table"]  # the probe's default analysis
     assert all(r.spec.is_probe and r.spec.epochs is None for r in study.runs)
@@ -119,12 +119,12 @@ def test_probe_study_runs_without_training_and_reports(write_manifest, probe_reg
 def test_claim_for_unknown_study_is_a_manifest_error(write_manifest, probe_registry):
     path = write_manifest(MANIFEST.replace('study = "logits"\nvalue = "ratio"', 'study = "logit"\nvalue = "ratio"'))
     with pytest.raises(ManifestError, match="Did you mean 'logits'"):
-        load_manifest(path, registry=probe_registry)
+        open_session(path, registry=probe_registry)
 
 
 def test_a_failing_analysis_is_reported_not_raised(write_manifest, probe_registry):
     text = MANIFEST.replace('placement = ["final", "none"]', 'placement = "none"\nanalyses = ["logit_table", "broken"]')
-    manifest = load_manifest(write_manifest(text), registry=probe_registry)
+    manifest = open_session(write_manifest(text), registry=probe_registry).manifest
     run_manifest(manifest, registry=probe_registry)
     with Store(manifest.results_path) as store:
         rendered = from_manifest(manifest, store, probe_registry).render("plain")
@@ -136,11 +136,11 @@ def test_a_failing_analysis_is_reported_not_raised(write_manifest, probe_registr
 def test_training_study_needs_its_components(write_manifest, registry):
     training = MANIFEST.split("[[claims]]")[0].replace('probe = "logit_norm"\n', "epochs = 1\n")  # no analyses
     path = write_manifest(training)
-    manifest = load_manifest(path, registry=load_registry(objects=[("probe_plugin", ProbePlugin())]))
+    manifest = open_session(path, registry=load_registry(objects=[("probe_plugin", ProbePlugin())])).manifest
     assert not manifest.studies[0].runs[0].spec.is_probe
     bare = MANIFEST.replace('probe = "logit_norm"\n', "epochs = 1\n").replace('normalizer = "batchnorm"\n', "")
     with pytest.raises(ManifestError, match="a training study needs normalizer"):
-        load_manifest(write_manifest(bare, "bare.toml"), registry=registry)
+        open_session(write_manifest(bare, "bare.toml"), registry=registry)
 
 
 def test_store_of_schema_1_is_migrated(tmp_path):

@@ -12,8 +12,8 @@ from conftest import tiny_manifest
 
 from bnbench import hookimpl
 from bnbench.errors import ManifestError, PluginError, UnknownNameError
-from bnbench.manifest import load_manifest
 from bnbench.registry import KINDS, load_registry
+from bnbench.session import open_session
 
 THIRD_PARTY = '''
 """A third-party normalizer package."""
@@ -99,7 +99,7 @@ def test_third_party_package_registers_through_entry_points(third_party_package,
     text = tiny_manifest(placement='"all"').replace(
         'normalizer = "batchnorm"', 'normalizer = { name = "scale", factor = 3 }'
     )
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     assert manifest.runs()[0].spec.normalizer.options == {"factor": 3.0}
 
 
@@ -107,14 +107,14 @@ def test_manifest_names_a_plugin_file(write_manifest, tmp_path):
     (tmp_path / "my_plugin.py").write_text(THIRD_PARTY)
     text = tiny_manifest(placement='"all"').replace('device = "cpu"', 'device = "cpu"\nplugins = ["my_plugin.py"]')
     text = text.replace('normalizer = "batchnorm"', 'normalizer = "scale"')
-    manifest = load_manifest(write_manifest(text))
+    manifest = open_session(write_manifest(text)).manifest
     assert manifest.runs()[0].spec.normalizer.name == "scale"
 
 
 def test_missing_plugin_module_is_a_manifest_error(write_manifest):
     text = tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nplugins = ["no_such_module_xyz"]')
     with pytest.raises(ManifestError, match="cannot import plugin 'no_such_module_xyz'"):
-        load_manifest(write_manifest(text))
+        open_session(write_manifest(text))
 
 
 def test_two_plugins_registering_one_name_is_an_error_naming_both():

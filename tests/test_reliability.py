@@ -17,11 +17,11 @@ from conftest import run_until_stopped, tiny_manifest
 
 from bnbench import hookimpl
 from bnbench.checkpoint import Checkpoints
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
 from bnbench.runner import Runner
+from bnbench.session import open_session
 from bnbench.store import Store
-from bnbench.sweep import checkpoint_directory, run_manifest
+from bnbench.sweep import run_manifest
 
 SLOW_PLUGIN = Path(__file__).parent / "slow_plugin.py"
 EPOCHS = 4
@@ -58,7 +58,7 @@ def reference(write_manifest, registry):
     path = write_manifest(deterministic_manifest("reference.sqlite"), "reference.toml")
     run = subprocess.run([sys.executable, "-m", "bnbench", "run", str(path), "--no-report"], capture_output=True)
     assert run.returncode == 0, run.stderr
-    manifest = load_manifest(path, registry=registry)
+    manifest = open_session(path, registry=registry).manifest
     ids = [r.run_id for r in manifest.runs()]
     return ids, results_of(manifest.results_path, ids)
 
@@ -87,10 +87,10 @@ def with_slow_plugin(text: str) -> str:
 
 
 def test_stop_midway_checkpoints_and_resume_is_bitwise_identical(write_manifest, registry):
-    manifest = load_manifest(write_manifest(deterministic_manifest(seeds="[0]")), registry=registry)
+    manifest = open_session(write_manifest(deterministic_manifest(seeds="[0]")), registry=registry).manifest
     planned = manifest.runs()[0]
     uninterrupted = Runner(registry, base_dir=manifest.base_dir, device="cpu").run(planned)
-    checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+    checkpoints = Checkpoints.beside(manifest.results_path)
     stopped = run_until_stopped(registry, planned, manifest.base_dir, checkpoints, at_step=6)  # midway, epoch 2
     assert stopped.step == 6 and stopped.path.is_file()
     resumed = Runner(registry, base_dir=manifest.base_dir, device="cpu", checkpoints=checkpoints).run(planned)
@@ -105,7 +105,7 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_results(write_manifes
     ids, expected = reference
     path = write_manifest(with_slow_plugin(deterministic_manifest()))
     store_path = path.parent / "results.sqlite"
-    checkpoints = checkpoint_directory(store_path)
+    checkpoints = Checkpoints.beside(store_path).directory
     process = bnbench_process(path, sleep=0.05)
     try:
         wait_for(lambda: any(checkpoints.glob("*/step-*.pt")))
@@ -127,7 +127,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_resumes(write_manifest, reference
     ids, expected = reference
     path = write_manifest(with_slow_plugin(deterministic_manifest()))
     store_path = path.parent / "results.sqlite"
-    checkpoints = checkpoint_directory(store_path)
+    checkpoints = Checkpoints.beside(store_path).directory
     process = bnbench_process(path, sleep=0.05)
     wait_for(lambda: any(checkpoints.glob("*/step-*.pt")))  # a run midway, past its first checkpoint
     process.send_signal(signal.SIGTERM)
@@ -163,11 +163,11 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts(write_manifest, regis
         [sys.executable, "-m", "bnbench", "run", str(reference_path), "--no-report"], capture_output=True
     )
     assert run.returncode == 0, run.stderr
-    ids = [r.run_id for r in load_manifest(reference_path, registry=registry).runs()]
+    ids = [r.run_id for r in open_session(reference_path, registry=registry).manifest.runs()]
     expected = results_of(reference_path.parent / "reference.sqlite", ids)
     path = write_manifest(with_slow_plugin(deterministic_manifest(seeds=seeds)))
     store_path = path.parent / "results.sqlite"
-    checkpoints = checkpoint_directory(store_path)
+    checkpoints = Checkpoints.beside(store_path).directory
     rng = random.Random(1234)
     moments = {  # each trial kills at an event of the sweep, never at a time that might precede them all
         "a run claimed": lambda before: "running" in _statuses(store_path).values(),
@@ -225,7 +225,9 @@ def test_checkpoints_refuse_arbitrary_pickles(tmp_path):
 
 
 def test_a_run_claimed_by_a_live_process_is_skipped_and_a_dead_claim_is_taken_over(write_manifest, registry):
-    manifest = load_manifest(write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1]")), registry=registry)
+    manifest = open_session(
+        write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1]")), registry=registry
+    ).manifest
     first, second = manifest.runs()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -247,7 +249,7 @@ def test_a_run_claimed_by_a_live_process_is_skipped_and_a_dead_claim_is_taken_ov
 
 
 def test_claims_from_other_hosts_expire_without_a_heartbeat(write_manifest, registry):
-    manifest = load_manifest(write_manifest(tiny_manifest(placement='"none"')), registry=registry)
+    manifest = open_session(write_manifest(tiny_manifest(placement='"none"')), registry=registry).manifest
     (planned,) = manifest.runs()
     with Store(manifest.results_path) as store:
         store.claim(planned)
@@ -268,7 +270,7 @@ def test_nan_weights_are_divergence_even_if_the_loss_looked_finite(write_manifes
                     next(run.model.parameters()).fill_(float("nan"))
 
     registry = load_registry(objects=[("poison", Poison())])
-    manifest = load_manifest(write_manifest(tiny_manifest(placement='"none"', epochs=2)), registry=registry)
+    manifest = open_session(write_manifest(tiny_manifest(placement='"none"', epochs=2)), registry=registry).manifest
     result = Runner(registry, base_dir=manifest.base_dir, device="cpu").run(manifest.runs()[0])
     assert result.status == "diverged" and result.diverged_step == 8 and "a parameter" in result.error
 

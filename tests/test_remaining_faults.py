@@ -20,8 +20,8 @@ from test_cli import bnbench
 from bnbench import hookimpl
 from bnbench.errors import StoreError
 from bnbench.files import OutputError, write_atomically
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -36,7 +36,7 @@ def with_plugins(text: str, *plugins: str) -> str:
 @pytest.fixture
 def finished(write_manifest, registry) -> Path:
     path = write_manifest(tiny_manifest())
-    assert run_manifest(load_manifest(path, registry=registry)).statuses == {"done": 2}
+    assert run_manifest(open_session(path, registry=registry).manifest).statuses == {"done": 2}
     return path
 
 
@@ -128,7 +128,7 @@ def test_a_sweep_called_as_a_library_leaves_the_host_signal_handlers_alone(write
     before = signal.getsignal(signal.SIGTERM)
     registry = load_registry(objects=[("watch", Watch())])
     path = write_manifest(tiny_manifest(placement='"none"'))
-    run_manifest(load_manifest(path, registry=registry), registry=registry)
+    run_manifest(open_session(path, registry=registry).manifest, registry=registry)
     assert seen and all(handler is before for handler in seen)
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -136,8 +136,8 @@ def test_a_sweep_called_as_a_library_leaves_the_host_signal_handlers_alone(write
 @pytest.mark.slow
 def test_a_rerun_killed_midway_keeps_every_old_result(write_manifest, registry, tmp_path):
     path = write_manifest(with_plugins(tiny_manifest(seeds="[0, 1]"), str(KILL_PLUGIN)))
-    assert run_manifest(load_manifest(path, registry=load_registry([str(KILL_PLUGIN)]))).statuses == {"done": 4}
-    before = [r.run_id for r in load_manifest(path).runs()]
+    assert run_manifest(open_session(path, registry=load_registry([str(KILL_PLUGIN)])).manifest).statuses == {"done": 4}
+    before = [r.run_id for r in open_session(path).manifest.runs()]
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {**os.environ, "BNBENCH_TEST_KILL_AT_STEP": "2", "BNBENCH_TEST_KILL_MARKERS": str(markers)}

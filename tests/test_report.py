@@ -10,9 +10,9 @@ import pytest
 from conftest import TINY_STUDY, tiny_manifest
 
 from bnbench import report
-from bnbench.manifest import load_manifest
 from bnbench.records import EpochRecord, RunResult
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -27,7 +27,7 @@ KNOWN = {
 
 @pytest.fixture
 def known_store(write_manifest, registry):
-    manifest = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1]")), registry=registry)
+    manifest = open_session(write_manifest(tiny_manifest(seeds="[0, 1]")), registry=registry).manifest
     with Store(manifest.results_path) as store:
         store.link(manifest.runs())
         for planned in manifest.runs():
@@ -86,7 +86,7 @@ def test_csv_has_numbers(known_store):
 
 def test_csv_of_studies_with_different_axes_has_every_axis_column(write_manifest, registry):
     second = TINY_STUDY.format(placement='"all"', lr="[0.01, 0.05]", seeds="[0]", epochs=1).replace("tiny", "lrs")
-    manifest = load_manifest(write_manifest(tiny_manifest(epochs=1) + second), registry=registry)
+    manifest = open_session(write_manifest(tiny_manifest(epochs=1) + second), registry=registry).manifest
     run_manifest(manifest)
     with Store(manifest.results_path) as store:
         text = report.from_manifest(manifest, store, load_registry()).render("csv")
@@ -106,7 +106,7 @@ def test_latex_and_pending_runs(write_manifest, registry, known_store):
     with Store(known_store.results_path) as store:
         latex = report.from_manifest(known_store, store, load_registry()).render("latex")
     assert "\\toprule" in latex and "80.00 ± 14.14" in latex
-    bigger = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1, 2]")), registry=registry)
+    bigger = open_session(write_manifest(tiny_manifest(seeds="[0, 1, 2]")), registry=registry).manifest
     with Store(bigger.results_path) as store:
         text = report.from_manifest(bigger, store, load_registry()).render("github")
     assert "(2 of 6 runs not yet run)" in text and "| 2/3 " in text
@@ -168,7 +168,7 @@ def test_the_report_shows_why_a_run_failed(write_manifest, tmp_path):
         'device = "cpu"\n', f'device = "cpu"\nplugins = ["{fault_plugins.__file__}"]\n'
     )
     text = text.replace('model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "mlp", widths = [16] }]')
-    manifest = load_manifest(write_manifest(text))
+    manifest = open_session(write_manifest(text)).manifest
     registry = load_registry([fault_plugins.__file__])
     assert run_manifest(manifest, registry=registry).statuses == {"failed": 2, "done": 2}
     with Store(manifest.results_path) as store:

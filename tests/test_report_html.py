@@ -11,10 +11,10 @@ import pytest
 from test_probes_contract import MANIFEST, ProbePlugin
 
 from bnbench.cli import main
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
 from bnbench.report import from_manifest
 from bnbench.report_html import anchor, render_html
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -36,7 +36,7 @@ class Page(HTMLParser):
 @pytest.fixture
 def probe_report(write_manifest):
     registry = load_registry(objects=[("probe_plugin", ProbePlugin())])
-    manifest = load_manifest(write_manifest(MANIFEST), registry=registry)
+    manifest = open_session(write_manifest(MANIFEST), registry=registry).manifest
     run_manifest(manifest, registry=registry)
     with Store(manifest.results_path) as store:
         return from_manifest(manifest, store, registry)
@@ -71,11 +71,11 @@ def test_report_html_from_the_command_line(write_manifest, tmp_path, monkeypatch
     pytest.importorskip("matplotlib")
     path = write_manifest(MANIFEST)
     registry = load_registry(objects=[("probe_plugin", ProbePlugin())])
-    run_manifest(load_manifest(path, registry=registry), registry=registry)
+    run_manifest(open_session(path, registry=registry).manifest, registry=registry)
     import bnbench.session
 
-    original = bnbench.session.plan_manifest
-    monkeypatch.setattr(bnbench.session, "plan_manifest", lambda *a, **k: original(*a, **{**k, "registry": registry}))
+    original = bnbench.session.read_manifest
+    monkeypatch.setattr(bnbench.session, "read_manifest", lambda *a, **k: original(*a, **{**k, "registry": registry}))
     assert main(["report", str(path), "--html", str(tmp_path / "report.html")]) == 0
     assert "HTML report written to" in capsys.readouterr().err
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1

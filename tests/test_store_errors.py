@@ -11,7 +11,7 @@ from conftest import tiny_manifest
 from test_cli import bnbench
 
 from bnbench.errors import StoreError
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -20,7 +20,7 @@ from bnbench.sweep import run_manifest
 def finished(write_manifest, registry, tmp_path) -> Path:
     """A manifest whose tiny sweep has run: its store holds results."""
     path = write_manifest(tiny_manifest())
-    assert run_manifest(load_manifest(path, registry=registry)).statuses == {"done": 2}
+    assert run_manifest(open_session(path, registry=registry).manifest).statuses == {"done": 2}
     return path
 
 
@@ -81,11 +81,10 @@ def test_read_only_store_refuses_a_missing_file(tmp_path):
 
 def test_checkpoints_left_by_a_kill_after_recording_are_cleaned_up_on_the_next_run(finished, registry):
     from bnbench.checkpoint import Checkpoints
-    from bnbench.sweep import checkpoint_directory
 
-    manifest = load_manifest(finished, registry=registry)
+    manifest = open_session(finished, registry=registry).manifest
     done = manifest.runs()[0].run_id
-    checkpoints = Checkpoints(checkpoint_directory(manifest.results_path))
+    checkpoints = Checkpoints.beside(manifest.results_path)
     checkpoints.save(done, {"step": 3})  # as if killed between recording the result and discarding these
     checkpoints.save("0123abcd", {"step": 1})  # a run this store has no result of: kept
     summary = run_manifest(manifest)

@@ -10,9 +10,9 @@ from conftest import tiny_manifest
 
 from bnbench import hookimpl
 from bnbench.errors import StoreError
-from bnbench.manifest import load_manifest
 from bnbench.progress import Progress
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 from bnbench.store import SCHEMA_VERSION, Store
 from bnbench.sweep import run_manifest
 
@@ -24,7 +24,7 @@ def quiet(n: int) -> Progress:
 
 
 def test_sweep_records_results_and_resume_skips_finished_runs(write_manifest, registry):
-    manifest = load_manifest(write_manifest(tiny_manifest(seeds="[0, 1]")), registry=registry)
+    manifest = open_session(write_manifest(tiny_manifest(seeds="[0, 1]")), registry=registry).manifest
     first = run_manifest(manifest, progress=quiet(4))
     assert first.planned == 4 and first.skipped == 0 and first.statuses["done"] == 4
     with Store(manifest.results_path) as store:
@@ -45,7 +45,7 @@ def test_failed_runs_rerun_and_diverged_runs_are_final(write_manifest):
     text = tiny_manifest(placement='"none"').replace(
         'model = { name = "mlp", widths = [16] }', 'model = ["crash", { name = "nan_after", at_step = 2 }]'
     )
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     summary = run_manifest(manifest, registry=registry, progress=quiet(2))
     assert summary.statuses == {"failed": 1, "diverged": 1}
     again = run_manifest(manifest, registry=registry, progress=quiet(1))
@@ -66,7 +66,9 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes(write_manifest):
 
     plugin = Interrupt()
     registry = load_registry(objects=[("interrupt", plugin)])
-    manifest = load_manifest(write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1, 2]")), registry=registry)
+    manifest = open_session(
+        write_manifest(tiny_manifest(placement='"none"', seeds="[0, 1, 2]")), registry=registry
+    ).manifest
     summary = run_manifest(manifest, registry=registry, progress=quiet(3))
     assert summary.interrupted and summary.statuses == {"done": 1}
     ids = [r.run_id for r in manifest.runs()]

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from bnbench.errors import BnbenchError
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 from bnbench.store import Store
 from bnbench.sweep import run_manifest
 
@@ -27,7 +27,7 @@ CURVES = ("train_loss", "test_accuracy")
 
 def stored(path: Path, registry=None) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Run id → metric → ``(epoch, value)`` of the runs in the store of the manifest at ``path``."""
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     with Store(manifest.results_path, read_only=True) as store:
         runs = store.load(r.run_id for r in manifest.runs())
     return {
@@ -63,7 +63,7 @@ def close(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
 def test_tensorboard_holds_every_epoch_of_every_run_and_its_axes_as_hparams(write_manifest, tmp_path):
     text = tiny_manifest().replace('device = "cpu"\n', 'device = "cpu"\ntrackers = ["tensorboard"]\n')
     path = write_manifest(text)
-    assert run_manifest(load_manifest(path)).statuses == {"done": 2}
+    assert run_manifest(open_session(path).manifest).statuses == {"done": 2}
     expected = stored(path)
     folders = sorted((tmp_path / "results.sqlite.tensorboard" / "tiny").iterdir())
     assert len(folders) == 2  # one folder per run
@@ -82,7 +82,7 @@ def test_tensorboard_holds_every_epoch_of_every_run_and_its_axes_as_hparams(writ
 
 def test_mlflow_holds_params_metrics_status_and_the_run_id(write_manifest, tmp_path):
     path = write_manifest(tiny_manifest())
-    assert run_manifest(load_manifest(path, trackers=["mlflow"])).statuses == {"done": 2}
+    assert run_manifest(open_session(path, trackers=["mlflow"]).manifest).statuses == {"done": 2}
     expected = stored(path)
     runs = mlflow_runs(tmp_path / "results.sqlite.mlflow.db", "tiny")
     assert sorted(r.data.tags["bnbench.run_id"] for r in runs) == sorted(expected)
@@ -148,7 +148,7 @@ def test_the_documented_tracker_example_runs_as_written(write_manifest, tmp_path
     (tmp_path / "csvlog.py").write_text(example.split("\n", 1)[1])  # after the file-name comment
     header = 'device = "cpu"\nplugins = ["csvlog.py"]\ntrackers = ["csvlog"]\n'
     path = write_manifest(tiny_manifest(placement='"none"').replace('device = "cpu"\n', header))
-    assert run_manifest(load_manifest(path)).statuses == {"done": 1}
+    assert run_manifest(open_session(path).manifest).statuses == {"done": 1}
     (logged,) = (tmp_path / "results.sqlite.csvlog").iterdir()
     rows = [line.split(",") for line in logged.read_text().splitlines()]
     assert [(int(epoch), name) for epoch, name, _ in rows if name == "test_accuracy"] == [
@@ -161,5 +161,5 @@ def test_a_tracker_without_its_extra_stops_the_sweep_before_anything_is_recorded
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard raises ImportError
     path = write_manifest(tiny_manifest())
     with pytest.raises(BnbenchError, match=r"pip install 'bnbench\[tensorboard\]'"):
-        run_manifest(load_manifest(path, trackers=["tensorboard"]))
+        run_manifest(open_session(path, trackers=["tensorboard"]).manifest)
     assert not (tmp_path / "results.sqlite").exists()

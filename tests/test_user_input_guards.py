@@ -8,8 +8,8 @@ import pytest
 from conftest import tiny_manifest
 
 from bnbench.errors import ManifestError, PluginError
-from bnbench.manifest import load_manifest
 from bnbench.registry import load_registry
+from bnbench.session import open_session
 from bnbench.sweep import run_manifest
 
 
@@ -22,18 +22,18 @@ def test_a_plugin_module_that_registers_nothing_is_an_error():
 def test_study_names_must_be_printable_and_short(write_manifest, registry, name):
     text = tiny_manifest().replace('name = "tiny"', f'name = "{name}"')
     with pytest.raises(ManifestError, match="must be printable") as info:
-        load_manifest(write_manifest(text), registry=registry)
+        open_session(write_manifest(text), registry=registry)
     assert "\x1b" not in str(info.value)  # the error itself never prints the escape
 
 
 def test_absurd_pool_sizes_are_refused_and_a_pool_larger_than_its_runs_runs_them(write_manifest, registry):
     absurd = tiny_manifest().replace('device = "cpu"', 'device = "cpu"\nexecutor = { name = "pool", workers = 100000 }')
     with pytest.raises(ManifestError, match="workers"):
-        load_manifest(write_manifest(absurd), registry=registry)
+        open_session(write_manifest(absurd), registry=registry)
     one_run = tiny_manifest(placement='"none"').replace(
         'device = "cpu"', 'device = "cpu"\nexecutor = { name = "pool", workers = 64 }\nperformance = { threads = 1 }'
     )
-    manifest = load_manifest(write_manifest(one_run, "one.toml"), registry=registry)
+    manifest = open_session(write_manifest(one_run, "one.toml"), registry=registry).manifest
     assert run_manifest(manifest).statuses == {"done": 1}
 
 
@@ -41,7 +41,7 @@ def test_an_unknown_option_given_as_a_list_is_reported_not_swept(write_manifest,
     # found by the fuzz tests: a key "." given a list made the sweep expansion raise KeyError
     text = tiny_manifest().replace("test_size = 64 }", 'test_size = 64, "." = [0] }')
     with pytest.raises(ManifestError, match="unknown field"):
-        load_manifest(write_manifest(text), registry=registry)
+        open_session(write_manifest(text), registry=registry)
     text = tiny_manifest().replace("weight_decay = 0.0", "weight_decay = 0.0\nnosuch = [1, 2]")
     with pytest.raises(ManifestError, match="nosuch"):
-        load_manifest(write_manifest(text, "b.toml"), registry=registry)
+        open_session(write_manifest(text, "b.toml"), registry=registry)

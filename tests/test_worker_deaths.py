@@ -17,9 +17,9 @@ from test_pool_orphans import alive
 from test_reliability import SLOW_PLUGIN, bnbench_process, wait_for
 
 from bnbench.checkpoint import Checkpoints
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 from bnbench.store import Store
-from bnbench.sweep import checkpoint_directory, run_manifest
+from bnbench.sweep import run_manifest
 
 pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
 
@@ -32,7 +32,7 @@ def kill_manifest(write_manifest, executor: str, name: str, plugins: tuple[Path,
     text = manifest_text(executor, f"{name}.sqlite")
     for plugin in plugins:
         text = text.replace("plugins = [", f'plugins = ["{plugin}", ')
-    return load_manifest(write_manifest(text.replace("epochs = 2", "epochs = 3"), f"{name}.toml"))
+    return open_session(write_manifest(text.replace("epochs = 2", "epochs = 3"), f"{name}.toml")).manifest
 
 
 def local_reference(write_manifest):
@@ -69,7 +69,7 @@ def check_retried_from_checkpoint(manifest, reference) -> None:
         assert info["attempts"] == 2 and info["resumed_from_step"] == 4, info
     for info in by_seed[1]:  # the siblings: one attempt, never restarted
         assert info["attempts"] == 1 and "resumed_from_step" not in info, info
-    assert Checkpoints(checkpoint_directory(manifest.results_path)).run_ids() == []
+    assert Checkpoints.beside(manifest.results_path).run_ids() == []
 
 
 def test_pool_retries_a_dead_workers_run_from_its_checkpoint_and_spares_its_siblings(write_manifest, kill_once):
@@ -120,7 +120,7 @@ def test_a_worker_killed_from_outside_is_replaced_while_the_sweep_goes_on(write_
             driver.kill()
     assert driver.returncode == 0, err
     assert "was killed by SIGKILL; retrying it on a new worker from its last checkpoint (attempt 2 of 3)" in err
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     assert results(manifest) == reference
     attempts = {run_id: info["attempts"] for run_id, info in _infos_by_id(manifest).items()}
     assert attempts.pop(victim) == 2 and set(attempts.values()) == {1}

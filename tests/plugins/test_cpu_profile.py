@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fake_datasets import write_mnist
 
-from bnbench.manifest import load_manifest
+from bnbench.session import open_session
 
 pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_cpu_profile_runs_only_the_mnist_studies_on_the_real_loader(registry):
-    manifest = load_manifest(ROOT / "benchmarks.toml", "cpu", registry=registry)
+    manifest = open_session(ROOT / "benchmarks.toml", "cpu", registry=registry).manifest
     assert [s.name for s in manifest.studies] == ["mlp_mnist", "mnist_noise_bn_vs_l2"]
     runs = [r for s in manifest.studies for r in s.runs]
     assert len(runs) == 36 + 144 and all(r.spec.dataset.name == "mnist" for r in runs)
@@ -35,7 +35,7 @@ def test_cpu_profile_runs_only_the_mnist_studies_on_the_real_loader(registry):
     assert max(decays) >= 0.1  # up to where L2 moves accuracy
     assert len({r.spec.optimizer.lr for r in manifest.studies[1].runs}) >= 2  # each arm tunes its rate
     assert {c.study for c in manifest.claims} == {"mlp_mnist", "mnist_noise_bn_vs_l2"}
-    full = load_manifest(ROOT / "benchmarks.toml", registry=registry)
+    full = open_session(ROOT / "benchmarks.toml", registry=registry).manifest
     assert len(full.studies) > 2  # the full protocol keeps every study
 
 

@@ -507,7 +507,7 @@ def test_cifar_augment_keeps_shape_and_is_seeded():
 def test_with_its_defaults_synthetic_separates_normalizers(write_manifest):
     # a comparison on the default synthetic data must be able to say something: with the default
     # MLP, one epoch, batch norm beats no normalization by far (measured: 87 % against 12 %)
-    from bnbench.manifest import load_manifest
+    from bnbench.session import open_session
     from bnbench.store import Store
     from bnbench.sweep import run_manifest
 
@@ -526,7 +526,7 @@ def test_with_its_defaults_synthetic_separates_normalizers(write_manifest):
     [studies.optimizer]
     lr = 0.1
     """
-    manifest = load_manifest(write_manifest(text))
+    manifest = open_session(write_manifest(text)).manifest
     run_manifest(manifest)
     with Store(manifest.results_path) as store:
         runs = store.load(r.run_id for r in manifest.runs()).values()
@@ -548,10 +548,10 @@ def test_descriptions_read_the_training_size_from_the_files_on_disk(mnist: Writt
 
 
 def test_plan_refuses_a_validation_split_larger_than_the_files_on_disk(mnist: Written, tmp_path: Path):
-    from bnbench.assembly import check_runs
     from bnbench.errors import ManifestError
-    from bnbench.manifest import load_manifest
+    from bnbench.plan import check_runs
     from bnbench.registry import load_registry
+    from bnbench.session import open_session
 
     path = tmp_path / "m.toml"
     path.write_text(
@@ -567,6 +567,6 @@ batch_size = 2
 validation_size = 5000
 """
     )
-    manifest = load_manifest(path)
+    manifest = open_session(path).manifest
     with pytest.raises(ManifestError, match="validation_size 5000 must be below the 5 training examples"):
         check_runs(manifest.runs(), load_registry(), str(path))

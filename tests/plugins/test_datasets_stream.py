@@ -15,11 +15,11 @@ from test_datasets import write_fake_cifar, write_fake_mnist
 from bnbench import BuildContext, DataBundle, DatasetNotFoundError, hookimpl
 from bnbench.checkpoint import Checkpoints
 from bnbench.data import DeviceData, StreamData, StreamImages
-from bnbench.manifest import load_manifest
 from bnbench.plugins.datasets.cifar10 import Cifar10Options, load_cifar10
 from bnbench.plugins.datasets.common import TorchvisionSource
 from bnbench.plugins.datasets.mnist import MnistOptions, load_mnist
 from bnbench.runner import Runner
+from bnbench.session import open_session
 
 CPU = torch.device("cpu")
 
@@ -62,7 +62,7 @@ def plan(tmp_path: Path, registry, dataset: str, storage: str = '["memory", "str
     extra = ", verify_checksums = false" if dataset == "cifar10" else ""  # CIFAR-10 augments by default
     path = tmp_path / "manifest.toml"
     path.write_text(textwrap.dedent(STUDY.format(dataset=dataset, storage=storage, workers=workers, extra=extra)))
-    manifest = load_manifest(path, registry=registry)
+    manifest = open_session(path, registry=registry).manifest
     return manifest, manifest.runs()
 
 

@@ -10,7 +10,6 @@ from conftest import tiny_manifest
 from torch import nn
 
 from bnbench import NormSite
-from bnbench.manifest import load_manifest
 from bnbench.plugins.metrics.geometry import (
     capture,
     folded_quantities,
@@ -23,6 +22,7 @@ from bnbench.plugins.metrics.geometry import (
     summarize,
 )
 from bnbench.runner import Runner
+from bnbench.session import open_session
 
 
 def bn_layer(weight: list[list[float]], gamma: list[float], eps: float = 1e-5) -> nn.Sequential:
@@ -196,7 +196,7 @@ NOISE = 'input_transform = { name = "gaussian_noise", std = 0.5 }\ndeterministic
 
 def _runs(write_manifest, registry, metrics: str, epochs: int = 4):
     text = tiny_manifest(epochs=epochs).replace("[studies.optimizer]", NOISE + metrics + "[studies.optimizer]")
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     runner = Runner(registry, base_dir=manifest.base_dir, device="cpu")
     return {run.axes["placement"]: runner.run(run) for run in manifest.runs()}
 

@@ -368,12 +368,12 @@ at_least = 0
 
 
 def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_manifest, registry, tmp_path):
-    from bnbench.manifest import load_manifest
     from bnbench.report import from_manifest
+    from bnbench.session import open_session
     from bnbench.store import Store
     from bnbench.sweep import run_manifest
 
-    manifest = load_manifest(write_manifest(STUDY), registry=registry)
+    manifest = open_session(write_manifest(STUDY), registry=registry).manifest
     assert run_manifest(manifest).statuses == {"done": 8}
     with Store(manifest.results_path) as store:
         report = from_manifest(manifest, store, registry)
@@ -395,10 +395,10 @@ def test_a_study_runs_and_reports_its_regularization_tables_and_claims(write_man
 def test_the_bundled_manifest_holds_the_regularization_study(registry):
     from pathlib import Path
 
-    from bnbench.manifest import load_manifest
+    from bnbench.session import open_session
 
     path = Path(__file__).parents[2] / "benchmarks.toml"
-    studies = {s.name: s for s in load_manifest(path, registry=registry).studies}
+    studies = {s.name: s for s in open_session(path, registry=registry).manifest.studies}
     noise, gamma = studies["mnist_noise_bn_vs_l2"], studies["mnist_gamma_batch_size"]
     specs = [r.spec for r in noise.runs]
     assert {s.dataset.name for s in specs} == {"mnist"} and {s.validation_size for s in specs} == {5000}
@@ -406,7 +406,7 @@ def test_the_bundled_manifest_holds_the_regularization_study(registry):
     assert {s.placement.name for s in specs} == {"all", "none"} and len({s.seed for s in specs}) >= 3
     assert len({s.optimizer.weight_decay for s in specs}) >= 4
     assert sorted({r.spec.batch_size for r in gamma.runs}) == [16, 64, 256]
-    smoke = {s.name: s for s in load_manifest(path, registry=registry, profile="smoke").studies}
+    smoke = {s.name: s for s in open_session(path, registry=registry, profile="smoke").manifest.studies}
     assert {r.spec.dataset.name for r in smoke["mnist_noise_bn_vs_l2"].runs} == {"synthetic"}
 
 

@@ -12,9 +12,9 @@ from bnbench import hookimpl
 from bnbench.checkpoint import Checkpoints
 from bnbench.executors import RunInterrupted
 from bnbench.inputs import InputPipeline
-from bnbench.manifest import load_manifest
 from bnbench.plugins.transforms import GaussianNoiseOptions, gaussian_noise
 from bnbench.runner import Runner
+from bnbench.session import open_session
 
 NOISY = 'input_transform = {{ name = "gaussian_noise", std = {std}, apply_to = "{apply_to}" }}\n'
 
@@ -46,14 +46,14 @@ def test_noise_applies_only_to_its_splits_and_clips_when_asked():
 
 
 def test_noise_level_is_a_sweep_axis(write_manifest, registry):
-    manifest = load_manifest(write_manifest(noisy_manifest(std="[0.0, 0.1, 0.5]")), registry=registry)
+    manifest = open_session(write_manifest(noisy_manifest(std="[0.0, 0.1, 0.5]")), registry=registry).manifest
     (study,) = manifest.studies
     assert study.axes == ["input_transform.std"]
     assert [r.spec.input_transform.options["std"] for r in study.runs] == [0.0, 0.1, 0.5]
 
 
 def test_evaluation_noise_is_the_same_every_time_and_clean_evaluation_is_available(write_manifest, registry):
-    manifest = load_manifest(write_manifest(noisy_manifest(std="1.0")), registry=registry)
+    manifest = open_session(write_manifest(noisy_manifest(std="1.0")), registry=registry).manifest
     planned = manifest.runs()[0]
     runner = Runner(registry, base_dir=manifest.base_dir, device="cpu")
     data = runner.data.get(planned.spec.dataset, runner.device)
@@ -84,11 +84,11 @@ def test_evaluation_noise_is_the_same_every_time_and_clean_evaluation_is_availab
 
 
 def test_noise_changes_training_and_resume_with_noise_is_bitwise(write_manifest, registry):
-    clean = load_manifest(write_manifest(noisy_manifest(std="0.0"), "clean.toml"), registry=registry).runs()[0]
+    clean = open_session(write_manifest(noisy_manifest(std="0.0"), "clean.toml"), registry=registry).manifest.runs()[0]
     text = noisy_manifest(std="0.3", epochs=3).replace(
         "[studies.optimizer]", "deterministic = true\n[studies.optimizer]"
     )
-    manifest = load_manifest(write_manifest(text), registry=registry)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
     planned = manifest.runs()[0]
     runner = Runner(registry, base_dir=manifest.base_dir, device="cpu")
     uninterrupted = runner.run(planned)
