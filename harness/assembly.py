@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnbench.api import DataInfo, NormSite, SiteInfo, find_sites, resolve_traits
+from bnbench.api import DataInfo, NormSite, SiteInfo, find_sites
 from bnbench.errors import BnbenchError
 from bnbench.registry import Registry
 from bnbench.spec import RunSpec
@@ -28,8 +28,7 @@ def resolve_device(device: str) -> torch.device:
 def build_bare_model(registry: Registry, spec: RunSpec, data: DataInfo) -> nn.Module:
     """The model plugin's module, with empty normalizer sites."""
     assert spec.model is not None
-    entry = registry.get("model", spec.model.name)
-    model = entry.factory(entry.options.model_validate(spec.model.all_options), data)
+    model = registry.build("model", spec.model, data)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model plugin {spec.model.name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -39,14 +38,12 @@ def choose_sites(registry: Registry, spec: RunSpec, sites: list[SiteInfo]) -> se
     """The sites the spec's placement chooses, each checked against the normalizer's traits:
     ``ValueError`` naming the site and the reason when the normalizer cannot go there."""
     assert spec.placement is not None and spec.normalizer is not None and spec.model is not None
-    placement = registry.get("placement", spec.placement.name)
-    chosen = set(placement.factory(sites, placement.options.model_validate(spec.placement.all_options)))
+    chosen = set(registry.build("placement", spec.placement, sites))
     unknown = chosen - {info.name for info in sites}
     if unknown:
         raise ValueError(f"placement {spec.placement.name!r} chose sites the model lacks: {sorted(unknown)}")
     normalizer = registry.get("normalizer", spec.normalizer.name)
-    options = normalizer.options.model_validate(spec.normalizer.all_options)
-    traits = resolve_traits(normalizer.extras.get("traits"), options)
+    traits = registry.traits(spec.normalizer)
     for info in sites:
         refusal = traits.refusal(info) if info.name in chosen else None
         lacks_off_switch = traits.includes_activation and not _takes_activation(normalizer.factory)
@@ -92,15 +89,17 @@ def _takes_activation(factory: Any) -> bool:
 
 def _attach(registry: Registry, spec: RunSpec, sites: list[tuple[SiteInfo, NormSite]]) -> None:
     assert spec.normalizer is not None
-    normalizer = registry.get("normalizer", spec.normalizer.name)
-    options = normalizer.options.model_validate(spec.normalizer.all_options)
-    traits = resolve_traits(normalizer.extras.get("traits"), options)
-    takes_activation = traits.includes_activation and _takes_activation(normalizer.factory)
+    traits = registry.traits(spec.normalizer)
+    takes_activation = traits.includes_activation and _takes_activation(
+        registry.get("normalizer", spec.normalizer.name).factory
+    )
     for info, site in sites:
         if takes_activation:  # its activation only where the model would apply one
-            module = normalizer.factory(info.num_features, info.kind, options, activation=info.activated)
+            module = registry.build(
+                "normalizer", spec.normalizer, info.num_features, info.kind, activation=info.activated
+            )
         else:
-            module = normalizer.factory(info.num_features, info.kind, options)
+            module = registry.build("normalizer", spec.normalizer, info.num_features, info.kind)
         if not isinstance(module, nn.Module):
             raise TypeError(
                 f"normalizer plugin {spec.normalizer.name!r} returned {type(module).__name__}, not a torch.nn.Module"

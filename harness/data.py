@@ -274,10 +274,9 @@ def prepare_datasets(datasets: Iterable[Component], registry: Registry, base_dir
         if key in seen:
             continue
         seen.add(key)
-        entry = registry.get("dataset", dataset.name)
-        prepare = entry.extras.get("prepare")
+        prepare = registry.get("dataset", dataset.name).extras.get("prepare")
         if prepare is not None:
-            prepare(entry.options.model_validate(dataset.all_options), context)
+            prepare(registry.options("dataset", dataset), context)
 
 
 class DataCache:
@@ -305,7 +304,7 @@ class DataCache:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        bundle = entry.factory(entry.options.model_validate(dataset.all_options), self.context)
+        bundle = self.registry.build("dataset", dataset, self.context)
         if not isinstance(bundle, DataBundle):
             raise TypeError(
                 f"dataset plugin {dataset.name!r} ({entry.plugin}) returned {type(bundle).__name__}, "

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +12,8 @@ from torch import nn
 from bnbench.api import EpochContext, EvalResult
 from bnbench.data import BatchFunction, DeviceData
 from bnbench.performance import Performance
+from bnbench.registry import Registry
+from bnbench.spec import Component
 
 
 @torch.no_grad()
@@ -39,15 +40,15 @@ def evaluate_split(
     return EvalResult(loss=float(total_loss) / max(1, count), accuracy=float(correct) / max(1, count))
 
 
-def compute_metrics(metrics: list[tuple[Any, Any]], context: EpochContext) -> dict[str, float]:
+def compute_metrics(registry: Registry, metrics: Iterable[Component], context: EpochContext) -> dict[str, float]:
+    """Each metric's values at the end of an epoch, under its name (``name.key`` for a mapping)."""
     values: dict[str, float] = {}
-    for component, entry in metrics:
+    for component in metrics:
         try:
-            value = entry.factory(context, entry.options.model_validate(component.all_options))
+            value = registry.build("metric", component, context)
         except Exception as exc:
-            raise RuntimeError(
-                f"metric {component.name!r} ({entry.plugin}) raised {type(exc).__name__}: {exc}"
-            ) from exc
+            plugin = registry.get("metric", component.name).plugin
+            raise RuntimeError(f"metric {component.name!r} ({plugin}) raised {type(exc).__name__}: {exc}") from exc
         items = value.items() if isinstance(value, Mapping) else [(None, value)]
         for key, number in items:
             name = component.name if key is None else f"{component.name}.{key}"

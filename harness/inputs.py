@@ -35,8 +35,7 @@ class InputPipeline:
     def build(cls, registry: Registry, spec: RunSpec, data: DeviceData, device: torch.device) -> InputPipeline:
         transform = None
         if spec.input_transform is not None:
-            entry = registry.get("transform", spec.input_transform.name)
-            transform = entry.factory(entry.options.model_validate(spec.input_transform.all_options))
+            transform = registry.build("transform", spec.input_transform)
             if not callable(transform):
                 raise TypeError(f"transform plugin {spec.input_transform.name!r} returned a non-callable")
         pipeline = cls(data, transform, spec.seed, device)

@@ -29,19 +29,18 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from bnbench.api import BuildContext, DataInfo, DatasetDescription, find_sites, resolve_traits
+from bnbench.api import BuildContext, DataInfo, DatasetDescription, find_sites
 from bnbench.assembly import build_bare_model, choose_sites
 from bnbench.checkpoint import Checkpoints
 from bnbench.errors import ManifestError
 from bnbench.manifest import Manifest
 from bnbench.records import FINISHED, PlannedPack, PlannedRun, Work
 from bnbench.registry import Registry
-from bnbench.spec import RunSpec
+from bnbench.spec import Component, RunSpec
 from bnbench.store import read_statuses
 
 
@@ -147,9 +146,7 @@ def unpackable_reason(registry: Registry, run: PlannedRun) -> str | None:
     normalizer = run.spec.normalizer
     if normalizer is None:
         return None
-    entry = registry.get("normalizer", normalizer.name)
-    traits = resolve_traits(entry.extras.get("traits"), entry.options.model_validate(normalizer.all_options))
-    if traits.packable:
+    if registry.traits(normalizer).packable:
         return None
     return f"normalizer {normalizer.name!r} does not run under torch.func.vmap (its traits say packable=False)"
 
@@ -201,13 +198,13 @@ def plan_work(
 # --- checks before anything trains ---------------------------------------------------------
 
 
-def describe_dataset(entry: Any, options: dict[str, Any], base_dir: Path) -> DatasetDescription | None:
+def describe_dataset(registry: Registry, dataset: Component, base_dir: Path) -> DatasetDescription | None:
     """A dataset's description (``describe=``): given the build context too when it takes two
     arguments, so it can read sizes from the files on disk."""
-    describe = entry.extras.get("describe")
+    describe = registry.get("dataset", dataset.name).extras.get("describe")
     if describe is None:
         return None
-    validated = entry.options.model_validate(options)
+    validated = registry.options("dataset", dataset)
     if len(inspect.signature(describe).parameters) >= 2:
         return describe(validated, BuildContext(base_dir))
     return describe(validated)
@@ -230,8 +227,7 @@ def check_runs(
             continue
         key = json.dumps(spec.dataset.model_dump(mode="json"), sort_keys=True)
         if key not in described:
-            entry = registry.get("dataset", spec.dataset.name)
-            described[key] = describe_dataset(entry, spec.dataset.all_options, Path(file).parent)
+            described[key] = describe_dataset(registry, spec.dataset, Path(file).parent)
         facts = described[key]
         if facts is None:
             continue

@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,16 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from bnbench import hookspecs
-from bnbench.api import NoOptions, NormalizerTraits, Options
+from bnbench.api import NoOptions, NormalizerTraits, Options, resolve_traits
 from bnbench.errors import PluginError, UnknownNameError
 from bnbench.hookspecs import KINDS, REGISTRATION_HOOKS, disabled_plugins
+from bnbench.spec import Component
 
 ENTRY_POINT_GROUP = "bnbench"
+
+OPTIONS_FIRST = frozenset({"model", "dataset", "transform", "executor", "tracker"})
+"""Kinds whose factory takes its validated options first (``factory(options, data)``); the other
+kinds' factories take them after what they work on (``factory(context, options)``)."""
 
 
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -135,6 +141,7 @@ class Registry:
         self.broken: dict[str, str] = dict(broken or {})
         """Plugin name → why it failed to load or register; the other plugins stay usable."""
         self._isolated = set(isolated)
+        self._validated: dict[tuple[str, str, str], Any] = {}
         self._collect()
 
     # -- building the tables -------------------------------------------------------------
@@ -225,6 +232,30 @@ class Registry:
 
     def has(self, kind: str, name: str) -> bool:
         return name in self._entries[kind]
+
+    # -- building components (one way, for every kind) -------------------------------------
+    def options(self, kind: str, component: Component) -> Any:
+        """``component``'s options validated by its plugin's options model (``ValidationError`` when
+        they do not fit). Components are immutable, so each is validated once per registry."""
+        key = (kind, component.name, json.dumps(component.all_options, sort_keys=True, default=repr))
+        if key not in self._validated:
+            self._validated[key] = self.get(kind, component.name).options.model_validate(component.all_options)
+        return self._validated[key]
+
+    def build(self, kind: str, component: Component, *args: Any, **kwargs: Any) -> Any:
+        """What ``component``'s factory makes, its options validated: ``factory(options, *args)``
+        for the kinds in ``OPTIONS_FIRST``, ``factory(*args, options, **kwargs)`` for the others
+        (each registration hook documents its factory's arguments)."""
+        factory = self.get(kind, component.name).factory
+        options = self.options(kind, component)
+        if kind in OPTIONS_FIRST:
+            return factory(options, *args, **kwargs)
+        return factory(*args, options, **kwargs)
+
+    def traits(self, normalizer: Component) -> NormalizerTraits:
+        """The traits of a normalizer with these options (the defaults when it registered none)."""
+        entry = self.get("normalizer", normalizer.name)
+        return resolve_traits(entry.extras.get("traits"), self.options("normalizer", normalizer))
 
     def metric_named(self, measures: str, split: str) -> str | None:
         """The name of the registered metric declaring it ``measures`` on ``split``, if one does."""

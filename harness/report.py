@@ -168,10 +168,9 @@ class Report:
         """The metrics ``components`` declare they show (``reads=``, resolved with their options)."""
         shown: set[str] = set()
         for component in components:
-            entry = self.registry.get("analysis", component.name)
-            reads = entry.extras.get("reads", ())
+            reads = self.registry.get("analysis", component.name).extras.get("reads", ())
             with contextlib.suppress(Exception):  # bad options fail the analysis itself, with its message
-                shown |= set(reads(entry.options.model_validate(component.all_options)) if callable(reads) else reads)
+                shown |= set(reads(self.registry.options("analysis", component)) if callable(reads) else reads)
         return frozenset(shown)
 
     def _run_analyses(self, study: StudyRuns, results: StudyResults) -> list[Outcome]:
@@ -182,9 +181,8 @@ class Report:
             components = list(study.analyses)
         results = replace(results, shown=self._shown(components))
         for component in components:
-            entry = self.registry.get("analysis", component.name)
             try:
-                result = entry.factory(results, entry.options.model_validate(component.all_options))
+                result = self.registry.build("analysis", component, results)
                 if not isinstance(result, AnalysisResult):
                     raise TypeError(f"returned {type(result).__name__}, not an AnalysisResult")
                 outcomes.append((component, result))

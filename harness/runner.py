@@ -70,11 +70,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def make_trackers(registry: Registry, trackers: Iterable[Component], context: TrackerContext) -> list[object]:
     """The trackers' plugin objects, made by their factories (``bnbench_register_trackers``)."""
-    made = []
-    for component in trackers:
-        entry = registry.get("tracker", component.name)
-        made.append(entry.factory(entry.options.model_validate(component.all_options), context))
-    return made
+    return [registry.build("tracker", component, context) for component in trackers]
 
 
 def close_trackers(trackers: Iterable[object]) -> None:
@@ -295,7 +291,6 @@ class Runner:
         assert spec.probe is not None
         name = spec.probe.name
         seed_everything(spec.seed)
-        entry = self.registry.get("probe", name)
 
         def data() -> DeviceData:
             if spec.dataset is None:
@@ -313,7 +308,7 @@ class Runner:
         context = ProbeContext(spec=spec, device=self.device, generator=generator, build_model=build, data=data)
         if progress:
             progress.start_run(planned.label, 1)
-        measurements = entry.factory(context, entry.options.model_validate(spec.probe.all_options))
+        measurements = self.registry.build("probe", spec.probe, context)
         if not isinstance(measurements, Mapping):
             raise TypeError(f"probe {name!r} returned {type(measurements).__name__}; probes return a mapping")
         try:

@@ -197,8 +197,7 @@ def run_plan(
             trackers=tuple(manifest.trackers),
             results=manifest.results_path,
         )
-        entry = registry.get("executor", manifest.executor.name)
-        executor = entry.factory(entry.options.model_validate(manifest.executor.all_options))
+        executor = registry.build("executor", manifest.executor)
         stop = threading.Event()
         headline = headline_metrics(registry)
         progress = progress or Progress(len(pending), headline=headline, verbose=verbose)

@@ -45,8 +45,9 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from bnbench.api import DataInfo, NormalizerTraits, NormSite, SiteKind, find_sites, resolve_traits
+from bnbench.api import DataInfo, NormalizerTraits, NormSite, SiteKind, find_sites
 from bnbench.registry import Entry, Registry, load_registry
+from bnbench.spec import Component, RunSpec
 from bnbench.stacking import StackedModules
 
 CHECKS: tuple[str, ...] = (
@@ -526,7 +527,6 @@ def example_options(options: type[BaseModel]) -> dict[str, Any] | None:
 
 def _models_and_placements(subject: Subject, model_name: str, placement_name: str) -> None:
     from bnbench.assembly import assemble_model, build_bare_model, choose_sites  # the core's own build path
-    from bnbench.spec import Component, RunSpec
 
     registry = subject.registry
     options: dict[str, Any] = {}
@@ -538,7 +538,7 @@ def _models_and_placements(subject: Subject, model_name: str, placement_name: st
         chosen = dict(given[name]) if name in given else example_options(entry.options)
         if chosen is None:
             raise _Skip(f"{kind} {name!r} has required options without examples; pass {kind}_options")
-        options[kind] = entry.options.model_validate(chosen).model_dump(mode="json")
+        options[kind] = registry.options(kind, Component(name=name, options=chosen)).model_dump(mode="json")
     spec = RunSpec.model_construct(  # no dataset: the kit hands the model its DataInfo itself
         model=Component(name=model_name, options=options["model"]),
         normalizer=Component(name=subject.name, options=subject.options.model_dump(mode="json")),
@@ -628,13 +628,12 @@ def _subject(
     from bnbench.assembly import resolve_device
 
     registry = registry or load_registry()
-    entry = registry.get("normalizer", name)
-    validated = entry.options.model_validate(dict(options or {}))
+    component = Component(name=name, options=dict(options or {}))
     return Subject(
         name=name,
-        entry=entry,
-        options=validated,
-        traits=resolve_traits(entry.extras.get("traits"), validated),
+        entry=registry.get("normalizer", name),
+        options=registry.options("normalizer", component),
+        traits=registry.traits(component),
         registry=registry,
         device=device if isinstance(device, torch.device) else resolve_device(device),
         data=data,

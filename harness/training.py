@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +35,7 @@ from bnbench.progress import Progress
 from bnbench.records import EpochRecord
 from bnbench.registry import Registry
 from bnbench.run_state import TrainingState, restore_latest
+from bnbench.spec import Component
 
 DEFAULT_CHECK_EVERY = 25
 """Steps between checks of the loss for NaN/inf (each check costs a host sync on a GPU, and
@@ -319,10 +320,8 @@ class Loop:
         position = members[0].training.state  # epoch, batch and step are the same for every member
         hook = registry.hook
         step_hook = hook.bnbench_step_end if hook.bnbench_step_end.get_hookimpls() else None
-        metrics = [
-            [(m, registry.get("metric", m.name)) for m in member.training.context.spec.metrics] for member in members
-        ]
-        losses_measured = set().union(*(loss_metrics(entries) for entries in metrics))
+        metrics = [member.training.context.spec.metrics for member in members]
+        losses_measured = set().union(*(loss_metrics(registry, components) for components in metrics))
         losses = torch.zeros(check_every, count, device=self.device)  # since the last check
         for index, member in enumerate(members):
             if member.training.state.losses.shape == (check_every,):  # a checkpoint's, at the same interval
@@ -409,7 +408,7 @@ class Loop:
         self,
         registry: Registry,
         member: Member,
-        metrics: list[tuple[Any, Any]],
+        metrics: Iterable[Component],
         losses_measured: set[str],
         epoch: int,
         step: int,
@@ -421,7 +420,7 @@ class Loop:
         try:
             _check_parameters(training.context.model, step)
             train_loss = float(loss_sum) / max(1, training.state.batch)
-            values = compute_metrics(metrics, training.epoch_context(member.model, epoch, step, train_loss))
+            values = compute_metrics(registry, metrics, training.epoch_context(member.model, epoch, step, train_loss))
             check_loss_metrics(values, losses_measured, step)
             registry.hook.bnbench_epoch_end(run=training.context, epoch=epoch, metrics=values)
         except Diverged as exc:
@@ -451,9 +450,9 @@ class Loop:
         return float(losses[active].mean()) if active else float("nan")
 
 
-def loss_metrics(metrics: list[tuple[Any, Any]]) -> set[str]:
-    """The names of the metrics (``(component, entry)`` pairs) that declare ``measures="loss"``."""
-    return {component.name for component, entry in metrics if entry.extras.get("measures") == "loss"}
+def loss_metrics(registry: Registry, metrics: Iterable[Component]) -> set[str]:
+    """The names of the metrics that declare ``measures="loss"``."""
+    return {m.name for m in metrics if registry.get("metric", m.name).extras.get("measures") == "loss"}
 
 
 def check_loss_metrics(values: dict[str, float], losses_measured: set[str], step: int) -> None:

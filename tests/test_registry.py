@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 from conftest import tiny_manifest
+from pydantic import ValidationError
 
 from bnbench import hookimpl
 from bnbench.errors import ManifestError, PluginError, UnknownNameError
@@ -296,3 +297,49 @@ def test_an_installed_plugin_can_be_disabled_by_flag_or_environment(broken_packa
     assert set(load_registry().broken) == {"bnbench-broken:bnbench_broken"}
     assert main(["--disable-plugin", "bnbench-broken", "plugins", "--json", "--kind", "model"]) == 0
     assert json.loads(capsys.readouterr().out)["broken"] == {}
+
+
+def test_one_build_call_validates_options_once_and_calls_each_factory_as_its_kind_documents():
+    from pydantic import field_validator
+
+    from bnbench import Options
+    from bnbench.spec import Component
+
+    validations: list[int] = []
+
+    class Width(Options):
+        width: int = 4
+
+        @field_validator("width")
+        @classmethod
+        def counted(cls, value: int) -> int:
+            validations.append(value)
+            return value
+
+    calls: list[tuple[str, tuple]] = []
+
+    class Plugin:
+        @hookimpl
+        def bnbench_register_models(self, register):
+            register("probe_model", lambda options, data: calls.append(("model", (options.width, data))), options=Width)
+
+        @hookimpl
+        def bnbench_register_metrics(self, register):
+            register(
+                "probe_metric",
+                lambda context, options: calls.append(("metric", (context, options.width))),
+                options=Width,
+            )
+
+    registry = load_registry(objects=[("build_probe", Plugin())], entry_points=False)
+    model, metric = (
+        Component(name="probe_model", options={"width": 8}),
+        Component(name="probe_metric", options={"width": 5}),
+    )
+    registry.build("model", model, "data")
+    registry.build("model", model, "data")  # validated once: components are immutable
+    registry.build("metric", metric, "context")
+    assert calls == [("model", (8, "data")), ("model", (8, "data")), ("metric", ("context", 5))]
+    assert validations == [8, 5]
+    with pytest.raises(ValidationError):
+        registry.build("model", Component(name="probe_model", options={"width": "wide"}), "data")
