@@ -15,11 +15,11 @@ from bnbench.records import RunResult
 from bnbench.session import open_session
 from bnbench.store import Store
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
+
 COUNTER_PLUGIN = """
 import os
 from bnbench import hookimpl
-
-pytestmark = pytest.mark.slow  # every test here spawns processes or starts an engine
 
 @hookimpl
 def bnbench_run_start(run):
