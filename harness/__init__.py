@@ -10,7 +10,10 @@ so ``import bnbench`` (and ``bnbench --help``) stays light.
   ``SiteRole``, ``find_sites``
 - datasets: ``DataBundle``, ``DataInfo``, ``DatasetDescription``, ``SampleSource``,
   ``BatchTransform``, ``BuildContext``
-- metrics, probes, trackers: ``RunContext``, ``EpochContext``, ``EvalResult``, ``TrackerContext``
+- transforms, metrics, probes, trackers: ``InputTransform``, ``RunContext``, ``EpochContext``,
+  ``EvalResult``, ``ProbeContext``, ``TrackerContext``
+- analyses: ``StudyResults``, ``AnalysisResult``, ``Table``, ``Figure``, ``Estimate`` (and the
+  toolkit in ``bnbench.analysis``)
 - executors (``bnbench.executors`` is their contract): ``PlannedRun``, ``PlannedPack``, ``Work``,
   ``RunResult``, ``WorkResult``, ``EpochRecord``, ``RunInterrupted``
 - errors: ``BnbenchError``, ``ManifestError``, ``PluginError``, ``DatasetError``,
@@ -33,46 +36,60 @@ __version__ = "0.1.0"
 _install_compat()
 
 _FROM_API = (
+    "AnalysisResult",
     "BatchTransform",
     "BuildContext",
     "DataBundle",
     "DataInfo",
     "DatasetDescription",
     "EpochContext",
+    "Estimate",
     "EvalResult",
+    "Figure",
+    "find_sites",
+    "InputTransform",
     "NoOptions",
     "NormalizerTraits",
     "NormSite",
     "Options",
+    "ProbeContext",
     "RunContext",
+    "runtime_option",
     "SampleSource",
     "SiteInfo",
     "SiteKind",
     "SiteRole",
+    "StudyResults",
+    "Table",
     "TrackerContext",
-    "find_sites",
-    "runtime_option",
 )
 """Names of ``bnbench.api`` (which imports torch), loaded on first use."""
 
 if TYPE_CHECKING:
     from bnbench.api import (
+        AnalysisResult,
         BatchTransform,
         BuildContext,
         DataBundle,
         DataInfo,
         DatasetDescription,
         EpochContext,
+        Estimate,
         EvalResult,
+        Figure,
+        InputTransform,
         NoOptions,
         NormalizerTraits,
         NormSite,
         Options,
+        ProbeContext,
         RunContext,
         SampleSource,
         SiteInfo,
         SiteKind,
         SiteRole,
+        StudyResults,
+        Table,
         TrackerContext,
         find_sites,
         runtime_option,
@@ -92,6 +109,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AnalysisResult",
     "BatchTransform",
     "BnbenchError",
     "BuildContext",
@@ -102,7 +120,10 @@ __all__ = [
     "DatasetNotFoundError",
     "EpochContext",
     "EpochRecord",
+    "Estimate",
     "EvalResult",
+    "Figure",
+    "InputTransform",
     "ManifestError",
     "NoOptions",
     "NormSite",
@@ -111,6 +132,7 @@ __all__ = [
     "PlannedPack",
     "PlannedRun",
     "PluginError",
+    "ProbeContext",
     "Register",
     "RunContext",
     "RunInterrupted",
@@ -119,6 +141,8 @@ __all__ = [
     "SiteInfo",
     "SiteKind",
     "SiteRole",
+    "StudyResults",
+    "Table",
     "TrackerContext",
     "Work",
     "WorkResult",

@@ -215,7 +215,7 @@ def bnbench_register_executors(register: Register) -> None:
 
     ``factory(options) -> Executor`` (see ``bnbench.executors``): pulls runs one at a time,
     yields an ``Outcome`` per run. Only the driver writes the results store. Executors whose
-    runs execute elsewhere call ``bnbench.executors.run_in_worker`` there, and
+    runs execute elsewhere call ``bnbench.worker.run_in_worker`` there, and
     ``context.keep_alive()`` / ``context.stopping()`` while they wait.
     """
 
