@@ -142,21 +142,6 @@ def test_a_run_killed_midway_and_resumed_continues_its_curves_without_repeating_
         assert close(curves[metric], expected[metric])
 
 
-def test_the_documented_tracker_example_runs_as_written(write_manifest, tmp_path):
-    docs = (Path(__file__).parent.parent / "docs" / "writing-plugins.md").read_text()
-    example = docs.split("# bnbench_csvlog/__init__.py")[1].split("```")[0]
-    (tmp_path / "csvlog.py").write_text(example.split("\n", 1)[1])  # after the file-name comment
-    header = 'device = "cpu"\nplugins = ["csvlog.py"]\ntrackers = ["csvlog"]\n'
-    path = write_manifest(tiny_manifest(placement='"none"').replace('device = "cpu"\n', header))
-    assert run_manifest(open_session(path).manifest).statuses == {"done": 1}
-    (logged,) = (tmp_path / "results.sqlite.csvlog").iterdir()
-    rows = [line.split(",") for line in logged.read_text().splitlines()]
-    assert [(int(epoch), name) for epoch, name, _ in rows if name == "test_accuracy"] == [
-        (1, "test_accuracy"),
-        (2, "test_accuracy"),
-    ]
-
-
 def test_a_tracker_without_its_extra_stops_the_sweep_before_anything_is_recorded(write_manifest, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard raises ImportError
     path = write_manifest(tiny_manifest())

@@ -14,8 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from bnbench import NormalizerTraits, Options, SiteKind, hookimpl
-from bnbench.hookspecs import Register
+from bnbench import NormalizerTraits, Options, Register, SiteKind, hookimpl
 
 __version__ = "0.1.0"
 
