@@ -14,9 +14,8 @@ estimate summarizes those replicates, so the report's interval reflects seed-to-
 What the paper's claim (BN tunes its regularization to the data and the input noise) can be
 tested by is the ``tuned_l2_comparison``: the weight decay κ* explicit L2 needs at each noise
 level (``kappa_trend``) and whether untuned BN stays close to L2 tuned that way
-(``bn_minus_tuned_l2_min`` / ``_max``). The ``implied_regularization`` values are diagnostics:
-its multiplier λ̂ equals −(∂L/∂γ)/(2γ) exactly, which at any stationary point of training is 0,
-or half the weight decay on γ, whatever the noise (``bnbench.plugins.metrics.geometry``).
+(``bn_minus_tuned_l2_min`` / ``_max``). The ``implied_regularization`` values are diagnostics
+(docs/studies.md says why).
 """
 
 from __future__ import annotations
@@ -195,16 +194,8 @@ def implied_regularization_analysis(study: StudyResults, options: ImpliedRegular
     λ̂ (median over units), the ridge rate ρ = λ̂·vᵀΣ_e v/‖v‖², SNR, the bound's tightness,
     ‖v‖ and ‖w‖ (means over seeds of final values).
 
-    **These values cannot test the paper's claim.** λ̂_j = −v_jᵀ∇_vL/(2γ_j²) equals
-    −(∂L/∂γ_j)/(2γ_j) exactly (``bnbench.plugins.metrics.geometry``): at any stationary point of training
-    it is 0 without weight decay on γ and half the weight decay with it, whatever the data or
-    the noise (measured full-batch: λ̂ = 5.0e-4 at weight decay 1e-3 and 5.0e-3 at 1e-2 for every
-    noise level from 0 to 2). Its deviations from that are how far training is from stationary
-    and the sample's gradient noise. So ``lambda_trend`` tests convergence noise,
-    ``ridge_trend`` mostly the factor σ_n² built into ρ's definition, ``ridge_rate_min`` the
-    sign of that convergence noise, and ``bound_within_min`` holds by construction (vᵀΣ_B v = γ²
-    with Σ_B = Σ_s + Σ_e bounds vᵀΣ_e v by γ² up to sampled signal-noise cross terms). What the
-    claim can be tested by is ``tuned_l2_comparison`` (``kappa_trend``, ``bn_minus_tuned_l2_*``).
+    These are diagnostics: they cannot test the paper's claim (docs/studies.md says why); the
+    report shows the reason beside them. What can is ``tuned_l2_comparison``.
 
     Values (diagnostics; ``Estimate`` over seeds, linear scale), for each configuration ``c``
     (and without the suffix when there is one configuration), for the first listed layer:
@@ -526,8 +517,7 @@ def tuned_l2_comparison(study: StudyResults, options: TunedL2Options) -> Analysi
     """BN against unnormalized nets with L2 tuned per seed on the validation split (Annamalai & Thakur 2022).
 
     The paper's claim, that BN tunes its regularization to the data and to the input noise, is
-    tested here by what can be measured (``implied_regularization``'s λ̂ cannot test it: it is 0,
-    or half the weight decay, at any stationary point whatever the noise):
+    tested here by what can be measured (docs/studies.md says why λ̂ cannot):
 
     * κ*(σ): for the unnormalized network, the weight decay explicit L2 needs at noise level σ.
       Per seed, κ*_s(σ) is the grid's weight decay with the best ``selection_metric``

@@ -1,56 +1,13 @@
 """Weight-geometry metrics of batch normalization as a constraint (Annamalai & Thakur 2022).
 
-Our reading of the paper (docs/studies.md). A hidden unit ``j`` of a fully connected layer computes
-``h_ij = w_jᵀx_i + b_j`` on the layer inputs ``x_i`` of a batch ``i = 1..n``; batch normalization
-outputs ``y_ij = γ_j (h_ij − μ_j) / s_j + β_j`` with the batch mean ``μ_j`` and
-``s_j = sqrt(σ_B,j² + ε)``, where ``σ_B,j² = w_jᵀΣ_B w_j`` is the batch variance of ``h_j``
-(``Σ_B``: the biased batch covariance of ``x``). Folding the normalization into the weights,
+``weight_geometry`` (weight norms, effective learning rates, BN's gain and constraint) and
+``implied_regularization`` (the implied multiplier λ̂, the ridge rate, the bound and the
+signal-to-noise ratio per hidden unit), measured on a fixed sample of training examples in
+training mode, leaving the model's running statistics, random state and gradients untouched.
+Layers: every ``nn.Linear`` immediately followed by a hidden ``NormSite``, numbered from 0.
 
-    v_j = γ_j w_j / s_j,        y_ij = v_jᵀ(x_i − x̄) + β_j,        v_jᵀΣ_B v_j = γ_j² σ_B,j² / s_j² ≈ γ_j²,
-
-so a BN layer is an unnormalized layer whose weights are constrained to the ellipsoid
-``vᵀΣ_B v = γ²``: a Tikhonov constraint weighted by the batch covariance. Its Lagrangian
-``L(v) + λ (vᵀΣ_B v − γ²)`` is stationary when ``∇_v L = −2λΣ_B v``; multiplying by ``vᵀ`` and using
-the constraint gives the implied multiplier
-
-    λ̂_j = −v_jᵀ∇_{v_j}L / (2γ_j²).
-
-The gradient in the folded coordinates holds the batch statistics fixed (they are the
-constraint's data): ``y_ij`` is linear in ``v_j``, so by the chain rule
-``∇_{v_j}L = Σ_i g_ij (x_i − x̄)`` with ``g_ij = ∂L/∂y_ij`` (from autograd on the sample batch), and
-``v_jᵀ∇_{v_j}L = Σ_i g_ij (y_ij − β_j) = γ_j ∂L/∂γ_j``: hence ``λ̂_j = −(∂L/∂γ_j) / (2γ_j)``, a check the
-tests use. In raw coordinates the loss is scale-invariant in ``w_j`` and ``w_jᵀ∇_{w_j}L = 0`` exactly,
-which is why the multiplier is read in the folded ones.
-
-**λ̂ is degenerate: a diagnostic, not a measurement of auto-tuning.** Because
-``λ̂_j = −(∂L/∂γ_j)/(2γ_j)`` exactly, λ̂ is the γ-gradient rescaled. At any stationary point of
-training in γ, ``∂L/∂γ_j = −κγ_j`` for weight decay κ on γ (the runner's ``weight_decay`` applies
-to every parameter, as a penalty ``κ/2 ‖γ‖²``), so ``λ̂_j = κ/2``: 0 without weight decay, half the
-weight decay with it, *whatever the data or the input noise*. Measured full-batch: λ̂ = 5.0e-4
-at weight decay 1e-3 and 5.0e-3 at 1e-2 for every noise level from 0 to 2. Its deviations from
-κ/2 are how far training is from stationary and the sample batch's gradient noise. So λ̂ (and
-the ridge rate ``ρ = λ̂ · noise variance``, whose growth with noise is the σ_n² factor built into
-its definition) cannot show that BN tunes its regularization to the noise; the bound
-``‖v‖²σ_n² ≤ γ²`` follows from the constraint and holds by construction. What the claim is tested
-by is the weight decay explicit L2 needs at each noise level and how untuned BN compares with
-it (``bnbench.plugins.analyses.regularization.tuned_l2_comparison``).
-
-With input noise ``x = s + e`` the batch covariance is ``Σ_s + Σ_e`` (``Σ_e = σ_n² I`` for isotropic
-noise on the inputs), and the constraint splits into the signal term and a ridge penalty
-``λ vᵀΣ_e v = ρ ‖v‖²`` of rate ``ρ_j = λ̂_j · v_jᵀΣ_e v_j / ‖v_j‖²`` (``= λ̂_j σ_n²`` for isotropic noise),
-bounding ``‖v_j‖² σ_n² ≤ γ_j²``. The noise ``e`` of a layer's inputs is measured as the difference
-between its inputs on the noisy sample and on the same examples clean, propagated with the
-noisy batch's normalization statistics (so it is the inputs' noise alone); for the first
-layer it is the input noise in normalized pixel units. Signal-to-noise of unit ``j``:
-``SNR_j = var(w_jᵀs) / var(w_jᵀe)``; tightness of the bound: ``‖v_j‖² (v_jᵀΣ_e v_j/‖v_j‖²) / γ_j²``,
-the share of the unit's normalized variance that is noise (≤ 1 when signal and noise are
-uncorrelated).
-
-Every quantity is measured on a fixed sample of training examples (``EpochContext.sample``,
-the same at every epoch, noisy when the run's transform applies to training inputs), run as
-one batch in training mode; running statistics, random state and gradients of the model are
-left untouched. Layers: every ``nn.Linear`` immediately followed by a hidden ``NormSite`` (the
-MLP's hidden layers), numbered from 0. Models without such layers get no values.
+The definitions, their derivation from the constraint, and why λ̂ is a diagnostic and not
+evidence of auto-tuning: docs/studies.md, "The weight geometry of BN as a constraint".
 """
 
 from __future__ import annotations
@@ -253,11 +210,7 @@ def folded_quantities(
 def implied_multiplier(
     weight: torch.Tensor, x: torch.Tensor, h: torch.Tensor, grad_y: torch.Tensor, gamma: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``λ̂_j = −v_jᵀ∇_{v_j}L / (2γ_j²)`` with ``∇_{v_j}L = Σ_i (∂L/∂y_ij)(x_i − x̄)`` (module docstring).
-
-    Equal to ``−(∂L/∂γ_j)/(2γ_j)``: at any stationary point it is 0, or half the weight decay on
-    γ, whatever the noise (the module docstring's degeneracy): a diagnostic only.
-    """
+    """``λ̂_j = −v_jᵀ∇_{v_j}L / (2γ_j²)`` with ``∇_{v_j}L = Σ_i (∂L/∂y_ij)(x_i − x̄)``, per unit."""
     v = folded_weights(weight, h, gamma, eps)
     xc = _flat(x) - _flat(x).mean(dim=0)
     grad_v = _flat(grad_y).T @ xc  # (m, d): row j is ∇_{v_j} L
@@ -399,12 +352,7 @@ def implied_regularization(context: EpochContext, options: GeometryOptions) -> d
     the training inputs ``ridge`` and ``bound`` are 0 and ``snr`` is absent. ``L`` is the mean
     cross-entropy on the sample batch. Cost per recorded epoch: a forward and backward pass of
     ``sample_size`` examples, plus two forward passes (the sample noisy and clean) when training
-    inputs are noisy. See this module's docstring.
-
-    ``lambda`` equals −(∂L/∂γ_j)/(2γ_j): at any stationary point it is 0, or half the weight
-    decay on γ, whatever the noise, and ``bound`` holds by construction; these are diagnostics of
-    the constraint, not measurements of BN tuning its regularization to the noise (module
-    docstring).
+    inputs are noisy. Diagnostics, not evidence (docs/studies.md).
     """
     if not due(context, options.every):
         return {}

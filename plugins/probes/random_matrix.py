@@ -1,25 +1,8 @@
-"""Random-matrix theory of initialization (Bjorck et al. 2018, section 4, Figure 7).
-
-The product of M random N×N matrices becomes ill-conditioned exponentially fast: its singular
-values spread as M grows. For entries N(0, 1/N) (the real Ginibre ensemble) the finite-N
-Lyapunov exponents are known in closed form,
-
-    mu_i = ½ [psi((N − i + 1) / 2) + ln(2 / N)],   i = 1 … N,
-
-so log σ_i(A_M ⋯ A_1) ≈ M mu_i and the log condition number grows linearly in M with slope
-mu_1 − mu_N (entries of variance s/N shift every exponent by ½ ln s; the slope is unchanged).
-A deep unnormalized network is such a product at initialization. RQ3.
-
-Log singular values are accumulated with the QR (Benettin) method, stable for any M:
-A_m Q_{m−1} = Q_m R_m and log σ_i ≈ Σ_m log |R_m[i, i]|. For Gaussian entries each |R_m[i, i]|
-is an independent χ_{N−i+1}/√N, so the sums' expectations are exactly M mu_i. The product is
-Q_M times the triangular R_M ⋯ R_1, whose extreme singular values bound its diagonal, so the
-spread of the sums is a lower bound of the log condition number, off by O(1) for any M; the
-explicit product's SVD is recorded too while float64 resolves it.
-
-The closed form is exact only for Gaussian entries (``gaussian``, ``kaiming_normal``). For
-PyTorch's uniform ``nn.Linear`` init and for a model's weights (an MLP whose ReLUs the product
-leaves out) it is a Gaussian prediction for a non-Gaussian product, and the tables say so.
+"""Random-matrix theory of initialization (Bjorck et al. 2018, section 4, Figure 7): the
+singular-value spread of products of M random N×N matrices (and of a model's weight product)
+against the closed-form Lyapunov exponents of real Ginibre products, accumulated by the QR
+(Benettin) method. The theory, what is exact and what is a prediction: docs/studies.md,
+"Reading 7".
 
 The analysis reports, per initialization and for ``model``, Estimates over seeds (one run is
 one seed, linear scale): ``condition_slope``, ``condition_slope_error`` (per seed |measured −
