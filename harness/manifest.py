@@ -28,7 +28,6 @@ from bnbench.records import PlannedRun
 from bnbench.registry import Entry, Registry, load_registry
 from bnbench.spec import (
     COMPONENT_FIELDS,
-    DEFAULT_EXECUTOR,
     MAX_NAME_LENGTH,
     STUDY_ONLY_FIELDS,
     CheckSpec,
@@ -72,9 +71,9 @@ class Manifest:
     settings: HarnessSettings
     profile: str | None
     studies: list[Study]
+    executor: Component
     claims: list[ClaimSpec] = field(default_factory=list)
     checks: list[CheckSpec] = field(default_factory=list)
-    executor: Component = field(default_factory=lambda: Component(name=DEFAULT_EXECUTOR))
     trackers: list[Component] = field(default_factory=list)
     """Experiment trackers (``[harness] trackers``, then ``run --track``), options resolved."""
 
@@ -411,6 +410,8 @@ class _Expander:
         for field_name, kind in COMPONENT_FIELDS.items():
             if field_name in run:
                 run[field_name] = self.resolve_component(kind, field_name, run[field_name])
+        if "metrics" not in run:  # the metrics plugins declare as defaults, in registration order
+            run["metrics"] = self.registry.defaults("metric")
         if "metrics" in run:
             if not isinstance(run["metrics"], list):
                 raise self.error("must be a list of metric names", "metrics")
@@ -626,6 +627,16 @@ def read_manifest(
                 )
     if executor is None:
         resolver, field_name, raw_executor = _Expander(registry, file, ""), "harness.executor", parsed.harness.executor
+        if raw_executor is None:
+            declared = registry.defaults("executor")
+            if len(declared) != 1:
+                raise ManifestError(
+                    f"set [harness] executor: the installed executor plugins declare {len(declared)} defaults"
+                    + (f" ({', '.join(declared)})" if declared else ""),
+                    file=file,
+                    field="harness.executor",
+                )
+            raw_executor = declared[0]
     else:
         resolver, field_name, raw_executor = _Expander(registry, "--executor", ""), "executor", parse_inline(executor)
     resolved_executor = resolver.resolve_component("executor", field_name, resolver.component(field_name, raw_executor))

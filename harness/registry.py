@@ -33,9 +33,10 @@ kinds' factories take them after what they work on (``factory(context, options)`
 EXTRAS: dict[str, tuple[str, ...]] = {
     "normalizer": ("traits",),
     "probe": ("analyses",),
-    "metric": ("measures", "split"),
+    "metric": ("measures", "split", "default"),
     "analysis": ("standard", "reads"),
     "dataset": ("describe", "prepare"),
+    "executor": ("default",),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
 
@@ -59,6 +60,10 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{value!r} is not true or false"
+
+
 def _callable(value: Any) -> str | None:
     return None if callable(value) else f"{value!r} is not callable"
 
@@ -75,6 +80,8 @@ EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
         if callable(value) or (isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value))
         else f"{value!r} is neither metric names nor a function of the options giving them"
     ),
+    ("metric", "default"): _boolean,
+    ("executor", "default"): _boolean,
     ("dataset", "describe"): _callable,
     ("dataset", "prepare"): _callable,
 }
@@ -256,6 +263,11 @@ class Registry:
         """The traits of a normalizer with these options (the defaults when it registered none)."""
         entry = self.get("normalizer", normalizer.name)
         return resolve_traits(entry.extras.get("traits"), self.options("normalizer", normalizer))
+
+    def defaults(self, kind: str) -> list[str]:
+        """The components of ``kind`` registered with ``default=True``, in registration order: the
+        metrics a study records when it names none, the executor a manifest uses when it names none."""
+        return [name for name, entry in self._entries[kind].items() if entry.extras.get("default") is True]
 
     def metric_named(self, measures: str, split: str) -> str | None:
         """The name of the registered metric declaring it ``measures`` on ``split``, if one does."""

@@ -86,10 +86,8 @@ import pytest
 
 from bnbench.testing import normalizer_checks
 
-SMALL_MODELS = {{"resnet_cifar": {{"depth": 8}}, "mlp": {{"widths": [32, 16]}}}}
 
-
-@pytest.mark.parametrize("check", normalizer_checks("{name}", model_options=SMALL_MODELS), ids=str)
+@pytest.mark.parametrize("check", normalizer_checks("{name}"), ids=str)
 def test_{name}_meets_the_contract(check):
     check()
 '''

@@ -12,9 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEFAULT_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 """The metrics of a study that lists none (the manifest schema's default; the built-ins register them)."""
-DEFAULT_EXECUTOR = "local"
 """Where runs execute when a manifest names no executor (the built-in in-process executor)."""
 
 MAX_EPOCHS = 100_000
@@ -161,8 +159,9 @@ class RunSpec(StrictModel):
         0, ge=0, le=MAX_SEED, description="Seeds model init, data order and augmentation (0 to 2**32 - 1)."
     )
     metrics: list[Component] = Field(
-        default_factory=lambda: [Component(name=n) for n in DEFAULT_METRICS],
-        description="Metric plugins recorded at the end of every epoch.",
+        default_factory=list,
+        description="Metric plugins recorded at the end of every epoch (a manifest that names none gets those "
+        "the metric plugins declare as defaults: the training and test loss and accuracy).",
     )
     deterministic: bool = Field(False, description="Bitwise-repeatable runs (deterministic kernels).")
 
@@ -296,9 +295,10 @@ class HarnessSettings(StrictModel):
     """The ``[harness]`` table of a manifest."""
 
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
-    executor: str | dict[str, Any] = Field(
-        DEFAULT_EXECUTOR,
-        description='Executor plugin: "local" (in-process, sequential) or e.g. { name = "pool", workers = 2 }.',
+    executor: str | dict[str, Any] | None = Field(
+        None,
+        description="Executor plugin, a name or a table with its options (default: the one executor plugin "
+        "that declares itself the default, in-process and sequential).",
     )
 
     results: str | None = Field(

@@ -515,13 +515,15 @@ UNIT_CHECKS: dict[str, tuple[str, Callable[[Subject, KitSite], None]]] = {
 
 # -- models and placements ------------------------------------------------------------------
 def example_options(options: type[BaseModel]) -> dict[str, Any] | None:
-    """Values for an options model's required fields, from their ``examples`` (``None`` if one has none)."""
+    """The options the kit builds a component with: each field's first ``examples`` value where it
+    has one (a model gives its smallest size there: ``Field(110, examples=[8])``), else its
+    default; ``None`` when a required field has no example."""
     values: dict[str, Any] = {}
     for name, info in options.model_fields.items():
-        if info.is_required():
-            if not info.examples:
-                return None
+        if info.examples:
             values[name] = info.examples[0]
+        elif info.is_required():
+            return None
     return values
 
 

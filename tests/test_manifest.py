@@ -65,6 +65,7 @@ def test_run_id_is_stable_and_ignores_how_defaults_are_written(write_manifest, r
         normalizer=Component(name="none"),
         placement=Component(name="none"),
         epochs=1,
+        metrics=[Component(name=n) for n in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")],
     )
     assert spec.run_id() == RunSpec.model_validate_json(spec.canonical_json()).run_id()
     assert spec.run_id() == "0bc5d213b126972c"
@@ -208,3 +209,26 @@ def test_runtime_options_reach_the_plugin_but_stay_out_of_run_ids(write_manifest
     assert dataset.all_options["loader_workers"] == 2 and "loader_workers" not in dataset.options
     assert "loader_workers" not in streamed.runs()[0].spec.canonical_json()
     assert plain.runs()[0].spec.dataset.runtime == {"download": False, "storage": "memory", "loader_workers": 0}
+
+
+def test_the_default_metrics_and_executor_are_those_plugins_declare(write_manifest, registry):
+    manifest = open_session(write_manifest(tiny_manifest()), registry=registry).manifest
+    assert [m.name for m in manifest.runs()[0].spec.metrics] == registry.defaults("metric")
+    assert registry.defaults("metric") == ["train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+    assert manifest.executor.name == registry.defaults("executor")[0] == "local"
+
+
+def test_a_second_default_executor_makes_the_manifest_name_one(write_manifest):
+    from bnbench import hookimpl
+    from bnbench.registry import load_registry
+
+    class Elsewhere:
+        @hookimpl
+        def bnbench_register_executors(self, register):
+            register("elsewhere", lambda options: None, default=True)
+
+    registry = load_registry(objects=[("elsewhere", Elsewhere())])
+    with pytest.raises(ManifestError, match=r"set \[harness\] executor: .* 2 defaults \(local, elsewhere\)"):
+        open_session(write_manifest(tiny_manifest()), registry=registry)
+    named = tiny_manifest().replace('device = "cpu"\n', 'device = "cpu"\nexecutor = "elsewhere"\n')
+    assert open_session(write_manifest(named), registry=registry).manifest.executor.name == "elsewhere"

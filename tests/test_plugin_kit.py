@@ -239,9 +239,10 @@ def test_kit_arguments_are_checked(broken):
         normalizer_checks("scaled", {"factor": -1}, registry=broken)
 
 
-def test_example_options_fill_required_fields_from_field_examples(registry):
+def test_example_options_take_each_fields_first_example_and_need_one_for_required_fields(registry):
     assert example_options(registry.get("placement", "tagged").options) == {"tags": ["residual_branch_end"]}
-    assert example_options(registry.get("model", "mlp").options) == {}
+    assert example_options(registry.get("model", "mlp").options) == {"widths": [32, 16]}  # its smallest size
+    assert example_options(registry.get("placement", "all").options) == {}
 
     class Required(Options):
         width: int

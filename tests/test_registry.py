@@ -201,42 +201,68 @@ def test_plugins_command_lists_kinds_with_provider(capsys):
     assert textwrap.dedent(out).count("\n") > 3
 
 
-def test_the_core_names_no_built_in_plugin():
-    """Outside the manifest schema's defaults (``harness/spec.py``: the default metrics and the
-    ``local`` executor), no code of the core names a built-in plugin: what a metric measures, which
-    dataset the kit uses, which analyses run, all come from what plugins declare."""
+def strings_naming(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """The string literals of ``source`` that are one of ``names`` or quote one inside them (a
+    template, a TOML example), leaving out docstrings, ``description=`` / ``help=`` texts (they
+    document) and torch's ``reduction="none"``."""
     import ast
+    import re
+
+    alternatives = "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
+    quoted = re.compile("[\"'](" + alternatives + ")[\"']")
+    tree = ast.parse(source)
+    skipped = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in ("description", "help", "reduction"):
+            skipped |= {id(part) for part in ast.walk(node.value)}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in skipped
+        and (node.value in names or quoted.search(node.value))
+    ]
+
+
+def test_the_core_names_no_built_in_plugin():
+    """No code of the core names a built-in plugin: what a metric measures, which metrics and
+    executor are the defaults, which models the kit builds, which analyses run, all come from what
+    plugins declare."""
     from pathlib import Path
 
     import bnbench
 
     registry = load_registry()
     built_in = {entry.name for kind in KINDS for entry in registry.entries(kind) if entry.plugin.package == "bnbench"}
-    named: list[str] = []
-    for path in sorted(Path(bnbench.__file__).parent.glob("*.py")):
-        if path.name == "spec.py":
-            continue
-        tree = ast.parse(path.read_text())
-        docstrings = {
-            id(node.body[0].value)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-            and node.body
-            and isinstance(node.body[0], ast.Expr)
-            and isinstance(node.body[0].value, ast.Constant)
-        }
-        torch_words = {  # torch's own vocabulary that happens to spell a plugin's name: reduction="none"
-            id(node.value) for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg == "reduction"
-        }
-        for node in ast.walk(tree):
-            literal = (
-                isinstance(node, ast.Constant)
-                and isinstance(node.value, str)
-                and id(node) not in docstrings | torch_words
-            )
-            if literal and node.value in built_in:
-                named.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    named = [
+        f"{path.name}:{line}: {text[:60]!r}"
+        for path in sorted(Path(bnbench.__file__).parent.glob("*.py"))
+        for line, text in strings_naming(path.read_text(), built_in)
+    ]
     assert named == []
+
+
+def test_the_guard_sees_names_in_code_and_templates_but_not_in_documentation():
+    source = '''
+"""A docstring may mention mlp."""
+DEFAULT = "local"
+TEMPLATE = """SMALL = {{"resnet_cifar": {{"depth": 8}}}}"""
+field = Field(1, description='e.g. "local" or "pool"')
+loss = F.cross_entropy(x, y, reduction="none")
+prose = "no local changes"
+'''
+    assert strings_naming(source, {"mlp", "local", "resnet_cifar", "pool", "none"}) == [
+        (3, "local"),
+        (4, 'SMALL = {{"resnet_cifar": {{"depth": 8}}}}'),
+    ]
 
 
 def install(site, package: str, module: str, code: str) -> None:

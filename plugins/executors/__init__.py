@@ -20,7 +20,7 @@ from bnbench.plugins.executors.submitit_jobs import SubmititOptions, submitit_ex
 
 @hookimpl
 def bnbench_register_executors(register: Register) -> None:
-    register("local", local)
+    register("local", local, default=True)  # the executor of a manifest that names none
     register("pool", pool, options=PoolOptions)
     register("ray", ray_executor, options=RayOptions)
     register("submitit", submitit_executor, options=SubmititOptions)

@@ -19,10 +19,11 @@ from bnbench.plugins.metrics.robustness import RobustnessOptions, robustness
 
 @hookimpl
 def bnbench_register_metrics(register: Register) -> None:
-    register("train_loss", train_loss, measures="loss", split="train")
-    register("train_accuracy", train_accuracy, measures="accuracy", split="train")
-    register("test_loss", test_loss, measures="loss", split="test")
-    register("test_accuracy", test_accuracy, measures="accuracy", split="test")
+    # the metrics a study records when it names none (default=True), in this order
+    register("train_loss", train_loss, measures="loss", split="train", default=True)
+    register("train_accuracy", train_accuracy, measures="accuracy", split="train", default=True)
+    register("test_loss", test_loss, measures="loss", split="test", default=True)
+    register("test_accuracy", test_accuracy, measures="accuracy", split="test", default=True)
     register("validation_loss", validation_loss, measures="loss", split="validation")
     register("validation_accuracy", validation_accuracy, measures="accuracy", split="validation")
     register("weight_geometry", weight_geometry, options=GeometryOptions)

@@ -27,6 +27,7 @@ MAX_WIDTH = 2**20
 class MLPOptions(Options):
     widths: list[int] = Field(
         default_factory=lambda: [256, 256, 256],
+        examples=[[32, 16]],
         description="Width of each hidden layer (the depth is the list's length).",
     )
     activation: Literal["relu", "tanh", "gelu", "sigmoid"] = Field("relu", description="Hidden nonlinearity.")

@@ -26,7 +26,7 @@ from bnbench import DataInfo, NormSite, Options
 
 
 class ResNetOptions(Options):
-    depth: int = Field(110, description="6n+2: 20, 32, 44, 56, 110, ... (8 for smoke tests).")
+    depth: int = Field(110, examples=[8], description="6n+2: 20, 32, 44, 56, 110, ... (8 for smoke tests).")
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], description="Channels of the three stages.")
     shortcut: Literal["A", "B"] = Field(
         "A", description="A: zero-padded identity (He et al. on CIFAR); B: 1×1 conv projection."

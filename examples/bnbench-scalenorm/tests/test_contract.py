@@ -5,10 +5,8 @@ import torch
 
 from bnbench.testing import normalizer_checks
 
-SMALL_MODELS = {"resnet_cifar": {"depth": 8}, "mlp": {"widths": [32, 16]}}
 
-
-@pytest.mark.parametrize("check", normalizer_checks("scalenorm", model_options=SMALL_MODELS), ids=str)
+@pytest.mark.parametrize("check", normalizer_checks("scalenorm"), ids=str)
 def test_scalenorm_meets_the_contract(check):
     check()
 
