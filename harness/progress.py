@@ -5,7 +5,7 @@ of its runs there, so that other sweeps see their owner is alive)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 from tqdm import tqdm
@@ -13,7 +13,8 @@ from tqdm import tqdm
 from bnbench.errors import terminal_text
 
 
-def _fmt(metrics: dict[str, float]) -> str:
+def metrics_text(metrics: Mapping[str, float]) -> str:
+    """``name=value`` pairs of a progress line, four significant digits."""
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
@@ -73,7 +74,7 @@ class Progress:
             short = {k: f"{v:.4g}" for k, v in metrics.items() if k in self.headline}
             self._run.set_postfix(epoch=f"{epoch}/{epochs}", **short)
         elif self.verbose:
-            self.log(f"  {self._label} epoch {epoch}/{epochs} {_fmt(metrics)}")
+            self.log(f"  {self._label} epoch {epoch}/{epochs} {metrics_text(metrics)}")
 
     def end_run(self, status: str, summary: str, label: str | None = None) -> None:
         self.done += 1

@@ -1,14 +1,22 @@
 """The records of a run, from plan to store, in one torch-free module at the bottom of the core.
 
-A run has three shapes, one per stage, and every module uses these:
+A run has one shape per stage that needs a different one, and every module uses these:
 
-- ``PlannedRun``: what to run (the manifest's plan): its id, study, resolved spec and axis values.
-- ``RunResult``: what running it produced (the runner, an executor's worker), written to the store.
-- ``RunRecord``: a run as the store holds it and analyses read it: the result with its spec, seed
-  and the study's axis values.
+- ``PlannedRun`` (manifest, plan, executors): what to run: its id, study, resolved spec and axis values.
+- ``PlannedPack`` (plan, executors): runs that train together; ``Work`` is either, a unit of
+  work, and its ``key`` names its checkpoints and attempts (a run id, or a pack id).
+- ``RunResult`` (runner, workers → sweep): what running it produced; ``WorkResult`` is a
+  run's result or one per member of a pack. Its timing is wall-clock ``started_at`` and
+  ``finished_at``, because the store records when.
+- ``RunRecord`` (store → report, analyses, frames): a run as the store holds it: the result
+  with its spec as plain JSON (read back from the store, not re-validated), seed, axis values
+  and ``duration_s``.
+- ``EpochRecord``: one epoch's metrics, the same in all of them.
 
-``EpochRecord`` is one epoch's metrics in all three. Which runs of a plan are still to run is
-decided here too (``pending_runs``), from the statuses a store reports.
+A study likewise: ``spec.StudyHeader`` (the raw TOML table, validated before expansion),
+``manifest.Study`` (expanded into runs), ``report.StudyRuns`` (its runs against the store) and
+``api.StudyResults`` (what an analysis reads). Which runs are still to run is the plan's
+business (``bnbench.plan``).
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ class PlannedRun:
     """How many runs of its study may train together with it (the study's ``pack``)."""
 
     @property
+    def key(self) -> str:
+        """What a unit of work's checkpoints and attempts go by: a run's is its id (a pack's, its pack id)."""
+        return self.run_id
+
+    @property
     def label(self) -> str:
         """A short human label: study, axis values and seed."""
         axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items())
@@ -53,15 +66,22 @@ class PlannedPack:
     """Runs trained together in one process, each still its own run (``bnbench.plan``).
 
     Executors handle a pack as they handle a run: one unit of work, sent to one worker, whose
-    result is one ``RunResult`` per member. Its ``run_id`` names its checkpoints and attempts.
+    result is one ``RunResult`` per member. Its ``key`` (a pack id, never a run id) names its
+    checkpoints and attempts.
     """
 
     members: tuple[PlannedRun, ...]
 
     @property
-    def run_id(self) -> str:
+    def key(self) -> str:
         digest = hashlib.sha256(" ".join(sorted(m.run_id for m in self.members)).encode()).hexdigest()
         return f"{PACK_PREFIX}{digest[:16]}"
+
+    @property
+    def run_id(self) -> str:
+        """Deprecated name of ``key`` (a pack has no run id of its own): executors written for a
+        run's ``run_id`` keep working on packs."""
+        return self.key
 
     @staticmethod
     def is_pack_id(run_id: str) -> bool:

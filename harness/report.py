@@ -6,16 +6,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from bnbench.analysis import Verdict, as_estimate, interval, spec_value, verdict
+from bnbench.analysis import Verdict, as_estimate, fmt, interval, spec_value, verdict
 from bnbench.api import AnalysisResult, Estimate, RunRecord, StudyResults
 from bnbench.errors import BnbenchError
 from bnbench.files import OutputError, write_atomically
@@ -329,7 +329,7 @@ class Report:
             test = d.test
             estimate = d.estimate
             unit = f" {estimate.unit}" if estimate is not None and estimate.unit else ""
-            shown = "—" if estimate is None else _number(estimate.value) + unit
+            shown = "—" if estimate is None else fmt(estimate.value, digits=4) + unit
             spread = _spread(estimate, test.confidence)
             label = d.label
             registered = self.registration(test)
@@ -483,7 +483,7 @@ def _spread(estimate: Estimate | None, confidence: float) -> str:
     if bounds is None:
         n = len(estimate.replicates)
         return f"n={n}, no interval" + (" (the seeds agree exactly)" if agree_exactly(estimate) else "")
-    return bounds.text(_number)
+    return bounds.text(partial(fmt, digits=4))
 
 
 def _combined_csv(rows: list[tuple[StudyRuns, dict[str, Any]]]) -> str:
@@ -499,10 +499,6 @@ def _combined_csv(rows: list[tuple[StudyRuns, dict[str, Any]]]) -> str:
         writer.writerow([study.name, *(record.get(a, "") if a in study.axes else "" for a in axes)]
                         + [record.get(m, "") for m in measures])  # fmt: skip
     return out.getvalue()
-
-
-def _number(value: float) -> str:
-    return "inf" if value == math.inf else "-inf" if value == -math.inf else f"{value:.4g}"
 
 
 def _heading(title: str, fmt: str, level: int) -> str:

@@ -188,7 +188,7 @@ class Runner:
                 raise PackRefused(f"dataset {pack.members[0].spec.dataset.name!r} streams its examples")
             try:
                 pack_stepper = Pack.start(
-                    pack.run_id, [training for training, _ in built], checkpoints=self.checkpoints, warn=warn
+                    pack.key, [training for training, _ in built], checkpoints=self.checkpoints, warn=warn
                 )
             except PackRefused:
                 raise
@@ -197,7 +197,7 @@ class Runner:
             for planned, (training, _) in zip(pack.members, built, strict=True):
                 self.registry.hook.bnbench_run_start(run=training.context, planned=planned)
             facts = [
-                {**model_facts, **training.facts, "pack": pack.run_id, "pack_size": len(pack.members)}
+                {**model_facts, **training.facts, "pack": pack.key, "pack_size": len(pack.members)}
                 for training, model_facts in built
             ]
             error: str | None = None

@@ -23,7 +23,7 @@ from bnbench.errors import ManifestError, StoreError
 from bnbench.executors import ExecutorContext, StopFile, WorkerSpec
 from bnbench.manifest import Manifest
 from bnbench.plan import Plan, make_plan
-from bnbench.progress import Progress
+from bnbench.progress import Progress, metrics_text
 from bnbench.records import FINISHED, PlannedPack, PlannedRun, RunResult, Work, members
 from bnbench.registry import Registry, load_registry
 from bnbench.runner import close_trackers, make_trackers
@@ -57,8 +57,7 @@ def summarize(result: RunResult, headline: tuple[str, ...] = ()) -> str:
     if result.status == "failed":
         return (result.error or "").splitlines()[0]
     last = result.epochs[-1].metrics if result.epochs else {}
-    shown = {k: v for k, v in last.items() if k in headline}
-    text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+    text = metrics_text({k: v for k, v in last.items() if k in headline})
     return f"{text} ({result.duration_s:.1f}s)".strip()
 
 
@@ -234,8 +233,8 @@ def run_plan(
                 if len(runs) > 1:
                     pack = PlannedPack(runs)
                     if rerun:
-                        checkpoints.discard(pack.run_id)
-                    checkpoints.reset_attempts(pack.run_id)
+                        checkpoints.discard(pack.key)
+                    checkpoints.reset_attempts(pack.key)
                     yield pack
                 elif runs:
                     yield runs[0]
@@ -272,7 +271,7 @@ def run_plan(
                         summary.statuses[result.status] += 1
                         progress.end_run(result.status, summarize(result, headline), label=planned.label)
                     if isinstance(outcome.planned, PlannedPack) and outcome.result is not None and unwritable is None:
-                        discard_checkpoints(checkpoints, outcome.planned.run_id, progress)
+                        discard_checkpoints(checkpoints, outcome.planned.key, progress)
         except KeyboardInterrupt:
             progress.log("aborted: the runs in progress are not recorded; finished runs are kept")
         finally:
@@ -294,7 +293,7 @@ def run_plan(
 
 def record(store: Store, planned: PlannedRun, result: RunResult, checkpoints: Checkpoints, work: Work) -> None:
     """Write a run's result, with the attempts its work took (a worker that died before reporting counts)."""
-    attempts = checkpoints.attempts(work.run_id)
+    attempts = checkpoints.attempts(work.key)
     if attempts:
         result.info.setdefault("attempts", attempts)
     store.record(planned, result)

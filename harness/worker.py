@@ -70,7 +70,7 @@ def run_in_worker(
         if _warm_runner is not None:
             _warm_runner[1].close()
         _warm_runner = (key, build_runner(worker, stop, device=device, threads=threads))
-    attempt = Checkpoints(worker.checkpoint_dir).begin_attempt(planned.run_id)
+    attempt = Checkpoints(worker.checkpoint_dir).begin_attempt(planned.key)
     try:
         result = _warm_runner[1].run_work(planned)
     except RunInterrupted as stopped:

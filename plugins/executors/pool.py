@@ -319,11 +319,11 @@ class PoolExecutor:
         slot.process = slot.connection = slot.planned = slot.stop_asked_at = None
         if context.stop.is_set():
             return Outcome(planned, interrupted=f"its worker process {why} while the sweep was stopping")
-        deaths[planned.run_id] += 1
-        if deaths[planned.run_id] < self.options.max_attempts:
+        deaths[planned.key] += 1
+        if deaths[planned.key] < self.options.max_attempts:
             context.progress.log(
                 f"pool: the worker running {planned.label} {why}; retrying it on a new worker from its "
-                f"last checkpoint (attempt {deaths[planned.run_id] + 1} of {self.options.max_attempts})"
+                f"last checkpoint (attempt {deaths[planned.key] + 1} of {self.options.max_attempts})"
             )
             retries.append(planned)
             return None

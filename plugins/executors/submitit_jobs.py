@@ -159,11 +159,11 @@ class SubmititExecutor:
             for job in finished:
                 planned = in_flight.pop(job)
                 outcome, died = self._outcome(job, planned, context)
-                attempts[planned.run_id] += 1
-                if died and attempts[planned.run_id] < self.options.max_attempts and not context.stopping():
+                attempts[planned.key] += 1
+                if died and attempts[planned.key] < self.options.max_attempts and not context.stopping():
                     context.progress.log(
                         f"submitit: job {job.job_id} ended without a result; requeued as attempt "
-                        f"{attempts[planned.run_id] + 1} of {self.options.max_attempts}, from its last checkpoint"
+                        f"{attempts[planned.key] + 1} of {self.options.max_attempts}, from its last checkpoint"
                     )
                     retry = executor.submit(task, context.worker, planned, device, self.options.cpus_per_task)
                     in_flight[retry] = planned
