@@ -11,13 +11,12 @@ stopped.
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_until_stopped
 
-from bnbench import hookimpl
 from bnbench.assembly import assemble_model
 from bnbench.checkpoint import Checkpoints
 from bnbench.data import DataCache
@@ -137,22 +136,8 @@ def test_the_schedule_resumes_at_the_checkpointed_step_inside_the_warmup(session
     planned = s.manifest.runs()[0]
     uninterrupted = runner_for(s).run(planned)
     checkpoints = Checkpoints(tmp_path / "checkpoints")
-    stop = threading.Event()
-
-    class StopAtStep3:
-        @hookimpl
-        def bnbench_step_end(self, run, step, loss):
-            if step == 3:
-                stop.set()
-
-    stopper = StopAtStep3()
-    s.registry.manager.register(stopper)
-    try:
-        with pytest.raises(RunInterrupted) as info:
-            runner_for(s, checkpoints=checkpoints, stop=stop).run(planned)
-    finally:
-        s.registry.manager.unregister(stopper)
-    assert info.value.step == 3
+    stopped = run_until_stopped(s.registry, planned, s.manifest.base_dir, checkpoints, at_step=3)
+    assert stopped.step == 3
     resumed = runner_for(s, checkpoints=checkpoints).run(planned)
     assert resumed.info["resumed_from_step"] == 3
     assert [e.metrics for e in resumed.epochs] == [e.metrics for e in uninterrupted.epochs]
