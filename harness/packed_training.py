@@ -46,6 +46,8 @@ class Pack:
         self.plain_batches = self.data.bundle.train_transform is None and all(
             t.inputs.train_extra is None for t in trainings
         )
+        self.stacked: list[int] = list(range(len(self.members)))
+        """The members in the stack, by index: the active ones (the pack shrinks when a member ends)."""
 
     @classmethod
     def start(
@@ -61,7 +63,8 @@ class Pack:
         pack = cls(pack_id, trainings)
         if checkpoints is not None:
             pack._restore(checkpoints, warn)
-        pack.stack = StackedModules([m.training.context.model for m in pack.members])
+        pack.stacked = [i for i, m in enumerate(pack.members) if m.active]
+        pack.stack = StackedModules([pack.members[i].training.context.model for i in pack.stacked])
         pack._try_step()
         return pack
 
@@ -101,7 +104,7 @@ class Pack:
         ``PackRefused`` (with the reason) when the model or normalizer does not run under ``vmap``
         (random ops, Python branching on tensor values, in-place updates of unbatched state)."""
         data, batch = self.data, min(self.spec.batch_size, self.data.train_size)
-        images = data.prepare(data.train_images[:batch]).expand(len(self.members), *[-1] * (data.train_images.dim()))
+        images = data.prepare(data.train_images[:batch]).expand(len(self.stacked), *[-1] * (data.train_images.dim()))
         buffers = {name: tensor.clone() for name, tensor in self.stack.buffers.items()}
         try:
             with self.performance.autocast():
@@ -115,23 +118,34 @@ class Pack:
             self.stack.zero_grad()
 
     def batches(self, epoch_start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every member's batch in its own order, stacked: images ``(members, batch, ...)``."""
+        """Each active member's batch in its own order, stacked: images ``(members, batch, ...)``."""
         data, size, members = self.data, self.spec.batch_size, self.members
         orders = torch.stack([m.training.state.order for m in members])  # type: ignore[misc]
         for number in range(epoch_start, members[0].training.context.steps_per_epoch):
-            index = orders[:, number * size : (number + 1) * size]
+            self._shrink()
+            index = orders[self.stacked, number * size : (number + 1) * size]
             labels = data.train_labels[index]
             if self.plain_batches:
                 yield data.prepare(data.train_images[index]), labels
                 continue
             images = [
-                data.prepare(data.train_images[index[i]], m.training.generator, m.training.inputs.train_extra)
-                for i, m in enumerate(members)
+                data.prepare(
+                    data.train_images[rows], members[i].training.generator, members[i].training.inputs.train_extra
+                )
+                for i, rows in zip(self.stacked, index, strict=True)
             ]
             yield torch.stack(images), labels
 
+    def _shrink(self) -> None:
+        """Restack without the members that ended (diverged or failed): their forward, backward and
+        optimizer step cost nothing from then on. Their own modules keep their last weights."""
+        active = [i for i in self.stacked if self.members[i].active]
+        if active and active != self.stacked:
+            self.stacked = active
+            self.stack = StackedModules([self.members[i].training.context.model for i in active])
+
     def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        count = len(self.members)
+        count = len(self.stacked)
         with self.performance.autocast():
             logits = self.stack.forward(images)
             if first:
@@ -142,10 +156,13 @@ class Pack:
         self.stack.zero_grad()
         member_losses.sum().backward()
         self.stack.repoint_gradients()
-        for member in self.members:
-            if member.active:
-                member.training.context.optimizer.step()
-        return member_losses.detach(), (logits.detach().argmax(-1) == labels).sum(1)
+        for i in self.stacked:
+            self.members[i].training.context.optimizer.step()
+        losses = torch.zeros(len(self.members), device=member_losses.device)  # ended members: nothing
+        correct = torch.zeros(len(self.members), dtype=torch.long, device=member_losses.device)
+        losses[self.stacked] = member_losses.detach()
+        correct[self.stacked] = (logits.detach().argmax(-1) == labels).sum(1)
+        return losses, correct
 
     def snapshot(self) -> dict[str, Any]:
         """The pack as one checkpoint: every member's state (its own tensors, not the stack's)."""

@@ -202,3 +202,29 @@ def test_a_stopped_pack_resumes_to_the_same_end_as_an_uninterrupted_one(session,
     )
     for mine, theirs in zip(resumed.members, reference.members, strict=True):
         assert [r.metrics for r in mine.records] == [r.metrics for r in theirs.records]
+
+
+def test_a_pack_shrinks_to_its_active_members_once_some_diverge(session):
+    """Members that diverged leave the stack: the others train on in a smaller one, with the same
+    results as when the pack kept computing the ended members (the runs alone are the reference
+    of test_packed_runs; here: diverged members' weights stay as they ended)."""
+    s = session(placement="none", lr="[0.05, 1000.0]")
+    runner = runner_for(s, divergence_check_every=2)
+    pack = pack_of(s, runner)
+    assert len(pack.stacked) == 4
+    Loop(pack, runner.check_every).train(
+        s.registry, stop=None, progress=None, label="", checkpoints=None, checkpoint_every=0
+    )
+    ended = [i for i, m in enumerate(pack.members) if not m.active]
+    assert len(ended) == 2 and pack.stacked == [i for i in range(4) if i not in ended]
+    assert all(p.shape[0] == 2 for p in pack.stack.params.values())
+    alone = {r.run_id: r for r in (runner.run(m) for m in s.manifest.runs())}
+    for member in pack.members:
+        reference = alone[member.training.context.run_id]
+        if member.active:
+            assert [r.epoch for r in member.records] == [1, 2, 3] and reference.status == "done"
+            for mine, theirs in zip(member.records, reference.epochs, strict=True):
+                for name, value in theirs.metrics.items():
+                    assert mine.metrics[name] == pytest.approx(value, rel=2e-3, abs=1e-5), name
+        else:
+            assert member.diverged.step == reference.diverged_step
