@@ -64,7 +64,7 @@ class Pack:
         if checkpoints is not None:
             pack._restore(checkpoints, warn)
         pack.stacked = [i for i, m in enumerate(pack.members) if m.active]
-        pack.stack = StackedModules([pack.members[i].training.context.model for i in pack.stacked])
+        pack._restack()
         pack._try_step()
         return pack
 
@@ -142,7 +142,13 @@ class Pack:
         active = [i for i in self.stacked if self.members[i].active]
         if active and active != self.stacked:
             self.stacked = active
-            self.stack = StackedModules([self.members[i].training.context.model for i in active])
+            self._restack()
+
+    def _restack(self) -> None:
+        """The stacked members' parameters (and momentum buffers) stacked anew."""
+        members = [self.members[i].training for i in self.stacked]
+        self.stack = StackedModules([t.context.model for t in members])
+        self.optimizer = StackedSGD.over(self.stack, [t.context.optimizer for t in members])
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         count = len(self.stacked)
@@ -156,8 +162,11 @@ class Pack:
         self.stack.zero_grad()
         member_losses.sum().backward()
         self.stack.repoint_gradients()
-        for i in self.stacked:
-            self.members[i].training.context.optimizer.step()
+        if self.optimizer is not None:
+            self.optimizer.step()
+        else:
+            for i in self.stacked:
+                self.members[i].training.context.optimizer.step()
         losses = torch.zeros(len(self.members), device=member_losses.device)  # ended members: nothing
         correct = torch.zeros(len(self.members), dtype=torch.long, device=member_losses.device)
         losses[self.stacked] = member_losses.detach()
@@ -178,3 +187,111 @@ class Pack:
             "members": members,
             "diverged": [None if m.diverged is None else [m.diverged.step, m.diverged.what] for m in self.members],
         }
+
+
+class StackedSGD:
+    """The members' SGD steps as one update of the stacked parameters: each member's learning rate,
+    momentum and weight decay enter as a tensor over the member dimension, so a step costs a
+    fixed number of operations per parameter whatever the pack's size (each member's own
+    ``torch.optim.SGD`` stepping its slice costs that many per member). The arithmetic is
+    ``torch.optim.SGD``'s (weight decay added to the gradient, momentum buffer, Nesterov, then the
+    update); its roundings may differ in the last bit, within the packing tolerance.
+
+    The members' optimizers keep their state: each one's momentum buffers are views of the stacked
+    ones, so checkpoints hold them as before, and their learning rates (set by each member's
+    schedule) are read at every step."""
+
+    def __init__(self, stack: StackedModules, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.stack = stack
+        self.optimizers = optimizers
+        self.groups = [optimizer.param_groups[0] for optimizer in optimizers]
+        self.nesterov = bool(self.groups[0]["nesterov"])
+        first = next(iter(stack.params.values()))
+        self.momentum = self._per_member("momentum", first)
+        self.weight_decay = self._per_member("weight_decay", first)
+        self.decays = bool(self.weight_decay.any())
+        self.uses_momentum = bool(self.momentum.any())
+        self.buffers: dict[str, torch.Tensor] | None = None
+        members = [dict(zip(stack.params, group["params"], strict=True)) for group in self.groups]
+        self.member_params = members
+        held = [
+            optimizer.state[p].get("momentum_buffer")
+            for optimizer, m in zip(optimizers, members, strict=True)
+            for p in m.values()
+        ]
+        if self.uses_momentum and held and all(buffer is not None for buffer in held):
+            self.buffers = {
+                name: torch.stack(
+                    [
+                        optimizer.state[m[name]]["momentum_buffer"]
+                        for optimizer, m in zip(optimizers, members, strict=True)
+                    ]
+                )
+                for name in stack.params
+            }
+            self._point_members_at_buffers()
+
+    @classmethod
+    def over(cls, stack: StackedModules, optimizers: list[torch.optim.Optimizer]) -> StackedSGD | None:
+        """The stacked optimizer of these members, or None when they cannot share one (not plain
+        SGD with one parameter group in the model's order, dampening, maximize, Nesterov differing
+        between members, or momentum buffers held by some members only): they then step one by one."""
+        for optimizer in optimizers:
+            groups = optimizer.param_groups
+            if type(optimizer) is not torch.optim.SGD or len(groups) != 1:
+                return None
+            group = groups[0]
+            if (
+                group["dampening"]
+                or group["maximize"]
+                or group["nesterov"] != optimizers[0].param_groups[0]["nesterov"]
+            ):
+                return None
+            if len(group["params"]) != len(stack.params):
+                return None
+        held = {
+            optimizer.state[p].get("momentum_buffer") is None
+            for optimizer in optimizers
+            for p in optimizer.param_groups[0]["params"]
+        }
+        if len(held) > 1:
+            return None
+        return cls(stack, optimizers)
+
+    def _per_member(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([float(group[key]) for group in self.groups], dtype=like.dtype, device=like.device)
+
+    def _point_members_at_buffers(self) -> None:
+        assert self.buffers is not None
+        for index, (optimizer, params) in enumerate(zip(self.optimizers, self.member_params, strict=True)):
+            for name, param in params.items():
+                optimizer.state[param]["momentum_buffer"] = self.buffers[name][index]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        first = next(iter(self.stack.params.values()))
+        lr = torch.tensor([float(group["lr"]) for group in self.groups], dtype=first.dtype, device=first.device)
+        fresh = self.uses_momentum and self.buffers is None
+        if fresh:
+            self.buffers = {}
+        for name, param in self.stack.params.items():
+            shape = (len(self.groups),) + (1,) * (param.dim() - 1)
+            grad = param.grad
+            assert grad is not None
+            if self.decays:
+                grad = grad + self.weight_decay.view(shape) * param
+            if not self.uses_momentum:
+                param.sub_(lr.view(shape) * grad)
+                continue
+            momentum = self.momentum.view(shape)
+            if fresh:
+                buffer = self.buffers[name] = grad.clone()
+            else:
+                buffer = self.buffers[name]
+                buffer.mul_(momentum).add_(grad)
+            update = grad + momentum * buffer if self.nesterov else buffer
+            param.sub_(lr.view(shape) * update)
+        if fresh:
+            self._point_members_at_buffers()
+        for optimizer in self.optimizers:
+            optimizer._opt_called = True  # type: ignore[attr-defined]  # the schedules' check that a step came first

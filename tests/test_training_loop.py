@@ -228,3 +228,30 @@ def test_a_pack_shrinks_to_its_active_members_once_some_diverge(session):
                     assert mine.metrics[name] == pytest.approx(value, rel=2e-3, abs=1e-5), name
         else:
             assert member.diverged.step == reference.diverged_step
+
+
+def test_a_pack_steps_with_as_many_operations_at_8_members_as_at_2(write_manifest, registry):
+    """The pack's step (forward, backward, every member's SGD update) is a fixed number of
+    operations whatever the pack's size: the members' optimizers step as one stacked update
+    (``StackedSGD``). Stepping each member's own optimizer would add a dozen operations per member."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bnbench.packed_training import StackedSGD
+
+    def operations(seeds: int, stacked: bool = True) -> int:
+        text = STUDY.format(placement="all", lr="0.05").replace("seeds = [0, 1]", f"seeds = {list(range(seeds))}")
+        s = open_session(write_manifest(text, f"ops{seeds}{stacked}.toml"), registry=registry)
+        pack = pack_of(s, runner_for(s))
+        assert isinstance(pack.optimizer, StackedSGD)
+        if not stacked:
+            pack.optimizer = None  # each member's torch.optim.SGD, one after another
+        for member in pack.members:
+            member.training.state.begin_epoch(member.training.data.epoch_order(member.training.generator))
+        images, labels = next(pack.batches(0))
+        pack.step(images, labels, False)  # momentum buffers exist from here on
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            pack.step(images, labels, False)
+        return sum(event.count for event in prof.key_averages())
+
+    assert operations(8) == operations(2)
+    assert operations(8, stacked=False) > operations(2, stacked=False) + 6 * 10  # the check can fail
