@@ -1,0 +1,90 @@
+"""Operator calls per packed training step, against the pack's size (issue: a pack step whose cost
+does not grow with the pack).
+
+Counts every operator ``torch.profiler`` records during one ``Pack.step`` (forward, backward and
+every member's SGD update, after a first step has made the momentum buffers) for packs of the
+MLP sweep's shape (3 x 256, batch 128, 28x28 inputs, BN at every hidden layer), with the stacked
+optimizer (``StackedSGD``) and with each member's own ``torch.optim.SGD`` stepping in turn. Counts,
+not timings: they do not depend on the machine's load.
+
+    python benchmarks/pack_ops.py [--sizes 1 4 16 64] [--model mlp|resnet20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bnbench.packed_training import Pack
+from bnbench.runner import Runner
+from bnbench.session import open_session
+
+MODELS = {
+    "mlp": ('{ name = "mlp", widths = [256, 256, 256] }', "[1, 28, 28]", 128),
+    "resnet20": ('{ name = "resnet_cifar", depth = 20 }', "[3, 32, 32]", 32),
+}
+
+MANIFEST = """
+[harness]
+results = "r.sqlite"
+device = "cpu"
+
+[[studies]]
+name = "ops"
+model = {model}
+dataset = {{ name = "synthetic", image_shape = {shape}, num_classes = 10, train_size = {train}, test_size = 64 }}
+normalizer = "batchnorm"
+placement = "all"
+epochs = 1
+batch_size = {batch}
+seeds = {seeds}
+pack = {pack}
+
+[studies.optimizer]
+lr = 0.02
+momentum = 0.9
+weight_decay = 1e-4
+"""
+
+
+def operations(model: str, size: int, stacked: bool, folder: Path) -> int:
+    spec, shape, batch = MODELS[model]
+    text = MANIFEST.format(model=spec, shape=shape, train=batch * 2, batch=batch, seeds=list(range(size)), pack=size)
+    path = folder / f"{model}{size}{stacked}.toml"
+    path.write_text(text)
+    session = open_session(path)
+    runner = Runner(session.registry, base_dir=folder, device="cpu")
+    trainings = [runner.assemble(planned, None, resume=False)[0] for planned in session.manifest.runs()]
+    pack = Pack.start("opscount", trainings, checkpoints=None, warn=print)
+    if not stacked:
+        pack.optimizer = None
+    for member in pack.members:
+        member.training.state.begin_epoch(member.training.data.epoch_order(member.training.generator))
+    images, labels = next(pack.batches(0))
+    pack.step(images, labels, False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        pack.step(images, labels, False)
+    return sum(event.count for event in prof.key_averages())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"| {args.model}: members | operators per step, stacked SGD | each member's SGD |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for size in args.sizes:
+            stacked = operations(args.model, size, True, Path(folder))
+            alone = operations(args.model, size, False, Path(folder))
+            print(f"| {size} | {stacked} | {alone} |")
+
+
+if __name__ == "__main__":
+    main()
