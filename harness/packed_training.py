@@ -247,8 +247,8 @@ class StackedSGD:
                 or group["nesterov"] != optimizers[0].param_groups[0]["nesterov"]
             ):
                 return None
-            if len(group["params"]) != len(stack.params):
-                return None
+            if [tuple(p.shape) for p in group["params"]] != [tuple(t.shape[1:]) for t in stack.params.values()]:
+                return None  # not the model's parameters in the model's order
         held = {
             optimizer.state[p].get("momentum_buffer") is None
             for optimizer in optimizers
