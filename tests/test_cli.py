@@ -100,7 +100,7 @@ def test_smoke_profile_of_the_bundled_manifest_end_to_end(tmp_path):
     total = distinct_runs(smoke_plan)
 
     # two worker processes of one thread each: the 2-core CI machine's fastest executor (1.3x local)
-    run = bnbench("run", str(manifest), "--profile", "smoke", "--executor", "{ name = \"pool\", workers = 2 }")
+    run = bnbench("run", str(manifest), "--profile", "smoke", "--executor", '{ name = "pool", workers = 2 }')
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     out = run.stdout
