@@ -22,7 +22,10 @@ name = "{distribution}"
 version = "0.1.0"
 description = "A bnbench normalizer plugin"
 requires-python = ">=3.11"
-dependencies = ["bnbench>=0.1", "torch>=2.4", "pydantic>=2.6,<3"]
+# Not "bnbench": install this package into the environment bnbench runs in (pip install -e .).
+# bnbench is installed from its source checkout, not from the package index, so a dependency on
+# that name could be satisfied by somebody else's upload.
+dependencies = ["torch>=2.4", "pydantic>=2.6,<3"]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
