@@ -274,36 +274,3 @@ def test_outside_pytest_a_skipped_check_is_a_warning_not_a_silent_pass():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith('skipped ["state_dict[fc site') and "skipped: traits.site_kinds" in out
-
-
-def test_batch_dependence_compares_fresh_copies_so_running_statistics_are_not_batch_mates():
-    """A normalizer that divides by running statistics it updates after each forward (PowerNorm,
-    Online Normalization) is per example within a batch: measured on two fresh copies, the check
-    passes with batch_dependent=False; on one module fed twice it would have seen the update."""
-    from torch import nn
-
-    from bnbench import NormalizerTraits, hookimpl
-
-    class RunningScale(nn.Module):
-        def __init__(self, num_features: int) -> None:
-            super().__init__()
-            self.register_buffer("running_var", torch.ones(num_features))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            out = x / self.running_var.view(shape).sqrt()
-            if self.training:
-                with torch.no_grad():
-                    dims = [d for d in range(x.dim()) if d != 1]
-                    self.running_var.mul_(0.9).add_(0.1 * x.var(dim=dims))
-            return out
-
-    class Plugin:
-        @hookimpl
-        def bnbench_register_normalizers(self, register):
-            traits = NormalizerTraits(batch_dependent=False, running_stats=True, train_batch_of_one=True)
-            register("running_scale", lambda n, kind, options: RunningScale(n), traits=traits)
-
-    registry = load_registry(objects=[("running_scale", Plugin())])
-    results = check_normalizer("running_scale", registry=registry, device="cpu", checks=["batch_dependence"])
-    assert results and {r.status for r in results} == {"passed"}, [r.detail for r in results]
