@@ -167,10 +167,13 @@ class Pack:
         else:
             for i in self.stacked:
                 self.members[i].training.context.optimizer.step()
+        right = (logits.detach().argmax(-1) == labels).sum(1)
+        if len(self.stacked) == len(self.members):
+            return member_losses.detach(), right
         losses = torch.zeros(len(self.members), device=member_losses.device)  # ended members: nothing
         correct = torch.zeros(len(self.members), dtype=torch.long, device=member_losses.device)
         losses[self.stacked] = member_losses.detach()
-        correct[self.stacked] = (logits.detach().argmax(-1) == labels).sum(1)
+        correct[self.stacked] = right
         return losses, correct
 
     def snapshot(self) -> dict[str, Any]:
