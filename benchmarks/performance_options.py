@@ -51,8 +51,10 @@ CONFIGURATIONS = {
     "bf16": '{ precision = "bf16" }',
     "fp16": '{ precision = "fp16" }',
     "bf16 + channels_last": '{ precision = "bf16", channels_last = true }',
-    "compile": "{ compile = true }",
-    "bf16 + channels_last + compile": '{ precision = "bf16", channels_last = true, compile = true }',
+    "compile model": '{ compile = "model" }',
+    "compile step": '{ compile = "step" }',
+    "compile step, CUDA graphs": '{ compile = "step", compile_mode = "reduce-overhead" }',
+    "bf16 + channels_last + compile step": '{ precision = "bf16", channels_last = true, compile = "step" }',
 }
 
 

@@ -7,14 +7,18 @@ part of a run's spec (and id). Options the device cannot honour fall back with a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
 
 from bnbench.spec import PerformanceSettings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,7 +30,9 @@ class Performance:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
-    compile: bool = False
+    compile: str = "off"
+    """'off', 'model' (the model's forward) or 'step' (a run's whole training step, see ``compile_step``)."""
+    compile_mode: str = "default"
     notices: list[str] = field(default_factory=list)
 
     @classmethod
@@ -44,11 +50,11 @@ class Performance:
                 notices.append("precision bf16: this GPU lacks bf16; using fp16 with loss scaling")
                 dtype = torch.float16
             performance.amp_dtype = dtype
-        if settings.compile:
-            if device.type == "cuda":
-                performance.compile = True
-            else:
-                notices.append("compile: torch.compile is used on CUDA only; running eagerly on CPU")
+        if settings.compile != "off":
+            performance.compile, performance.compile_mode = settings.compile, settings.compile_mode
+            if device.type != "cuda" and settings.compile_mode == "reduce-overhead":
+                notices.append("compile_mode reduce-overhead: CUDA graphs need a GPU; compiling as 'default' on CPU")
+                performance.compile_mode = "default"
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = settings.cudnn_benchmark
         return performance
@@ -60,7 +66,8 @@ class Performance:
     def describe(self) -> dict[str, Any]:
         """For the run's recorded environment."""
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-        return {"precision": precision, "channels_last": self.channels_last, "compile": self.compile}
+        compiled = self.compile if self.compile == "off" else f"{self.compile} ({self.compile_mode})"
+        return {"precision": precision, "channels_last": self.channels_last, "compile": compiled}
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -74,7 +81,26 @@ class Performance:
         """The module to call for training (channels-last, compiled); ``model`` keeps its state."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        return torch.compile(model) if self.compile else model
+        return torch.compile(model, mode=self.compile_mode) if self.compile == "model" else model
+
+    def compile_step(self, step: Callable[P, R]) -> Callable[P, R]:
+        """``step`` compiled whole when ``compile = 'step'`` (else unchanged): forward and backward
+        in one graph (autograd traced), the optimizer update in another, as PyTorch's compiled
+        optimizers split them. A scheduler must keep learning rates as tensors (no recompiles)."""
+        if self.compile != "step":
+            return step
+        import torch._dynamo
+
+        compiled = torch.compile(step, mode=self.compile_mode)
+        if not hasattr(torch._dynamo.config, "trace_autograd_ops"):  # older torch: backward is a graph break
+            return compiled
+
+        @functools.wraps(step)
+        def traced(*args: P.args, **kwargs: P.kwargs) -> R:
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                return compiled(*args, **kwargs)
+
+        return traced
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.dim() == 4:

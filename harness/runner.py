@@ -169,8 +169,8 @@ class Runner:
         return results
 
     def _pack_refusal(self) -> str | None:
-        if self.performance.compile:
-            return "compile = true: packs run eagerly"
+        if self.performance.compile != "off":
+            return f"compile = {self.performance.compile!r}: packs run eagerly"
         if self.performance.loss_scaling:
             return "fp16 with loss scaling: packs use fp32 or bf16"
         return None

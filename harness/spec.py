@@ -287,8 +287,25 @@ class PerformanceSettings(StrictModel):
         "fp32", description="Autocast dtype for forward passes; normalizer sites always compute in fp32."
     )
     channels_last: bool = Field(False, description="NHWC memory format for convolutional models and inputs.")
-    compile: bool = Field(False, description="torch.compile the model (CUDA only; skipped on CPU).")
+    compile: Literal["off", "model", "step"] = Field(
+        "off",
+        description="torch.compile: 'model' compiles the model's forward; 'step' compiles a run's whole "
+        "training step (forward, loss, backward, optimizer update), runs alone only; true means 'model'.",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default",
+        description="torch.compile's mode; 'reduce-overhead' replays CUDA graphs on a GPU (a fixed-shape step: "
+        "every built-in model) and compiles like 'default' on the CPU.",
+    )
     cudnn_benchmark: bool = Field(True, description="Let cuDNN pick the fastest kernels (off in deterministic runs).")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_flag(cls, value: Any) -> Any:
+        """``compile = true`` / ``false`` (the earlier switch) read as 'model' / 'off'."""
+        if isinstance(value, bool):
+            return "model" if value else "off"
+        return value
 
 
 class HarnessSettings(StrictModel):

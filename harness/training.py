@@ -254,6 +254,11 @@ class OneRun:
         self.model = training.performance.prepare_model(training.context.model)
         self.members = [Member(training, records=list(training.state.records), model=self.model)]
         self.scaler = training.performance.grad_scaler()
+        self.compiled = training.performance.compile_step(self._train)
+        if self.compiled is not self._train:
+            for group in training.context.optimizer.param_groups:  # the scheduler fills them in place
+                if not isinstance(group["lr"], torch.Tensor):
+                    group["lr"] = torch.tensor(float(group["lr"]))
 
     def batches(self, epoch_start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         t = self.training
@@ -262,23 +267,32 @@ class OneRun:
         )
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        self.training.context.optimizer.zero_grad(set_to_none=True)
+        if first:  # eagerly, checking the logits' shape (compiled steps follow)
+            return self._train(images, labels, check=True)
+        return self.compiled(images, labels, check=False)
+
+    def _train(self, images: torch.Tensor, labels: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward and update (what ``compile = 'step'`` compiles whole)."""
         t = self.training
         performance, optimizer = t.performance, t.context.optimizer
         with performance.autocast():
             logits = self.model(performance.prepare_inputs(images))
-            if first:
+            if check:
                 check_logits(logits, images.shape[0], t.data.bundle.num_classes, t.context.spec.model.name)
             loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
+        outcome = loss.detach().view(1), (logits.detach().argmax(1) == labels).sum().view(1)
         if self.scaler is None:
             loss.backward()
-            optimizer.step()
+            if check:  # through the scheduler's wrapper, which records that the optimizer stepped
+                optimizer.step()
+            else:  # the optimizer's own step: compile does not trace into the scheduler's wrapper
+                type(optimizer).step(optimizer)
         else:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
-        correct = (logits.detach().argmax(1) == labels).sum()
-        return loss.detach().view(1), correct.view(1)
+        return outcome
 
     def snapshot(self) -> dict[str, Any]:
         t, member = self.training, self.members[0]

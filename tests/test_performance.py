@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 from conftest import tiny_manifest
 
@@ -40,10 +43,49 @@ def test_normalizer_sites_compute_in_fp32_under_autocast():
 
 
 def test_unsupported_options_fall_back_with_a_notice():
-    performance = Performance.resolve(PerformanceSettings(precision="fp16", compile=True), torch.device("cpu"))
-    assert performance.amp_dtype == torch.bfloat16 and not performance.compile
+    settings = PerformanceSettings(precision="fp16", compile="step", compile_mode="reduce-overhead")
+    performance = Performance.resolve(settings, torch.device("cpu"))
+    assert performance.amp_dtype == torch.bfloat16
+    assert (performance.compile, performance.compile_mode) == ("step", "default")  # CUDA graphs need a GPU
     assert len(performance.notices) == 2 and all(len(n.splitlines()) == 1 for n in performance.notices)
     assert performance.grad_scaler() is None
+
+
+def test_the_earlier_compile_switch_still_reads():
+    assert PerformanceSettings(compile=True).compile == "model"
+    assert PerformanceSettings(compile=False).compile == "off"
+
+
+COMPILED = tiny_manifest(placement='"all"', epochs=2).replace(
+    "weight_decay = 0.0", "weight_decay = 5e-4\nmomentum = 0.9\n\n[studies.schedule]\nwarmup_steps = 4"
+)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_a_compiled_whole_step_trains_like_the_eager_one(write_manifest, registry):
+    """compile = 'step' compiles forward, backward and the SGD update (momentum, weight decay, a
+    warm-up whose learning rate changes every step) and ends where eager steps end."""
+    import torch._dynamo
+
+    path = write_manifest(COMPILED)
+    manifest = open_session(path, registry=registry).manifest
+    planned = manifest.runs()[0]
+    results = {}
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for mode in ("off", "step"):
+        settings = PerformanceSettings(compile=mode)
+        runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", performance=settings)
+        with torch._dynamo.config.patch(error_on_recompile=True):  # a changing learning rate must not recompile
+            results[mode] = runner.run(planned)
+        assert results[mode].status == "done", results[mode].error
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2, "the step was not compiled"
+    assert results["step"].environment["compile"] == "step (default)"
+    eager, compiled = results["off"].epochs, results["step"].epochs
+    assert len(eager) == len(compiled) == 2
+    for a, b in zip(eager, compiled, strict=True):
+        for key in ("train_loss", "test_accuracy"):
+            assert b.metrics[key] == pytest.approx(a.metrics[key], rel=1e-4, abs=1e-6), key
 
 
 def test_threads_are_pinned():
