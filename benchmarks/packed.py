@@ -76,7 +76,7 @@ device = "{device}"
 name = "max_lr_benchmark"
 probe = {{ name = "max_lr", steps = {steps}, batch_size = 128, packed = {packed}, learning_rates = [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0] }}
 model = {{ name = "resnet_cifar", depth = {depth}, init = "kaiming_normal_fan_in", init_gain = 0.6 }}
-dataset = {{ name = "synthetic", noise = 0.15, image_shape = [3, 32, 32], num_classes = 10, train_size = 2048, test_size = 128 }}
+dataset = {{ name = "synthetic", noise = 0.15, image_shape = [3, 32, 32], num_classes = 10, train_size = {train}, test_size = 128 }}
 normalizer = "batchnorm"
 placement = ["all", "none"]
 seeds = [0]
@@ -87,7 +87,7 @@ weight_decay = 0.0001
 """  # noqa: E501 - a TOML inline table cannot wrap
 
 
-def max_lr_child(side: str, device: str, depth: int, steps: int, threads: int) -> dict[str, float]:
+def max_lr_child(side: str, device: str, depth: int, steps: int, threads: int, train: int) -> dict[str, float]:
     """The max-lr probe's scans, one rate after another or all at once; probe runs per second."""
     from bnbench.registry import load_registry
     from bnbench.runner import Runner
@@ -97,7 +97,7 @@ def max_lr_child(side: str, device: str, depth: int, steps: int, threads: int) -
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "max_lr.toml"
         packed = "true" if side == "packed" else "false"
-        path.write_text(MAX_LR.format(device=device, depth=depth, steps=steps, packed=packed))
+        path.write_text(MAX_LR.format(device=device, depth=depth, steps=steps, packed=packed, train=train))
         session = open_session(path, registry=load_registry())
         runs = session.manifest.runs()
         runner = Runner(session.registry, base_dir=Path(folder), device=device)
@@ -204,11 +204,16 @@ def main() -> None:
     parser.add_argument("--workload", choices=["sweep", "max_lr"], default="sweep")
     parser.add_argument("--depth", type=int, default=20, help="max_lr: the ResNet's depth")
     parser.add_argument("--probe-steps", type=int, default=20, help="max_lr: SGD steps per learning rate")
+    parser.add_argument("--probe-train-size", type=int, default=2048, help="max_lr: training images")
     parser.add_argument("--side", choices=["alone", "packed", "arithmetic"], help=argparse.SUPPRESS)
     add_arguments(parser, repeats=5)
     args = parser.parse_args()
     if args.side and args.workload == "max_lr":
-        print(json.dumps(max_lr_child(args.side, args.device, args.depth, args.probe_steps, args.threads)))
+        print(
+            json.dumps(
+                max_lr_child(args.side, args.device, args.depth, args.probe_steps, args.threads, args.probe_train_size)
+            )
+        )
         return
     if args.side == "arithmetic":
         print(json.dumps(arithmetic_child(args.device, args.train_size, args.test_size, args.threads)))
@@ -241,6 +246,8 @@ def main() -> None:
             str(args.depth),
             "--probe-steps",
             str(args.probe_steps),
+            "--probe-train-size",
+            str(args.probe_train_size),
         ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])

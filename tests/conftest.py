@@ -108,10 +108,14 @@ PROCESS_FIXTURES = {"reference", "finished"}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``slow`` every test that starts a process (a bnbench command, a pip install, a worker)
-    besides those marked by hand: ``pytest -m "not slow"`` is then the quick in-process loop."""
+    besides those marked by hand: ``pytest -m "not slow"`` is then the quick in-process loop.
+    Tests marked ``cuda`` skip where no GPU is present (``benchmarks/gpu_check.py`` runs them on one)."""
     import inspect
 
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device") if not torch.cuda.is_available() else None
     for item in items:
+        if no_gpu is not None and item.get_closest_marker("cuda"):
+            item.add_marker(no_gpu)
         function = getattr(item, "function", None)
         if function is None or item.get_closest_marker("slow"):
             continue

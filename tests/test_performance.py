@@ -62,25 +62,29 @@ COMPILED = tiny_manifest(placement='"all"', epochs=2).replace(
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
-def test_a_compiled_whole_step_trains_like_the_eager_one(write_manifest, registry):
+@pytest.mark.parametrize(
+    ("device", "mode"), [("cpu", "default"), pytest.param("cuda", "reduce-overhead", marks=pytest.mark.cuda)]
+)
+def test_a_compiled_whole_step_trains_like_the_eager_one(write_manifest, registry, device, mode):
     """compile = 'step' compiles forward, backward and the SGD update (momentum, weight decay, a
-    warm-up whose learning rate changes every step) and ends where eager steps end."""
+    warm-up whose learning rate changes every step) and ends where eager steps end; on a GPU
+    with CUDA graphs replayed (reduce-overhead)."""
     import torch._dynamo
 
-    path = write_manifest(COMPILED)
+    path = write_manifest(COMPILED.replace('device = "cpu"', f'device = "{device}"'))
     manifest = open_session(path, registry=registry).manifest
     planned = manifest.runs()[0]
     results = {}
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    for mode in ("off", "step"):
-        settings = PerformanceSettings(compile=mode)
-        runner = Runner(registry, base_dir=manifest.base_dir, device="cpu", performance=settings)
+    for compile_ in ("off", "step"):
+        settings = PerformanceSettings(compile=compile_, compile_mode=mode)
+        runner = Runner(registry, base_dir=manifest.base_dir, device=device, performance=settings)
         with torch._dynamo.config.patch(error_on_recompile=True):  # a changing learning rate must not recompile
-            results[mode] = runner.run(planned)
-        assert results[mode].status == "done", results[mode].error
+            results[compile_] = runner.run(planned)
+        assert results[compile_].status == "done", results[compile_].error
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2, "the step was not compiled"
-    assert results["step"].environment["compile"] == "step (default)"
+    assert results["step"].environment["compile"] == f"step ({mode})"
     eager, compiled = results["off"].epochs, results["step"].epochs
     assert len(eager) == len(compiled) == 2
     for a, b in zip(eager, compiled, strict=True):

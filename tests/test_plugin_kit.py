@@ -186,7 +186,7 @@ def test_the_device_check_catches_tensor_state_that_does_not_move(broken):
     assert "'1.norm.mean'" in violations[0].got
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_the_device_check_catches_tensors_made_on_the_host(broken):
     violations = failures(broken, "host_tensor", device="cuda", checks=["device"])
     assert len(violations) == 2 and "cpu" in violations[0].got
