@@ -26,6 +26,7 @@ from bnbench.session import open_session
 MODELS = {
     "mlp": ('{ name = "mlp", widths = [256, 256, 256] }', "[1, 28, 28]", 128),
     "resnet20": ('{ name = "resnet_cifar", depth = 20 }', "[3, 32, 32]", 32),
+    "resnet110": ('{ name = "resnet_cifar", depth = 110 }', "[3, 32, 32]", 32),
 }
 
 MANIFEST = """
@@ -51,7 +52,9 @@ weight_decay = 1e-4
 """
 
 
-def operations(model: str, size: int, stacked: bool, folder: Path) -> int:
+def operations(model: str, size: int, stacked: bool, folder: Path) -> tuple[int, int]:
+    """Operators recorded in one packed step: all of them, and the leaves (those that call no
+    other operator: on a GPU, roughly one kernel launch each)."""
     spec, shape, batch = MODELS[model]
     text = MANIFEST.format(model=spec, shape=shape, train=batch * 2, batch=batch, seeds=list(range(size)), pack=size)
     path = folder / f"{model}{size}{stacked}.toml"
@@ -68,7 +71,8 @@ def operations(model: str, size: int, stacked: bool, folder: Path) -> int:
     pack.step(images, labels, False)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         pack.step(images, labels, False)
-    return sum(event.count for event in prof.key_averages())
+    events = prof.events()
+    return len(events), sum(1 for event in events if not event.cpu_children)
 
 
 def main() -> None:
@@ -77,13 +81,13 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"| {args.model}: members | operators per step, stacked SGD | each member's SGD |")
+    print(f"| {args.model}: members | operators per step, stacked SGD (leaves) | each member's SGD (leaves) |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
-            stacked = operations(args.model, size, True, Path(folder))
-            alone = operations(args.model, size, False, Path(folder))
-            print(f"| {size} | {stacked} | {alone} |")
+            stacked, stacked_leaves = operations(args.model, size, True, Path(folder))
+            alone, alone_leaves = operations(args.model, size, False, Path(folder))
+            print(f"| {size} | {stacked} ({stacked_leaves}) | {alone} ({alone_leaves}) |")
 
 
 if __name__ == "__main__":
