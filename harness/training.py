@@ -254,8 +254,10 @@ class OneRun:
         self.model = training.performance.prepare_model(training.context.model)
         self.members = [Member(training, records=list(training.state.records), model=self.model)]
         self.scaler = training.performance.grad_scaler()
+        self.compiling = training.performance.compile == "step"
         self.compiled = training.performance.compile_step(self._train)
-        if self.compiled is not self._train:
+        self.stepped = False
+        if self.compiling:
             for group in training.context.optimizer.param_groups:  # the scheduler fills them in place
                 if not isinstance(group["lr"], torch.Tensor):
                     group["lr"] = torch.tensor(float(group["lr"]))
@@ -268,12 +270,19 @@ class OneRun:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         self.training.context.optimizer.zero_grad(set_to_none=True)
-        if first:  # eagerly, checking the logits' shape (compiled steps follow)
-            return self._train(images, labels, check=True)
-        return self.compiled(images, labels, check=False)
+        if not self.stepped or not self.compiling:
+            # eagerly: the first step of a start or resume goes through the scheduler's wrapper of
+            # optimizer.step (it records that the optimizer stepped) and checks the logits' shape
+            self.stepped = True
+            return self._train(images, labels, check=first, wrapped=True)
+        return self.compiled(images, labels, check=False, wrapped=False)
 
-    def _train(self, images: torch.Tensor, labels: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss, backward and update (what ``compile = 'step'`` compiles whole)."""
+    def _train(
+        self, images: torch.Tensor, labels: torch.Tensor, check: bool, wrapped: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward and update (what ``compile = 'step'`` compiles whole); ``wrapped``:
+        step through ``optimizer.step`` as the scheduler wrapped it (compile does not trace into
+        that wrapper, so compiled steps call the optimizer's own ``step``)."""
         t = self.training
         performance, optimizer = t.performance, t.context.optimizer
         with performance.autocast():
@@ -284,9 +293,9 @@ class OneRun:
         outcome = loss.detach().view(1), (logits.detach().argmax(1) == labels).sum().view(1)
         if self.scaler is None:
             loss.backward()
-            if check:  # through the scheduler's wrapper, which records that the optimizer stepped
+            if wrapped:
                 optimizer.step()
-            else:  # the optimizer's own step: compile does not trace into the scheduler's wrapper
+            else:
                 type(optimizer).step(optimizer)
         else:
             self.scaler.scale(loss).backward()
