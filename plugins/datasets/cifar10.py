@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
-import torchvision
 from pydantic import Field
 
 from bnbench import BuildContext, DataBundle, DataInfo, DatasetDescription
@@ -35,12 +35,18 @@ class Cifar10Options(FileDatasetOptions):
     verify_checksums: bool = Field(True, description="Check the files' MD5 sums against the originals.")
 
 
-class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's loader without MD5 sums: its integrity checks test that files exist."""
+@functools.cache
+def _unchecked_cifar10() -> Any:
+    """torchvision's loader without MD5 sums: its integrity checks test that files exist (made on
+    first use: importing torchvision takes seconds that a report or a plan need not spend)."""
+    import torchvision
 
-    train_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
-    test_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
-    meta: ClassVar = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+    class UncheckedCIFAR10(torchvision.datasets.CIFAR10):
+        train_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+        test_list: ClassVar = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+        meta: ClassVar = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+
+    return UncheckedCIFAR10
 
 
 def batch_count(path: Path) -> int | None:
@@ -78,6 +84,8 @@ def prepare_cifar10(options: Cifar10Options, context: BuildContext) -> None:
     root = context.resolve(options.root)
     tried = None
     if options.download and missing_files(root / FOLDER, FILES):
+        import torchvision
+
         tried = fetch_quietly(lambda: torchvision.datasets.CIFAR10(str(root), train=True, download=True))
     require_files("CIFAR-10", root / FOLDER, FILES, how_to_get(root), tried)
 
@@ -90,7 +98,9 @@ def load_cifar10(options: Cifar10Options, context: BuildContext) -> DataBundle:
     root = context.resolve(options.root)
     if not options.download:
         require_files("CIFAR-10", root / FOLDER, FILES, how_to_get(root))
-    loader = torchvision.datasets.CIFAR10 if options.verify_checksums else _UncheckedCIFAR10
+    import torchvision
+
+    loader = torchvision.datasets.CIFAR10 if options.verify_checksums else _unchecked_cifar10()
 
     def split(train: bool, size: int | None) -> tuple[Images, torch.Tensor]:
         ds = open_dataset("CIFAR-10", root / FOLDER, lambda: loader(str(root), train=train, download=options.download))

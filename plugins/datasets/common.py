@@ -10,7 +10,6 @@ from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field
-from torchvision.transforms.functional import pil_to_tensor
 
 from bnbench import DatasetError, DatasetNotFoundError, Options, runtime_option
 
@@ -121,6 +120,8 @@ class TorchvisionSource:
         if not 0 <= index < self.size:
             raise IndexError(f"example {index} of a split of {self.size}")
         image, _ = self.dataset[index]
+        from torchvision.transforms.functional import pil_to_tensor
+
         return image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
 
 

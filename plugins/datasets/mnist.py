@@ -6,7 +6,6 @@ import struct
 from pathlib import Path
 
 import torch
-import torchvision
 
 from bnbench import BuildContext, DataBundle, DataInfo, DatasetDescription
 from bnbench.api import Images
@@ -61,6 +60,8 @@ def prepare_mnist(options: MnistOptions, context: BuildContext) -> None:
     raw = root / "MNIST" / "raw"
     tried = None
     if options.download and missing_files(raw, FILES):
+        import torchvision
+
         tried = fetch_quietly(lambda: torchvision.datasets.MNIST(str(root), train=True, download=True))
     require_files("MNIST", raw, FILES, how_to_get(raw), tried)
 
@@ -74,6 +75,8 @@ def load_mnist(options: MnistOptions, context: BuildContext) -> DataBundle:
     raw = root / "MNIST" / "raw"
     if not options.download:
         require_files("MNIST", raw, FILES, how_to_get(raw))
+
+    import torchvision
 
     def split(train: bool, size: int | None) -> tuple[Images, torch.Tensor]:
         ds = open_dataset(
