@@ -114,9 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--manifest", type=Path, help="also load the plugins this manifest names")
     plugins.add_argument("--json", action="store_true", help="print JSON (for tools) instead of tables")
 
-    scaffold = commands.add_parser("new-plugin", help="write the skeleton of a normalizer plugin package")
-    scaffold.add_argument("name", help="package name, e.g. my-norm (module and normalizer: my_norm)")
-    scaffold.add_argument("--directory", type=Path, default=Path(), help="where to create it (default: here)")
+    from bnbench.scaffold import KINDS as SKELETON_KINDS  # no torch: the parser stays light
+
+    scaffold = commands.add_parser(
+        "new-plugin", help="write the skeleton of a plugin package (normalizer, metric, model or dataset)"
+    )
+    scaffold.add_argument(
+        "name",
+        help="e.g. my-norm: distribution bnbench-my-norm, module bnbench_my_norm, component my-norm "
+        "(a bnbench- or bnbench_ prefix is not doubled)",
+    )
+    scaffold.add_argument(
+        "--kind", choices=SKELETON_KINDS, default="normalizer", help="what the plugin adds (default: normalizer)"
+    )
+    scaffold.add_argument("--distribution", help="the package's name on the index and in pip (default: bnbench-NAME)")
+    scaffold.add_argument("--module", help="the Python module it imports as (default: bnbench_NAME, - as _)")
+    scaffold.add_argument("--component", help="the name a manifest writes (default: NAME)")
+    scaffold.add_argument(
+        "--directory", type=Path, default=Path(), help="where to create the package's folder (default: here)"
+    )
     return parser
 
 
@@ -387,10 +403,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from bnbench.scaffold import new_plugin
 
-    written = new_plugin(args.name, args.directory)
+    written = new_plugin(
+        args.name,
+        args.directory,
+        kind=args.kind,
+        distribution=args.distribution,
+        module=args.module,
+        component=args.component,
+    )
     root = written[0].parent
     print("\n".join(str(path) for path in written))
-    print(f"\nNext: pip install -e {root} && bnbench plugins --kind normalizer && python -m pytest {root / 'tests'}")
+    print(f"\nNext: pip install -e {root} && bnbench plugins --kind {args.kind} && python -m pytest {root / 'tests'}")
     return 0
 
 

@@ -28,24 +28,42 @@ alone unless its traits say ``packable=False``, applies an activation when its t
 includes one, and works with every registered model and placement. A failure is a
 ``ContractViolation`` naming the normalizer, the check, the site, what was expected and what
 happened.
+
+The metric kit (``metric_checks``, ``check_metric``, ``METRIC_CHECKS``) does the same for a
+metric plugin: it trains a small run of every registered model through the core's own training
+loop and calls the metric at each epoch's end, as the loop calls metrics, with the same
+``EpochContext``. Its checks: every value returned is a finite float, the keys returned are the
+ones the metric declares, and the call leaves the model as it found it::
+
+    @pytest.mark.parametrize("check", metric_checks("my_metric"), ids=str)
+    def test_contract(check):
+        check()
 """
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import io
+import math
+import numbers
+import random
 import sys
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel
 from torch import nn
 
 from bnbench.api import DataInfo, NormalizerTraits, NormSite, SiteKind, find_sites
+from bnbench.hookspecs import hookimpl
 from bnbench.registry import Entry, Registry, load_registry
 from bnbench.spec import Component, RunSpec
 from bnbench.stacking import StackedModules
@@ -74,24 +92,47 @@ KIT_DATA = DataInfo((3, 16, 16), 10)
 
 
 class ContractViolation(AssertionError):
-    """A normalizer broke its contract: which check, at which site, what was expected, what happened."""
+    """A plugin broke its contract: which check, at which site (or model), what was expected, what happened."""
 
-    def __init__(self, normalizer: str, check: str, site: str, expected: str, got: str) -> None:
-        self.normalizer = normalizer
+    def __init__(
+        self, component: str, check: str, site: str, expected: str, got: str, kind: str = "normalizer"
+    ) -> None:
+        self.component = component
+        self.kind = kind
+        """What the kit checked: ``normalizer`` or ``metric``."""
         self.check = check
         self.site = site
         self.expected = expected
         self.got = got
-        super().__init__(f"normalizer {normalizer!r} failed check {check!r} at {site}: expected {expected}; got {got}")
+        super().__init__(f"{kind} {component!r} failed check {check!r} at {site}: expected {expected}; got {got}")
+
+    @property
+    def normalizer(self) -> str:
+        """The name of the component checked (from when the kit checked normalizers only)."""
+        return self.component
 
 
-class NormalizerContractError(AssertionError):
-    """Raised by ``check_normalizer``: every violation found, one per line."""
+class ContractError(AssertionError):
+    """Every violation a kit found in one component, one per line."""
 
-    def __init__(self, normalizer: str, violations: Sequence[ContractViolation]) -> None:
+    kind: ClassVar[str] = "component"
+
+    def __init__(self, component: str, violations: Sequence[ContractViolation]) -> None:
         self.violations = list(violations)
         lines = "\n".join(f"  - {v}" for v in self.violations)
-        super().__init__(f"normalizer {normalizer!r} broke its contract in {len(self.violations)} check(s):\n{lines}")
+        super().__init__(f"{self.kind} {component!r} broke its contract in {len(self.violations)} check(s):\n{lines}")
+
+
+class NormalizerContractError(ContractError):
+    """Raised by ``check_normalizer``: every violation found, one per line."""
+
+    kind = "normalizer"
+
+
+class MetricContractError(ContractError):
+    """Raised by ``check_metric``: every violation found, one per line."""
+
+    kind = "metric"
 
 
 class _Skip(Exception):
@@ -143,6 +184,7 @@ FC_SITE = KitSite("fc", 10)
 class Subject:
     """The normalizer under test: its registry entry, validated options and resolved traits."""
 
+    kind: ClassVar[str] = "normalizer"
     name: str
     entry: Entry
     options: BaseModel
@@ -576,7 +618,7 @@ def _models_and_placements(subject: Subject, model_name: str, placement_name: st
 class ContractCheck:
     """One check at one site, ready to run (``check()`` in a test, or ``check.run()``)."""
 
-    subject: Subject
+    subject: Subject | MetricSubject
     name: str
     site: str
     expected: str
@@ -597,7 +639,9 @@ class ContractCheck:
         return CheckResult(self.name, self.site, "passed")
 
     def violation(self, result: CheckResult) -> ContractViolation:
-        return ContractViolation(self.subject.name, self.name, self.site, self.expected, result.detail)
+        return ContractViolation(
+            self.subject.name, self.name, self.site, self.expected, result.detail, kind=self.subject.kind
+        )
 
     def __call__(self) -> CheckResult:
         """Run in a test: raise ``ContractViolation`` on failure. A skipped check is a pytest skip
@@ -710,14 +754,526 @@ def check_normalizer(name: str, options: Mapping[str, Any] | None = None, **kwar
     return results
 
 
+# -- the metric kit ----------------------------------------------------------------------------
+METRIC_CHECKS: tuple[str, ...] = ("finite", "declared_keys", "no_side_effects")
+"""Every check of the metric kit, in the order it runs them; each runs on every model."""
+
+METRIC_KIT_EPOCHS = 2
+"""Epochs of the run the metric kit trains per model: the metric is called at the end of each."""
+
+METRIC_KIT_RUN: dict[str, Any] = {
+    "epochs": METRIC_KIT_EPOCHS,
+    "batch_size": 16,
+    "validation_size": 16,  # so that metrics may evaluate("validation")
+    "eval_batch_size": 64,
+    "seed": 0,
+}
+"""The run fields of the metric kit's runs (beside the model, dataset, normalizer and placement)."""
+
+
+def _kit_dataset(data: DataInfo) -> Component:
+    """The built-in synthetic dataset shaped as ``data``: 64 training and 32 test examples, easy to learn."""
+    options = {
+        "image_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "train_size": 64,
+        "test_size": 32,
+        "noise": 0.15,
+    }
+    return Component(name="synthetic", options=options)
+
+
+def _as_component(value: str | Mapping[str, Any] | Component) -> Component:
+    """``"name"`` or ``{"name": ..., **options}`` (as a manifest writes a component) as a ``Component``."""
+    if isinstance(value, Component):
+        return value
+    if isinstance(value, str):
+        return Component(name=value)
+    options = dict(value)
+    return Component(name=options.pop("name"), options=options)
+
+
+@dataclass(frozen=True)
+class _Declaration:
+    """What a metric says it returns: one number, or a mapping (with its keys where it names them)."""
+
+    shape: Literal["number", "mapping"]
+    source: str
+    """Where it says so, in words: its registration, or its factory's return annotation."""
+    required: frozenset[str] | None = None
+    allowed: frozenset[str] | None = None
+    """The keys it may return (``None``: any); ``required``: those it always returns when it returns any."""
+
+
+def _annotation_declares(annotation: Any) -> tuple[str, frozenset[str] | None, frozenset[str] | None] | None:
+    """``(shape, required keys, allowed keys)`` a return annotation declares, or ``None`` when it
+    declares neither one number nor a mapping (``float | Mapping[str, float]``, none, ``Any``)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is inspect.Signature.empty or annotation is Any:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_annotation_declares(a) for a in typing.get_args(annotation) if a is not type(None)]
+        if not parts or any(part is None for part in parts) or len({part[0] for part in parts}) > 1:
+            return None
+        if parts[0][0] == "number":
+            return ("number", None, None)
+        if any(part[2] is None for part in parts):
+            return ("mapping", None, None)
+        required = frozenset.intersection(*(part[1] or frozenset() for part in parts))
+        return ("mapping", required, frozenset().union(*(part[2] or frozenset() for part in parts)))
+    if typing.is_typeddict(annotation):
+        required = frozenset(annotation.__required_keys__)
+        return ("mapping", required, required | frozenset(annotation.__optional_keys__))
+    plain = origin or annotation
+    if isinstance(plain, type) and issubclass(plain, collections.abc.Mapping):
+        return ("mapping", None, None)
+    if isinstance(plain, type) and issubclass(plain, numbers.Real) and plain is not bool:
+        return ("number", None, None)
+    return None
+
+
+def _metric_declarations(entry: Entry) -> tuple[list[_Declaration], str | None]:
+    """What the metric ``entry`` declares it returns, and a note when its annotation cannot be read.
+
+    Two places declare it: the registration (``measures=``: the core reads one number stored under
+    the metric's name for divergence and the standard table) and the factory's return annotation
+    (``-> float``: one number; ``-> dict[str, float]``: a mapping; a ``TypedDict``: a mapping with
+    exactly its keys; ``float | Mapping[str, float]`` or none: either).
+    """
+    declarations = []
+    measures = entry.extras.get("measures")
+    if measures is not None:
+        declarations.append(
+            _Declaration(
+                "number",
+                f"its registration (measures={measures!r}: the core reads it under the metric's name)",
+            )
+        )
+    note = None
+    try:
+        annotation = inspect.signature(entry.factory, eval_str=True).return_annotation
+    except (ValueError, TypeError):  # no signature to read (a builtin)
+        annotation = inspect.Signature.empty
+    except Exception as exc:  # a string annotation naming something the module does not define at run time
+        annotation = inspect.Signature.empty
+        note = f"its return annotation could not be resolved ({type(exc).__name__}: {exc})"
+    declared = _annotation_declares(annotation)
+    if declared is not None:
+        shape, required, allowed = declared
+        text = inspect.formatannotation(annotation, getattr(entry.factory, "__module__", None))
+        if allowed is not None:
+            text += f" (keys {', '.join(sorted(allowed)) or 'none'})"
+        declarations.append(_Declaration(shape, f"its return annotation {text}", required, allowed))
+    return declarations, note
+
+
+@dataclass
+class MetricCall:
+    """One call of the metric by the kit, at the end of one epoch of its run."""
+
+    epoch: int
+    value: Any = None
+    error: str | None = None
+    """What the metric raised, if it raised."""
+    changes: list[str] = field(default_factory=list)
+    """What the call changed in the model: parameters, buffers, train/eval modes."""
+
+    @property
+    def when(self) -> str:
+        return f"at the end of epoch {self.epoch} of {METRIC_KIT_EPOCHS}"
+
+
+@dataclass
+class MetricObservation:
+    """The metric's calls in the kit's run of one model, and why that run ended early, if it did."""
+
+    calls: list[MetricCall]
+    setting: str
+    """How the kit measured, in words: the run it trained and when it called the metric."""
+    problem: str | None = None
+
+
+@dataclass
+class _ModelState:
+    parameters: dict[str, tuple[torch.Tensor, torch.Tensor, bool]]
+    """name → (the parameter object, a copy of its values, requires_grad)"""
+    buffers: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    modes: dict[str, bool]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _ModelState:
+        with torch.no_grad():
+            return cls(
+                parameters={n: (p, p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()},
+                buffers={n: (b, b.detach().clone()) for n, b in model.named_buffers()},
+                modes={n: m.training for n, m in model.named_modules()},
+            )
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal``, NaN equal to NaN at the same place (an untouched NaN is no change)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        nan_a, nan_b = a.isnan(), b.isnan()
+        return torch.equal(nan_a, nan_b) and torch.equal(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
+    return torch.equal(a, b)
+
+
+def _listed(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _model_changes(before: _ModelState, model: nn.Module) -> list[str]:
+    """What differs in ``model`` from ``before``, in words (compared with ``torch.equal``)."""
+    after = _ModelState.of(model)
+    changes = []
+    for what, old, new in (
+        ("parameter", before.parameters, after.parameters),
+        ("buffer", before.buffers, after.buffers),
+    ):
+        gone = [name for name in old if name not in new]
+        added = [name for name in new if name not in old]
+        replaced = [name for name in old if name in new and new[name][0] is not old[name][0]]
+        changed = [name for name in old if name in new and not _equal(old[name][1], new[name][1])]
+        for names, verb in ((gone, "removed"), (added, "added"), (replaced, "replaced by another tensor")):
+            if names:
+                changes.append(f"{what}(s) {_listed(names)} {verb}")
+        if changed:
+            changes.append(f"the values of {what}(s) {_listed(changed)} changed")
+    flags = [
+        n for n in before.parameters if n in after.parameters and before.parameters[n][2] != after.parameters[n][2]
+    ]
+    if flags:
+        changes.append(f"requires_grad of {_listed(flags)} changed")
+    for mode in ("train", "eval"):
+        switched = [
+            name or "the model"
+            for name, training in before.modes.items()
+            if name in after.modes and training != after.modes[name] and after.modes[name] == (mode == "train")
+        ]
+        if switched:
+            changes.append(f"{_listed(switched)} left in {mode} mode")
+    return changes
+
+
+class _MetricObserver:
+    """Calls the metric at each epoch end of the kit's run, with the context the loop gives metrics."""
+
+    def __init__(self, subject: MetricSubject, training: Any, member: Any, calls: list[MetricCall]) -> None:
+        self.subject = subject
+        self.training = training
+        self.member = member
+        self.calls = calls
+
+    @hookimpl
+    def bnbench_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        training = self.training
+        if run is not training.context:
+            return
+        state = training.state  # synced by the loop before an epoch's metrics, as _end_epoch reads it
+        context = training.epoch_context(
+            self.member.model, epoch, state.step, float(state.loss_sum) / max(1, state.batch)
+        )
+        model = training.context.model
+        before = _ModelState.of(model)
+        call = MetricCall(epoch)
+        try:
+            call.value = self.subject.registry.build("metric", self.subject.component, context)
+        except Exception as exc:
+            call.error = f"{type(exc).__name__}: {exc}"
+        call.changes = _model_changes(before, model)
+        self.calls.append(call)
+
+
+@dataclass
+class MetricSubject:
+    """The metric under test, with what the kit trains to call it: the models and their run."""
+
+    kind: ClassVar[str] = "metric"
+    name: str
+    entry: Entry
+    component: Component
+    registry: Registry
+    device: torch.device
+    model_options: Mapping[str, Mapping[str, Any]]
+    normalizer: Component
+    dataset: Component
+    input_transform: Component | None
+    declarations: list[_Declaration]
+    declaration_note: str | None
+    observations: dict[str, MetricObservation] = field(default_factory=dict)
+
+    def model_component(self, model_name: str) -> Component:
+        """The model as the kit builds it: its given options, else its fields' examples."""
+        given = self.model_options
+        chosen = (
+            dict(given[model_name])
+            if model_name in given
+            else example_options(self.registry.get("model", model_name).options)
+        )
+        if chosen is None:
+            raise _Skip(f"model {model_name!r} has required options without examples; pass model_options")
+        component = Component(name=model_name, options=chosen)
+        self.registry.options("model", component)  # bad options fail here, naming the field
+        return component
+
+    def observe(self, model_name: str) -> MetricObservation:
+        """Train the kit's run of ``model_name`` (once: the checks share it), calling the metric at
+        each epoch's end through the core's own loop; what each call returned and changed. The
+        run seeds the random generators as runs do: the caller's random states are restored after."""
+        if model_name not in self.observations:
+            numpy = sys.modules.get("numpy")
+            states = (random.getstate(), numpy.random.get_state() if numpy is not None else None)
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    self.observations[model_name] = self._observe(model_name)
+            finally:
+                random.setstate(states[0])
+                if numpy is not None and states[1] is not None:
+                    numpy.random.set_state(states[1])
+        return self.observations[model_name]
+
+    def _observe(self, model_name: str) -> MetricObservation:
+        from bnbench.records import PlannedRun
+        from bnbench.runner import Runner
+        from bnbench.training import Loop, OneRun
+
+        model = self.model_component(model_name)
+        spec = RunSpec(
+            model=model,
+            dataset=self.dataset,
+            normalizer=self.normalizer,
+            placement=Component(name="all"),
+            input_transform=self.input_transform,
+            **METRIC_KIT_RUN,
+        )
+        planned = PlannedRun(spec.run_id(), "metric kit", spec, {})
+        registry = self.registry
+        runner = Runner(registry, base_dir=Path.cwd(), device=str(self.device))
+        calls: list[MetricCall] = []
+        problem = None
+        try:
+            training, _ = runner.assemble(planned, None)
+            stepper = OneRun(training)
+            member = stepper.members[0]
+            observer = _MetricObserver(self, training, member, calls)
+            registry.manager.register(observer, name=f"bnbench-testing-metric-{id(observer)}")
+            try:
+                Loop(stepper, runner.check_every).train(
+                    registry, stop=None, progress=None, label=planned.label, checkpoints=None, checkpoint_every=0
+                )
+            finally:
+                registry.manager.unregister(observer)
+            if member.diverged is not None:
+                problem = f"the run diverged ({member.diverged})"
+            elif member.error is not None:
+                problem = f"the run failed ({member.error.splitlines()[0]})"
+        except Exception as exc:
+            problem = f"the run failed ({type(exc).__name__}: {exc})"
+        finally:
+            runner.close()
+        transform = f", input transform {self.input_transform.label()}" if self.input_transform else ""
+        shape = "×".join(str(size) for size in self.dataset.options["image_shape"])
+        setting = (
+            f"measured in a run of {model.label()} with {self.normalizer.label()} at placement 'all'{transform}, "
+            f"{spec.epochs} epochs of batches of {spec.batch_size} on synthetic {shape} data, on {self.device}; "
+            "the metric called at each epoch's end as the training loop calls metrics"
+        )
+        return MetricObservation(calls, setting, problem)
+
+
+def _measured(body: Callable[[MetricSubject, str], None], subject: MetricSubject, model_name: str) -> None:
+    """Run a check's ``body``; a failure says how the kit measured (its run, when it called the metric)."""
+    try:
+        body(subject, model_name)
+    except AssertionError as exc:
+        observation = subject.observations.get(model_name)
+        if observation is None:
+            raise
+        raise AssertionError(f"{exc} ({observation.setting})") from exc
+
+
+def _calls(subject: MetricSubject, model_name: str) -> list[MetricCall]:
+    """The metric's calls on ``model_name``; a failure if it raised or the run ended before its last call."""
+    observation = subject.observe(model_name)
+    for call in observation.calls:
+        if call.error is not None:
+            raise AssertionError(f"the metric raised {call.error} {call.when}")
+    if len(observation.calls) < METRIC_KIT_EPOCHS:
+        ended = f"after {len(observation.calls)} call(s)" if observation.calls else "before the metric was called"
+        raise AssertionError(f"the kit's run ended {ended}: {observation.problem or 'no epoch end reached'}")
+    return observation.calls
+
+
+def _items(name: str, value: Any) -> list[tuple[str, Any]]:
+    """``(stored name, value)`` of what a metric returned, as the core stores it."""
+    if isinstance(value, Mapping):
+        return [(f"{name}.{key}", number) for key, number in value.items()]
+    return [(name, value)]
+
+
+def _finite_floats(subject: MetricSubject, model_name: str) -> None:
+    for call in _calls(subject, model_name):
+        value = call.value
+        if not isinstance(value, (Mapping, numbers.Number, torch.Tensor)):
+            raise AssertionError(f"{type(value).__name__} {value!r}, neither a number nor a mapping, {call.when}")
+        for stored, number in _items(subject.name, value):
+            if isinstance(number, torch.Tensor):
+                raise AssertionError(
+                    f"a torch.Tensor for {stored!r} {call.when}, not a float (return float(tensor): a float is "
+                    "what the store keeps)"
+                )
+            if isinstance(number, bool) or not isinstance(number, numbers.Real):
+                raise AssertionError(f"{type(number).__name__} {number!r} for {stored!r} {call.when}, not a float")
+            if not math.isfinite(number):
+                raise AssertionError(f"{number!r} for {stored!r} {call.when}")
+
+
+def _declared_keys(subject: MetricSubject, model_name: str) -> None:
+    calls = _calls(subject, model_name)
+    for call in calls:
+        value = call.value
+        if isinstance(value, Mapping):
+            malformed = [key for key in value if not isinstance(key, str) or not key]
+            if malformed:
+                raise AssertionError(f"keys {malformed!r} {call.when}: keys are non-empty strings (stored as name.key)")
+        for declared in subject.declarations:
+            if declared.shape == "number" and isinstance(value, Mapping):
+                raise AssertionError(
+                    f"a mapping with keys {sorted(value)} {call.when}, but {declared.source} declares one number "
+                    f"(stored as {subject.name!r})"
+                )
+            if declared.shape == "mapping" and not isinstance(value, Mapping):
+                raise AssertionError(
+                    f"one number {call.when}, but {declared.source} declares a mapping, stored key by key"
+                )
+            if declared.allowed is None or not isinstance(value, Mapping) or not value:
+                continue  # an empty mapping records nothing this epoch (as a metric with `every` does)
+            undeclared = sorted(set(value) - declared.allowed)
+            if undeclared:
+                raise AssertionError(f"keys {undeclared} {call.when} that {declared.source} does not declare")
+            missing = sorted((declared.required or frozenset()) - set(value))
+            if missing:
+                raise AssertionError(f"no value for the keys {missing} {call.when}, which {declared.source} requires")
+    notes = [subject.declaration_note] if subject.declaration_note else []
+    if not subject.declarations:
+        notes.append("the metric declares neither one number nor a mapping (measures=, or its return annotation)")
+    elif all(d.shape == "mapping" and d.allowed is None for d in subject.declarations):
+        notes.append("its keys are not declared one by one (a TypedDict return annotation names them)")
+    if notes:
+        raise _PassedInPart("; ".join(notes) + ": keys checked for form only")
+
+
+def _no_side_effects(subject: MetricSubject, model_name: str) -> None:
+    for call in _calls(subject, model_name):
+        if call.changes:
+            raise AssertionError(f"the call {call.when} changed the model: {'; '.join(call.changes)}")
+
+
+METRIC_CHECK_BODIES: dict[str, tuple[str, Callable[[MetricSubject, str], None]]] = {
+    "finite": ("every value it returns (one number, or each of a mapping's) to be a finite float", _finite_floats),
+    "declared_keys": (
+        "the keys it returns to be those it declares: one number where its registration (measures=) or return "
+        "annotation (-> float) says so, a mapping's keys among those of a TypedDict return annotation",
+        _declared_keys,
+    ),
+    "no_side_effects": (
+        "parameters (values, objects, requires_grad), buffers and every module's train/eval mode identical "
+        "(torch.equal) before and after each call, the model in training mode as the loop leaves it at an epoch's end",
+        _no_side_effects,
+    ),
+}
+
+
+def metric_checks(
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    registry: Registry | None = None,
+    device: str | torch.device = "auto",
+    checks: Iterable[str] = METRIC_CHECKS,
+    models: Iterable[str] | None = None,
+    model_options: Mapping[str, Mapping[str, Any]] | None = None,
+    normalizer: str | Mapping[str, Any] = "batchnorm",
+    input_transform: str | Mapping[str, Any] | None = None,
+    data: DataInfo = KIT_DATA,
+) -> list[ContractCheck]:
+    """Every check of the metric registered as ``name`` with ``options``, one per model.
+
+    For each model (``models``: registered names, default all, built with ``model_options`` by
+    name, else with their fields' ``examples``, else their defaults) the kit trains one run through
+    the core's own training loop: the built-in ``synthetic`` dataset shaped as ``data`` (64
+    training examples, 16 of them held out for validation, 32 test examples), ``normalizer``
+    (default ``batchnorm``) at the placement ``all``, an ``input_transform`` if given, 2 epochs of
+    batches of 16. At each epoch's end the metric is called with the ``EpochContext`` the loop
+    gives metrics, the model in training mode; the checks read what the calls returned and
+    changed. The run is trained once per model, whichever checks ask for it.
+    ``registry`` and ``device`` as in ``normalizer_checks``.
+    """
+    from bnbench.assembly import resolve_device
+
+    registry = registry or load_registry()
+    component = Component(name=name, options=dict(options or {}))
+    registry.options("metric", component)  # a bad option fails here, not in every check
+    entry = registry.get("metric", name)
+    declarations, note = _metric_declarations(entry)
+    subject = MetricSubject(
+        name=name,
+        entry=entry,
+        component=component,
+        registry=registry,
+        device=device if isinstance(device, torch.device) else resolve_device(device),
+        model_options=model_options or {},
+        normalizer=_as_component(normalizer),
+        dataset=_kit_dataset(data),
+        input_transform=_as_component(input_transform) if input_transform is not None else None,
+        declarations=declarations,
+        declaration_note=note,
+    )
+    wanted = list(checks)
+    unknown = sorted(set(wanted) - set(METRIC_CHECKS))
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the metric kit's checks: {', '.join(METRIC_CHECKS)}")
+    result = []
+    for check in METRIC_CHECKS:
+        if check not in wanted:
+            continue
+        expected, body = METRIC_CHECK_BODIES[check]
+        for model in sorted(models if models is not None else registry.names("model")):
+            body_at = partial(_measured, body, subject, model)
+            result.append(ContractCheck(subject, check, f"model {model!r}", expected, body_at))
+    return result
+
+
+def check_metric(name: str, options: Mapping[str, Any] | None = None, **kwargs: Any) -> list[CheckResult]:
+    """Run every check of the metric kit (arguments as ``metric_checks``); raise
+    ``MetricContractError`` on any failure. Returns the results when all checks pass."""
+    checks = metric_checks(name, options, **kwargs)
+    results = [check.run() for check in checks]
+    violations = [check.violation(r) for check, r in zip(checks, results, strict=True) if r.status == "failed"]
+    if violations:
+        raise MetricContractError(name, violations)
+    return results
+
+
 __all__ = [
     "CHECKS",
+    "METRIC_CHECKS",
     "CheckResult",
     "ContractCheck",
     "ContractCheckSkipped",
+    "ContractError",
     "ContractViolation",
+    "MetricContractError",
     "NormalizerContractError",
+    "check_metric",
     "check_normalizer",
     "example_options",
+    "metric_checks",
     "normalizer_checks",
 ]

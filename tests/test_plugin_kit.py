@@ -1,23 +1,28 @@
-"""The contract kit (bnbench.testing): it catches broken normalizers and says where and why."""
+"""The contract kits (bnbench.testing): they catch broken normalizers and metrics and say where and why."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import TypedDict
 
 import pytest
 import torch
 from pydantic import Field
 from torch import nn
 
-from bnbench import NormalizerTraits, Options, hookimpl
+from bnbench import EpochContext, NormalizerTraits, Options, hookimpl
 from bnbench.registry import load_registry
 from bnbench.testing import (
     CHECKS,
+    METRIC_CHECKS,
     ContractViolation,
+    MetricContractError,
     NormalizerContractError,
+    check_metric,
     check_normalizer,
     example_options,
+    metric_checks,
     normalizer_checks,
 )
 
@@ -274,3 +279,201 @@ def test_outside_pytest_a_skipped_check_is_a_warning_not_a_silent_pass():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith('skipped ["state_dict[fc site') and "skipped: traits.site_kinds" in out
+
+
+# -- the metric kit ----------------------------------------------------------------------------
+BUILT_IN_METRICS = sorted(e.name for e in load_registry().entries("metric") if e.plugin.package == "bnbench")
+
+
+@pytest.mark.parametrize("name", BUILT_IN_METRICS)
+def test_every_built_in_metric_meets_the_metric_contract_on_every_built_in_model(registry, name):
+    results = check_metric(name, registry=registry, device="cpu", model_options=SMALL_MODELS)
+    assert {(r.check, r.site) for r in results} == {
+        (check, f"model {model!r}") for check in METRIC_CHECKS for model in ("mlp", "resnet_cifar")
+    }
+    assert {r.status for r in results} == {"passed"}, [r for r in results if r.status != "passed"]
+    assert not [p for p in registry.manager.get_plugins() if type(p).__name__ == "_MetricObserver"]
+
+
+def test_the_built_in_metrics_are_all_checked():
+    assert {"train_loss", "test_accuracy", "weight_geometry", "robustness"} <= set(BUILT_IN_METRICS)
+
+
+class TopK(TypedDict):
+    top1: float
+    top5: float
+
+
+def nan_metric(context: EpochContext, options) -> float:
+    """Not a number."""
+    return float("nan")
+
+
+def tensor_metric(context: EpochContext, options) -> float:
+    """A tensor where a float belongs."""
+    return torch.tensor(context.train_loss)
+
+
+def extra_key(context: EpochContext, options) -> TopK:
+    """One key more than its TypedDict declares."""
+    return {"top1": 0.5, "top5": 0.9, "top10": 1.0}
+
+
+def missing_key(context: EpochContext, options) -> TopK:
+    """One key fewer than its TypedDict declares."""
+    return {"top1": 0.5}
+
+
+def loss_as_mapping(context: EpochContext, options):
+    """Declared a loss (one number under its name), returns a mapping."""
+    return {"value": context.train_loss}
+
+
+def number_as_mapping(context: EpochContext, options) -> float:
+    """Annotated one number, returns a mapping."""
+    return {"value": context.train_loss}
+
+
+def nudges_a_parameter(context: EpochContext, options) -> float:
+    """Moves the first parameter a little."""
+    with torch.no_grad():
+        next(context.run.model.parameters()).add_(1e-3)
+    return 0.0
+
+
+def leaves_eval_mode(context: EpochContext, options) -> float:
+    """Evaluates and forgets to switch back to training mode."""
+    context.run.model.eval()
+    return 0.0
+
+
+def forwards_in_training_mode(context: EpochContext, options) -> float:
+    """A training-mode forward pass: batch norm's running statistics move."""
+    images, _ = context.sample(8)
+    with torch.no_grad():
+        context.run.model(images)
+    return 0.0
+
+
+def raises(context: EpochContext, options) -> float:
+    """Looks for a layer that is not there."""
+    raise RuntimeError("no such layer")
+
+
+class EveryOptions(Options):
+    every: int = Field(1, ge=1)
+
+
+class BrokenMetrics:
+    @hookimpl
+    def bnbench_register_metrics(self, register):
+        for factory in (
+            nan_metric,
+            tensor_metric,
+            extra_key,
+            missing_key,
+            number_as_mapping,
+            nudges_a_parameter,
+            leaves_eval_mode,
+            forwards_in_training_mode,
+            raises,
+        ):
+            register(factory.__name__, factory)
+        register("loss_as_mapping", loss_as_mapping, measures="loss", split="train")
+        register("with_options", lambda context, options: 0.0, options=EveryOptions)
+
+
+@pytest.fixture(scope="module")
+def broken_metrics():
+    return load_registry(objects=[("broken_metrics", BrokenMetrics())])
+
+
+def metric_failures(registry, name: str) -> list[ContractViolation]:
+    with pytest.raises(MetricContractError) as info:
+        check_metric(name, registry=registry, device="cpu", model_options=SMALL_MODELS)
+    return info.value.violations
+
+
+@pytest.mark.parametrize(
+    ("name", "check", "got"),
+    [
+        ("nan_metric", "finite", "nan for 'nan_metric' at the end of epoch 1 of 2"),
+        ("tensor_metric", "finite", "a torch.Tensor for 'tensor_metric' at the end of epoch 1 of 2, not a float"),
+        (
+            "extra_key",
+            "declared_keys",
+            "keys ['top10'] at the end of epoch 1 of 2 that its return annotation TopK (keys top1, top5) does not",
+        ),
+        ("missing_key", "declared_keys", "no value for the keys ['top5'] at the end of epoch 1 of 2, which its return"),
+        (
+            "loss_as_mapping",
+            "declared_keys",
+            "a mapping with keys ['value'] at the end of epoch 1 of 2, but its registration (measures='loss'",
+        ),
+        ("number_as_mapping", "declared_keys", "but its return annotation float declares one number"),
+        ("nudges_a_parameter", "no_side_effects", "changed the model: the values of parameter(s)"),
+        ("leaves_eval_mode", "no_side_effects", "changed the model: 'the model'"),
+        ("forwards_in_training_mode", "no_side_effects", "the values of buffer(s)"),
+    ],
+)
+def test_a_broken_metric_fails_the_named_check_alone_on_every_model(broken_metrics, name, check, got):
+    violations = metric_failures(broken_metrics, name)
+    assert {v.check for v in violations} == {check}, [str(v) for v in violations]
+    assert {v.site for v in violations} == {"model 'mlp'", "model 'resnet_cifar'"}
+    for violation in violations:
+        assert got in violation.got
+        message = str(violation)
+        assert message.startswith(f"metric {name!r} failed check {check!r} at {violation.site}: expected ")
+        assert violation.expected in message and violation.kind == "metric" and violation.component == name
+
+
+def test_a_metric_returning_nan_fails_the_finite_check(broken_metrics):
+    (check,) = metric_checks("nan_metric", registry=broken_metrics, device="cpu", checks=["finite"], models=["mlp"])
+    with pytest.raises(ContractViolation, match=r"metric 'nan_metric' failed check 'finite' at model 'mlp'.*got nan"):
+        check()
+
+
+def test_a_metric_returning_an_undeclared_key_fails_the_declared_keys_check(broken_metrics):
+    violations = metric_failures(broken_metrics, "extra_key")
+    assert all("'top10'" in v.got and "does not declare" in v.got for v in violations)
+
+
+def test_a_metric_that_mutates_a_parameter_or_flips_train_mode_fails_the_side_effects_check(broken_metrics):
+    nudged = metric_failures(broken_metrics, "nudges_a_parameter")
+    assert all(v.check == "no_side_effects" and "changed" in v.got for v in nudged)
+    flipped = metric_failures(broken_metrics, "leaves_eval_mode")
+    assert all("left in eval mode" in v.got for v in flipped)
+
+
+def test_a_metric_that_raises_fails_every_check_with_what_it_raised(broken_metrics):
+    violations = metric_failures(broken_metrics, "raises")
+    assert len(violations) == len(METRIC_CHECKS) * 2
+    raised = "the metric raised RuntimeError: no such layer at the end of epoch 1 of 2 (measured in a run of "
+    assert all(v.got.startswith(raised) for v in violations), [v.got for v in violations]
+    assert any("resnet_cifar(depth=8) with batchnorm at placement 'all'" in v.got for v in violations)
+    with pytest.raises(MetricContractError, match=r"^metric 'raises' broke its contract in 6 check\(s\):"):
+        check_metric("raises", registry=broken_metrics, device="cpu", model_options=SMALL_MODELS)
+
+
+def test_a_metric_whose_keys_are_not_declared_one_by_one_passes_the_keys_check_with_a_note(registry):
+    results = check_metric(
+        "weight_geometry", registry=registry, device="cpu", checks=["declared_keys"], model_options=SMALL_MODELS
+    )
+    assert {r.status for r in results} == {"passed"}
+    assert all(r.detail.startswith("note: its keys are not declared one by one") for r in results)
+
+
+def test_the_metric_kit_trains_each_model_once_for_all_its_checks(broken_metrics):
+    checks = metric_checks("nan_metric", registry=broken_metrics, device="cpu", model_options=SMALL_MODELS)
+    for check in checks:
+        check.run()
+    observations = checks[0].subject.observations
+    assert set(observations) == {"mlp", "resnet_cifar"}
+    assert all([call.epoch for call in o.calls] == [1, 2] and o.problem is None for o in observations.values())
+
+
+def test_metric_kit_arguments_are_checked(broken_metrics):
+    with pytest.raises(ValueError, match="unknown check"):
+        metric_checks("nan_metric", registry=broken_metrics, checks=["finite", "speed"])
+    with pytest.raises(ValueError, match="every"):
+        metric_checks("with_options", {"every": 0}, registry=broken_metrics)
