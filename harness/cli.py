@@ -195,6 +195,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         counts += f", {summary.finished_elsewhere} finished meanwhile by another process"
     if summary.rerunning:
         counts += f", {summary.rerunning} of them being run again by another process (their results are kept meanwhile)"
+    if summary.stopped:
+        counts += f", {summary.stopped} interrupted"
+    if summary.not_started:
+        counts += f", {summary.not_started} not started"
     print(
         terminal_text(
             f"{summary.planned} runs planned, {summary.skipped} already had results; {counts}. "
@@ -205,7 +209,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _print_report(session, args.format)
     if summary.interrupted:
-        print("Stopped before the sweep finished: run the same command again to resume.", file=sys.stderr)
+        left = summary.stopped + summary.not_started
+        print(
+            f"Stopped before the sweep finished ({left} run{'s' * (left != 1)} left): "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
     failed = summary.statuses.get("failed", 0)
     if failed:
@@ -256,7 +265,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bnbench.registry import load_registry
-    from bnbench.report import from_store
+    from bnbench.report import from_manifest, from_store, other_profiles_note
     from bnbench.session import open_session
     from bnbench.store import Store, is_store_file
 
@@ -278,7 +287,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"no results yet at {manifest.results_path}; run `bnbench run {args.source}"
             f"{' --profile ' + args.profile if args.profile else ''}` first"
         )
-    _print_report(session, args.format, args.figures, args.html, args.verbose)
+    with session.store(read_only=True) as store:
+        report = from_manifest(manifest, store, session.registry)
+        note = other_profiles_note(manifest, store, session.registry, args.source)
+    _emit(report, args.format, args.figures, args.html, args.verbose)
+    if note:
+        print(terminal_text(note), file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,7 @@ of its runs there, so that other sweeps see their owner is alive)."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
@@ -18,6 +19,15 @@ def metrics_text(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+def duration_text(seconds: float) -> str:
+    """A rough duration: ``45s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class Progress:
     """One bar for the sweep and one for the current run (loss and accuracy in its postfix)."""
 
@@ -29,10 +39,12 @@ class Progress:
         bars: bool | None = None,
         headline: tuple[str, ...] = (),
         verbose: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``headline``: the metrics a bar's postfix shows (the sweep passes the training loss and
         test accuracy, found by what metrics declare they measure). Off a terminal, each run is one
-        line when it ends; ``verbose`` adds a line when it starts and one per epoch."""
+        line when it ends, with an estimate of the sweep's time left (its elapsed time per finished
+        run, times the runs left); ``verbose`` adds a line when it starts and one per epoch."""
         self.stream = stream or sys.stderr
         self.headline = headline
         self.keep_alive: Callable[[], None] = lambda: None
@@ -41,6 +53,8 @@ class Progress:
         self.verbose = verbose
         self.total_runs = total_runs
         self.done = 0
+        self.clock = clock
+        self.started = clock()
         self._sweep = (
             tqdm(total=total_runs, desc="sweep", unit="run", position=0, file=self.stream) if self.bars else None
         )
@@ -86,7 +100,18 @@ class Progress:
             self._sweep.update(1)
         count = "" if self.bars else f"[{self.done}/{self.total_runs}] "
         separator = " " if summary.startswith("(") else " — "  # a probe's summary is its time alone
-        self.log(f"{count}{self._label}: {status}{separator + summary if summary else ''}")
+        left = self.time_left()
+        self.log(f"{count}{self._label}: {status}{separator + summary if summary else ''}{'; ' + left if left else ''}")
+
+    def time_left(self) -> str:
+        """``about 5 min left``: the sweep's elapsed time per finished run times the runs left (runs
+        in parallel count as they finish); empty when none is left, under a second, or on a terminal
+        (the sweep's bar shows tqdm's estimate)."""
+        left = self.total_runs - self.done
+        if self.bars or left <= 0 or self.done <= 0:
+            return ""
+        seconds = (self.clock() - self.started) / self.done * left
+        return f"about {duration_text(seconds)} left" if seconds >= 1 else ""
 
     def close(self) -> None:
         if self._run is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -16,11 +18,12 @@ from typing import Any
 from tabulate import tabulate
 
 from bnbench.analysis import Verdict, as_estimate, fmt, interval, spec_value, verdict
-from bnbench.api import AnalysisResult, Estimate, RunRecord, StudyResults
+from bnbench.api import AnalysisResult, Estimate, RunRecord, StudyResults, Table
 from bnbench.errors import BnbenchError
+from bnbench.figures import FigureCache
 from bnbench.files import OutputError, write_atomically
 from bnbench.intervals import agree_exactly
-from bnbench.manifest import Manifest
+from bnbench.manifest import Manifest, read_toml
 from bnbench.records import FINISHED
 from bnbench.registry import Registry
 from bnbench.session import open_session
@@ -40,6 +43,17 @@ class StudyRuns:
     analyses: list[Component] = field(default_factory=list)
     reading_axis: str = ""
     """The axis whose values are readings: analysed one by one (``StudyHeader.reading_axis``)."""
+
+    def signature(self) -> str:
+        """What the study's analyses read, as text: its plan and each stored run's outcome (a
+        figure's cache key: a rerun or a new result changes it)."""
+        runs = [
+            (run_id, axes, seed, *(
+                (r.status, len(r.epochs), r.duration_s, r.diverged_step) if (r := self.stored.get(run_id)) else ()
+            ))
+            for run_id, axes, seed in self.planned
+        ]  # fmt: skip
+        return json.dumps([self.name, self.axes, self.reading_axis, runs], sort_keys=True, default=str)
 
     @property
     def pending(self) -> int:
@@ -157,6 +171,8 @@ class Report:
     """Study → finished results the store holds (pre-registration only matters once there are some)."""
     unprofiled: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     """Study → axis → the values the manifest without a profile has that this profile drops."""
+    figure_cache: FigureCache | None = None
+    """Where rendered figures are kept between reports (beside the store), if anywhere."""
 
     def standard(self, when: bool | str = True) -> list[Component]:
         """The analyses registered as standard: every training study gets those of ``standard=True``
@@ -188,6 +204,10 @@ class Report:
                 outcomes.append((component, result))
             except Exception as exc:
                 outcomes.append((component, f"analysis {component.name!r} failed: {type(exc).__name__}: {exc}"))
+        if not study.is_training:  # a training study's standard table lists its failed runs; a probe's has none
+            failed = failed_runs(results)
+            if failed is not None:
+                outcomes.append((Component(name="failed_runs"), failed))
         return outcomes
 
     def analyze(self) -> Report:
@@ -323,7 +343,9 @@ class Report:
             return ""
         return "post hoc (this definition was never registered before results: edited after them)"
 
-    def _rows(self, decisions: list[Decision], verbose: bool) -> list[list[Any]]:
+    def _rows(self, decisions: list[Decision], verbose: bool, noted: bool = True) -> list[list[Any]]:
+        """The claims or checks table's rows; ``noted``: each verdict carries the scale note (the
+        terminal's compact table leaves it to the table's title)."""
         rows = []
         for d in decisions:
             test = d.test
@@ -335,7 +357,7 @@ class Report:
             registered = self.registration(test)
             if registered.startswith("post hoc"):
                 label += " [post hoc]"
-            if self.scale_note:
+            if self.scale_note and noted:
                 label += f" [{self.scale_note}]"
             row = [test.key, d.shown, shown, spread, test.threshold(), label]
             if verbose:
@@ -345,13 +367,13 @@ class Report:
             rows.append(row)
         return rows
 
-    def claims_rows(self, verbose: bool = True) -> list[list[Any]]:
+    def claims_rows(self, verbose: bool = True, noted: bool = True) -> list[list[Any]]:
         """A row per claim and reading: (verbose: claim, kind, study,) id, reading, measured, interval,
         threshold, verdict (, verbose: source, registered)."""
-        return self._rows(self.claim_decisions(), verbose)
+        return self._rows(self.claim_decisions(), verbose, noted)
 
-    def checks_rows(self, verbose: bool = True) -> list[list[Any]]:
-        return self._rows(self.check_decisions(), verbose)
+    def checks_rows(self, verbose: bool = True, noted: bool = True) -> list[list[Any]]:
+        return self._rows(self.check_decisions(), verbose, noted)
 
     def findings_rows(self) -> list[list[Any]]:
         """Key findings: each claim's verdict over readings, the claim in words."""
@@ -361,13 +383,28 @@ class Report:
     def claims_title(self) -> str:
         return f"Claims ({self.scale_note})" if self.scale_note else "Claims"
 
+    @property
+    def checks_title(self) -> str:
+        note = f"; {self.scale_note}" if self.scale_note else ""
+        return f"Checks (identities, preconditions, guards: not findings{note})"
+
     def render(self, fmt: str = "github", verbose: bool = False) -> str:
-        """All tables in ``fmt``: github, latex, plain or csv. The terminal formats show the compact
-        claims table (id, reading, value with unit, interval, threshold, verdict) unless ``verbose``."""
+        """All tables in ``fmt``: github, latex, plain or csv. The terminal formats (github, plain) show
+        the claims compact unless ``verbose``: id, reading (when there are readings), value with unit,
+        interval, threshold and verdict, wrapped to ``TERMINAL_WIDTH`` columns; the claims' text and
+        source are in the verbose, LaTeX, CSV and HTML reports."""
         if fmt == "csv":
             return self._render_csv()
         tablefmt = {"latex": "latex_booktabs"}.get(fmt, fmt)
         verbose = verbose or fmt == "latex"
+
+        def claims_table(rows: list[list[Any]], headers: list[str]) -> str:
+            if verbose:
+                return tabulate(rows, headers=headers, tablefmt=tablefmt)
+            if not any(row[1] for row in rows):  # no readings: no reading column
+                rows, headers = [[row[0], *row[2:]] for row in rows], [headers[0], *headers[2:]]
+            return fit_table(rows, headers, tablefmt, prose=-1)
+
         sections = []
         for study in self.studies:
             text = [_heading(study.name, fmt, 2)]
@@ -388,18 +425,23 @@ class Report:
         headers = claim_headers(verbose)
         if self.claims:
             sections.append(_heading(f"Key findings{f' ({self.scale_note})' if self.scale_note else ''}", fmt, 2))
-            sections.append(tabulate(self.findings_rows(), headers=FINDINGS_HEADERS, tablefmt=tablefmt))
+            if verbose:
+                sections.append(tabulate(self.findings_rows(), headers=FINDINGS_HEADERS, tablefmt=tablefmt))
+            else:  # the claims in words are the verbose report's
+                findings = [row[:3] for row in self.findings_rows()]
+                sections.append(fit_table(findings, FINDINGS_HEADERS[:3], tablefmt, prose=2))
             sections.append(_heading(self.claims_title, fmt, 2))
-            sections.append(tabulate(self.claims_rows(verbose), headers=headers, tablefmt=tablefmt))
+            sections.append(claims_table(self.claims_rows(verbose, noted=verbose), headers))
         if self.checks:
-            sections.append(_heading("Checks (identities, preconditions, guards: not findings)", fmt, 2))
-            sections.append(tabulate(self.checks_rows(verbose), headers=headers, tablefmt=tablefmt))
+            sections.append(_heading(self.checks_title, fmt, 2))
+            sections.append(claims_table(self.checks_rows(verbose, noted=verbose), headers))
+        if (self.claims or self.checks) and not verbose:
+            sections.append(COMPACT_NOTE)
         return "\n\n".join(sections) + "\n"
 
     def _render_csv(self) -> str:
         """One CSV table of the standard analyses' records across studies (a column per axis of
         any study, empty where a study lacks it), then every other table, each under a title row."""
-        standard = {c.name for c in self.standard()}
         combined: list[tuple[StudyRuns, dict[str, Any]]] = []
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -407,12 +449,18 @@ class Report:
             for reading, (component, result) in self.outcomes(study.name):
                 if not isinstance(result, AnalysisResult):
                     continue
+                as_registered = self._as_registered(component)
                 for table in result.tables:
-                    if component.name in standard and table.records is not None and not reading:
+                    if as_registered and table.records is not None and not reading:
                         combined += [(study, record) for record in table.records]
                         continue
+                    # a standard analysis run again with other options (another metric): its own table,
+                    # under its own headers (its records are named after the standard metrics)
+                    label = f" ({component.label()})" if component.name in self._standard_names else ""
                     writer.writerow([])
-                    writer.writerow([f"# {study.name}: {table.title}" + (f" [reading: {reading}]" if reading else "")])
+                    writer.writerow(
+                        [f"# {study.name}: {table.title}{label}" + (f" [reading: {reading}]" if reading else "")]
+                    )
                     writer.writerow(table.headers)
                     writer.writerows(table.rows)
         for title, rows in ((self.claims_title, self.claims_rows()), ("Checks", self.checks_rows())):
@@ -423,32 +471,43 @@ class Report:
                 writer.writerows(rows)
         return _combined_csv(combined) + buffer.getvalue()
 
+    @property
+    def _standard_names(self) -> set[str]:
+        return {c.name for c in self.standard()}
+
+    def _as_registered(self, component: Component) -> bool:
+        """Whether ``component`` is a standard analysis with its default options: the one whose records
+        (named after the metrics it reads by default) the CSV report gathers across studies."""
+        if component.name not in self._standard_names:
+            return False
+        try:
+            registered = self.registry.options("analysis", Component(name=component.name))
+            return self.registry.options("analysis", component) == registered
+        except Exception:  # options that do not validate: the analysis failed, with its message
+            return False
+
     def figure_images(self, study: StudyRuns) -> Iterator[tuple[str, bytes]]:
         """Each figure of ``study``'s analyses as ``(name, PNG bytes)``, drawn with matplotlib; a study
         with readings draws them at its first reading (its figures' names say which)."""
         try:
-            import matplotlib
+            import matplotlib  # noqa: F401 - checked here for the one clear message
         except ImportError:
             raise BnbenchError("figures need matplotlib: pip install 'bnbench[figures]'") from None
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from bnbench.figures import content_key, render_png
 
         first = next(iter(study.readings().values()), "")
-        for reading, (_, result) in self.outcomes(study.name):
+        cache, signature = self.figure_cache, study.signature()
+        for reading, (component, result) in self.outcomes(study.name):
             if not isinstance(result, AnalysisResult) or reading != first:
                 continue
             for figure in result.figures:
-                fig = plt.figure(figsize=(6.4, 4.8))
-                try:
-                    figure.draw(fig)
-                    if reading:
-                        fig.suptitle(f"reading: {reading}", fontsize="small", y=1.02)
-                    buffer = io.BytesIO()
-                    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-                finally:
-                    plt.close(fig)
-                yield figure.name, buffer.getvalue()
+                key = content_key(figure, signature, component.model_dump_json(), reading)
+                png = cache.get(key) if cache is not None else None
+                if png is None:
+                    png = render_png(figure, reading)
+                    if cache is not None:
+                        cache.put(key, png)
+                yield figure.name, png
 
     def save_figures(self, directory: Path) -> list[Path]:
         """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
@@ -465,6 +524,9 @@ class Report:
         return written
 
 
+TERMINAL_WIDTH = 120
+"""The most columns the compact claims tables of the terminal formats take (``fit_table``)."""
+COMPACT_NOTE = "(Each claim's text, source and registration: `bnbench report --verbose`, --html or --format csv.)"
 COMPACT_HEADERS = ["id", "reading", "measured", "interval", "threshold", "verdict"]
 CLAIM_HEADERS = ["claim", "kind", "study", *COMPACT_HEADERS, "source", "registered"]
 FINDINGS_HEADERS = ["id", "study", "verdict", "claim"]
@@ -472,6 +534,68 @@ FINDINGS_HEADERS = ["id", "study", "verdict", "claim"]
 
 def claim_headers(verbose: bool) -> list[str]:
     return CLAIM_HEADERS if verbose else COMPACT_HEADERS
+
+
+_PIECE = re.compile(r"(?:[^\s_=,;/.]|\.(?=\d))*(?:[_=,;/]|\.(?!\d))*\s*")
+"""A piece of text up to where a line may break: after spaces, and after ``_ = , ; /`` or a ``.``
+that is not a decimal point (``learned_share.none.lr=0.1`` breaks as ``learned_ share. none. lr= 0.1``)."""
+
+
+def wrap_cell(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, broken where ``_PIECE`` allows (prose at its
+    spaces, an id after its separators); a piece longer than a line is cut."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for piece in _PIECE.findall(paragraph):
+            if line and len(line + piece.rstrip()) > width:
+                lines.append(line.rstrip())
+                line = ""
+            line += piece if line or piece.strip() else ""
+            while len(line.rstrip()) > width:
+                lines.append(line[:width])
+                line = line[width:]
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def fit_table(
+    rows: list[list[Any]], headers: list[str], tablefmt: str, width: int = TERMINAL_WIDTH, prose: int = -1
+) -> str:
+    """``rows`` as a table of at most ``width`` columns: the widest columns narrowed to one width
+    (the ``prose`` column, a verdict with its reason, to twice that), their cells wrapped
+    (``wrap_cell``); no column is narrowed below its header or 12 characters, the first (an id) 20."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    natural = [
+        max([len(header), *(len(line) for row in cells for line in row[i].split("\n"))])
+        for i, header in enumerate(headers)
+    ]
+    floors = [min(n, max(len(header), 12)) for n, header in zip(natural, headers, strict=True)]
+    floors[0] = min(natural[0], max(floors[0], 20))
+    weights = [2 if i == prose % len(headers) else 1 for i in range(len(headers))]
+    level = max(natural, default=0)
+    while True:
+        limits = [min(n, max(weight * level, floor)) for n, weight, floor in zip(natural, weights, floors, strict=True)]
+        wrapped = [[wrap_cell(cell, limit) for cell, limit in zip(row, limits, strict=True)] for row in cells]
+        text = tabulate(wrapped, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+        widest = max((len(line) for line in text.splitlines()), default=0)
+        if widest <= width or limits == floors:
+            return text
+        level = min(level, max(limits)) - max(1, (widest - width) // (2 * len(headers)))
+
+
+def failed_runs(results: StudyResults) -> AnalysisResult | None:
+    """A table of the study's failed runs and why each failed (``None`` when none failed)."""
+    failed = [run for run in results.runs if run.status == "failed"]
+    if not failed:
+        return None
+    rows = []
+    for run in failed:
+        lines = (run.error or "").strip().splitlines()
+        rows.append(
+            [*(run.axes.get(a, "") for a in results.axes), run.seed, lines[0] if lines else "no error recorded"]
+        )
+    return AnalysisResult(tables=[Table("Failed runs", [*results.axes, "seed", "error"], rows)])
 
 
 def _spread(estimate: Estimate | None, confidence: float) -> str:
@@ -539,6 +663,7 @@ def from_manifest(manifest: Manifest, store: Store, registry: Registry) -> Repor
         registrations=store.registrations(),
         results_held={s.name: sum(r.status in FINISHED for r in s.stored.values()) for s in studies},
         unprofiled=_dropped_by_profile(manifest, registry),
+        figure_cache=FigureCache.beside(store.path),
     )
     return report.analyze()
 
@@ -586,4 +711,57 @@ def from_store(store: Store, registry: Registry) -> Report:
             if registry.has("analysis", a)
         ]
         studies.append(StudyRuns(name=name, axes=axes, planned=planned, stored=records, analyses=analyses))
-    return Report(studies, registry).analyze()
+    return Report(studies, registry, figure_cache=FigureCache.beside(store.path)).analyze()
+
+
+def other_profiles(manifest: Manifest, store: Store, registry: Registry) -> dict[str | None, int]:
+    """Profile (``None``: the manifest without one) → how many final results ``store`` holds of that
+    profile's runs that ``manifest`` (opened with another profile, or none) does not plan; only the
+    profiles with some. ``manifest``'s ``--study`` choice applies to the others too."""
+    planned = {run.run_id for run in manifest.runs()}
+    try:
+        profiles = list(read_toml(manifest.path).get("profiles", {}))
+    except BnbenchError:
+        return {}
+    everything = _chosen_studies(manifest)
+    held: dict[str | None, int] = {}
+    for profile in [None, *profiles]:
+        if profile == manifest.profile:
+            continue
+        try:
+            other = open_session(manifest.path, profile, registry=registry, studies=everything).manifest
+        except BnbenchError:  # a profile without these studies, or one this machine cannot expand
+            continue
+        ids = [run.run_id for run in other.runs() if run.run_id not in planned]
+        count = sum(status in FINISHED for status in store.statuses(ids).values())
+        if count:
+            held[profile] = count
+    return held
+
+
+def _chosen_studies(manifest: Manifest) -> list[str] | None:
+    """The studies ``manifest`` was opened with when a ``--study`` choice left some out, else ``None``."""
+    try:
+        listed = [str(study.get("name")) for study in read_toml(manifest.path).get("studies", [])]
+    except BnbenchError:
+        return None
+    names = [study.name for study in manifest.studies]
+    return names if set(names) != set(listed) else None
+
+
+def other_profiles_note(manifest: Manifest, store: Store, registry: Registry, source: Path | str) -> str:
+    """One line saying which other profiles' results the store holds and the command that reports
+    them, when ``manifest``'s own plan lacks results; empty otherwise."""
+    statuses = store.statuses(run.run_id for run in manifest.runs())
+    if all(statuses.get(run.run_id) in FINISHED for run in manifest.runs()):
+        return ""
+    held = other_profiles(manifest, store, registry)
+    if not held:
+        return ""
+    this = f"profile {manifest.profile!r}" if manifest.profile else "no profile"
+    parts = [
+        f"{count} of {'profile ' + repr(profile) if profile else 'the manifest without a profile'} "
+        f"(`bnbench report {source}{' --profile ' + profile if profile else ''}`)"
+        for profile, count in sorted(held.items(), key=lambda item: -item[1])
+    ]
+    return f"note: the store also holds results this report ({this}) does not show: {'; '.join(parts)}"

@@ -42,6 +42,11 @@ class SweepSummary:
     """Runs skipped because another sweep finished them after this one planned them."""
     rerunning: int = 0
     """Runs with a final result that another live sweep is running again (``--rerun``)."""
+    stopped: int = 0
+    """Runs that a stop (Ctrl-C, SIGTERM, a stop file, an abort) left unfinished: recorded as
+    interrupted, they resume (from their last checkpoint, if they wrote one) when the sweep runs again."""
+    not_started: int = 0
+    """Pending runs the sweep stopped before starting (nor skipped for another sweep)."""
 
 
 def headline_metrics(registry: Registry) -> tuple[str, ...]:
@@ -52,13 +57,20 @@ def headline_metrics(registry: Registry) -> tuple[str, ...]:
 
 
 def summarize(result: RunResult, headline: tuple[str, ...] = ()) -> str:
+    """A run's progress line after its status: the headline metrics and the time it took (a probe:
+    the time alone, in parentheses), where it diverged, or its error's first line; a resumed run
+    says from which step."""
+    resumed = result.info.get("resumed_from_step")
+    note = f"resumed from step {resumed}" if resumed else ""
     if result.status == "diverged":
-        return f"diverged at step {result.diverged_step}"
+        return f"diverged at step {result.diverged_step}" + (f" ({note})" if note else "")
     if result.status == "failed":
-        return (result.error or "").splitlines()[0]
+        lines = (result.error or "").strip().splitlines()
+        return (lines[0] if lines else "no error recorded") + (f" ({note})" if note else "")
     last = result.epochs[-1].metrics if result.epochs else {}
     text = metrics_text({k: v for k, v in last.items() if k in headline})
-    return f"{text} ({result.duration_s:.1f}s)".strip()
+    timing = ", ".join(part for part in (f"{result.duration_s:.1f}s", note) if part)
+    return f"{text} ({timing})".strip()
 
 
 @contextmanager
@@ -266,6 +278,7 @@ def run_plan(
                             stop.set()
                             continue
                         if result is None:
+                            summary.stopped += 1
                             continue
                         discard_checkpoints(checkpoints, planned.run_id, progress)
                         summary.statuses[result.status] += 1
@@ -279,6 +292,9 @@ def run_plan(
                 with contextlib.suppress(sqlite3.Error):
                     store.mark_interrupted(planned.run_id)
                 summary.interrupted = True
+                summary.stopped += 1
+            accounted = sum(summary.statuses.values()) + summary.stopped + summary.busy + summary.finished_elsewhere
+            summary.not_started = max(0, len(pending) - accounted)
             with contextlib.suppress(OSError):
                 remote_stop.clear()
             progress.close()

@@ -10,11 +10,12 @@ import pytest
 from conftest import TINY_STUDY, tiny_manifest
 
 from bnbench import report
+from bnbench.progress import Progress
 from bnbench.records import EpochRecord, RunResult
 from bnbench.registry import load_registry
 from bnbench.session import open_session
 from bnbench.store import Store
-from bnbench.sweep import run_manifest
+from bnbench.sweep import run_manifest, summarize
 
 # (placement, seed) → final-epoch test accuracy, or a status
 KNOWN = {
@@ -180,17 +181,180 @@ def test_the_report_shows_why_a_run_failed(write_manifest, tmp_path):
 
 
 def test_a_line_for_a_run_without_headline_metrics_has_no_dangling_dash():
-    import io
-
-    from bnbench.progress import Progress
-
     stream = io.StringIO()
     progress = Progress(2, stream=stream, bars=False)
+    probe = RunResult("p", "done", started_at=1.0, finished_at=3.8, measurements={"norm": 1.0})
+    trained = RunResult("t", "done", [EpochRecord(1, 4, {"test_accuracy": 0.9})], started_at=1.0, finished_at=2.0)
     progress.start_run("probe", 1)
-    progress.end_run("done", "(2.8s)")
+    progress.end_run("done", summarize(probe, ("train_loss", "test_accuracy")))
     progress.start_run("train", 1)
-    progress.end_run("done", "test_accuracy=0.9 (1.0s)")
+    progress.end_run("done", summarize(trained, ("train_loss", "test_accuracy")))
     assert stream.getvalue().splitlines() == [
         "[1/2] probe: done (2.8s)",
         "[2/2] train: done — test_accuracy=0.9 (1.0s)",
     ]
+
+
+# -- the terminal report and progress (issue #26) ----------------------------------------------
+CLAIMABLE = """
+from bnbench import hookimpl
+from bnbench.analysis import over_seeds
+from bnbench.api import AnalysisResult
+
+
+@hookimpl
+def bnbench_register_analyses(register):
+    def claimable(study, options):
+        \"\"\"Values with long names, one of them undecided.\"\"\"
+        gain = over_seeds([9.1, 11.3, 10.2], unit="points")
+        return AnalysisResult(values={
+            "normalization_gain_in_points.with_batchnorm_at_every_layer.lr=0.05": gain,
+            "settled": over_seeds([1.0, 1.1, 0.9], unit="x"),
+        })
+
+    register("claimable", claimable)
+"""
+
+LONG_CLAIMS = """
+[[claims]]
+claim = "with batch normalization at every layer the test accuracy is at least eight points higher than without it, at the same learning rate and with every other setting held fixed"
+study = "tiny"
+value = "normalization_gain_in_points.with_batchnorm_at_every_layer.lr=0.05"
+at_least = 8
+source = "Fig. 1 (read off): BN at 0.1 ~93% vs no BN at 1e-4 ~82% (11 points); 3 points allowed for reading off"
+
+[[claims]]
+claim = "a value that none of the study's analyses reports, so that the verdict lists every value they do report"
+study = "tiny"
+value = "a_value_nobody_reports_with_a_rather_long_name"
+at_most = 3
+
+[[checks]]
+id = "settled"
+check = "the ratio is settled near one"
+kind = "guard"
+study = "tiny"
+value = "settled"
+at_least = 0.5
+"""  # noqa: E501 - claims as long as the bundled manifest's
+
+
+def test_the_compact_claims_tables_fit_120_columns_and_verbose_keeps_the_claim_text(write_manifest, tmp_path, capsys):
+    from bnbench.cli import main
+
+    (tmp_path / "claimable.py").write_text(CLAIMABLE)
+    text = tiny_manifest(extra=LONG_CLAIMS).replace('device = "cpu"\n', 'device = "cpu"\nplugins = ["claimable.py"]\n')
+    path = write_manifest(
+        text.replace('normalizer = "batchnorm"\n', 'normalizer = "batchnorm"\nanalyses = ["claimable"]\n')
+    )
+    assert main(["run", str(path), "--no-report"]) == 0
+    capsys.readouterr()
+    for fmt in ("github", "plain"):
+        assert main(["report", str(path), "--format", fmt]) == 0
+        compact = capsys.readouterr().out
+        claims = compact[compact.index("Key findings") :]
+        assert max(len(line) for line in claims.splitlines()) <= 120, claims
+        assert "with batch normalization" not in claims and "Fig. 1" not in claims  # no claim text, no source
+        assert "inconclusive (the interval straddles the" in claims  # verdicts keep their reasons, wrapped
+        assert "not measured (its analyses report no value" in claims
+    assert main(["report", str(path), "--verbose"]) == 0
+    verbose = capsys.readouterr().out
+    claims_table = verbose[verbose.index("## Claims") : verbose.index("## Checks")]
+    assert "| claim " in claims_table and "| source " in claims_table
+    assert LONG_CLAIMS.split('claim = "')[1].split('"')[0] in claims_table  # the whole text, on one line
+
+
+def test_wrapped_cells_break_at_spaces_and_separators_never_inside_a_number():
+    assert report.wrap_cell("learned_share.none.lr=0.1", 14) == "learned_share.\nnone.lr=0.1"
+    assert report.wrap_cell("[0.0812, 0.1234] (95% t, n=3)", 8) == "[0.0812,\n0.1234]\n(95% t,\nn=3)"
+    assert report.wrap_cell("abcdefghij", 4) == "abcd\nefgh\nij"  # a word longer than the column is cut
+    assert report.wrap_cell("short", 40) == "short"
+
+
+def test_one_seed_reads_n_equals_1_rather_than_a_spread_of_zero(known_store):
+    from bnbench.analysis import pm
+
+    assert pm([0.5], 100, 2, fixed=True) == "50.00 (n = 1)" and pm([0.5, 0.5], 100, 2, fixed=True) == "50.00 ± 0.00"
+    with Store(known_store.results_path) as store:
+        text = report.from_manifest(known_store, store, load_registry()).render("github")
+    none = next(line for line in text.splitlines() if line.startswith("| none "))
+    assert "50.00 (n = 1)" in none and "± 0.00" not in text
+
+
+def test_off_a_terminal_each_run_line_estimates_the_time_left():
+    now = [100.0]
+    stream = io.StringIO()
+    progress = Progress(4, stream=stream, bars=False, clock=lambda: now[0])
+    for elapsed in (20.0, 60.0, 300.0, 400.0):
+        now[0] = 100.0 + elapsed
+        progress.start_run("run", 1)
+        progress.end_run("done", "(1.0s)")
+    assert stream.getvalue().splitlines() == [
+        "[1/4] run: done (1.0s); about 60s left",  # 20 s per run so far, 3 runs left
+        "[2/4] run: done (1.0s); about 60s left",
+        "[3/4] run: done (1.0s); about 2 min left",  # 100 s per run, 1 left
+        "[4/4] run: done (1.0s)",  # nothing left
+    ]
+    bar = io.StringIO()
+    on_a_terminal = Progress(2, stream=bar, bars=True, clock=lambda: now[0])
+    now[0] += 60
+    on_a_terminal.start_run("run", 1)
+    on_a_terminal.end_run("done", "(1.0s)")
+    assert on_a_terminal.time_left() == "" and " left" not in bar.getvalue()  # the bar shows tqdm's estimate
+
+
+def test_a_resumed_run_says_from_which_step_it_resumed(write_manifest, registry):
+    from conftest import run_until_stopped
+
+    from bnbench.checkpoint import Checkpoints
+
+    manifest = open_session(write_manifest(tiny_manifest(placement='"none"')), registry=registry).manifest
+    (planned,) = manifest.runs()
+    stopped = run_until_stopped(registry, planned, manifest.base_dir, Checkpoints.beside(manifest.results_path), 3)
+    assert stopped.step == 3 and stopped.path is not None
+    stream = io.StringIO()
+    assert run_manifest(manifest, registry=registry, progress=Progress(1, stream=stream, bars=False)).statuses == {
+        "done": 1
+    }
+    (line,) = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\[1/1\] tiny seed=0: done — .* \(\d+\.\ds, resumed from step 3\)", line), line
+    failed = RunResult("r", "failed", error="RuntimeError: kaboom\nmore", info={"resumed_from_step": 8})
+    assert summarize(failed) == "RuntimeError: kaboom (resumed from step 8)"
+
+
+def test_the_report_of_a_probe_study_shows_why_its_runs_failed(registry):
+    from bnbench.records import RunRecord
+
+    probe = {"probe": {"name": "loss_landscape"}, "seed": 0}
+    stored = {
+        f"r{seed}": RunRecord(f"r{seed}", {"placement": "none"}, seed, probe, "failed", None, [], {}, error=error)
+        for seed, error in ((0, "RuntimeError: kaboom\nTraceback (most recent call last): ..."), (1, None))
+    }
+    planned = [(run_id, r.axes, r.seed) for run_id, r in stored.items()]
+    study = report.StudyRuns("probes", ["placement"], planned, stored)
+    assert not study.is_training
+    rendered = report.Report([study], registry).analyze().render("github")
+    failed = rendered.split("### Failed runs")[1]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in failed.strip().splitlines()[2:]]
+    assert rows == [["none", "0", "RuntimeError: kaboom"], ["none", "1", "no error recorded"]], failed
+
+
+def test_a_standard_analysis_run_again_on_other_metrics_gets_its_own_csv_columns(write_manifest, registry):
+    analyses = 'analyses = [{ name = "results_table", loss = "test_loss", accuracy = "train_accuracy" }]\n'
+    text = tiny_manifest(seeds="[0, 1]").replace('normalizer = "batchnorm"\n', 'normalizer = "batchnorm"\n' + analyses)
+    manifest = open_session(write_manifest(text), registry=registry).manifest
+    run_manifest(manifest, registry=registry, progress=Progress(4, stream=io.StringIO(), bars=False))
+    with Store(manifest.results_path) as store:
+        text = report.from_manifest(manifest, store, registry).render("csv")
+        runs = store.load(r.run_id for r in manifest.runs())
+    blocks = re.split(r"\r?\n\r?\n", text)
+    rows = list(csv.DictReader(io.StringIO(blocks[0])))
+    assert [r["placement"] for r in rows] == ["all", "none"]  # one row per configuration, not two
+    placements = {r.run_id: r.axes["placement"] for r in manifest.runs()}
+    for row in rows:
+        losses = [r.final("train_loss") for r in runs.values() if placements[r.run_id] == row["placement"]]
+        assert float(row["final_train_loss_mean"]) == pytest.approx(sum(losses) / 2, rel=1e-5)
+    (again,) = [block for block in blocks if "results_table(" in block]
+    title, headers = list(csv.reader(io.StringIO(again)))[:2]
+    assert title == ["# tiny: Results (results_table(accuracy=train_accuracy, loss=test_loss))"]
+    assert headers[:4] == ["placement", "final train_accuracy %", "best train_accuracy %", "final test_loss"]
