@@ -54,7 +54,7 @@ def test_the_page_holds_every_table_figure_and_claim_and_links_nothing_outside(p
     images = page.of("img")
     assert len(images) == 1 and images[0]["alt"] == "logit_norms"
     assert all((img["src"] or "").startswith("data:image/png;base64,") for img in images)
-    assert {a["href"] for a in page.of("a")} == {f"#{anchor('logits')}", "#claims"}
+    assert {a["href"] for a in page.of("a")} == {f"#{anchor('logits')}", "#claims", "#key-findings"}
     assert {attrs.get("id") for _, attrs in page.tags} >= {anchor("logits"), "claims"}
     linked = [v for _, attrs in page.tags for k, v in attrs.items() if k in ("src", "href") and v]
     assert not [v for v in linked if not v.startswith(("#", "data:"))]  # readable offline

@@ -266,16 +266,29 @@ def _draw_accuracy(fig: Any, table: dict[str, dict[float, list[RunRecord]]], opt
     ax.legend(title="configuration")
 
 
+CURVES = (
+    ("train_accuracy", "accuracy (%)", 100.0),
+    ("test_accuracy", "accuracy (%)", 100.0),
+    ("train_loss", "loss", 1.0),
+    ("test_loss", "loss", 1.0),
+)
+"""The training curves' rows: metric, axis label, scale."""
+
+
 def _draw_curves(fig: Any, table: dict[str, dict[float, list[RunRecord]]]) -> None:
+    """Accuracy and loss against epoch, one column per configuration, one line per learning rate
+    (mean over seeds); a metric no run recorded leaves its row out."""
     import matplotlib
 
     labels = list(table)
-    axes = panel_grid(fig, 2 * len(labels), columns=len(labels)) if labels else []
+    runs_all = [r for by_lr in table.values() for runs in by_lr.values() for r in runs]
+    rows = [row for row in CURVES if any(r.series(row[0]) for r in runs_all)]
+    axes = panel_grid(fig, len(rows) * len(labels), columns=len(labels)) if labels and rows else []
     all_lrs = sorted({lr for by_lr in table.values() for lr in by_lr})
     colors = matplotlib.colormaps["viridis"]
     color = {lr: colors(i / max(1, len(all_lrs) - 1)) for i, lr in enumerate(all_lrs)}
     for column, label in enumerate(labels):
-        for row, metric in enumerate(("train_accuracy", "test_accuracy")):
+        for row, (metric, unit, scale) in enumerate(rows):
             ax = axes[row * len(labels) + column]
             for lr in sorted(table[label]):
                 runs = table[label][lr]
@@ -283,13 +296,15 @@ def _draw_curves(fig: Any, table: dict[str, dict[float, list[RunRecord]]]) -> No
                 if curve:
                     ax.plot(
                         range(1, len(curve) + 1),
-                        finite_or_nan(100 * v for v in curve),
+                        finite_or_nan(scale * v for v in curve),
                         color=color[lr],
                         label=f"{lr:g}",
                     )
+            if unit == "loss" and ax.has_data():
+                ax.set_yscale("log")
             ax.set_title(f"{label}: {metric.replace('_', ' ')}")
             ax.set_xlabel("epoch")
-            ax.set_ylabel("accuracy (%)")
+            ax.set_ylabel(unit)
             ax.grid(True, alpha=0.3)
             if column == len(labels) - 1 and row == 0:
                 ax.legend(title="learning rate", fontsize="small")
