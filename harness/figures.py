@@ -50,6 +50,40 @@ def render_png(figure: Figure, reading: str = "") -> bytes:
     return buffer.getvalue()
 
 
+_JOBS: list[tuple[str, Figure, str]] = []
+"""The figures ``render_many`` hands to its forked workers (inherited, never pickled: analyses'
+figures close over their data and draw with lambdas)."""
+
+
+def _render_job(index: int) -> tuple[str, bytes]:
+    return _render_job_of(_JOBS[index])
+
+
+def render_many(jobs: list[tuple[str, Figure, str]], processes: int | None = None) -> dict[str, bytes]:
+    """``(key, figure, reading)`` jobs drawn as ``{key: PNG}``: in ``processes`` forked workers
+    (default: one per available core) when there are several jobs and cores and the platform
+    forks, else one after another in this process."""
+    import multiprocessing
+    import os
+
+    if processes is None:
+        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = min(processes, len(jobs))
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return dict(_render_job_of(job) for job in jobs)
+    _JOBS[:] = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            return dict(pool.imap_unordered(_render_job, range(len(jobs))))
+    finally:
+        _JOBS.clear()
+
+
+def _render_job_of(job: tuple[str, Figure, str]) -> tuple[str, bytes]:
+    key, figure, reading = job
+    return key, render_png(figure, reading)
+
+
 def make_legible(fig: Any) -> None:
     """Apply the module's fixes to a drawn matplotlib figure."""
     _size_to_grid(fig)
@@ -155,6 +189,9 @@ class FigureCache:
     def beside(cls, store: Path) -> FigureCache:
         """The cache of a results store: ``RESULTS.sqlite.figures/`` next to it."""
         return cls(store.with_name(store.name + ".figures"))
+
+    def has(self, key: str) -> bool:
+        return (self.directory / f"{key}.png").is_file()
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -18,7 +18,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bnbench.analysis import Verdict, as_estimate, fmt, interval, spec_value, verdict
-from bnbench.api import AnalysisResult, Estimate, RunRecord, StudyResults, Table
+from bnbench.api import AnalysisResult, Estimate, Figure, RunRecord, StudyResults, Table
 from bnbench.errors import BnbenchError
 from bnbench.figures import FigureCache
 from bnbench.files import OutputError, write_atomically
@@ -173,6 +173,8 @@ class Report:
     """Study → axis → the values the manifest without a profile has that this profile drops."""
     figure_cache: FigureCache | None = None
     """Where rendered figures are kept between reports (beside the store), if anywhere."""
+    _drawn: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Figures drawn by ``draw_figures``, by cache key."""
 
     def standard(self, when: bool | str = True) -> list[Component]:
         """The analyses registered as standard: every training study gets those of ``standard=True``
@@ -486,31 +488,55 @@ class Report:
         except Exception:  # options that do not validate: the analysis failed, with its message
             return False
 
-    def figure_images(self, study: StudyRuns) -> Iterator[tuple[str, bytes]]:
-        """Each figure of ``study``'s analyses as ``(name, PNG bytes)``, drawn with matplotlib; a study
-        with readings draws them at its first reading (its figures' names say which)."""
-        try:
-            import matplotlib  # noqa: F401 - checked here for the one clear message
-        except ImportError:
-            raise BnbenchError("figures need matplotlib: pip install 'bnbench[figures]'") from None
-        from bnbench.figures import content_key, render_png
+    def _figures(self, study: StudyRuns) -> Iterator[tuple[str, Figure, str]]:
+        """``(cache key, figure, reading)`` of each figure of ``study``'s analyses; a study with
+        readings draws them at its first reading (its figures' names say which)."""
+        from bnbench.figures import content_key
 
         first = next(iter(study.readings().values()), "")
-        cache, signature = self.figure_cache, study.signature()
+        signature = study.signature()
         for reading, (component, result) in self.outcomes(study.name):
             if not isinstance(result, AnalysisResult) or reading != first:
                 continue
             for figure in result.figures:
-                key = content_key(figure, signature, component.model_dump_json(), reading)
-                png = cache.get(key) if cache is not None else None
-                if png is None:
-                    png = render_png(figure, reading)
-                    if cache is not None:
-                        cache.put(key, png)
-                yield figure.name, png
+                yield content_key(figure, signature, component.model_dump_json(), reading), figure, reading
+
+    def draw_figures(self, processes: int | None = None) -> None:
+        """Draw every figure of the report that the cache does not hold, ``processes`` at a time
+        (default: one per core; ``bnbench.figures.render_many``), and keep them for ``figure_images``."""
+        _need_matplotlib()
+        from bnbench.figures import render_many
+
+        cache = self.figure_cache
+        jobs = [
+            job
+            for study in self.studies
+            for job in self._figures(study)
+            if job[0] not in self._drawn and (cache is None or not cache.has(job[0]))
+        ]
+        for key, png in render_many(jobs, processes).items():
+            self._drawn[key] = png
+            if cache is not None:
+                cache.put(key, png)
+
+    def figure_images(self, study: StudyRuns) -> Iterator[tuple[str, bytes]]:
+        """Each figure of ``study``'s analyses as ``(name, PNG bytes)``: drawn (``draw_figures`` draws
+        a whole report's at once, in parallel), else cached beside the store, else drawn now."""
+        _need_matplotlib()
+        from bnbench.figures import render_png
+
+        cache = self.figure_cache
+        for key, figure, reading in self._figures(study):
+            png = self._drawn.get(key) or (cache.get(key) if cache is not None else None)
+            if png is None:
+                png = render_png(figure, reading)
+                if cache is not None:
+                    cache.put(key, png)
+            yield figure.name, png
 
     def save_figures(self, directory: Path) -> list[Path]:
         """Write every analysis figure as ``DIRECTORY/<study>__<name>.png``; return the paths."""
+        self.draw_figures()
         written = []
         for study in self.studies:
             for name, png in self.figure_images(study):
@@ -623,6 +649,13 @@ def _combined_csv(rows: list[tuple[StudyRuns, dict[str, Any]]]) -> str:
         writer.writerow([study.name, *(record.get(a, "") if a in study.axes else "" for a in axes)]
                         + [record.get(m, "") for m in measures])  # fmt: skip
     return out.getvalue()
+
+
+def _need_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401 - checked here for the one clear message
+    except ImportError:
+        raise BnbenchError("figures need matplotlib: pip install 'bnbench[figures]'") from None
 
 
 def _heading(title: str, fmt: str, level: int) -> str:

@@ -93,6 +93,7 @@ def anchor(study: str) -> str:
 def render_html(report: Report, title: str = "bnbench report") -> str:
     """The whole report as one HTML document (figures need matplotlib, as ``--figures`` does)."""
     scale = f'<p class="scale">{html.escape(report.scale_note)}</p>' if report.scale_note else ""
+    report.draw_figures()  # every figure the cache lacks, drawn in parallel
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
