@@ -93,3 +93,61 @@ def test_chromium_renders_the_page_to_a_screenshot(probe_report, tmp_path):
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def _line_figure(name: str, ys: list[float]):
+    from bnbench.api import Figure
+
+    return Figure(name, lambda fig: fig.add_subplot().plot(range(len(ys)), ys))
+
+
+def test_figures_drawn_in_forked_workers_equal_those_drawn_in_process():
+    pytest.importorskip("matplotlib")
+    from bnbench.figures import render_many
+
+    jobs = [(f"k{i}", _line_figure(f"f{i}", [i, 2 * i, i * i]), "") for i in range(4)]
+    assert render_many(jobs, processes=2) == render_many(jobs, processes=1)
+
+
+def test_a_figure_is_drawn_once_then_read_from_the_cache_until_its_results_change(probe_report, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from bnbench import figures
+
+    drawn = []
+    render = figures.render_png
+    monkeypatch.setattr(figures, "render_png", lambda figure, reading="": drawn.append(figure.name) or render(figure))
+    probe_report.figure_cache = figures.FigureCache(tmp_path / "cache")
+    (study,) = probe_report.studies
+    first = dict(probe_report.figure_images(study))
+    assert drawn == ["logit_norms"]
+    assert dict(probe_report.figure_images(study)) == first and drawn == ["logit_norms"]  # from the cache
+    run_id = next(iter(study.stored))
+    study.stored[run_id].duration_s = (study.stored[run_id].duration_s or 0) + 1  # a rerun's result
+    dict(probe_report.figure_images(study))
+    assert drawn == ["logit_norms", "logit_norms"]
+
+
+def test_one_point_series_get_a_marker_and_coinciding_series_are_told_apart():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bnbench.figures import make_legible
+
+    fig = plt.figure()
+    ax = fig.add_subplot()
+    (single,) = ax.plot([1], [2.0], label="one epoch")
+    (first,) = ax.plot([0, 1], [5.657, 5.6571], label="no BN")
+    (same,) = ax.plot([0, 1], [5.657, 5.6571], label="no BN + L2")
+    (near,) = ax.plot([0, 1], [5.657, 5.65701], label="close, not equal")
+    ax.legend()
+    make_legible(fig)
+    fig.canvas.draw()
+    assert single.get_marker() == "o"
+    assert same.get_linestyle() == "--" and same.get_label() == "no BN + L2 (on no BN)"
+    assert near.get_linestyle() == "-" and first.get_linestyle() == "-"
+    assert [t.get_text() for t in ax.get_legend().get_texts()][2] == "no BN + L2 (on no BN)"
+    assert not ax.yaxis.get_major_formatter().get_offset()  # no '+5.657' above the axis
+    plt.close(fig)
