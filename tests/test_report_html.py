@@ -137,7 +137,8 @@ def test_one_point_series_get_a_marker_and_coinciding_series_are_told_apart():
     from bnbench.figures import make_legible
 
     fig = plt.figure()
-    ax = fig.add_subplot()
+    ax, narrow = fig.add_subplot(121), fig.add_subplot(122)
+    narrow.plot([0, 1, 2], [5.65715, 5.6572, 5.65725])  # matplotlib would label this axis '+5.657'
     (single,) = ax.plot([1], [2.0], label="one epoch")
     (first,) = ax.plot([0, 1], [5.657, 5.6571], label="no BN")
     (same,) = ax.plot([0, 1], [5.657, 5.6571], label="no BN + L2")
@@ -149,5 +150,5 @@ def test_one_point_series_get_a_marker_and_coinciding_series_are_told_apart():
     assert same.get_linestyle() == "--" and same.get_label() == "no BN + L2 (on no BN)"
     assert near.get_linestyle() == "-" and first.get_linestyle() == "-"
     assert [t.get_text() for t in ax.get_legend().get_texts()][2] == "no BN + L2 (on no BN)"
-    assert not ax.yaxis.get_major_formatter().get_offset()  # no '+5.657' above the axis
+    assert not narrow.yaxis.get_major_formatter().get_offset()  # no '+5.657' above the axis
     plt.close(fig)
