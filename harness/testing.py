@@ -43,6 +43,7 @@ ones the metric declares, and the call leaves the model as it found it::
 from __future__ import annotations
 
 import collections.abc
+import copy
 import inspect
 import io
 import math
@@ -317,20 +318,34 @@ def _batch_of_one(subject: Subject, site: KitSite) -> None:
 
 
 def _batch_dependence(subject: Subject, site: KitSite) -> None:
+    """An example with two sets of batch-mates, each batch through its own fresh copy of one module
+    (so that state a forward leaves, such as running statistics, plays no part): the example's
+    output, and its input gradient (batch renormalization's forward can be per example while its
+    backward goes through the batch's statistics), compared between the two."""
     _applies(subject, site)
-    unit = subject.build(site).train()
+    unit_a = subject.build(site).train()
+    unit_b = copy.deepcopy(unit_a)
     first = subject.inputs(site, 1, seed=3)
     mates_a = subject.inputs(site, 3, seed=4)
     mates_b = subject.inputs(site, 3, seed=5, scale=5.0, shift=-3.0)
-    with torch.no_grad():
-        out_a = unit(torch.cat([first, mates_a]))[0]
-        out_b = unit(torch.cat([first, mates_b]))[0]
-    depends = not _close(out_a, out_b)
+
+    def example(unit: nn.Module, mates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([first, mates]).requires_grad_(True)
+        out = unit(x)
+        weights = torch.randn(out[:1].shape, generator=torch.Generator().manual_seed(6))  # one fixed direction
+        (grad,) = torch.autograd.grad((out[:1] * weights).sum(), x, allow_unused=True)
+        return out[0].detach(), torch.zeros_like(first[0]) if grad is None else grad[0]
+
+    (out_a, grad_a), (out_b, grad_b) = example(unit_a, mates_a), example(unit_b, mates_b)
+    forward, backward = not _close(out_a, out_b), not _close(grad_a, grad_b)
+    depends = forward or backward
     if depends != subject.traits.batch_dependent:
+        what = ("output" if forward else "input gradient") if depends else "output and input gradient"
         does = "depends" if depends else "does not depend"
         raise AssertionError(
-            f"an example's training-mode output {does} on its batch-mates, "
-            f"but traits.batch_dependent is {subject.traits.batch_dependent}"
+            f"an example's training-mode {what} {does} on its batch-mates, "
+            f"but traits.batch_dependent is {subject.traits.batch_dependent} (measured on two fresh copies of one "
+            "module: the same example with 3 batch-mates, then with 3 others scaled 5x and shifted by -3)"
         )
 
 

@@ -477,3 +477,59 @@ def test_metric_kit_arguments_are_checked(broken_metrics):
         metric_checks("nan_metric", registry=broken_metrics, checks=["finite", "speed"])
     with pytest.raises(ValueError, match="every"):
         metric_checks("with_options", {"every": 0}, registry=broken_metrics)
+
+
+def test_batch_dependence_compares_fresh_copies_so_running_statistics_are_not_batch_mates():
+    """A normalizer that divides by running statistics it updates after each forward (PowerNorm,
+    Online Normalization) is per example within a batch: measured on two fresh copies, the check
+    passes with batch_dependent=False; on one module fed twice it would have seen the update."""
+    from torch import nn
+
+    from bnbench import NormalizerTraits, hookimpl
+
+    class RunningScale(nn.Module):
+        def __init__(self, num_features: int) -> None:
+            super().__init__()
+            self.register_buffer("running_var", torch.ones(num_features))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            out = x / self.running_var.view(shape).sqrt()
+            if self.training:
+                with torch.no_grad():
+                    dims = [d for d in range(x.dim()) if d != 1]
+                    self.running_var.mul_(0.9).add_(0.1 * x.var(dim=dims))
+            return out
+
+    class Plugin:
+        @hookimpl
+        def bnbench_register_normalizers(self, register):
+            traits = NormalizerTraits(batch_dependent=False, running_stats=True, train_batch_of_one=True)
+            register("running_scale", lambda n, kind, options: RunningScale(n), traits=traits)
+
+    registry = load_registry(objects=[("running_scale", Plugin())])
+    results = check_normalizer("running_scale", registry=registry, device="cpu", checks=["batch_dependence"])
+    assert results and {r.status for r in results} == {"passed"}, [r.detail for r in results]
+
+
+def test_batch_dependence_sees_a_backward_that_goes_through_the_batch_statistics():
+    """Batch renormalization's forward can be per example (its correction cancels the batch's
+    statistics) while its gradient goes through them: the check compares input gradients too."""
+    from torch import nn
+
+    from bnbench import NormalizerTraits, hookimpl
+
+    class Renormish(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            spread = x.std(dim=0, keepdim=True) + 1e-3
+            return x * (spread / spread.detach())  # the forward is x itself; the gradient is not
+
+    class Plugin:
+        @hookimpl
+        def bnbench_register_normalizers(self, register):
+            traits = NormalizerTraits(batch_dependent=False, running_stats=False)
+            register("renormish", lambda n, kind, options: Renormish(), traits=traits)
+
+    registry = load_registry(objects=[("renormish", Plugin())])
+    violations = failures(registry, "renormish", checks=["batch_dependence"])
+    assert violations and all("input gradient depends on its batch-mates" in v.got for v in violations)
