@@ -96,11 +96,19 @@ class DeviceData:
     ) -> torch.Tensor:
         """Scale to [0, 1]; augment (the dataset's training transform) when a generator is
         given; apply ``extra`` (a run's input transform, e.g. noise); normalize."""
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = self.scale(images)
         if generator is not None and self.bundle.train_transform is not None:
             x = self.bundle.train_transform(x, generator)
         if extra is not None:
             x = extra(x)
+        return self.normalize(x)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """Stored images as float ``[0, 1]`` pixels (``prepare``'s first step)."""
+        return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel normalization (``prepare``'s last step)."""
         return (x - self.mean) / self.std
 
     def epoch_order(self, generator: torch.Generator) -> torch.Tensor:

@@ -46,6 +46,16 @@ class Pack:
         self.plain_batches = self.data.bundle.train_transform is None and all(
             t.inputs.train_extra is None for t in trainings
         )
+        transforms = [t.inputs.transform for t in trainings]
+        kind = type(transforms[0])
+        self.stacked_transform = (
+            self.data.bundle.train_transform is None
+            and not self.plain_batches
+            and all(type(t.inputs.transform) is kind and t.inputs.train_generator is not None for t in trainings)
+            and callable(getattr(kind, "stack", None))
+        )
+        """Whether the members' input transforms apply to the stacked batch at once (a transform
+        class with ``stack``, and no augmentation): else member by member."""
         self.stacked: list[int] = list(range(len(self.members)))
         """The members in the stack, by index: the active ones (the pack shrinks when a member ends)."""
 
@@ -127,6 +137,13 @@ class Pack:
             labels = data.train_labels[index]
             if self.plain_batches:
                 yield data.prepare(data.train_images[index]), labels
+                continue
+            if self.stacked_transform:
+                trainings = [members[i].training for i in self.stacked]
+                transforms = [t.inputs.transform for t in trainings]
+                generators = [t.inputs.train_generator for t in trainings]
+                x = type(transforms[0]).stack(transforms, data.scale(data.train_images[index]), generators, "train")
+                yield data.normalize(x), labels
                 continue
             images = [
                 data.prepare(

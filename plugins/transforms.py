@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -31,6 +32,26 @@ class GaussianNoise:
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         noisy = images + self.std * noise
         return noisy.clamp_(0, 1) if self.clip else noisy
+
+
+    @staticmethod
+    def stack(
+        transforms: Sequence[GaussianNoise], images: torch.Tensor, generators: Sequence[torch.Generator], split: str
+    ) -> torch.Tensor:
+        """A pack's batches at once (``images``: members first): each member's noise drawn from its
+        own generator as its run alone would draw it, the arithmetic done once for all."""
+        noise = torch.zeros_like(images)
+        for i, (transform, generator) in enumerate(zip(transforms, generators, strict=True)):
+            if transform.std and split in transform.splits:
+                noise[i].normal_(generator=generator)
+        shape = (-1,) + (1,) * (images.dim() - 1)
+        std = torch.tensor([t.std if split in t.splits else 0.0 for t in transforms], dtype=images.dtype)
+        noisy = images + std.to(images.device).view(shape) * noise
+        clip = [t.clip and bool(t.std) and split in t.splits for t in transforms]
+        if any(clip):
+            mask = torch.tensor(clip, device=images.device).view(shape)
+            noisy = torch.where(mask, noisy.clamp(0, 1), noisy)
+        return noisy
 
 
 def gaussian_noise(options: GaussianNoiseOptions) -> GaussianNoise:

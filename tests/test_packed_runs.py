@@ -419,3 +419,25 @@ def test_a_model_that_cannot_run_under_vmap_falls_back_to_one_by_one(write_manif
     assert [r.status for r in results] == ["done"] * 16
     assert all("vmap" in r.info["pack_fallback"] for r in results)
     assert len([n for n in notices if "one by one" in n]) == 1 and "vmap" in notices[0]
+
+
+def test_a_stacked_noise_transform_draws_what_each_member_alone_draws_bitwise():
+    """GaussianNoise.stack: each member's noise from its own generator, as its run alone draws it;
+    members without noise (std 0, or a split it does not apply to) unchanged; clipping per member."""
+    from bnbench.plugins.transforms import GaussianNoise, GaussianNoiseOptions
+
+    transforms = [
+        GaussianNoise(GaussianNoiseOptions(std=0.0)),
+        GaussianNoise(GaussianNoiseOptions(std=0.3, clip=True)),
+        GaussianNoise(GaussianNoiseOptions(std=0.5, apply_to="test")),
+        GaussianNoise(GaussianNoiseOptions(std=0.5)),
+    ]
+    images = torch.rand(len(transforms), 16, 1, 5, 5)
+    seeds = [11, 12, 13, 14]
+    alone = torch.stack(
+        [t(images[i], torch.Generator().manual_seed(seeds[i]), "train") for i, t in enumerate(transforms)]
+    )
+    stacked = GaussianNoise.stack(transforms, images, [torch.Generator().manual_seed(s) for s in seeds], "train")
+    assert torch.equal(stacked, alone)
+    assert torch.equal(stacked[0], images[0]) and torch.equal(stacked[2], images[2])
+    assert stacked[1].min() >= 0 and stacked[1].max() <= 1 and stacked[3].max() > 1  # clipped where asked

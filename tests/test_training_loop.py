@@ -255,3 +255,30 @@ def test_a_pack_steps_with_as_many_operations_at_8_members_as_at_2(write_manifes
 
     assert operations(8) == operations(2)
     assert operations(8, stacked=False) > operations(2, stacked=False) + 6 * 10  # the check can fail
+
+
+def test_a_packs_noisy_batches_cost_one_draw_per_member_and_the_rest_once(write_manifest, registry):
+    """With an input transform that stacks (GaussianNoise.stack), preparing a pack's batch costs
+    each member only its own noise draw (its generator, as alone); scaling, the noise arithmetic,
+    clipping and normalization are done once for the whole stack."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def operations(seeds: int, stacked: bool = True) -> int:
+        text = STUDY.format(placement="all", lr="0.05").replace("seeds = [0, 1]", f"seeds = {list(range(seeds))}")
+        text = text.replace(
+            'normalizer = "batchnorm"',
+            'normalizer = "batchnorm"\ninput_transform = { name = "gaussian_noise", std = 0.3, clip = true }',
+        )
+        s = open_session(write_manifest(text, f"noise{seeds}{stacked}.toml"), registry=registry)
+        pack = pack_of(s, runner_for(s))
+        assert pack.stacked_transform
+        pack.stacked_transform = stacked
+        for member in pack.members:
+            member.training.state.begin_epoch(member.training.data.epoch_order(member.training.generator))
+        batches = pack.batches(0)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            next(batches)
+        return sum(event.count for event in prof.key_averages())
+
+    assert operations(8) - operations(2) <= 6 * 3  # per member: a slice (select, as_strided) and its normal_
+    assert operations(8, stacked=False) - operations(2, stacked=False) > 6 * 6  # the check can fail
