@@ -39,7 +39,7 @@ name = "ops"
 model = {model}
 dataset = {{ name = "synthetic", image_shape = {shape}, num_classes = 10, train_size = {train}, test_size = 64 }}
 normalizer = "batchnorm"
-placement = "all"
+placement = "all"{transform}
 epochs = 1
 batch_size = {batch}
 seeds = {seeds}
@@ -52,11 +52,23 @@ weight_decay = 1e-4
 """
 
 
-def operations(model: str, size: int, stacked: bool, folder: Path) -> tuple[int, int]:
+NOISE = '\ninput_transform = { name = "gaussian_noise", std = 0.3, apply_to = "both" }'
+"""``--transform``: the MNIST sweep's input noise (``GaussianNoise.stack`` prepares a pack's batch at once)."""
+
+
+def operations(model: str, size: int, stacked: bool, folder: Path, transform: bool = False) -> tuple[int, int]:
     """Operators recorded in one packed step: all of them, and the leaves (those that call no
     other operator: on a GPU, roughly one kernel launch each)."""
     spec, shape, batch = MODELS[model]
-    text = MANIFEST.format(model=spec, shape=shape, train=batch * 2, batch=batch, seeds=list(range(size)), pack=size)
+    text = MANIFEST.format(
+        model=spec,
+        shape=shape,
+        train=batch * 2,
+        batch=batch,
+        seeds=list(range(size)),
+        pack=size,
+        transform=NOISE if transform else "",
+    )
     path = folder / f"{model}{size}{stacked}.toml"
     path.write_text(text)
     session = open_session(path)
@@ -64,12 +76,15 @@ def operations(model: str, size: int, stacked: bool, folder: Path) -> tuple[int,
     trainings = [runner.assemble(planned, None, resume=False)[0] for planned in session.manifest.runs()]
     pack = Pack.start("opscount", trainings, checkpoints=None, warn=print)
     if not stacked:
-        pack.optimizer = None
+        pack.optimizer = None  # each member's own SGD, and its own input transform call
+        pack.stacked_transform = False
     for member in pack.members:
         member.training.state.begin_epoch(member.training.data.epoch_order(member.training.generator))
-    images, labels = next(pack.batches(0))
+    batches = pack.batches(0)
+    images, labels = next(batches)
     pack.step(images, labels, False)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        images, labels = next(batches)  # the batch's preparation (input transform) counts too
         pack.step(images, labels, False)
     events = prof.events()
     return len(events), sum(1 for event in events if not event.cpu_children)
@@ -79,14 +94,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--transform", action="store_true", help="with the sweep's Gaussian input noise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"| {args.model}: members | operators per step, stacked SGD (leaves) | each member's SGD (leaves) |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
-            stacked, stacked_leaves = operations(args.model, size, True, Path(folder))
-            alone, alone_leaves = operations(args.model, size, False, Path(folder))
+            stacked, stacked_leaves = operations(args.model, size, True, Path(folder), args.transform)
+            alone, alone_leaves = operations(args.model, size, False, Path(folder), args.transform)
             print(f"| {size} | {stacked} ({stacked_leaves}) | {alone} ({alone_leaves}) |")
 
 
