@@ -131,7 +131,8 @@ def bnbench_register_placements(register: Register) -> None:
     """Register placements: which of a model's sites receive the normalizer.
 
     ``factory(sites: Sequence[SiteInfo], options) -> Iterable[str]``: the names of the chosen
-    sites (a subset of ``[s.name for s in sites]``).
+    sites (a subset of ``[s.name for s in sites]``). Extra keyword ``default=True``: the placement
+    the contract kits train with when they test another kind of plugin.
     """
 
 
@@ -151,6 +152,9 @@ def bnbench_register_datasets(register: Register) -> None:
     ready once per sweep, before anything trains or is recorded (downloading them where the
     options allow), and raises ``bnbench.DatasetNotFoundError`` listing the missing files and
     where they go, so a missing dataset fails once with its fix instead of once per run.
+    ``default=True``: the dataset the contract kits train on when they test another kind of plugin
+    (it must build from its options' defaults plus ``image_shape``, ``num_classes``,
+    ``train_size`` and ``test_size``).
     """
 
 

@@ -31,11 +31,12 @@ kinds' factories take them after what they work on (``factory(context, options)`
 
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "normalizer": ("traits",),
+    "normalizer": ("traits", "default"),
+    "placement": ("default",),
     "probe": ("analyses",),
     "metric": ("measures", "split", "default"),
     "analysis": ("standard", "reads"),
-    "dataset": ("describe", "prepare"),
+    "dataset": ("describe", "prepare", "default"),
     "executor": ("default",),
 }
 """Kind → the extra keywords its ``register`` accepts (documented on each registration hook)."""
@@ -82,6 +83,9 @@ EXTRA_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ),
     ("metric", "default"): _boolean,
     ("executor", "default"): _boolean,
+    ("normalizer", "default"): _boolean,
+    ("placement", "default"): _boolean,
+    ("dataset", "default"): _boolean,
     ("dataset", "describe"): _callable,
     ("dataset", "prepare"): _callable,
 }
@@ -266,7 +270,9 @@ class Registry:
 
     def defaults(self, kind: str) -> list[str]:
         """The components of ``kind`` registered with ``default=True``, in registration order: the
-        metrics a study records when it names none, the executor a manifest uses when it names none."""
+        metrics a study records when it names none, the executor a manifest uses when it names none,
+        and the normalizer, placement and dataset a contract kit trains with when it tests another
+        kind of plugin (the metric kit's runs)."""
         return [name for name, entry in self._entries[kind].items() if entry.extras.get("default") is True]
 
     def metric_named(self, measures: str, split: str) -> str | None:

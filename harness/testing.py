@@ -786,16 +786,26 @@ METRIC_KIT_RUN: dict[str, Any] = {
 """The run fields of the metric kit's runs (beside the model, dataset, normalizer and placement)."""
 
 
-def _kit_dataset(data: DataInfo) -> Component:
-    """The built-in synthetic dataset shaped as ``data``: 64 training and 32 test examples, easy to learn."""
+def _kit_default(registry: Registry, kind: str) -> str:
+    """The component of ``kind`` registered ``default=True`` (the kit trains with it)."""
+    defaults = registry.defaults(kind)
+    if not defaults:
+        raise ValueError(
+            f"the metric kit trains with the {kind} registered with default=True, and no {kind} plugin declares "
+            f"itself the default: register one with default=True, or pass {kind}= to metric_checks"
+        )
+    return defaults[0]
+
+
+def _kit_dataset(registry: Registry, data: DataInfo) -> Component:
+    """The default dataset (``default=True``) shaped as ``data``: 64 training and 32 test examples."""
     options = {
         "image_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "train_size": 64,
         "test_size": 32,
-        "noise": 0.15,
     }
-    return Component(name="synthetic", options=options)
+    return Component(name=_kit_default(registry, "dataset"), options=options)
 
 
 def _as_component(value: str | Mapping[str, Any] | Component) -> Component:
@@ -879,7 +889,7 @@ def _metric_declarations(entry: Entry) -> tuple[list[_Declaration], str | None]:
         shape, required, allowed = declared
         text = inspect.formatannotation(annotation, getattr(entry.factory, "__module__", None))
         if allowed is not None:
-            text += f" (keys {', '.join(sorted(allowed)) or 'none'})"
+            text += f" (keys {', '.join(sorted(allowed))})" if allowed else " (no keys)"
         declarations.append(_Declaration(shape, f"its return annotation {text}", required, allowed))
     return declarations, note
 
@@ -1016,6 +1026,7 @@ class MetricSubject:
     device: torch.device
     model_options: Mapping[str, Mapping[str, Any]]
     normalizer: Component
+    placement: Component
     dataset: Component
     input_transform: Component | None
     declarations: list[_Declaration]
@@ -1063,7 +1074,7 @@ class MetricSubject:
             model=model,
             dataset=self.dataset,
             normalizer=self.normalizer,
-            placement=Component(name="all"),
+            placement=self.placement,
             input_transform=self.input_transform,
             **METRIC_KIT_RUN,
         )
@@ -1095,8 +1106,9 @@ class MetricSubject:
         transform = f", input transform {self.input_transform.label()}" if self.input_transform else ""
         shape = "×".join(str(size) for size in self.dataset.options["image_shape"])
         setting = (
-            f"measured in a run of {model.label()} with {self.normalizer.label()} at placement 'all'{transform}, "
-            f"{spec.epochs} epochs of batches of {spec.batch_size} on synthetic {shape} data, on {self.device}; "
+            f"measured in a run of {model.label()} with {self.normalizer.label()} at placement "
+            f"{self.placement.label()}{transform}, {spec.epochs} epochs of batches of {spec.batch_size} on "
+            f"{self.dataset.name} {shape} data, on {self.device}; "
             "the metric called at each epoch's end as the training loop calls metrics"
         )
         return MetricObservation(calls, setting, problem)
@@ -1214,7 +1226,8 @@ def metric_checks(
     checks: Iterable[str] = METRIC_CHECKS,
     models: Iterable[str] | None = None,
     model_options: Mapping[str, Mapping[str, Any]] | None = None,
-    normalizer: str | Mapping[str, Any] = "batchnorm",
+    normalizer: str | Mapping[str, Any] | None = None,
+    placement: str | Mapping[str, Any] | None = None,
     input_transform: str | Mapping[str, Any] | None = None,
     data: DataInfo = KIT_DATA,
 ) -> list[ContractCheck]:
@@ -1222,11 +1235,12 @@ def metric_checks(
 
     For each model (``models``: registered names, default all, built with ``model_options`` by
     name, else with their fields' ``examples``, else their defaults) the kit trains one run through
-    the core's own training loop: the built-in ``synthetic`` dataset shaped as ``data`` (64
-    training examples, 16 of them held out for validation, 32 test examples), ``normalizer``
-    (default ``batchnorm``) at the placement ``all``, an ``input_transform`` if given, 2 epochs of
-    batches of 16. At each epoch's end the metric is called with the ``EpochContext`` the loop
-    gives metrics, the model in training mode; the checks read what the calls returned and
+    the core's own training loop: the dataset registered ``default=True`` (the built-in synthetic
+    images) shaped as ``data`` (64 training examples, 16 of them held out for validation, 32 test
+    examples), ``normalizer`` and ``placement`` (default: those registered ``default=True``, batch
+    norm at every hidden site), an ``input_transform`` if given, 2 epochs of batches of 16. At
+    each epoch's end the metric is called with the ``EpochContext`` the loop gives metrics, the
+    model in training mode; the checks read what the calls returned and
     changed. The run is trained once per model, whichever checks ask for it.
     ``registry`` and ``device`` as in ``normalizer_checks``.
     """
@@ -1244,8 +1258,9 @@ def metric_checks(
         registry=registry,
         device=device if isinstance(device, torch.device) else resolve_device(device),
         model_options=model_options or {},
-        normalizer=_as_component(normalizer),
-        dataset=_kit_dataset(data),
+        normalizer=_as_component(normalizer or _kit_default(registry, "normalizer")),
+        placement=_as_component(placement or _kit_default(registry, "placement")),
+        dataset=_kit_dataset(registry, data),
         input_transform=_as_component(input_transform) if input_transform is not None else None,
         declarations=declarations,
         declaration_note=note,

@@ -83,7 +83,7 @@ def tagged(sites: Sequence[SiteInfo], options: TaggedOptions) -> list[str]:
 
 @hookimpl
 def bnbench_register_placements(register: Register) -> None:
-    register("all", all_hidden)
+    register("all", all_hidden, default=True)
     register("final", final_only)
     register("all_and_final", all_and_final)
     register("none", nowhere)

@@ -450,7 +450,7 @@ def test_a_metric_that_raises_fails_every_check_with_what_it_raised(broken_metri
     assert len(violations) == len(METRIC_CHECKS) * 2
     raised = "the metric raised RuntimeError: no such layer at the end of epoch 1 of 2 (measured in a run of "
     assert all(v.got.startswith(raised) for v in violations), [v.got for v in violations]
-    assert any("resnet_cifar(depth=8) with batchnorm at placement 'all'" in v.got for v in violations)
+    assert any("resnet_cifar(depth=8) with batchnorm at placement all" in v.got for v in violations)
     with pytest.raises(MetricContractError, match=r"^metric 'raises' broke its contract in 6 check\(s\):"):
         check_metric("raises", registry=broken_metrics, device="cpu", model_options=SMALL_MODELS)
 
@@ -533,3 +533,24 @@ def test_batch_dependence_sees_a_backward_that_goes_through_the_batch_statistics
     registry = load_registry(objects=[("renormish", Plugin())])
     violations = failures(registry, "renormish", checks=["batch_dependence"])
     assert violations and all("input gradient depends on its batch-mates" in v.got for v in violations)
+
+
+def test_the_metric_kit_trains_with_the_components_registered_as_defaults_and_says_when_there_is_none():
+    """The kit names no built-in: it trains with the normalizer, placement and dataset registered
+    ``default=True``, and without one it says what to register or pass."""
+    from bnbench import hookimpl
+
+    class OnlyAMetric:
+        @hookimpl
+        def bnbench_register_metrics(self, register):
+            register("constant", lambda context, options: 1.0)
+
+    registry = load_registry(entry_points=False, objects=[("constant", OnlyAMetric())])
+    with pytest.raises(ValueError, match="no normalizer plugin declares itself the default: register one with default"):
+        metric_checks("constant", registry=registry, device="cpu")
+    built_in = load_registry()
+    assert [built_in.defaults(kind) for kind in ("normalizer", "placement", "dataset")] == [
+        ["batchnorm"],
+        ["all"],
+        ["synthetic"],
+    ]

@@ -13,4 +13,4 @@ from bnbench.plugins.datasets.synthetic import SyntheticOptions, describe_synthe
 def bnbench_register_datasets(register: Register) -> None:
     register("cifar10", load_cifar10, options=Cifar10Options, describe=describe_cifar10, prepare=prepare_cifar10)
     register("mnist", load_mnist, options=MnistOptions, describe=describe_mnist, prepare=prepare_mnist)
-    register("synthetic", make_synthetic, options=SyntheticOptions, describe=describe_synthetic)
+    register("synthetic", make_synthetic, options=SyntheticOptions, describe=describe_synthetic, default=True)

@@ -22,7 +22,7 @@ from bnbench.plugins.normalizers.weight_standardization import WS_GROUPNORM_TRAI
 
 @hookimpl
 def bnbench_register_normalizers(register: Register) -> None:
-    register("batchnorm", batchnorm, options=BatchNormOptions, traits=batchnorm_traits)
+    register("batchnorm", batchnorm, options=BatchNormOptions, traits=batchnorm_traits, default=True)
     register("none", identity, traits=NormalizerTraits())
     register("groupnorm", groupnorm, options=GroupNormOptions, traits=NormalizerTraits())
     register("layernorm", layernorm, options=LayerNormOptions, traits=NormalizerTraits())
