@@ -122,7 +122,9 @@ def _no_offsets(ax: Any) -> None:
 
 
 def _has_marker(line: Any) -> bool:
-    return line.get_marker() not in (None, "None", "none", "", " ")
+    from matplotlib.lines import Line2D
+
+    return Line2D.markers.get(line.get_marker()) != "nothing"
 
 
 def _mark_single_points(ax: Any) -> bool:
