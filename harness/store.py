@@ -136,6 +136,13 @@ def read_statuses(path: Path, run_ids: Iterable[str]) -> dict[str, str]:
         return store.statuses(run_ids)
 
 
+def _create_schema(db: sqlite3.Connection) -> None:
+    """The current schema in an empty database, with its version."""
+    for statement in filter(str.strip, SCHEMA.split(";")):
+        db.execute(statement)
+    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
 class Store:
     """Open (creating if needed) the store at ``path``."""
 
@@ -151,6 +158,8 @@ class Store:
         existed = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not existed:
+                existed = self._create_atomically()
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -168,6 +177,30 @@ class Store:
             raise StoreError(f"cannot open results store {self.path}: {exc} (in use by a stuck process?)") from exc
         except OSError as exc:
             raise StoreError(f"cannot create results store {self.path}: {exc.strerror} ({exc.filename})") from exc
+
+    def _create_atomically(self) -> bool:
+        """A new store appears whole: made (schema and all) under a temporary name beside it, then
+        linked into place, which fails if another sweep made it first. Without that, a sweep
+        starting beside another could open the file between its creation and its schema and
+        refuse it as "not a bnbench results store". Whether the store now exists; ``False`` where
+        the file system cannot link (the creation then happens in place, under the write lock)."""
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.new")
+        try:
+            db = sqlite3.connect(temporary, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                _create_schema(db)
+            finally:
+                db.close()
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                pass  # another sweep created it first: open theirs
+            except OSError:
+                return False
+            return True
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def _check_integrity(self) -> None:
         """SQLite's ``quick_check`` (every page read, indexes not cross-checked): a damaged store is
@@ -224,9 +257,7 @@ class Store:
 
     def _create_or_migrate(self) -> None:
         if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-            for statement in filter(str.strip, SCHEMA.split(";")):
-                self.db.execute(statement)
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            _create_schema(self.db)
             return
         version = self._schema_version() or 0
         if version > SCHEMA_VERSION:

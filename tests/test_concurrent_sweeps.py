@@ -68,3 +68,30 @@ def test_concurrent_sweeps_train_each_run_once(tmp_path: Path, sweeps: int):
     assert len(starts) == 12 and set(starts.values()) == {1}, starts
     with Store(tmp_path / "results.sqlite") as store:
         assert set(store.statuses(starts).values()) == {"done"}
+
+
+def _open_store(path: str, barrier, errors) -> None:
+    barrier.wait()  # every process opens the new store at once
+    try:
+        with Store(path) as store:
+            store.statuses([])
+    except Exception as exc:  # the test reports what any process met
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_sweeps_creating_one_new_store_at_once_all_open_it(tmp_path: Path):
+    """A new store appears whole (made under a temporary name, then linked into place): a sweep
+    starting beside another never finds the file without its schema and refuses it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    path = tmp_path / "new" / "results.sqlite"
+    barrier, errors = context.Barrier(6), context.Queue()
+    processes = [context.Process(target=_open_store, args=(str(path), barrier, errors)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    found = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert found == [] and all(p.exitcode == 0 for p in processes)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.sqlite"]  # no temporary file left
