@@ -356,14 +356,14 @@ def test_options_reject_unknown_and_invalid_fields(model, fields):
 def test_plugin_registers_the_three_datasets():
     registered = {}
 
-    def register(name, factory, *, options=None, description=None, describe=None, prepare=None):
-        registered[name] = (factory, options, describe.__name__, prepare and prepare.__name__)
+    def register(name, factory, *, options=None, description=None, describe=None, prepare=None, default=False):
+        registered[name] = (factory, options, describe.__name__, prepare and prepare.__name__, default)
 
     bnbench_register_datasets(register)
-    assert registered == {
-        "cifar10": (load_cifar10, Cifar10Options, "describe_cifar10", "prepare_cifar10"),
-        "mnist": (load_mnist, MnistOptions, "describe_mnist", "prepare_mnist"),
-        "synthetic": (make_synthetic, SyntheticOptions, "describe_synthetic", None),
+    assert registered == {  # synthetic: the dataset the contract kits train on (default=True)
+        "cifar10": (load_cifar10, Cifar10Options, "describe_cifar10", "prepare_cifar10", False),
+        "mnist": (load_mnist, MnistOptions, "describe_mnist", "prepare_mnist", False),
+        "synthetic": (make_synthetic, SyntheticOptions, "describe_synthetic", None, True),
     }
 
 
