@@ -19,12 +19,13 @@ def metrics_text(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def duration_text(seconds: float) -> str:
-    """A rough duration: ``45s``, ``12 min``, ``3.5 h``."""
+def duration_text(seconds: float, digits: int = 0) -> str:
+    """A duration in its unit: ``45s``, ``12 min``, ``3.5 h`` (``digits`` after the point in
+    seconds and minutes; hours always one)."""
     if seconds < 90:
-        return f"{seconds:.0f}s"
+        return f"{seconds:.{digits}f}s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
+        return f"{seconds / 60:.{digits}f} min"
     return f"{seconds / 3600:.1f} h"
 
 

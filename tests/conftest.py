@@ -100,6 +100,21 @@ def signal_midway(process: subprocess.Popen, checkpoints: Path, signum: int = si
     return err
 
 
+def builds_wheels_offline() -> bool:
+    """Whether setuptools can build a wheel here without downloading anything (the tests that
+    pip-install a plugin package need it)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("wheel") is not None:
+        return True
+    try:
+        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return (major, minor) >= (70, 1)  # setuptools 70.1 brought bdist_wheel in
+
+
 STARTS_A_PROCESS = ("subprocess.", "Popen", "bnbench(", "bnbench_process(", "run_cli(")
 """Source text of a test (or of a fixture it uses) that starts a process: such tests are ``slow``."""
 PROCESS_FIXTURES = {"reference", "finished"}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import builds_wheels_offline
 
 from bnbench.errors import ManifestError
 from bnbench.session import open_session
@@ -39,17 +38,6 @@ lr = 0.05
 """  # noqa: E501 - a TOML inline table cannot wrap
 
 
-def _builds_wheels_offline() -> bool:
-    """Whether setuptools can build a wheel here without downloading anything."""
-    if importlib.util.find_spec("wheel") is not None:
-        return True
-    try:
-        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return (major, minor) >= (70, 1)  # setuptools 70.1 brought bdist_wheel in
-
-
 @pytest.fixture(scope="module")
 def example_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The example installed by pip into a directory of its own; an environment that sees it.
@@ -57,7 +45,7 @@ def example_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     The test environment itself is left untouched: a subprocess with ``PYTHONPATH`` pointing
     at the install directory sees the package and its ``bnbench`` entry point.
     """
-    if not _builds_wheels_offline():
+    if not builds_wheels_offline():
         pytest.skip('installing the example offline needs setuptools>=70.1 (pip install -e ".[dev]")')
     source = tmp_path_factory.mktemp("source") / EXAMPLE.name
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import builds_wheels_offline
 
 from bnbench.cli import main
 from bnbench.registry import load_registry
@@ -201,22 +202,11 @@ def test_new_plugin_refuses_an_existing_directory(tmp_path, capsys):
 
 
 # -- installed, each skeleton's own tests ----------------------------------------------------------
-def _builds_wheels_offline() -> bool:
-    """Whether setuptools can build a wheel here without downloading anything."""
-    if importlib.util.find_spec("wheel") is not None:
-        return True
-    try:
-        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return (major, minor) >= (70, 1)  # setuptools 70.1 brought bdist_wheel in
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[dict[str, Path], dict[str, str]]:
     """A skeleton of every kind (default names: ``tiny-<kind>``), pip-installed together into a folder of
     their own; an environment that sees them (the test environment itself is left untouched)."""
-    if not _builds_wheels_offline():
+    if not builds_wheels_offline():
         pytest.skip('installing the skeletons offline needs setuptools>=70.1 (pip install -e ".[dev]")')
     source = tmp_path_factory.mktemp("skeletons")
     roots = {kind: new_plugin(source, f"tiny-{kind}", "--kind", kind) for kind in KINDS}

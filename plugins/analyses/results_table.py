@@ -16,6 +16,7 @@ from pydantic import Field
 from bnbench import Options
 from bnbench.analysis import mean_std, pm
 from bnbench.api import AnalysisResult, RunRecord, StudyResults, Table
+from bnbench.progress import duration_text
 
 
 class ResultsTableOptions(Options):
@@ -137,18 +138,10 @@ def _cost_cells(row: Row) -> list[str]:
     speeds = [r.images_per_second for r in row.done if r.images_per_second]
     devices = sorted({str(r.environment.get("gpu") or r.environment.get("device", "?")) for r in runs})
     return [
-        _duration(statistics.fmean(durations)) if durations else "—",
+        duration_text(statistics.fmean(durations), digits=1) if durations else "—",
         f"{statistics.fmean(speeds):.0f}" if speeds else "—",
         ", ".join(devices) or "—",
     ]
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _diverged_cell(row: Row) -> str:
