@@ -33,7 +33,6 @@ class GaussianNoise:
         noisy = images + self.std * noise
         return noisy.clamp_(0, 1) if self.clip else noisy
 
-
     @staticmethod
     def stack(
         transforms: Sequence[GaussianNoise], images: torch.Tensor, generators: Sequence[torch.Generator], split: str
