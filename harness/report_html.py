@@ -18,7 +18,7 @@ body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200p
 nav { display: flex; flex-wrap: wrap; gap: 0.2em 1.2em; margin-bottom: 1em; }
 .wide { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; max-width: 26em; }
 th { background: #f2f2f2; }
 figure { display: block; margin: 1em 0 1.6em; overflow-x: auto; max-width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; cursor: zoom-in; }

@@ -300,7 +300,8 @@ def _draw_curves(fig: Any, table: dict[str, dict[float, list[RunRecord]]]) -> No
                         color=color[lr],
                         label=f"{lr:g}",
                     )
-            if unit == "loss" and ax.has_data():
+            values = [v for line in ax.get_lines() for v in line.get_ydata() if math.isfinite(v) and v > 0]
+            if unit == "loss" and values and max(values) > 10 * min(values):  # log only across decades
                 ax.set_yscale("log")
             ax.set_title(f"{label}: {metric.replace('_', ' ')}")
             ax.set_xlabel("epoch")
