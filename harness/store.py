@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,24 @@ def read_statuses(path: Path, run_ids: Iterable[str]) -> dict[str, str]:
         return store.statuses(run_ids)
 
 
+@contextmanager
+def _creation_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the store's folder (``flock``), held by a sweep while it creates a store
+    (file and schema) and taken by one that finds a store without its schema before refusing it:
+    a sweep starting beside another never mistakes a store being created for a foreign file."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): creation races are not guarded
+        yield
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def _create_schema(db: sqlite3.Connection) -> None:
     """The current schema in an empty database, with its version."""
     for statement in filter(str.strip, SCHEMA.split(";")):
@@ -158,17 +176,24 @@ class Store:
         existed = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not existed:
-                existed = self._create_atomically()
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            if existed:
-                self._check_integrity()
-            with self.transaction():  # holding the write lock: a sweep creating the store has committed
-                if existed and self._schema_version() is None:
-                    raise StoreError(self._no_schema())
-                self._create_or_migrate()
+            with nullcontext() if existed else _creation_lock(self.path.parent):
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                if existed:
+                    self._check_integrity()
+                with self.transaction():
+                    unmade = existed and self._schema_version() is None
+                    if not unmade:
+                        self._create_or_migrate()
+            if unmade:
+                # Another sweep may have made the file and not yet its schema: it holds the creation
+                # lock until the schema is committed. Wait for it (outside the write lock it needs).
+                with _creation_lock(self.path.parent):
+                    if self._schema_version() is None:
+                        raise StoreError(self._no_schema())
+                with self.transaction():
+                    self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):
                 raise StoreError(damaged(self.path, str(exc))) from exc
@@ -177,30 +202,6 @@ class Store:
             raise StoreError(f"cannot open results store {self.path}: {exc} (in use by a stuck process?)") from exc
         except OSError as exc:
             raise StoreError(f"cannot create results store {self.path}: {exc.strerror} ({exc.filename})") from exc
-
-    def _create_atomically(self) -> bool:
-        """A new store appears whole: made (schema and all) under a temporary name beside it, then
-        linked into place, which fails if another sweep made it first. Without that, a sweep
-        starting beside another could open the file between its creation and its schema and
-        refuse it as "not a bnbench results store". Whether the store now exists; ``False`` where
-        the file system cannot link (the creation then happens in place, under the write lock)."""
-        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.new")
-        try:
-            db = sqlite3.connect(temporary, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                _create_schema(db)
-            finally:
-                db.close()
-            try:
-                os.link(temporary, self.path)
-            except FileExistsError:
-                pass  # another sweep created it first: open theirs
-            except OSError:
-                return False
-            return True
-        finally:
-            temporary.unlink(missing_ok=True)
 
     def _check_integrity(self) -> None:
         """SQLite's ``quick_check`` (every page read, indexes not cross-checked): a damaged store is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -80,8 +81,8 @@ def _open_store(path: str, barrier, errors) -> None:
 
 
 def test_sweeps_creating_one_new_store_at_once_all_open_it(tmp_path: Path):
-    """A new store appears whole (made under a temporary name, then linked into place): a sweep
-    starting beside another never finds the file without its schema and refuses it."""
+    """A sweep creating a store holds a lock on its folder until the schema is committed, and one
+    that finds the file without its schema waits for it: none refuses the store another is making."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
@@ -94,4 +95,53 @@ def test_sweeps_creating_one_new_store_at_once_all_open_it(tmp_path: Path):
         process.join()
     found = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
     assert found == [] and all(p.exitcode == 0 for p in processes)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["results.sqlite"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.sqlite"]
+
+
+def test_a_store_file_another_program_left_empty_is_made_a_store(tmp_path: Path):
+    """sqlite3.connect on a missing path leaves an empty file (a watcher polling the store does):
+    an empty file holds nothing, so a sweep makes it its store."""
+    path = tmp_path / "results.sqlite"
+    sqlite3.connect(path).close()
+    assert path.stat().st_size == 0
+    with Store(path) as store:
+        assert store.statuses([]) == {}
+
+
+def test_a_sweep_that_finds_a_store_being_created_waits_for_its_schema(tmp_path: Path, monkeypatch):
+    """The race made deterministic: this test plays a sweep that has made the file but not yet its
+    schema (holding the creation lock); a sweep opening the store meanwhile waits, then opens it."""
+    import threading
+
+    from bnbench import store as store_module
+
+    path = tmp_path / "results.sqlite"
+    creation_lock = store_module._creation_lock
+    waiting = threading.Event()
+
+    def watched(directory):
+        waiting.set()
+        return creation_lock(directory)
+
+    outcome = {}
+
+    def open_store():
+        try:
+            with Store(path) as store:
+                outcome["statuses"] = store.statuses([])
+        except Exception as exc:  # the assertion below shows it
+            outcome["error"] = exc
+            waiting.set()
+
+    with creation_lock(tmp_path):
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")  # the file exists, its schema does not yet
+        assert path.stat().st_size > 0
+        monkeypatch.setattr(store_module, "_creation_lock", watched)
+        thread = threading.Thread(target=open_store)
+        thread.start()
+        assert waiting.wait(60) and not outcome, outcome  # it found no schema and waits for the creator
+        store_module._create_schema(db)
+        db.close()
+    thread.join()
+    assert outcome == {"statuses": {}}
