@@ -358,3 +358,19 @@ def test_a_standard_analysis_run_again_on_other_metrics_gets_its_own_csv_columns
     title, headers = list(csv.reader(io.StringIO(again)))[:2]
     assert title == ["# tiny: Results (results_table(accuracy=train_accuracy, loss=test_loss))"]
     assert headers[:4] == ["placement", "final train_accuracy %", "best train_accuracy %", "final test_loss"]
+
+
+def test_the_results_tables_records_are_named_after_the_metrics_they_hold():
+    from bnbench.plugins.analyses.results_table import ResultsTableOptions, csv_measures
+
+    default = csv_measures(ResultsTableOptions())
+    assert default[:6] == (
+        "final_test_acc_mean", "final_test_acc_std", "best_test_acc_mean", "best_test_acc_std",
+        "final_train_loss_mean", "final_train_loss_std",
+    )  # fmt: skip
+    other = csv_measures(ResultsTableOptions(accuracy="train_accuracy", loss="test_loss"))
+    assert other[:6] == (
+        "final_train_accuracy_mean", "final_train_accuracy_std", "best_train_accuracy_mean",
+        "best_train_accuracy_std", "final_test_loss_mean", "final_test_loss_std",
+    )  # fmt: skip
+    assert other[6:] == default[6:] and len(set(other)) == len(other)

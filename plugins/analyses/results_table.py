@@ -59,21 +59,20 @@ def group_rows(study: StudyResults) -> list[Row]:
     return list(rows.values())
 
 
-CSV_MEASURES = (
-    "final_test_acc_mean",
-    "final_test_acc_std",
-    "best_test_acc_mean",
-    "best_test_acc_std",
-    "final_train_loss_mean",
-    "final_train_loss_std",
-    "seeds",
-    "finished",
-    "diverged",
-    "failed",
-    "pending",
-    "seconds_per_run",
-    "images_per_second",
-)
+COUNTS = ("seeds", "finished", "diverged", "failed", "pending", "seconds_per_run", "images_per_second")
+
+
+def csv_measures(options: ResultsTableOptions) -> tuple[str, ...]:
+    """The names of a configuration's record (the CSV's columns), after the metrics it shows:
+    ``final_test_acc_mean`` … ``final_train_loss_std`` with the default metrics, else named after
+    the chosen ones (``final_validation_accuracy_mean``)."""
+    accuracy = "test_acc" if options.accuracy == "test_accuracy" else options.accuracy
+    names = [
+        f"{kind}_{metric}_{stat}"
+        for kind, metric in (("final", accuracy), ("best", accuracy), ("final", options.loss))
+        for stat in ("mean", "std")
+    ]
+    return (*names, *COUNTS)
 
 
 def results_table(study: StudyResults, options: ResultsTableOptions) -> AnalysisResult:
@@ -101,7 +100,8 @@ def results_table(study: StudyResults, options: ResultsTableOptions) -> Analysis
                 *_cost_cells(row),
             ]
         )
-        records.append({**{a: row.config.get(a, "") for a in study.axes}, **_measures(row, finals, bests, losses)})
+        measures = dict(zip(csv_measures(options), _measures(row, finals, bests, losses), strict=True))
+        records.append({**{a: row.config.get(a, "") for a in study.axes}, **measures})
     headers = [*(study.axes or ["(single configuration)"]), *columns]
     tables = [Table("Results", headers, body, records=records)]
     failures = [(row, run) for row in grouped for run in row.failures]
@@ -120,7 +120,7 @@ def _first_line(error: str | None, width: int = 160) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _measures(row: Row, finals: list, bests: list, losses: list) -> dict[str, Any]:
+def _measures(row: Row, finals: list, bests: list, losses: list) -> list[Any]:
     cells: list[Any] = []
     for values in (finals, bests, losses):
         cells += ["" if v is None else f"{v:.6g}" for v in mean_std(values)]
@@ -128,7 +128,7 @@ def _measures(row: Row, finals: list, bests: list, losses: list) -> dict[str, An
     durations = [r.duration_s for r in row.done + row.diverged if r.duration_s]
     speeds = [r.images_per_second for r in row.done if r.images_per_second]
     cells += [f"{statistics.fmean(d):.6g}" if d else "" for d in (durations, speeds)]
-    return dict(zip(CSV_MEASURES, cells, strict=True))
+    return cells
 
 
 def _cost_cells(row: Row) -> list[str]:
