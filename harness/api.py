@@ -297,7 +297,10 @@ BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """A transform of a whole batch of ``[0, 1]`` images on the training device (augmentation).
 
 It receives the batch and the run's data generator (on the same device) and returns the
-transformed batch; it runs before per-channel normalization.
+transformed batch; it runs before per-channel normalization. A function with a ``stack``
+attribute, ``stack(images, generators)``, augments a pack's batches at once (``images``: members
+first, one generator per member), drawing each member's randomness from its own generator as the
+function does (the built-in CIFAR augmentation has one); without it a pack augments member by member.
 """
 
 

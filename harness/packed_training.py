@@ -46,16 +46,18 @@ class Pack:
         self.plain_batches = self.data.bundle.train_transform is None and all(
             t.inputs.train_extra is None for t in trainings
         )
+        augment = self.data.bundle.train_transform
         transforms = [t.inputs.transform for t in trainings]
         kind = type(transforms[0])
-        self.stacked_transform = (
-            self.data.bundle.train_transform is None
-            and not self.plain_batches
+        transforms_stack = all(t is None for t in transforms) or (
+            callable(getattr(kind, "stack", None))
             and all(type(t.inputs.transform) is kind and t.inputs.train_generator is not None for t in trainings)
-            and callable(getattr(kind, "stack", None))
         )
-        """Whether the members' input transforms apply to the stacked batch at once (a transform
-        class with ``stack``, and no augmentation): else member by member."""
+        augment_stacks = augment is None or callable(getattr(augment, "stack", None))
+        self.stacked_transform = not self.plain_batches and augment_stacks and transforms_stack
+        """Whether the batch's augmentation and the members' input transforms apply to the stacked
+        batch at once (each with a ``stack``, each member's draws from its own generator): else
+        member by member."""
         self.stacked: list[int] = list(range(len(self.members)))
         """The members in the stack, by index: the active ones (the pack shrinks when a member ends)."""
 
@@ -140,9 +142,13 @@ class Pack:
                 continue
             if self.stacked_transform:
                 trainings = [members[i].training for i in self.stacked]
+                x = data.scale(data.train_images[index])
+                if data.bundle.train_transform is not None:
+                    x = data.bundle.train_transform.stack(x, [t.generator for t in trainings])
                 transforms = [t.inputs.transform for t in trainings]
-                generators = [t.inputs.train_generator for t in trainings]
-                x = type(transforms[0]).stack(transforms, data.scale(data.train_images[index]), generators, "train")
+                if transforms[0] is not None:
+                    generators = [t.inputs.train_generator for t in trainings]
+                    x = type(transforms[0]).stack(transforms, x, generators, "train")
                 yield data.normalize(x), labels
                 continue
             images = [

@@ -59,8 +59,11 @@ weight_decay = [0.0, 0.001]
 """  # noqa: E501 - a TOML inline table cannot wrap
 
 
-def study(placement: str = '["all", "none"]', lr: str = "[0.05, 0.2]", pack: int = 16, epochs: int = 2) -> str:
-    return STUDY.format(placement=placement, lr=lr, pack=pack, epochs=epochs)
+def study(
+    placement: str = '["all", "none"]', lr: str = "[0.05, 0.2]", pack: int = 16, epochs: int = 2, augment: bool = False
+) -> str:
+    text = STUDY.format(placement=placement, lr=lr, pack=pack, epochs=epochs)
+    return text.replace("noise = 0.6 }", "noise = 0.6, augment = true }") if augment else text
 
 
 def close(a: float, b: float) -> bool:
@@ -150,9 +153,10 @@ def test_a_normalizer_that_says_it_cannot_pack_trains_one_by_one_with_a_notice(w
 @pytest.fixture(scope="module")
 def equivalence(tmp_path_factory):
     """Every run of the study trained alone and packed (BN and no-BN members, lr 0.05 and 0.2,
-    weight decay 0 and 1e-3, noise 0 and 0.3, two seeds), with the packed members' parameters."""
+    weight decay 0 and 1e-3, noise 0 and 0.3, two seeds; crops and flips), with the packed members'
+    parameters. The pack augments and adds noise to its stacked batch at once."""
     folder = tmp_path_factory.mktemp("equivalence")
-    (folder / "manifest.toml").write_text(study())
+    (folder / "manifest.toml").write_text(study(augment=True))
     registry = load_registry()
     session = open_session(folder / "manifest.toml", registry=registry)
     runner = runner_for(session)
@@ -162,6 +166,7 @@ def equivalence(tmp_path_factory):
     for unit in plan_work(runs, registry):
         assert isinstance(unit, PlannedPack)
         for result in runner.run_pack(unit):
+            assert "pack_fallback" not in result.info
             packed[result.run_id] = result
     return alone, packed
 

@@ -570,3 +570,14 @@ validation_size = 5000
     manifest = open_session(path).manifest
     with pytest.raises(ManifestError, match="validation_size 5000 must be below the 5 training examples"):
         check_runs(manifest.runs(), load_registry(), str(path))
+
+
+def test_a_packs_batches_augmented_at_once_equal_each_members_own_augmentation_bitwise():
+    """cifar_augment.stack draws each member's crop offsets and flips from its own generator, in
+    the order its run alone draws them, and applies them all at once."""
+    images = torch.rand(3, 8, 3, 6, 6)
+    seeds = [5, 6, 7]
+    alone = torch.stack([cifar_augment(images[i], generator(seed)) for i, seed in enumerate(seeds)])
+    stacked = cifar_augment.stack(images, [generator(seed) for seed in seeds])
+    assert torch.equal(stacked, alone)
+    assert not torch.equal(stacked[0], cifar_augment(images[0], generator(6)))  # the draws are the member's own
