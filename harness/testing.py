@@ -584,24 +584,47 @@ def example_options(options: type[BaseModel]) -> dict[str, Any] | None:
     return values
 
 
+def _kit_component(registry: Registry, kind: str, name: str, given: Mapping[str, Mapping[str, Any]]) -> Component:
+    """A component as a kit builds it: its options from ``given`` (by name), else its fields'
+    ``examples``; validated here, so bad options fail naming the field."""
+    chosen = dict(given[name]) if name in given else example_options(registry.get(kind, name).options)
+    if chosen is None:
+        raise _Skip(f"{kind} {name!r} has required options without examples; pass {kind}_options")
+    component = Component(name=name, options=chosen)
+    registry.options(kind, component)
+    return component
+
+
+def _selected(checks: Iterable[str], every: tuple[str, ...], kit: str) -> list[str]:
+    """``checks`` in the kit's order; an unknown name is a ``ValueError`` listing the kit's checks."""
+    wanted = set(checks)
+    unknown = sorted(wanted - set(every))
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; {kit}'s checks: {', '.join(every)}")
+    return [check for check in every if check in wanted]
+
+
+def _run_all(name: str, checks: list[ContractCheck], error: type[ContractError]) -> list[CheckResult]:
+    """Run ``checks``; raise ``error`` with every violation, else return the results."""
+    results = [check.run() for check in checks]
+    violations = [check.violation(r) for check, r in zip(checks, results, strict=True) if r.status == "failed"]
+    if violations:
+        raise error(name, violations)
+    return results
+
+
 def _models_and_placements(subject: Subject, model_name: str, placement_name: str) -> None:
     from bnbench.assembly import assemble_model, build_bare_model, choose_sites  # the core's own build path
 
     registry = subject.registry
-    options: dict[str, Any] = {}
-    for kind, name, given in (
-        ("model", model_name, subject.model_options),
-        ("placement", placement_name, subject.placement_options),
-    ):
-        entry = registry.get(kind, name)
-        chosen = dict(given[name]) if name in given else example_options(entry.options)
-        if chosen is None:
-            raise _Skip(f"{kind} {name!r} has required options without examples; pass {kind}_options")
-        options[kind] = registry.options(kind, Component(name=name, options=chosen)).model_dump(mode="json")
+    model = _kit_component(registry, "model", model_name, subject.model_options)
+    placement = _kit_component(registry, "placement", placement_name, subject.placement_options)
     spec = RunSpec.model_construct(  # no dataset: the kit hands the model its DataInfo itself
-        model=Component(name=model_name, options=options["model"]),
+        model=Component(name=model_name, options=registry.options("model", model).model_dump(mode="json")),
         normalizer=Component(name=subject.name, options=subject.options.model_dump(mode="json")),
-        placement=Component(name=placement_name, options=options["placement"]),
+        placement=Component(
+            name=placement_name, options=registry.options("placement", placement).model_dump(mode="json")
+        ),
     )
     bare_model = build_bare_model(registry, spec, subject.data)
     try:  # the core's own checks, as a run makes them: a pairing they refuse is not the normalizer's fault
@@ -726,15 +749,9 @@ def normalizer_checks(
     ``examples`` for required options), e.g. ``{"resnet_cifar": {"depth": 8}}`` for speed.
     """
     subject = _subject(name, options, registry, device, data, model_options, placement_options)
-    wanted = list(checks)
-    unknown = sorted(set(wanted) - set(CHECKS))
-    if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the kit's checks: {', '.join(CHECKS)}")
     result: list[ContractCheck] = []
     sites = [CONV_SITE, FC_SITE]
-    for check in CHECKS:
-        if check not in wanted:
-            continue
+    for check in _selected(checks, CHECKS, "the kit"):
         if check == "models_and_placements":
             for model in sorted(models if models is not None else subject.registry.names("model")):
                 for placement in sorted(placements if placements is not None else subject.registry.names("placement")):
@@ -761,12 +778,7 @@ def check_normalizer(name: str, options: Mapping[str, Any] | None = None, **kwar
 
     Returns the results (passed and skipped, with the reason) when all checks pass.
     """
-    checks = normalizer_checks(name, options, **kwargs)
-    results = [check.run() for check in checks]
-    violations = [check.violation(r) for check, r in zip(checks, results, strict=True) if r.status == "failed"]
-    if violations:
-        raise NormalizerContractError(name, violations)
-    return results
+    return _run_all(name, normalizer_checks(name, options, **kwargs), NormalizerContractError)
 
 
 # -- the metric kit ----------------------------------------------------------------------------
@@ -1035,17 +1047,7 @@ class MetricSubject:
 
     def model_component(self, model_name: str) -> Component:
         """The model as the kit builds it: its given options, else its fields' examples."""
-        given = self.model_options
-        chosen = (
-            dict(given[model_name])
-            if model_name in given
-            else example_options(self.registry.get("model", model_name).options)
-        )
-        if chosen is None:
-            raise _Skip(f"model {model_name!r} has required options without examples; pass model_options")
-        component = Component(name=model_name, options=chosen)
-        self.registry.options("model", component)  # bad options fail here, naming the field
-        return component
+        return _kit_component(self.registry, "model", model_name, self.model_options)
 
     def observe(self, model_name: str) -> MetricObservation:
         """Train the kit's run of ``model_name`` (once: the checks share it), calling the metric at
@@ -1265,14 +1267,8 @@ def metric_checks(
         declarations=declarations,
         declaration_note=note,
     )
-    wanted = list(checks)
-    unknown = sorted(set(wanted) - set(METRIC_CHECKS))
-    if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(unknown)}; the metric kit's checks: {', '.join(METRIC_CHECKS)}")
     result = []
-    for check in METRIC_CHECKS:
-        if check not in wanted:
-            continue
+    for check in _selected(checks, METRIC_CHECKS, "the metric kit"):
         expected, body = METRIC_CHECK_BODIES[check]
         for model in sorted(models if models is not None else registry.names("model")):
             body_at = partial(_measured, body, subject, model)
@@ -1283,12 +1279,7 @@ def metric_checks(
 def check_metric(name: str, options: Mapping[str, Any] | None = None, **kwargs: Any) -> list[CheckResult]:
     """Run every check of the metric kit (arguments as ``metric_checks``); raise
     ``MetricContractError`` on any failure. Returns the results when all checks pass."""
-    checks = metric_checks(name, options, **kwargs)
-    results = [check.run() for check in checks]
-    violations = [check.violation(r) for check, r in zip(checks, results, strict=True) if r.status == "failed"]
-    if violations:
-        raise MetricContractError(name, violations)
-    return results
+    return _run_all(name, metric_checks(name, options, **kwargs), MetricContractError)
 
 
 __all__ = [
