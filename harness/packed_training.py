@@ -141,14 +141,11 @@ class Pack:
                 yield data.prepare(data.train_images[index]), labels
                 continue
             if self.stacked_transform:
-                trainings = [members[i].training for i in self.stacked]
                 x = data.scale(data.train_images[index])
                 if data.bundle.train_transform is not None:
-                    x = data.bundle.train_transform.stack(x, [t.generator for t in trainings])
-                transforms = [t.inputs.transform for t in trainings]
-                if transforms[0] is not None:
-                    generators = [t.inputs.train_generator for t in trainings]
-                    x = type(transforms[0]).stack(transforms, x, generators, "train")
+                    x = data.bundle.train_transform.stack(x, self.data_generators)
+                if self.transforms[0] is not None:
+                    x = type(self.transforms[0]).stack(self.transforms, x, self.transform_generators, "train")
                 yield data.normalize(x), labels
                 continue
             images = [
@@ -168,10 +165,14 @@ class Pack:
             self._restack()
 
     def _restack(self) -> None:
-        """The stacked members' parameters (and momentum buffers) stacked anew."""
+        """The stacked members' parameters (and momentum buffers) stacked anew, and what their
+        batches are prepared with (data generators, input transforms and their generators)."""
         members = [self.members[i].training for i in self.stacked]
         self.stack = StackedModules([t.context.model for t in members])
         self.optimizer = StackedSGD.over(self.stack, [t.context.optimizer for t in members])
+        self.data_generators = [t.generator for t in members]
+        self.transforms = [t.inputs.transform for t in members]
+        self.transform_generators = [t.inputs.train_generator for t in members]
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         count = len(self.stacked)
@@ -238,6 +239,8 @@ class StackedSGD:
         self.decays = bool(self.weight_decay.any())
         self.uses_momentum = bool(self.momentum.any())
         self.buffers: dict[str, torch.Tensor] | None = None
+        for optimizer in optimizers:  # what a scheduler checks to know a step comes before its own
+            optimizer._opt_called = True  # type: ignore[attr-defined]
         members = [dict(zip(stack.params, group["params"], strict=True)) for group in self.groups]
         self.member_params = members
         held = [
@@ -319,5 +322,3 @@ class StackedSGD:
             param.sub_(lr.view(shape) * update)
         if fresh:
             self._point_members_at_buffers()
-        for optimizer in self.optimizers:
-            optimizer._opt_called = True  # type: ignore[attr-defined]  # the schedules' check that a step came first
