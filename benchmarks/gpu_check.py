@@ -28,6 +28,7 @@ Exit status 0 when every section that ran passed; 1 otherwise (the JSON says whi
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import subprocess
@@ -172,17 +173,12 @@ def precision(device: torch.device, size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_REGISTRY = None
-
-
+@functools.cache
 def manifest_registry():
     """The plugin registry, loaded once for the in-process sections."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        from bnbench.registry import load_registry
+    from bnbench.registry import load_registry
 
-        _REGISTRY = load_registry()
-    return _REGISTRY
+    return load_registry()
 
 
 def throughput(device: torch.device, size: dict[str, Any]) -> dict[str, Any]:
